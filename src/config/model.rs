@@ -1,0 +1,144 @@
+//! The validated configuration. Every value here has passed validation; see `parse.rs`.
+
+use super::pattern::Pattern;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub upstreams: BTreeMap<String, UpstreamSettings>,
+    pub routes: Vec<RouteSettings>,
+}
+
+/// `server:` — listeners and process-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// `listen`: addresses of the proxy listener (HTTP/1.1).
+    pub listen: Vec<String>,
+    /// `admin`: address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: Option<String>,
+    /// `threads`: worker threads of the proxy.
+    pub threads: usize,
+    /// `grace_period`: the longest a SIGTERM shutdown takes.
+    pub grace_period: Duration,
+    /// `write_timeout`: a stream client that accepts no bytes for this long is dropped.
+    pub write_timeout: Duration,
+}
+
+/// `upstreams.<name>:` — a group of servers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSettings {
+    /// `servers`: `host:port` of each server, resolved when the configuration loads.
+    pub servers: Vec<SocketAddr>,
+    /// `connect_timeout`: TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// `timeout`: the longest one poll (connect, request and whole response) may take.
+    pub timeout: Duration,
+}
+
+/// `routes[i]:` — a path pattern and what to do with matching requests.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    pub pattern: Pattern,
+    pub upstream: String,
+    pub stream: Option<StreamSettings>,
+}
+
+/// How a subscriber receives changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// RFC 6902 JSON Patch.
+    JsonPatch,
+    /// RFC 7396 JSON Merge Patch.
+    MergePatch,
+    /// Every change sent whole.
+    Snapshot,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::JsonPatch, Format::MergePatch, Format::Snapshot];
+
+    pub fn parse(name: &str) -> Option<Format> {
+        match name {
+            "json-patch" => Some(Format::JsonPatch),
+            "merge-patch" => Some(Format::MergePatch),
+            "snapshot" => Some(Format::Snapshot),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::JsonPatch => "json-patch",
+            Format::MergePatch => "merge-patch",
+            Format::Snapshot => "snapshot",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Whether subscribers with different credentials may share a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// Credentials (and every `vary` header) are part of the topic key and sent upstream.
+    Credentials,
+    /// The resource is the same for everyone: `Authorization` and `Cookie` are neither
+    /// part of the key nor sent upstream.
+    Public,
+}
+
+/// `routes[i].stream:` — present when GETs on the route can be subscribed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSettings {
+    pub interval: Duration,
+    pub format: Format,
+    pub share: Share,
+    /// Lower-case request header names whose values split topics and are sent upstream.
+    pub vary: Vec<String>,
+    pub heartbeat: Duration,
+    /// Events kept per topic for `Last-Event-ID` resume.
+    pub history: usize,
+    pub linger: Duration,
+    /// Events a subscriber may fall behind before it is resynchronised with a snapshot.
+    pub queue: usize,
+    /// Largest upstream body accepted, in bytes.
+    pub max_body: usize,
+}
+
+pub const DEFAULT_VARY: [&str; 2] = ["authorization", "cookie"];
+/// Headers that carry credentials: never sent upstream by a `share: public` poll.
+pub const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            interval: Duration::from_secs(1),
+            format: Format::JsonPatch,
+            share: Share::Credentials,
+            vary: DEFAULT_VARY.iter().map(|s| s.to_string()).collect(),
+            heartbeat: Duration::from_secs(15),
+            history: 64,
+            linger: Duration::from_secs(5),
+            queue: 256,
+            max_body: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: vec!["0.0.0.0:8080".into()],
+            admin: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            grace_period: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}

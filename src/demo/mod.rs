@@ -1,0 +1,49 @@
+//! `unpoll demo`: a sample legacy REST API whose data changes on its own, unpoll in front of
+//! it, and a page that shows the streams live.
+
+mod api;
+
+use crate::config::{parse_config, Config, ConfigErrors, Problem};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::net::ToSocketAddrs;
+
+/// The demo's configuration: `config/demo.yaml` with the addresses given on the command line.
+pub fn config(listen: &str, admin: &str, api: &str) -> Result<Config, ConfigErrors> {
+    let mut config = parse_config(include_str!("../../config/demo.yaml"))?;
+    let api_addr = api
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            ConfigErrors(vec![Problem {
+                path: "--api".into(),
+                line: None,
+                message: format!("`{api}` is not host:port"),
+            }])
+        })?;
+    config.server.listen = vec![listen.to_string()];
+    config.server.admin = Some(admin.to_string());
+    for upstream in config.upstreams.values_mut() {
+        upstream.servers = vec![api_addr];
+    }
+    Ok(config)
+}
+
+/// Adds the sample legacy API, listening on `addr`, to the server.
+pub fn add_api(server: &mut Server, addr: &str) {
+    let mut service = Service::new("demo legacy API".to_string(), api::LegacyApi::new());
+    service.add_tcp(addr);
+    server.add_service(service);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn demo_config_is_valid_and_overridable() {
+        let c = super::config("127.0.0.1:18080", "127.0.0.1:19090", "127.0.0.1:13001").unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:18080"]);
+        assert_eq!(c.upstreams["legacy"].servers[0].port(), 13001);
+        assert!(c.routes.iter().filter(|r| r.stream.is_some()).count() >= 3);
+    }
+}

@@ -1,0 +1,90 @@
+//! Pure JSON diffing: no I/O. [`Delta`] holds one change in every format, size-gated.
+
+pub mod json_patch;
+pub mod merge_patch;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// The encodings of one change from a previous document to the next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    /// The new document, compact JSON.
+    pub snapshot: Bytes,
+    /// RFC 6902 patch, or `None` when a snapshot must be sent instead.
+    pub json_patch: Option<Bytes>,
+    /// RFC 7396 patch, or `None` when a snapshot must be sent instead.
+    pub merge_patch: Option<Bytes>,
+}
+
+/// Computes both patches from `from` to `to`. A patch is dropped (the change goes out as a
+/// snapshot) when it is larger than the snapshot itself or the format cannot express it.
+/// Returns `None` when nothing changed.
+pub fn delta(from: Option<&Value>, to: &Value) -> Option<Delta> {
+    let snapshot = Bytes::from(serde_json::to_vec(to).expect("a Value always serialises"));
+    let Some(from) = from else {
+        return Some(Delta {
+            snapshot,
+            json_patch: None,
+            merge_patch: None,
+        });
+    };
+    let ops = json_patch::diff(from, to);
+    if ops.is_empty() {
+        return None;
+    }
+    let gate = |patch: Value| {
+        let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
+        (bytes.len() <= snapshot.len()).then(|| Bytes::from(bytes))
+    };
+    let json_patch = gate(Value::Array(ops));
+    let merge_patch = merge_patch::diff(from, to).and_then(gate);
+    Some(Delta {
+        snapshot,
+        json_patch,
+        merge_patch,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn first_document_is_a_snapshot() {
+        let d = delta(None, &json!({"a": 1})).unwrap();
+        assert_eq!(&d.snapshot[..], br#"{"a":1}"#);
+        assert!(d.json_patch.is_none() && d.merge_patch.is_none());
+    }
+
+    #[test]
+    fn unchanged_is_none() {
+        assert_eq!(delta(Some(&json!({"a": [1]})), &json!({"a": [1]})), None);
+    }
+
+    #[test]
+    fn small_change_is_a_patch() {
+        let big: Vec<_> = (0..100).collect();
+        let d = delta(
+            Some(&json!({"a": 1, "big": big})),
+            &json!({"a": 2, "big": big}),
+        )
+        .unwrap();
+        assert_eq!(
+            &d.json_patch.unwrap()[..],
+            br#"[{"op":"replace","path":"/a","value":2}]"#
+        );
+        assert_eq!(&d.merge_patch.unwrap()[..], br#"{"a":2}"#);
+    }
+
+    #[test]
+    fn patch_larger_than_snapshot_is_dropped() {
+        let d = delta(Some(&json!({"a": 1, "b": 2, "c": 3})), &json!({"x": 1})).unwrap();
+        assert!(
+            d.json_patch.is_none(),
+            "4 operations are larger than {{\"x\":1}}"
+        );
+        assert!(d.merge_patch.is_none());
+    }
+}

@@ -1,0 +1,29 @@
+//! # unpoll
+//!
+//! A reverse proxy that turns REST poll endpoints into pushed WebSocket and Server-Sent-Events
+//! streams. It polls an upstream GET once per interval on behalf of every subscriber of that
+//! resource, diffs successive bodies, and pushes a snapshot and then patches.
+//!
+//! # Layout
+//!
+//! - [`config`]: the YAML configuration: model, validation (every problem with its key path),
+//!   durations and route patterns.
+//! - [`proxy`]: the pingora `ProxyHttp` implementation. It routes each request and either
+//!   serves it as a subscription or lets pingora proxy it unchanged.
+//! - [`poll`]: which subscribers share a poll ([`poll::key`], the security-critical part), the
+//!   upstream GET, and the poll loop with backoff and linger.
+//! - [`diff`]: pure JSON diffing into RFC 6902 and RFC 7396 patches, with the size gate.
+//! - [`stream`]: the hub of topics, history for resume, event encoding (once per protocol and
+//!   format), and the SSE and WebSocket handlers.
+//! - [`metrics`]: every Prometheus metric; [`admin`] serves them.
+//! - [`server`]: assembles the pingora server; [`demo`]: the self-contained demo.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod diff;
+pub mod metrics;
+pub mod poll;
+pub mod proxy;
+pub mod server;
+pub mod stream;

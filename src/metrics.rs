@@ -1,0 +1,114 @@
+//! Every metric name and label in one place. All names start with `unpoll_`; counters end
+//! in `_total`.
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The proxy's metrics, registered in their own registry and served on the admin listener.
+pub struct Metrics {
+    registry: Registry,
+    /// `unpoll_subscribers{route,protocol}`: open subscriptions.
+    pub subscribers: IntGaugeVec,
+    /// `unpoll_topics`: topics with a running poller.
+    pub topics: IntGauge,
+    /// `unpoll_upstream_polls_total{route,outcome}`: outcome is `changed`, `unchanged`,
+    /// `not_modified`, `error_status`, `terminal_status`, `unreachable`, `timeout`, `too_large`.
+    pub polls: IntCounterVec,
+    /// `unpoll_events_sent_total{route,protocol,kind}`: kind is `snapshot`, `patch`, `error`.
+    pub events: IntCounterVec,
+    /// `unpoll_bytes_sent_total{route,protocol}`: event bytes written to subscribers.
+    pub bytes: IntCounterVec,
+    /// `unpoll_subscriber_lagged_total{route}`: subscribers that fell more than `queue`
+    /// events behind and were resynchronised with a snapshot.
+    pub lagged: IntCounterVec,
+    /// `unpoll_subscribers_dropped_total{route,reason}`: reason is `ping_timeout`,
+    /// `write_error`, `protocol_error`.
+    pub dropped: IntCounterVec,
+    /// `unpoll_requests_rejected_total{reason}`: subscription requests refused with a 4xx.
+    pub rejected: IntCounterVec,
+    /// `unpoll_http_requests_total{route,kind}`: kind is `proxy`, `subscribe`, `no_route`.
+    pub requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let topics =
+            IntGauge::new("unpoll_topics", "Topics with a running poller").expect("valid metric");
+        registry
+            .register(Box::new(topics.clone()))
+            .expect("unique metric");
+        Metrics {
+            subscribers: gauge_vec(
+                "unpoll_subscribers",
+                "Open subscriptions",
+                &["route", "protocol"],
+            ),
+            topics,
+            polls: counter_vec(
+                "unpoll_upstream_polls_total",
+                "Upstream polls by outcome",
+                &["route", "outcome"],
+            ),
+            events: counter_vec(
+                "unpoll_events_sent_total",
+                "Events sent to subscribers",
+                &["route", "protocol", "kind"],
+            ),
+            bytes: counter_vec(
+                "unpoll_bytes_sent_total",
+                "Event bytes sent to subscribers",
+                &["route", "protocol"],
+            ),
+            lagged: counter_vec(
+                "unpoll_subscriber_lagged_total",
+                "Subscribers resynchronised after falling behind",
+                &["route"],
+            ),
+            dropped: counter_vec(
+                "unpoll_subscribers_dropped_total",
+                "Subscribers disconnected by the proxy",
+                &["route", "reason"],
+            ),
+            rejected: counter_vec(
+                "unpoll_requests_rejected_total",
+                "Subscription requests refused",
+                &["reason"],
+            ),
+            requests: counter_vec(
+                "unpoll_http_requests_total",
+                "Requests by route and kind",
+                &["route", "kind"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,207 @@
+//! The pingora [`ProxyHttp`] implementation: decide and dispatch only. A request is either a
+//! subscription (served here, on the same port) or proxied unchanged to its route's upstream.
+
+pub mod routing;
+pub mod subscribe;
+
+use crate::metrics::Metrics;
+use crate::poll::key;
+use crate::stream::delivery::Delivery;
+use crate::stream::encode::Protocol;
+use crate::stream::hub::Hub;
+use crate::stream::{sse, ws};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use routing::{Route, Runtime};
+use std::sync::Arc;
+use subscribe::{Reject, SubscribeRequest};
+use tokio::sync::watch;
+
+/// The proxy: routes, the hub of topics, metrics, and the shutdown signal every stream watches.
+pub struct Gateway {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Per-request state: the route chosen in `request_filter`.
+#[derive(Default)]
+pub struct Ctx {
+    route: Option<Arc<Route>>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    /// Routes the request; serves subscriptions and unrouted requests here (`Ok(true)`),
+    /// and lets everything else go upstream (`Ok(false)`).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let runtime = self.runtime.load();
+        let path = session.req_header().uri.path().to_string();
+        let Some(route) = runtime.route(&path).cloned() else {
+            self.metrics
+                .requests
+                .with_label_values(&["", "no_route"])
+                .inc();
+            let reject = Reject {
+                status: 404,
+                reason: "no_route",
+                message: format!("no route matches {path}"),
+            };
+            respond(session, &reject).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route.clone());
+        if let Some(settings) = &route.stream {
+            match subscribe::classify(session.req_header(), settings) {
+                None => {}
+                Some(Err(reject)) => {
+                    self.metrics
+                        .rejected
+                        .with_label_values(&[reject.reason])
+                        .inc();
+                    respond(session, &reject).await?;
+                    return Ok(true);
+                }
+                Some(Ok(request)) => {
+                    self.metrics
+                        .requests
+                        .with_label_values(&[route.label(), "subscribe"])
+                        .inc();
+                    let write_timeout = runtime.server.write_timeout;
+                    drop(runtime);
+                    if let Err(e) = self
+                        .serve_subscription(session, &route, request, write_timeout)
+                        .await
+                    {
+                        log::debug!("stream on {} ended: {e}", route.label());
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[route.label(), "proxy"])
+            .inc();
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .expect("request_filter sets the route of every proxied request");
+        let mut peer = HttpPeer::new(route.upstream.pick(), false, String::new());
+        peer.options.connection_timeout = Some(route.upstream.settings.connect_timeout);
+        Ok(Box::new(peer))
+    }
+}
+
+impl Gateway {
+    async fn serve_subscription(
+        &self,
+        session: &mut Session,
+        route: &Arc<Route>,
+        request: SubscribeRequest,
+        write_timeout: std::time::Duration,
+    ) -> pingora::Result<()> {
+        let settings = route
+            .stream
+            .clone()
+            .expect("subscriptions exist only on stream routes");
+        let req = session.req_header();
+        let (key, poll, _) = key::derive(
+            route.label(),
+            &route.upstream.name,
+            &settings,
+            req.uri.path(),
+            req.uri.query(),
+            &req.headers,
+        );
+        if request.protocol == Protocol::WebSocket {
+            let key = request
+                .ws_key
+                .as_deref()
+                .expect("validated upgrades carry a key");
+            let resp = ws::handshake_response(key, request.subprotocol)?;
+            session
+                .downstream_session
+                .write_response_header(Box::new(resp))
+                .await?;
+        }
+        let sub = self
+            .hub
+            .subscribe(key, poll, route, request.resume.as_ref());
+        let delivery = Delivery::new(
+            sub,
+            request.protocol,
+            request.format,
+            route.label(),
+            &self.metrics,
+        );
+        let shutdown = self.shutdown.clone();
+        let downstream = &mut *session.downstream_session;
+        match request.protocol {
+            Protocol::Sse => {
+                sse::serve(
+                    downstream,
+                    delivery,
+                    settings.heartbeat,
+                    write_timeout,
+                    shutdown,
+                )
+                .await
+            }
+            Protocol::WebSocket => {
+                let ended = ws::serve(
+                    downstream,
+                    delivery,
+                    settings.heartbeat,
+                    write_timeout,
+                    shutdown,
+                )
+                .await;
+                let reason = match ended {
+                    Ok(ws::Ended::Normal) => return Ok(()),
+                    Ok(ws::Ended::PingTimeout) => "ping_timeout",
+                    Ok(ws::Ended::ProtocolError) => "protocol_error",
+                    Err(_) => "write_error",
+                };
+                self.metrics
+                    .dropped
+                    .with_label_values(&[route.label(), reason])
+                    .inc();
+                ended.map(|_| ())
+            }
+        }
+    }
+}
+
+/// Answers with a small JSON error body; clients never see internals.
+async fn respond(session: &mut Session, reject: &Reject) -> pingora::Result<()> {
+    let body = serde_json::json!({"error": reject.reason, "message": reject.message});
+    let body = Bytes::from(serde_json::to_vec(&body).expect("a Value always serialises"));
+    let mut resp = ResponseHeader::build(reject.status, Some(3))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if reject.status == 426 {
+        resp.insert_header("sec-websocket-version", "13")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}

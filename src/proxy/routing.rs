@@ -1,0 +1,103 @@
+//! The route table in force: compiled from a [`Config`] and read lock-free through arc-swap.
+
+use crate::config::{Config, RouteSettings, ServerSettings, StreamSettings, UpstreamSettings};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A group of upstream servers, chosen round robin.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub settings: UpstreamSettings,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    /// The next server in round-robin order.
+    pub fn pick(&self) -> SocketAddr {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.settings.servers[i % self.settings.servers.len()]
+    }
+}
+
+/// A route with its upstream resolved.
+#[derive(Debug)]
+pub struct Route {
+    pub settings: RouteSettings,
+    pub upstream: Arc<Upstream>,
+    pub stream: Option<Arc<StreamSettings>>,
+}
+
+impl Route {
+    /// The route's label in metrics and logs: its `match` pattern.
+    pub fn label(&self) -> &str {
+        self.settings.pattern.as_str()
+    }
+}
+
+/// Everything a request needs to be routed, as one immutable value.
+#[derive(Debug)]
+pub struct Runtime {
+    pub server: ServerSettings,
+    pub routes: Vec<Arc<Route>>,
+}
+
+impl Runtime {
+    pub fn new(config: &Config) -> Runtime {
+        let upstreams: HashMap<_, _> = config
+            .upstreams
+            .iter()
+            .map(|(name, settings)| {
+                let u = Upstream {
+                    name: name.clone(),
+                    settings: settings.clone(),
+                    next: AtomicUsize::new(0),
+                };
+                (name.clone(), Arc::new(u))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(Route {
+                    settings: r.clone(),
+                    upstream: upstreams[&r.upstream].clone(),
+                    stream: r.stream.clone().map(Arc::new),
+                })
+            })
+            .collect();
+        Runtime {
+            server: config.server.clone(),
+            routes,
+        }
+    }
+
+    /// The first route whose pattern matches `path`.
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| r.settings.pattern.matches(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_match_wins_and_servers_rotate() {
+        let config = crate::config::parse_config(
+            "upstreams: {a: {servers: ['127.0.0.1:1', '127.0.0.1:2']}}\nroutes:\n  - {match: '/x/{id}', upstream: a, stream: {}}\n  - {match: /*, upstream: a}\n",
+        )
+        .unwrap();
+        let rt = Runtime::new(&config);
+        assert!(rt.route("/x/1").unwrap().stream.is_some());
+        assert!(rt.route("/x/1/2").unwrap().stream.is_none());
+        let u = &rt.routes[0].upstream;
+        let picks: Vec<u16> = (0..4).map(|_| u.pick().port()).collect();
+        assert_eq!(picks, vec![1, 2, 1, 2]);
+    }
+}

@@ -1,0 +1,330 @@
+//! Deciding whether a request is a subscription, and validating it. Pure: no I/O.
+
+use crate::config::{Format, StreamSettings};
+use crate::poll::key::split_query;
+use crate::stream::encode::Protocol;
+use crate::stream::topic::ResumeId;
+use http::{HeaderMap, Method, Version};
+use pingora::http::RequestHeader;
+
+/// Subprotocol names a WebSocket client may offer, one per format.
+pub const SUBPROTOCOL_PREFIX: &str = "unpoll.";
+
+/// A validated subscription request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeRequest {
+    pub protocol: Protocol,
+    pub format: Format,
+    pub resume: Option<ResumeId>,
+    /// WebSocket only: the client's `Sec-WebSocket-Key`.
+    pub ws_key: Option<String>,
+    /// WebSocket only: the subprotocol we answer with.
+    pub subprotocol: Option<&'static str>,
+}
+
+/// Why a subscription request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    /// Short machine-readable reason; also the metric label.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn reject(status: u16, reason: &'static str, message: impl Into<String>) -> Reject {
+    Reject {
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case(token)
+            })
+        })
+}
+
+/// `None` when the request is not a subscription (it is proxied); otherwise the validated
+/// subscription or the reason it is refused.
+pub fn classify(
+    req: &RequestHeader,
+    settings: &StreamSettings,
+) -> Option<Result<SubscribeRequest, Reject>> {
+    if req.method != Method::GET {
+        return None;
+    }
+    let headers = &req.headers;
+    let websocket = has_token(headers, "upgrade", "websocket");
+    let sse = !websocket && has_token(headers, "accept", "text/event-stream");
+    if !websocket && !sse {
+        return None;
+    }
+    Some(validate(req, settings, websocket))
+}
+
+fn validate(
+    req: &RequestHeader,
+    settings: &StreamSettings,
+    websocket: bool,
+) -> Result<SubscribeRequest, Reject> {
+    let headers = &req.headers;
+    let (_, reserved) = split_query(req.uri.query());
+    let mut format = match reserved.format.as_deref() {
+        None => settings.format,
+        Some(name) => Format::parse(name).ok_or_else(|| {
+            reject(
+                400,
+                "unknown_format",
+                format!("unknown unpoll_format `{name}` (use json-patch, merge-patch or snapshot)"),
+            )
+        })?,
+    };
+    let resume_text = header(headers, "last-event-id")
+        .map(str::to_string)
+        .or(reserved.last_event_id);
+    let resume = match resume_text
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        None => None,
+        Some(text) => Some(ResumeId::parse(text).ok_or_else(|| {
+            reject(
+                400,
+                "bad_last_event_id",
+                format!("`{text}` is not an event id (`<epoch>-<version>`)"),
+            )
+        })?),
+    };
+    if !websocket {
+        return Ok(SubscribeRequest {
+            protocol: Protocol::Sse,
+            format,
+            resume,
+            ws_key: None,
+            subprotocol: None,
+        });
+    }
+    if req.version != Version::HTTP_11 {
+        return Err(reject(
+            400,
+            "bad_upgrade",
+            "WebSocket upgrades need HTTP/1.1",
+        ));
+    }
+    if !has_token(headers, "connection", "upgrade") {
+        return Err(reject(
+            400,
+            "bad_upgrade",
+            "`Upgrade: websocket` needs `Connection: Upgrade`",
+        ));
+    }
+    if header(headers, "sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(reject(
+            426,
+            "bad_upgrade",
+            "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)",
+        ));
+    }
+    let key = header(headers, "sec-websocket-key")
+        .map(str::trim)
+        .unwrap_or("");
+    if !valid_ws_key(key) {
+        return Err(reject(
+            400,
+            "bad_upgrade",
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
+    let offered: Vec<&str> = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut subprotocol = None;
+    if !offered.is_empty() {
+        let known = offered.iter().find_map(|p| {
+            let f = Format::parse(p.strip_prefix(SUBPROTOCOL_PREFIX)?)?;
+            Some(f)
+        });
+        let f = known.ok_or_else(|| {
+            reject(
+                400,
+                "unknown_format",
+                format!(
+                    "no supported subprotocol in `{}` (use unpoll.json-patch, unpoll.merge-patch or unpoll.snapshot)",
+                    offered.join(", ")
+                ),
+            )
+        })?;
+        format = f;
+        subprotocol = Some(subprotocol_name(f));
+    }
+    Ok(SubscribeRequest {
+        protocol: Protocol::WebSocket,
+        format,
+        resume,
+        ws_key: Some(key.to_string()),
+        subprotocol,
+    })
+}
+
+/// The subprotocol name of a format.
+pub fn subprotocol_name(format: Format) -> &'static str {
+    match format {
+        Format::JsonPatch => "unpoll.json-patch",
+        Format::MergePatch => "unpoll.merge-patch",
+        Format::Snapshot => "unpoll.snapshot",
+    }
+}
+
+/// 16 bytes in base64 are 22 characters and `==`.
+fn valid_ws_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    const WS: [(&str, &str); 4] = [
+        ("upgrade", "websocket"),
+        ("connection", "keep-alive, Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    fn classify_default(r: &RequestHeader) -> Option<Result<SubscribeRequest, Reject>> {
+        classify(r, &StreamSettings::default())
+    }
+
+    #[test]
+    fn plain_requests_are_not_subscriptions() {
+        assert!(classify_default(&req("/x", &[("accept", "application/json")])).is_none());
+        let mut post = req("/x", &[("accept", "text/event-stream")]);
+        post.set_method(Method::POST);
+        assert!(classify_default(&post).is_none());
+    }
+
+    #[test]
+    fn sse_with_format_and_resume() {
+        let r = req(
+            "/x?unpoll_format=merge-patch",
+            &[("accept", "text/event-stream"), ("last-event-id", "ab-3")],
+        );
+        let s = classify_default(&r).unwrap().unwrap();
+        assert_eq!(s.protocol, Protocol::Sse);
+        assert_eq!(s.format, Format::MergePatch);
+        assert_eq!(
+            s.resume,
+            Some(ResumeId {
+                epoch: "ab".into(),
+                version: 3
+            })
+        );
+        let q = req(
+            "/x?unpoll_last_event_id=cd-9",
+            &[("accept", "text/event-stream")],
+        );
+        assert_eq!(
+            classify_default(&q)
+                .unwrap()
+                .unwrap()
+                .resume
+                .unwrap()
+                .version,
+            9
+        );
+    }
+
+    #[test]
+    fn bad_format_and_resume_are_400() {
+        let r = req("/x?unpoll_format=xml", &[("accept", "text/event-stream")]);
+        assert_eq!(classify_default(&r).unwrap().unwrap_err().status, 400);
+        let r = req(
+            "/x",
+            &[
+                ("accept", "text/event-stream"),
+                ("last-event-id", "garbage"),
+            ],
+        );
+        assert_eq!(
+            classify_default(&r).unwrap().unwrap_err().reason,
+            "bad_last_event_id"
+        );
+    }
+
+    #[test]
+    fn websocket_subprotocols_choose_the_format() {
+        let mut h = WS.to_vec();
+        h.push(("sec-websocket-protocol", "chat, unpoll.snapshot"));
+        let s = classify_default(&req("/x", &h)).unwrap().unwrap();
+        assert_eq!(s.protocol, Protocol::WebSocket);
+        assert_eq!(s.format, Format::Snapshot);
+        assert_eq!(s.subprotocol, Some("unpoll.snapshot"));
+        let plain = classify_default(&req("/x", &WS)).unwrap().unwrap();
+        assert_eq!((plain.format, plain.subprotocol), (Format::JsonPatch, None));
+        let mut bad = WS.to_vec();
+        bad.push(("sec-websocket-protocol", "unpoll.xml"));
+        assert_eq!(
+            classify_default(&req("/x", &bad))
+                .unwrap()
+                .unwrap_err()
+                .reason,
+            "unknown_format"
+        );
+    }
+
+    #[test]
+    fn malformed_upgrades_are_refused() {
+        for (drop, status) in [
+            ("connection", 400),
+            ("sec-websocket-version", 426),
+            ("sec-websocket-key", 400),
+        ] {
+            let h: Vec<_> = WS.iter().copied().filter(|(k, _)| *k != drop).collect();
+            let err = classify_default(&req("/x", &h)).unwrap().unwrap_err();
+            assert_eq!(err.status, status, "without {drop}");
+        }
+        let mut short = WS.to_vec();
+        short[3] = ("sec-websocket-key", "c2hvcnQ=");
+        assert_eq!(
+            classify_default(&req("/x", &short))
+                .unwrap()
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+}

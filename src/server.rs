@@ -1,0 +1,70 @@
+//! Assembling the pingora server: the proxy listener, the admin listener, and the relay that
+//! hands pingora's shutdown signal to every stream and poller.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::routing::Runtime;
+use crate::proxy::Gateway;
+use crate::stream::hub::Hub;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Forwards pingora's SIGTERM shutdown to our own watch channel.
+struct ShutdownRelay {
+    tx: watch::Sender<bool>,
+}
+
+#[async_trait]
+impl BackgroundService for ShutdownRelay {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        log::info!("shutting down: closing streams");
+        let _ = self.tx.send(true);
+    }
+}
+
+/// Builds the server for `config`. `extra` may add services (the demo's sample API).
+pub fn build(config: &Config, extra: impl FnOnce(&mut Server)) -> Server {
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        ..Default::default()
+    };
+    // Pingora sleeps the grace period, then gives runtimes one more second: the sum is ours.
+    conf.grace_period_seconds = Some(config.server.grace_period.as_secs().saturating_sub(1));
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let (tx, rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let gateway = Gateway {
+        runtime: Arc::new(ArcSwap::from_pointee(Runtime::new(config))),
+        hub: Arc::new(Hub::new(metrics.clone(), rx.clone())),
+        metrics: metrics.clone(),
+        shutdown: rx,
+    };
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "unpoll proxy",
+    );
+    for addr in &config.server.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+    if let Some(addr) = &config.server.admin {
+        let mut admin = Service::new("unpoll admin".to_string(), Admin { metrics });
+        admin.add_tcp(addr);
+        server.add_service(admin);
+    }
+    server.add_service(background_service("shutdown relay", ShutdownRelay { tx }));
+    extra(&mut server);
+    server
+}

@@ -1,0 +1,341 @@
+//! A topic: one shared poll's document, its history, and the channel that fans events out.
+
+use super::event::{ErrorEvent, Event};
+use crate::diff::{delta, Delta};
+use crate::poll::key::{PollRequest, TopicKey};
+use crate::proxy::routing::Route;
+use bytes::Bytes;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+
+/// What a subscriber's queue carries.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// A new version, sent as a patch where the subscriber's format has one.
+    Event(Arc<Event>),
+    /// A version sent whole (first event, resynchronisation).
+    Snapshot(Arc<Event>),
+    Error(Arc<ErrorEvent>),
+}
+
+/// A resume point given by a client: `<epoch>-<version>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeId {
+    pub epoch: String,
+    pub version: u64,
+}
+
+impl ResumeId {
+    /// Parses an event id: an alphanumeric epoch, `-`, and a decimal version.
+    pub fn parse(id: &str) -> Option<ResumeId> {
+        let (epoch, version) = id.trim().split_once('-')?;
+        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return None;
+        }
+        if version.is_empty() || version.len() > 20 || !version.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        Some(ResumeId {
+            epoch: epoch.to_string(),
+            version: version.parse().ok()?,
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Arc<Event>>,
+    history: VecDeque<Arc<Event>>,
+    error: Option<Arc<ErrorEvent>>,
+    error_code: Option<(u16, &'static str)>,
+    doc: Option<Value>,
+    last_body: Option<Bytes>,
+    etag: Option<String>,
+    idle_since: Option<Instant>,
+}
+
+/// One shared poll. Held by the hub's map and by its poller; stream handlers hold only a
+/// `Weak`, so removing the topic drops its sender and ends every subscriber's queue.
+pub struct Topic {
+    pub key: TopicKey,
+    pub route: Arc<Route>,
+    pub request: PollRequest,
+    pub epoch: String,
+    state: Mutex<State>,
+    tx: broadcast::Sender<Msg>,
+    subscribers: AtomicUsize,
+    /// Wakes the poller when the last subscriber leaves.
+    pub(crate) wake: Notify,
+}
+
+/// What the poller learned from one poll.
+pub enum Outcome {
+    /// A body to compare with the last one.
+    Body {
+        body: Bytes,
+        etag: Option<String>,
+        json: bool,
+    },
+    /// Nothing changed (304).
+    Unchanged,
+    /// The upstream failed; subscribers are told and the poller retries.
+    Failed {
+        status: u16,
+        error: &'static str,
+        message: String,
+    },
+    /// The upstream refused the resource for good; subscribers are told and the streams end.
+    Terminal { status: u16, error: &'static str },
+}
+
+/// What [`Topic::apply`] did, for metrics and scheduling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    Unchanged,
+    Failed,
+    Terminal,
+}
+
+impl Topic {
+    pub fn new(key: TopicKey, route: Arc<Route>, request: PollRequest, queue: usize) -> Topic {
+        let epoch = format!("{:08x}", rand::random::<u32>());
+        Topic {
+            key,
+            route,
+            request,
+            epoch,
+            state: Mutex::new(State::default()),
+            tx: broadcast::channel(queue).0,
+            subscribers: AtomicUsize::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::SeqCst)
+    }
+
+    /// Counts a new subscriber. Called under the hub's lock.
+    pub(crate) fn join(&self) {
+        self.subscribers.fetch_add(1, Ordering::SeqCst);
+        self.state().idle_since = None;
+    }
+
+    /// Counts a departed subscriber and wakes the poller when it was the last.
+    pub(crate) fn leave(&self) {
+        if self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.state().idle_since = Some(Instant::now());
+            self.wake.notify_one();
+        }
+    }
+
+    /// When the topic has been without subscribers since, if it has.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let state = self.state();
+        if self.subscribers() == 0 {
+            Some(state.idle_since.unwrap_or_else(Instant::now))
+        } else {
+            None
+        }
+    }
+
+    /// The ETag of the last body, for a conditional poll.
+    pub fn etag(&self) -> Option<String> {
+        self.state().etag.clone()
+    }
+
+    /// A receiver plus the messages a new subscriber starts with: the current snapshot, or
+    /// only what it missed when `resume` names a version still in history; then the current
+    /// error, if the upstream is failing. Taken under the state lock, so nothing published
+    /// concurrently is lost or duplicated.
+    pub fn open(&self, resume: Option<&ResumeId>) -> (Vec<Msg>, broadcast::Receiver<Msg>) {
+        let state = self.state();
+        let rx = self.tx.subscribe();
+        let mut initial = Vec::new();
+        if let Some(current) = &state.current {
+            match resume.filter(|r| r.epoch == self.epoch) {
+                Some(r) if r.version == current.version => {}
+                Some(r)
+                    if r.version < current.version
+                        && state
+                            .history
+                            .front()
+                            .is_some_and(|oldest| oldest.version <= r.version + 1) =>
+                {
+                    initial.extend(
+                        state
+                            .history
+                            .iter()
+                            .filter(|e| e.version > r.version)
+                            .cloned()
+                            .map(Msg::Event),
+                    );
+                }
+                _ => initial.push(Msg::Snapshot(current.clone())),
+            }
+        }
+        if let Some(err) = &state.error {
+            initial.push(Msg::Error(err.clone()));
+        }
+        (initial, rx)
+    }
+
+    /// The current snapshot (and error), for a subscriber that fell behind.
+    pub fn resync(&self) -> Vec<Msg> {
+        self.open(None).0
+    }
+
+    /// Applies one poll's outcome: diffs, publishes, and records errors.
+    pub fn apply(&self, outcome: Outcome) -> Applied {
+        let mut state = self.state();
+        let state = &mut *state;
+        match outcome {
+            Outcome::Unchanged => self
+                .recover(state)
+                .map_or(Applied::Unchanged, |_| Applied::Changed),
+            Outcome::Body { body, etag, json } => {
+                state.etag = etag;
+                if state.last_body.as_ref() == Some(&body) {
+                    return self
+                        .recover(state)
+                        .map_or(Applied::Unchanged, |_| Applied::Changed);
+                }
+                let doc = if json {
+                    serde_json::from_slice::<Value>(&body).ok()
+                } else {
+                    None
+                };
+                state.last_body = Some(body.clone());
+                let change = match doc {
+                    Some(doc) => {
+                        let d = delta(state.doc.as_ref(), &doc);
+                        state.doc = Some(doc);
+                        d
+                    }
+                    None => {
+                        // Not JSON: sent whole, as a JSON string.
+                        let text = Value::String(String::from_utf8_lossy(&body).into_owned());
+                        let snapshot =
+                            Bytes::from(serde_json::to_vec(&text).expect("a string serialises"));
+                        state.doc = None;
+                        Some(Delta {
+                            snapshot,
+                            json_patch: None,
+                            merge_patch: None,
+                        })
+                    }
+                };
+                let had_error = state.error.take().is_some();
+                state.error_code = None;
+                match change {
+                    Some(delta) => {
+                        let delta = if had_error { whole(delta) } else { delta };
+                        self.publish(state, delta);
+                        Applied::Changed
+                    }
+                    None if had_error => {
+                        self.republish(state);
+                        Applied::Changed
+                    }
+                    None => Applied::Unchanged,
+                }
+            }
+            Outcome::Failed {
+                status,
+                error,
+                message,
+            } => {
+                if state.error_code != Some((status, error)) {
+                    let e = Arc::new(ErrorEvent::new(status, error, &message, false));
+                    state.error = Some(e.clone());
+                    state.error_code = Some((status, error));
+                    let _ = self.tx.send(Msg::Error(e));
+                }
+                Applied::Failed
+            }
+            Outcome::Terminal { status, error } => {
+                let message = format!("the upstream answered {status}; the stream ends");
+                let e = Arc::new(ErrorEvent::new(status, error, &message, true));
+                state.error = Some(e.clone());
+                let _ = self.tx.send(Msg::Error(e));
+                Applied::Terminal
+            }
+        }
+    }
+
+    /// After an error, the first good poll sends the whole document, even if it did not change.
+    fn recover(&self, state: &mut State) -> Option<()> {
+        state.error.take()?;
+        state.error_code = None;
+        self.republish(state);
+        Some(())
+    }
+
+    fn republish(&self, state: &mut State) {
+        if let Some(current) = state.current.clone() {
+            self.publish(state, whole(current.delta.clone()));
+        }
+    }
+
+    fn publish(&self, state: &mut State, delta: Delta) {
+        let version = state.current.as_ref().map_or(1, |c| c.version + 1);
+        let event = Arc::new(Event::new(&self.epoch, version, delta));
+        state.current = Some(event.clone());
+        let limit = self.route.stream.as_ref().map_or(0, |s| s.history);
+        state.history.push_back(event.clone());
+        while state.history.len() > limit {
+            state.history.pop_front();
+        }
+        let _ = self.tx.send(Msg::Event(event));
+    }
+}
+
+/// The same change, sent whole in every format.
+fn whole(delta: Delta) -> Delta {
+    Delta {
+        snapshot: delta.snapshot,
+        json_patch: None,
+        merge_patch: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_ids_parse() {
+        assert_eq!(
+            ResumeId::parse("9f2c-12"),
+            Some(ResumeId {
+                epoch: "9f2c".into(),
+                version: 12
+            })
+        );
+        for bad in [
+            "",
+            "12",
+            "-1",
+            "x-",
+            "x-1.5",
+            "x--1",
+            "a-b-3",
+            "x-+1",
+            "é-1",
+            "x-99999999999999999999999",
+        ] {
+            assert_eq!(ResumeId::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! WebSocket: the handshake answer and the frame loop, with tungstenite driven sans-io over
+//! in-memory buffers. Event frames are pre-encoded and written as they are; tungstenite
+//! handles what the client sends (pongs, pings, close) and our control frames.
+
+use super::delivery::{Delivery, Next};
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession as Session;
+use std::io::{self, Read, Write};
+use std::time::Duration;
+use tokio::sync::watch;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Error as WsError, Message};
+
+/// Largest message a client may send. Clients only answer pings and close, so this is small.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Why a WebSocket stream ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Normal,
+    PingTimeout,
+    ProtocolError,
+}
+
+/// The 101 response for a validated upgrade request.
+pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(101, Some(4))?;
+    resp.insert_header("upgrade", "websocket")?;
+    resp.insert_header("connection", "Upgrade")?;
+    resp.insert_header(
+        "sec-websocket-accept",
+        tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    )?;
+    if let Some(p) = subprotocol {
+        resp.insert_header("sec-websocket-protocol", p)?;
+    }
+    Ok(resp)
+}
+
+/// Bytes in from the client, bytes out to it: the sans-io stream tungstenite reads and writes.
+#[derive(Default)]
+struct Buffers {
+    inbox: BytesMut,
+    outbox: Vec<u8>,
+}
+
+impl Read for Buffers {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.inbox.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.inbox.len());
+        buf[..n].copy_from_slice(&self.inbox.split_to(n));
+        Ok(n)
+    }
+}
+
+impl Write for Buffers {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbox.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Conn {
+    ctx: WebSocketContext,
+    io: Buffers,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_CLIENT_MESSAGE))
+            .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+            .write_buffer_size(0);
+        Conn {
+            ctx: WebSocketContext::new(Role::Server, Some(config)),
+            io: Buffers::default(),
+        }
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &'static str) {
+        let _ = self.ctx.close(
+            &mut self.io,
+            Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }),
+        );
+        let _ = self.ctx.flush(&mut self.io);
+    }
+
+    fn take_outbox(&mut self) -> Option<Bytes> {
+        (!self.io.outbox.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.io.outbox)))
+    }
+}
+
+/// Serves one WebSocket subscriber (after the 101) until the topic ends, the client leaves
+/// or stops answering pings, or shutdown (close 1001).
+pub async fn serve(
+    session: &mut Session,
+    mut delivery: Delivery,
+    heartbeat: Duration,
+    write_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> pingora::Result<Ended> {
+    session.set_keepalive(None);
+    session.set_read_timeout(None);
+    session.set_write_timeout(Some(write_timeout));
+    let mut conn = Conn::new();
+    match delivery.initial() {
+        Next::Write(b) if b.is_empty() => {}
+        Next::Write(b) => session.write_response_body(b, false).await?,
+        Next::End(b) => {
+            session.write_response_body(b, false).await?;
+            return finish(
+                session,
+                &mut conn,
+                CloseCode::Normal,
+                "stream ended",
+                Ended::Normal,
+            )
+            .await;
+        }
+        Next::Closed => {
+            return finish(
+                session,
+                &mut conn,
+                CloseCode::Normal,
+                "stream ended",
+                Ended::Normal,
+            )
+            .await
+        }
+    }
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let mut awaiting_pong = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                return finish(session, &mut conn, CloseCode::Away, "server shutting down", Ended::Normal).await;
+            }
+            next = delivery.next() => match next {
+                Next::Write(b) => session.write_response_body(b, false).await?,
+                Next::End(b) => {
+                    session.write_response_body(b, false).await?;
+                    return finish(session, &mut conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
+                }
+                Next::Closed => {
+                    return finish(session, &mut conn, CloseCode::Away, "topic closed", Ended::Normal).await;
+                }
+            },
+            _ = tick.tick() => {
+                if awaiting_pong {
+                    return finish(session, &mut conn, CloseCode::Policy, "ping timeout", Ended::PingTimeout).await;
+                }
+                awaiting_pong = true;
+                let _ = conn.ctx.write(&mut conn.io, Message::Ping(Bytes::from_static(b"unpoll")));
+                let _ = conn.ctx.flush(&mut conn.io);
+                if let Some(out) = conn.take_outbox() {
+                    session.write_response_body(out, false).await?;
+                }
+            }
+            input = session.read_request_body() => {
+                let Some(data) = input? else {
+                    return Ok(Ended::Normal); // the client closed the connection
+                };
+                conn.io.inbox.extend_from_slice(&data);
+                let mut closing = false;
+                loop {
+                    match conn.ctx.read(&mut conn.io) {
+                        Ok(Message::Close(_)) => closing = true,
+                        Ok(_) => awaiting_pong = false,
+                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
+                            closing = true;
+                            break;
+                        }
+                        Err(WsError::Capacity(_)) => {
+                            return finish(session, &mut conn, CloseCode::Size, "message too big", Ended::ProtocolError).await;
+                        }
+                        Err(_) => {
+                            return finish(session, &mut conn, CloseCode::Protocol, "protocol error", Ended::ProtocolError).await;
+                        }
+                    }
+                }
+                let _ = conn.ctx.flush(&mut conn.io);
+                if let Some(out) = conn.take_outbox() {
+                    session.write_response_body(out, false).await?;
+                }
+                if closing {
+                    return Ok(Ended::Normal);
+                }
+            }
+        }
+    }
+}
+
+async fn finish(
+    session: &mut Session,
+    conn: &mut Conn,
+    code: CloseCode,
+    reason: &'static str,
+    ended: Ended,
+) -> pingora::Result<Ended> {
+    conn.close(code, reason);
+    if let Some(out) = conn.take_outbox() {
+        session.write_response_body(out, false).await?;
+    }
+    Ok(ended)
+}
