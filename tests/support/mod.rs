@@ -1,0 +1,87 @@
+//! Test support: a scripted upstream, the real proxy binary on free ports, and real clients.
+#![allow(dead_code, unused_imports)]
+
+mod clients;
+mod proxy;
+mod upstream;
+
+pub use clients::*;
+pub use proxy::Proxy;
+pub use upstream::{Seen, Upstream};
+
+use serde_json::Value;
+use std::future::Future;
+use std::time::Duration;
+
+pub const SECOND: Duration = Duration::from_secs(1);
+
+/// The value of a sample in Prometheus text, matched by name and labels.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client-side copy of the document, built only from events, as a real client would.
+#[derive(Debug, Clone, Default)]
+pub struct Doc {
+    pub value: Option<Value>,
+    pub format: String,
+}
+
+impl Doc {
+    pub fn new(format: &str) -> Doc {
+        Doc {
+            value: None,
+            format: format.to_string(),
+        }
+    }
+
+    /// Applies one `snapshot` or `patch` event.
+    pub fn apply(&mut self, kind: &str, data: Value) {
+        match kind {
+            "snapshot" => self.value = Some(data),
+            "patch" => {
+                let doc = self.value.as_mut().expect("a patch before any snapshot");
+                match self.format.as_str() {
+                    "merge-patch" => json_patch::merge(doc, &data),
+                    "json-patch" => {
+                        let patch: json_patch::Patch =
+                            serde_json::from_value(data).expect("an RFC 6902 patch");
+                        json_patch::patch(doc, &patch).expect("the patch applies");
+                    }
+                    other => panic!("a patch in format {other}"),
+                }
+            }
+            other => panic!("unexpected event {other}"),
+        }
+    }
+}

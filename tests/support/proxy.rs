@@ -1,0 +1,140 @@
+//! Starts the real `unpoll` binary on free ports with a test's configuration.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// A port the kernel just handed out for 127.0.0.1:0.
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Proxy {
+    /// Starts unpoll with `body` (upstreams and routes; `{upstream}` is replaced by
+    /// `upstream`) and `server_extra` lines added under `server:`.
+    pub async fn start(upstream: SocketAddr, body: &str) -> Proxy {
+        Proxy::start_with(upstream, "", body).await
+    }
+
+    pub async fn start_with(upstream: SocketAddr, server_extra: &str, body: &str) -> Proxy {
+        // Ports are picked by binding port 0; if another process takes one first, unpoll
+        // exits and we try again with new ports.
+        for _ in 0..5 {
+            let (addr, admin): (SocketAddr, SocketAddr) = (
+                format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            );
+            let config = format!(
+                "server:\n  listen: [\"{addr}\"]\n  admin: \"{admin}\"\n  threads: 2\n{server_extra}\n{}",
+                body.replace("{upstream}", &upstream.to_string())
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("unpoll.yaml");
+            std::fs::write(&path, config).unwrap();
+            let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_unpoll"))
+                .args(["--log-level", "info", "run", "-c"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start unpoll");
+            let mut proxy = Proxy {
+                addr,
+                admin,
+                child,
+                dir,
+            };
+            if proxy.wait_ready().await {
+                return proxy;
+            }
+            eprintln!(
+                "unpoll did not start; retrying with other ports:\n{}",
+                proxy.log()
+            );
+        }
+        panic!("unpoll did not start");
+    }
+
+    async fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            let healthy = super::http_get(self.admin, "/healthz")
+                .await
+                .is_some_and(|r| r.status == 200);
+            if healthy && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("unpoll.yaml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (up to `limit`) for the process to exit.
+    pub async fn terminate(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some((status, started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// The Prometheus text from the admin listener.
+    pub async fn metrics(&self) -> String {
+        let r = super::http_get(self.admin, "/metrics")
+            .await
+            .expect("admin answers");
+        String::from_utf8(r.body).unwrap()
+    }
+
+    /// The value of one metric sample, matched by name and every given label.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics().await;
+        super::metric_value(&text, name, labels).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- unpoll log ---\n{}", self.log());
+        }
+    }
+}

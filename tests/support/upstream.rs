@@ -1,0 +1,287 @@
+//! A real HTTP/1.1 upstream on 127.0.0.1:0 that tests script: canned responses per path, an
+//! echo of every other request, a slow chunked body, and the ability to go down and come back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A scripted response.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// A request the upstream received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    canned: HashMap<String, Canned>,
+    seen: Vec<Seen>,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = bind("127.0.0.1:0".parse().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let up = Upstream {
+            addr,
+            state: Arc::default(),
+            tasks: Arc::default(),
+        };
+        up.serve(listener);
+        up
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let state = self.state.clone();
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let conn = tokio::spawn(connection(stream, state.clone()));
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Answers `path` (with or without query) with this JSON from now on.
+    pub fn set_json(&self, path: &str, value: &serde_json::Value) {
+        self.set(
+            path,
+            200,
+            "application/json",
+            serde_json::to_vec(value).unwrap(),
+        );
+    }
+
+    pub fn set(&self, path: &str, status: u16, content_type: &str, body: impl Into<Vec<u8>>) {
+        let canned = Canned {
+            status,
+            content_type: content_type.into(),
+            body: body.into(),
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .canned
+            .insert(path.to_string(), canned);
+    }
+
+    /// Requests received for `path` (the target without query), in order.
+    pub fn seen(&self, path: &str) -> Vec<Seen> {
+        let state = self.state.lock().unwrap();
+        state
+            .seen
+            .iter()
+            .filter(|s| s.target.split('?').next() == Some(path))
+            .cloned()
+            .collect()
+    }
+
+    pub fn count(&self, path: &str) -> usize {
+        self.seen(path).len()
+    }
+
+    /// Closes the listener and every connection: new connections are refused.
+    pub fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&self) {
+        for _ in 0..50 {
+            if let Ok(l) = try_bind(self.addr) {
+                self.serve(l);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("could not listen on {} again", self.addr);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn try_bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn bind(addr: SocketAddr) -> TcpListener {
+    try_bind(addr).expect("bind test upstream")
+}
+
+async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some((seen, used)) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        buf.drain(..used);
+        let path = seen.target.split('?').next().unwrap_or("").to_string();
+        let canned = {
+            let mut s = state.lock().unwrap();
+            s.seen.push(seen.clone());
+            s.canned
+                .get(&seen.target)
+                .or_else(|| s.canned.get(&path))
+                .cloned()
+        };
+        let ok = match (canned, path.as_str()) {
+            (Some(c), _) => {
+                write_response(&mut stream, c.status, &c.content_type, &[], &c.body).await
+            }
+            (None, "/slow-stream") => slow_stream(&mut stream).await,
+            (None, _) => {
+                let echo = serde_json::json!({
+                    "method": seen.method,
+                    "target": seen.target,
+                    "headers": seen.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect::<HashMap<_, _>>(),
+                    "body": String::from_utf8_lossy(&seen.body),
+                });
+                let status = seen
+                    .header("x-want-status")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(200);
+                write_response(
+                    &mut stream,
+                    status,
+                    "application/json",
+                    &[("x-upstream", "yes")],
+                    &serde_json::to_vec(&echo).unwrap(),
+                )
+                .await
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize)> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = req.parse(buf) {
+            let headers: Vec<(String, String)> = req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            let method = req.method.unwrap_or("").to_string();
+            let target = req.path.unwrap_or("").to_string();
+            while buf.len() < head + len {
+                if !fill(stream, buf).await {
+                    return None;
+                }
+            }
+            let body = buf[head..head + len].to_vec();
+            return Some((
+                Seen {
+                    method,
+                    target,
+                    headers,
+                    body,
+                },
+                head + len,
+            ));
+        }
+        if !fill(stream, buf).await {
+            return None;
+        }
+    }
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+async fn write_response(
+    stream: &mut TcpStream,
+    status: u16,
+    ct: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> bool {
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: {ct}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    stream.write_all(&out).await.is_ok()
+}
+
+/// A chunked body sent in three parts, 150 ms apart.
+async fn slow_stream(stream: &mut TcpStream) -> bool {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return false;
+    }
+    for part in ["part-1;", "part-2;", "part-3;"] {
+        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stream.write_all(b"0\r\n\r\n").await.is_ok()
+}
