@@ -245,7 +245,7 @@ impl Sse {
     /// Subscribes to `path` with `Accept: text/event-stream` and extra header lines.
     pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
         let mut req =
-            format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nAccept: text/event-stream\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
