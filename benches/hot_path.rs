@@ -1,0 +1,61 @@
+//! Microbenchmarks of the per-event hot path: diff, event encoding, TopicKey derivation.
+//! Run: cargo bench --bench hot_path
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use serde_json::{json, Value};
+use unpoll::config::StreamSettings;
+use unpoll::stream::encode::{encode, Protocol};
+
+/// A document of about `bytes` bytes: an array of small records.
+fn document(bytes: usize) -> Value {
+    let rows: Vec<Value> = (0..bytes / 64)
+        .map(|i| json!({"id": i, "status": "on time", "platform": i % 9, "delay": 0}))
+        .collect();
+    json!({"station": "Centraal", "rows": rows})
+}
+
+fn diff(c: &mut Criterion) {
+    for size in [10_000, 100_000] {
+        let a = document(size);
+        let mut changed = a.clone();
+        let rows = changed["rows"].as_array_mut().unwrap();
+        let n = rows.len();
+        for i in (0..n).step_by(100) {
+            rows[i]["delay"] = json!(5); // 1 % of rows change
+        }
+        c.bench_function(&format!("delta {}KB 1% changed", size / 1000), |b| {
+            b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&changed)))
+        });
+        let mut inserted = a.clone();
+        inserted["rows"].as_array_mut().unwrap().insert(0, json!({"id": -1}));
+        c.bench_function(&format!("delta {}KB insert at front", size / 1000), |b| {
+            b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&inserted)))
+        });
+    }
+}
+
+fn encoding(c: &mut Criterion) {
+    let data = serde_json::to_vec(&document(1_000)).unwrap();
+    c.bench_function("encode SSE 1KB", |b| {
+        b.iter(|| encode(Protocol::Sse, Some("9f2c1a3b-42"), "patch", black_box(&data)))
+    });
+    c.bench_function("encode WebSocket 1KB", |b| {
+        b.iter(|| encode(Protocol::WebSocket, Some("9f2c1a3b-42"), "patch", black_box(&data)))
+    });
+}
+
+fn topic_key(c: &mut Criterion) {
+    let settings = StreamSettings::default();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", "api.example".parse().unwrap());
+    headers.insert("authorization", "Bearer 0123456789abcdef".parse().unwrap());
+    headers.insert("user-agent", "Mozilla/5.0".parse().unwrap());
+    c.bench_function("TopicKey derivation", |b| {
+        b.iter(|| {
+            unpoll::poll::key::derive("/orders/{id}", "legacy", &settings, "/orders/42", Some("b=2&a=1&unpoll_format=snapshot"), black_box(&headers))
+        })
+    });
+}
+
+criterion_group!(benches, diff, encoding, topic_key);
+criterion_main!(benches);

@@ -1,0 +1,70 @@
+//! The command line: `check` lists every problem; `--help` explains each command.
+
+use std::process::Command;
+
+fn unpoll(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_unpoll")).args(args).output().expect("run unpoll")
+}
+
+#[test]
+fn check_lists_every_problem_with_its_key_path_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "upstreams:\n  app:\n    servers: []\nroutes:\n  - match: orders\n    upstream: missing\n    stream:\n      interval: soon\n      colour: red\n",
+    )
+    .unwrap();
+    let out = unpoll(&["check", "-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    for expected in [
+        "upstreams.app.servers: the server list is empty",
+        "routes[0].match:",
+        "routes[0].stream.interval:",
+        "routes[0].stream.colour: unknown key",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
+#[test]
+fn check_reports_syntax_errors_with_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, "routes:\n  - match: /x\n   upstream: [\n").unwrap();
+    let out = unpoll(&["check", "-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("(line "));
+}
+
+#[test]
+fn shipped_configurations_are_valid() {
+    for file in ["config/example.yaml", "config/demo.yaml"] {
+        let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let out = unpoll(&["check", "-c", &path]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8(out.stdout).unwrap().contains(": ok"));
+    }
+}
+
+#[test]
+fn help_explains_each_command() {
+    let out = unpoll(&["--help"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for cmd in ["run", "check", "demo"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+    let run = String::from_utf8(unpoll(&["run", "--help"]).stdout).unwrap();
+    assert!(run.contains("--config"));
+}
+
+#[test]
+fn run_refuses_an_invalid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "routes: []\n").unwrap();
+    let out = unpoll(&["run", "-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("upstreams"));
+}
