@@ -27,7 +27,10 @@ fn diff(c: &mut Criterion) {
             b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&changed)))
         });
         let mut inserted = a.clone();
-        inserted["rows"].as_array_mut().unwrap().insert(0, json!({"id": -1}));
+        inserted["rows"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!({"id": -1}));
         c.bench_function(&format!("delta {}KB insert at front", size / 1000), |b| {
             b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&inserted)))
         });
@@ -37,10 +40,24 @@ fn diff(c: &mut Criterion) {
 fn encoding(c: &mut Criterion) {
     let data = serde_json::to_vec(&document(1_000)).unwrap();
     c.bench_function("encode SSE 1KB", |b| {
-        b.iter(|| encode(Protocol::Sse, Some("9f2c1a3b-42"), "patch", black_box(&data)))
+        b.iter(|| {
+            encode(
+                Protocol::Sse,
+                Some("9f2c1a3b-42"),
+                "patch",
+                black_box(&data),
+            )
+        })
     });
     c.bench_function("encode WebSocket 1KB", |b| {
-        b.iter(|| encode(Protocol::WebSocket, Some("9f2c1a3b-42"), "patch", black_box(&data)))
+        b.iter(|| {
+            encode(
+                Protocol::WebSocket,
+                Some("9f2c1a3b-42"),
+                "patch",
+                black_box(&data),
+            )
+        })
     });
 }
 
@@ -52,7 +69,14 @@ fn topic_key(c: &mut Criterion) {
     headers.insert("user-agent", "Mozilla/5.0".parse().unwrap());
     c.bench_function("TopicKey derivation", |b| {
         b.iter(|| {
-            unpoll::poll::key::derive("/orders/{id}", "legacy", &settings, "/orders/42", Some("b=2&a=1&unpoll_format=snapshot"), black_box(&headers))
+            unpoll::poll::key::derive(
+                "/orders/{id}",
+                "legacy",
+                &settings,
+                "/orders/42",
+                Some("b=2&a=1&unpoll_format=snapshot"),
+                black_box(&headers),
+            )
         })
     });
 }

@@ -357,3 +357,32 @@ async fn websocket_clients_that_answer_pings_stay_and_silent_ones_are_dropped() 
         }
     }
 }
+
+#[tokio::test]
+async fn polls_are_conditional_on_the_etag() {
+    let up = Upstream::start().await;
+    let pad = "p".repeat(100);
+    up.set_json_etag("/doc/1", &json!({"v": 1, "pad": pad}), "\"v1\"");
+    let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().json()["v"], 1);
+    assert!(eventually(5 * SECOND, || async { up.count("/doc/1") >= 3 }).await);
+    let seen = up.seen("/doc/1");
+    assert_eq!(seen[0].header("if-none-match"), None);
+    assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""));
+    assert!(
+        proxy
+            .metric(
+                "unpoll_upstream_polls_total",
+                &[("outcome", "not_modified")]
+            )
+            .await
+            >= 1.0
+    );
+    up.set_json_etag("/doc/1", &json!({"v": 2, "pad": pad}), "\"v2\"");
+    let patch = sse.next_event(5 * SECOND).await.unwrap();
+    assert_eq!(
+        patch.json(),
+        json!([{"op": "replace", "path": "/v", "value": 2}])
+    );
+}

@@ -15,6 +15,8 @@ pub struct Canned {
     pub status: u16,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// When set, sent as `ETag`, and a request with a matching `If-None-Match` gets a 304.
+    pub etag: Option<String>,
 }
 
 /// A request the upstream received.
@@ -87,6 +89,23 @@ impl Upstream {
             status,
             content_type: content_type.into(),
             body: body.into(),
+            etag: None,
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .canned
+            .insert(path.to_string(), canned);
+    }
+
+    /// Like [`Upstream::set_json`], with an `ETag` that makes conditional requests answer 304.
+    pub fn set_json_etag(&self, path: &str, value: &serde_json::Value, etag: &str) {
+        let body = serde_json::to_vec(value).unwrap();
+        let canned = Canned {
+            status: 200,
+            content_type: "application/json".into(),
+            body,
+            etag: Some(etag.into()),
         };
         self.state
             .lock()
@@ -164,9 +183,22 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                 .cloned()
         };
         let ok = match (canned, path.as_str()) {
-            (Some(c), _) => {
-                write_response(&mut stream, c.status, &c.content_type, &[], &c.body).await
-            }
+            (Some(c), _) => match &c.etag {
+                Some(tag) if seen.header("if-none-match") == Some(tag.as_str()) => {
+                    write_response(&mut stream, 304, &c.content_type, &[("etag", tag)], b"").await
+                }
+                Some(tag) => {
+                    write_response(
+                        &mut stream,
+                        c.status,
+                        &c.content_type,
+                        &[("etag", tag)],
+                        &c.body,
+                    )
+                    .await
+                }
+                None => write_response(&mut stream, c.status, &c.content_type, &[], &c.body).await,
+            },
             (None, "/slow-stream") => slow_stream(&mut stream).await,
             (None, _) => {
                 let echo = serde_json::json!({
