@@ -386,3 +386,49 @@ async fn polls_are_conditional_on_the_etag() {
         json!([{"op": "replace", "path": "/v", "value": 2}])
     );
 }
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_is_resynchronised_and_converges() {
+    let up = Upstream::start().await;
+    let pad = "p".repeat(20_000);
+    // 300 KB that changes whole with each version.
+    let big = |i: u32| -> String {
+        char::from(b'a' + (i % 26) as u8)
+            .to_string()
+            .repeat(300_000)
+    };
+    let mut log: Vec<u32> = Vec::new();
+    let mut doc = json!({"big": big(99), "log": log, "pad": pad});
+    up.set_json("/doc/big", &doc);
+    let proxy = Proxy::start(up.addr, &config("30ms", "      queue: 2\n")).await;
+    let mut slow = Sse::connect(proxy.addr, "/doc/big", &[]).await;
+    let mut client = Doc::new("json-patch");
+    let first = slow.next_event(5 * SECOND).await.unwrap();
+    client.apply(first.kind(), first.json());
+    // The client stops reading while ~30 MB of changes pile up: socket buffers fill, the
+    // proxy's write blocks, and the subscriber falls more than `queue` events behind.
+    for i in 0..60 {
+        log.push(i);
+        doc = json!({"big": big(i), "log": log, "pad": pad});
+        up.set_json("/doc/big", &doc);
+        tokio::time::sleep(Duration::from_millis(35)).await;
+    }
+    let mut kinds = Vec::new();
+    while client.value.as_ref() != Some(&doc) {
+        let ev = slow
+            .next_event(10 * SECOND)
+            .await
+            .expect("the slow client still receives events");
+        kinds.push(ev.kind().to_string());
+        client.apply(ev.kind(), ev.json());
+    }
+    assert!(
+        proxy.metric("unpoll_subscriber_lagged_total", &[]).await >= 1.0,
+        "the client never lagged: {kinds:?}"
+    );
+    assert!(
+        kinds.len() < 60,
+        "missed events were skipped, not replayed ({} events)",
+        kinds.len()
+    );
+}

@@ -189,8 +189,16 @@ impl Walker {
                 None
             }
         };
+        // Route upstreams are checked against the names in the file, even when some upstream's
+        // own definition has problems, so that every problem is reported at once.
+        let names: Option<Vec<String>> =
+            m.get("upstreams").and_then(Value::as_mapping).map(|ups| {
+                ups.keys()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect()
+            });
         let routes = match m.get("routes") {
-            Some(v) => self.routes(v, "routes", upstreams.as_ref()),
+            Some(v) => self.routes(v, "routes", names.as_deref()),
             None => {
                 self.problem("routes", "missing: at least one route is needed");
                 None
@@ -344,7 +352,7 @@ impl Walker {
         &mut self,
         v: &Value,
         path: &str,
-        upstreams: Option<&BTreeMap<String, UpstreamSettings>>,
+        upstreams: Option<&[String]>,
     ) -> Option<Vec<RouteSettings>> {
         let Value::Sequence(items) = v else {
             self.problem(
@@ -369,7 +377,7 @@ impl Walker {
         &mut self,
         v: &Value,
         path: &str,
-        upstreams: Option<&BTreeMap<String, UpstreamSettings>>,
+        upstreams: Option<&[String]>,
     ) -> Option<RouteSettings> {
         let m = self.mapping(v, path, &["match", "upstream", "stream"])?;
         let pattern = match m.get("match") {
@@ -402,11 +410,10 @@ impl Walker {
             Some(v) => self
                 .string(v, &join(path, "upstream"))
                 .and_then(|name| match upstreams {
-                    Some(ups) if !ups.contains_key(&name) => {
-                        let known: Vec<_> = ups.keys().map(String::as_str).collect();
+                    Some(ups) if !ups.contains(&name) => {
                         self.problem(
                             &join(path, "upstream"),
-                            format!("unknown upstream `{name}` (defined: {})", known.join(", ")),
+                            format!("unknown upstream `{name}` (defined: {})", ups.join(", ")),
                         );
                         None
                     }
@@ -640,6 +647,7 @@ routes:
             "routes[0].stream.format",
             "routes[0].stream.share",
             "routes[0].stream.histroy",
+            "routes[0].upstream",
             "routes[1].match",
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");

@@ -67,11 +67,13 @@ impl Delivery {
             Ok(msg) => self.encode_all(vec![msg]),
             Err(RecvError::Lagged(_)) => {
                 self.lagged.inc();
-                self.sub.rx = self.sub.rx.resubscribe();
+                // A new receiver and the current snapshot, taken together under the topic's
+                // lock: nothing published meanwhile is both in the snapshot and queued.
                 match self.sub.topic.upgrade() {
                     Some(topic) => {
-                        let msgs = topic.resync();
+                        let (msgs, rx) = topic.open(None);
                         drop(topic);
+                        self.sub.rx = rx;
                         self.encode_all(msgs)
                     }
                     None => Next::Closed,

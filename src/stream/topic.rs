@@ -191,11 +191,6 @@ impl Topic {
         (initial, rx)
     }
 
-    /// The current snapshot (and error), for a subscriber that fell behind.
-    pub fn resync(&self) -> Vec<Msg> {
-        self.open(None).0
-    }
-
     /// Applies one poll's outcome: diffs, publishes, and records errors.
     pub fn apply(&self, outcome: Outcome) -> Applied {
         let mut state = self.state();

@@ -31,8 +31,11 @@ impl Response {
     }
 }
 
+/// Header name and value pairs, in order.
+pub type Headers = Vec<(String, String)>;
+
 /// Parses a response head from `buf`: status, headers, and the head's length.
-fn parse_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+fn parse_head(buf: &[u8]) -> Option<(u16, Headers, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
