@@ -153,3 +153,17 @@ async fn upstream_websockets_pass_through_on_plain_routes() {
         .unwrap();
     assert_eq!(echoed.into_text().unwrap().as_str(), "hello upstream");
 }
+
+#[tokio::test]
+async fn several_servers_are_used_round_robin() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let body = format!(
+        "upstreams:\n  app:\n    servers: [\"{}\", \"{}\"]\nroutes:\n  - match: /*\n    upstream: app\n",
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(a.addr, &body).await;
+    for _ in 0..6 {
+        assert_eq!(http_get(proxy.addr, "/rr").await.unwrap().status, 200);
+    }
+    assert_eq!((a.count("/rr"), b.count("/rr")), (3, 3));
+}

@@ -127,6 +127,7 @@ impl ServeHttp for LegacyApi {
                 "text/html; charset=utf-8",
                 include_bytes!("page.html").to_vec(),
             ),
+            "/favicon.ico" => reply(204, "image/x-icon", Vec::new()),
             "/api/departures" => json_reply(200, self.departures()),
             "/api/me/notifications" => match user {
                 Some(user) => json_reply(200, self.notifications(&user)),
