@@ -24,7 +24,13 @@ fn diff(c: &mut Criterion) {
             rows[i]["delay"] = json!(5); // 1 % of rows change
         }
         c.bench_function(&format!("delta {}KB 1% changed", size / 1000), |b| {
-            b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&changed)))
+            b.iter(|| {
+                unpoll::diff::delta(
+                    Some(black_box(&a)),
+                    black_box(&changed),
+                    &Default::default(),
+                )
+            })
         });
         let mut inserted = a.clone();
         inserted["rows"]
@@ -32,7 +38,13 @@ fn diff(c: &mut Criterion) {
             .unwrap()
             .insert(0, json!({"id": -1}));
         c.bench_function(&format!("delta {}KB insert at front", size / 1000), |b| {
-            b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&inserted)))
+            b.iter(|| {
+                unpoll::diff::delta(
+                    Some(black_box(&a)),
+                    black_box(&inserted),
+                    &Default::default(),
+                )
+            })
         });
     }
 }

@@ -109,6 +109,20 @@ pub struct StreamSettings {
     pub queue: usize,
     /// Largest upstream body accepted, in bytes.
     pub max_body: usize,
+    /// Match array elements that are objects by this field when diffing.
+    pub array_id: Option<String>,
+    /// A patch larger than this fraction of the snapshot is sent as a snapshot.
+    pub max_patch_ratio: f64,
+}
+
+impl StreamSettings {
+    /// The diff options of this stream.
+    pub fn diff_options(&self) -> crate::diff::DiffOptions {
+        crate::diff::DiffOptions {
+            array_id: self.array_id.clone(),
+            max_patch_ratio: self.max_patch_ratio,
+        }
+    }
 }
 
 pub const DEFAULT_VARY: [&str; 2] = ["authorization", "cookie"];
@@ -127,6 +141,8 @@ impl Default for StreamSettings {
             linger: Duration::from_secs(5),
             queue: 256,
             max_body: 8 * 1024 * 1024,
+            array_id: None,
+            max_patch_ratio: 0.5,
         }
     }
 }

@@ -477,6 +477,31 @@ impl Walker {
             1,
             1 << 30
         ));
+        set!("array_id", array_id, |w: &mut Walker, v, p: &str| {
+            let field = w.string(v, p)?;
+            if field.is_empty() {
+                w.problem(
+                    p,
+                    "give the name of the field that identifies array elements, e.g. `id`",
+                );
+                return None;
+            }
+            Some(Some(field))
+        });
+        set!(
+            "max_patch_ratio",
+            max_patch_ratio,
+            |w: &mut Walker, v: &Value, p: &str| match v.as_f64() {
+                Some(r) if r > 0.0 && r <= 1.0 => Some(r),
+                _ => {
+                    w.problem(
+                        p,
+                        format!("expected a number above 0 and at most 1, found {}", show(v)),
+                    );
+                    None
+                }
+            }
+        );
         set!("format", format, |w: &mut Walker, v, p: &str| {
             let name = w.string(v, p)?;
             let f = Format::parse(&name);

@@ -1,80 +1,274 @@
 //! RFC 6902 JSON Patch generation.
 //!
-//! Objects are compared key by key. Arrays lose their common prefix and suffix first, so
-//! inserting or removing a run of elements anywhere costs operations only for that run;
-//! the rest of the changed middle is replaced index by index.
+//! Objects are compared key by key. Arrays lose their common prefix and suffix first; the
+//! changed middle is aligned with a longest-common-subsequence search (Myers' O(ND)
+//! algorithm), so inserting or removing elements anywhere costs operations only for them.
+//! Elements left unmatched between two aligned ones are diffed pairwise (replaced in place,
+//! recursively), and the surplus is removed or added. With an `array_id` field, arrays of
+//! objects that all carry a unique id are instead matched by identity, and reordered
+//! elements become `move` operations. See `docs/diff.md`.
 
 use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+
+/// Largest edit distance the LCS search explores before it falls back to pairwise replacement.
+pub const MAX_EDIT_DISTANCE: usize = 1024;
+
+/// How arrays are matched.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// Match array elements that are objects by this field's value.
+    pub array_id: Option<&'a str>,
+}
 
 /// The operations that turn `from` into `to`, in order.
 pub fn diff(from: &Value, to: &Value) -> Vec<Value> {
+    diff_with(from, to, Options::default())
+}
+
+/// [`diff`] with options.
+pub fn diff_with(from: &Value, to: &Value, options: Options<'_>) -> Vec<Value> {
     let mut ops = Vec::new();
-    diff_at(&mut String::new(), from, to, &mut ops);
+    Differ {
+        options,
+        ops: &mut ops,
+    }
+    .at(&mut String::new(), from, to);
     ops
 }
 
-fn diff_at(path: &mut String, from: &Value, to: &Value, ops: &mut Vec<Value>) {
-    match (from, to) {
-        (Value::Object(a), Value::Object(b)) => diff_objects(path, a, b, ops),
-        (Value::Array(a), Value::Array(b)) => diff_arrays(path, a, b, ops),
-        _ if from == to => {}
-        _ => ops.push(json!({"op": "replace", "path": path.as_str(), "value": to})),
-    }
+struct Differ<'o, 'a> {
+    options: Options<'a>,
+    ops: &'o mut Vec<Value>,
 }
 
-fn diff_objects(
-    path: &mut String,
-    a: &Map<String, Value>,
-    b: &Map<String, Value>,
-    ops: &mut Vec<Value>,
-) {
-    let len = path.len();
-    for (key, old) in a {
-        push_token(path, key);
-        match b.get(key) {
-            None => ops.push(json!({"op": "remove", "path": path.as_str()})),
-            Some(new) => diff_at(path, old, new, ops),
+impl Differ<'_, '_> {
+    fn at(&mut self, path: &mut String, from: &Value, to: &Value) {
+        match (from, to) {
+            (Value::Object(a), Value::Object(b)) => self.objects(path, a, b),
+            (Value::Array(a), Value::Array(b)) => self.arrays(path, a, b),
+            _ if from == to => {}
+            _ => self
+                .ops
+                .push(json!({"op": "replace", "path": path.as_str(), "value": to})),
         }
-        path.truncate(len);
     }
-    for (key, new) in b {
-        if !a.contains_key(key) {
+
+    fn objects(&mut self, path: &mut String, a: &Map<String, Value>, b: &Map<String, Value>) {
+        let len = path.len();
+        for (key, old) in a {
             push_token(path, key);
-            ops.push(json!({"op": "add", "path": path.as_str(), "value": new}));
+            match b.get(key) {
+                None => self
+                    .ops
+                    .push(json!({"op": "remove", "path": path.as_str()})),
+                Some(new) => self.at(path, old, new),
+            }
             path.truncate(len);
         }
+        for (key, new) in b {
+            if !a.contains_key(key) {
+                push_token(path, key);
+                self.ops
+                    .push(json!({"op": "add", "path": path.as_str(), "value": new}));
+                path.truncate(len);
+            }
+        }
+    }
+
+    fn arrays(&mut self, path: &mut String, a: &[Value], b: &[Value]) {
+        if a == b {
+            return;
+        }
+        if let Some(field) = self.options.array_id {
+            if let (Some(ka), Some(kb)) = (identities(a, field), identities(b, field)) {
+                return self.by_identity(path, a, b, &ka, &kb);
+            }
+        }
+        let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let max_suffix = a.len().min(b.len()) - prefix;
+        let suffix = a
+            .iter()
+            .rev()
+            .zip(b.iter().rev())
+            .take(max_suffix)
+            .take_while(|(x, y)| x == y)
+            .count();
+        let (old, new) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
+        let matches = if old.is_empty() || new.is_empty() {
+            Vec::new()
+        } else {
+            lcs(old, new, MAX_EDIT_DISTANCE).unwrap_or_default()
+        };
+        // Walk the alignment; `pos` is the index in the array as patched so far.
+        let mut pos = prefix;
+        let (mut i, mut j) = (0, 0);
+        for (mi, mj) in matches
+            .into_iter()
+            .chain(std::iter::once((old.len(), new.len())))
+        {
+            pos = self.gap(path, pos, &old[i..mi], &new[j..mj]);
+            pos += 1; // the matched element itself
+            (i, j) = (mi + 1, mj + 1);
+        }
+    }
+
+    /// Turns `old` (at `pos`) into `new`: pairwise diffs, then removals or additions.
+    /// Returns the index just after the gap.
+    fn gap(&mut self, path: &mut String, pos: usize, old: &[Value], new: &[Value]) -> usize {
+        let len = path.len();
+        let common = old.len().min(new.len());
+        for k in 0..common {
+            push_token(path, &(pos + k).to_string());
+            self.at(path, &old[k], &new[k]);
+            path.truncate(len);
+        }
+        push_token(path, &(pos + common).to_string());
+        for _ in common..old.len() {
+            self.ops
+                .push(json!({"op": "remove", "path": path.as_str()}));
+        }
+        path.truncate(len);
+        for (k, value) in new.iter().enumerate().skip(common) {
+            push_token(path, &(pos + k).to_string());
+            self.ops
+                .push(json!({"op": "add", "path": path.as_str(), "value": value}));
+            path.truncate(len);
+        }
+        pos + new.len()
+    }
+
+    /// Matches elements by id: removals, then each target position filled by an addition,
+    /// a move, or the element already there, each then diffed in place.
+    fn by_identity(
+        &mut self,
+        path: &mut String,
+        a: &[Value],
+        b: &[Value],
+        ka: &[String],
+        kb: &[String],
+    ) {
+        let len = path.len();
+        let wanted: HashSet<&str> = kb.iter().map(String::as_str).collect();
+        let old_by_id: HashMap<&str, &Value> = ka.iter().map(String::as_str).zip(a).collect();
+        let mut cur: Vec<&str> = ka.iter().map(String::as_str).collect();
+        for idx in (0..cur.len()).rev() {
+            if !wanted.contains(cur[idx]) {
+                push_token(path, &idx.to_string());
+                self.ops
+                    .push(json!({"op": "remove", "path": path.as_str()}));
+                path.truncate(len);
+                cur.remove(idx);
+            }
+        }
+        for (idx, (id, value)) in kb.iter().zip(b).enumerate() {
+            let id = id.as_str();
+            match old_by_id.get(id) {
+                None => {
+                    push_token(path, &idx.to_string());
+                    self.ops
+                        .push(json!({"op": "add", "path": path.as_str(), "value": value}));
+                    path.truncate(len);
+                    cur.insert(idx, id);
+                }
+                Some(old) => {
+                    if cur[idx] != id {
+                        let from = idx
+                            + cur[idx..]
+                                .iter()
+                                .position(|c| *c == id)
+                                .expect("kept ids are present");
+                        let mut from_path = path.clone();
+                        push_token(&mut from_path, &from.to_string());
+                        push_token(path, &idx.to_string());
+                        self.ops
+                            .push(json!({"op": "move", "from": from_path, "path": path.as_str()}));
+                        path.truncate(len);
+                        let moved = cur.remove(from);
+                        cur.insert(idx, moved);
+                    }
+                    push_token(path, &idx.to_string());
+                    self.at(path, old, value);
+                    path.truncate(len);
+                }
+            }
+        }
     }
 }
 
-fn diff_arrays(path: &mut String, a: &[Value], b: &[Value], ops: &mut Vec<Value>) {
-    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let max_suffix = a.len().min(b.len()) - prefix;
-    let suffix = a
+/// The ids of an array's elements, if every element is an object whose `field` is a string
+/// or number, unique within the array.
+fn identities(items: &[Value], field: &str) -> Option<Vec<String>> {
+    let mut seen = HashSet::with_capacity(items.len());
+    items
         .iter()
-        .rev()
-        .zip(b.iter().rev())
-        .take(max_suffix)
-        .take_while(|(x, y)| x == y)
-        .count();
-    let (old, new) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
-    let len = path.len();
-    let common = old.len().min(new.len());
-    for i in 0..common {
-        push_token(path, &(prefix + i).to_string());
-        diff_at(path, &old[i], &new[i], ops);
-        path.truncate(len);
+        .map(|item| {
+            let id = match item.as_object()?.get(field)? {
+                Value::String(s) => format!("s{s}"),
+                Value::Number(n) => format!("n{n}"),
+                _ => return None,
+            };
+            seen.insert(id.clone()).then_some(id)
+        })
+        .collect()
+}
+
+/// Index pairs of a longest common subsequence of `a` and `b`, in order; `None` when the
+/// edit distance exceeds `max_d`. Myers' greedy algorithm; each round's frontier is kept (for
+/// round `d`, diagonals `-d-1..=d+1`) so the path can be walked back: O(D²) memory.
+fn lcs(a: &[Value], b: &[Value], max_d: usize) -> Option<Vec<(usize, usize)>> {
+    let (n, m) = (a.len() as isize, b.len() as isize);
+    let max_d = max_d.min((n + m) as usize) as isize;
+    let offset = max_d + 1;
+    let mut v = vec![0isize; (2 * offset + 1) as usize];
+    let mut trace: Vec<Vec<isize>> = Vec::new();
+    for d in 0..=max_d {
+        trace.push(v[(offset - d - 1) as usize..=(offset + d + 1) as usize].to_vec());
+        for k in (-d..=d).step_by(2) {
+            let idx = (k + offset) as usize;
+            let mut x = if k == -d || (k != d && v[idx - 1] < v[idx + 1]) {
+                v[idx + 1]
+            } else {
+                v[idx - 1] + 1
+            };
+            let mut y = x - k;
+            while x < n && y < m && a[x as usize] == b[y as usize] {
+                x += 1;
+                y += 1;
+            }
+            v[idx] = x;
+            if x >= n && y >= m {
+                return Some(backtrack(&trace, n, m));
+            }
+        }
     }
-    // Remove surplus old elements from the highest index down, so indices stay valid.
-    for i in (common..old.len()).rev() {
-        push_token(path, &(prefix + i).to_string());
-        ops.push(json!({"op": "remove", "path": path.as_str()}));
-        path.truncate(len);
+    None
+}
+
+/// Walks the saved frontiers back from `(n, m)`, collecting the diagonal (matching) steps.
+fn backtrack(trace: &[Vec<isize>], n: isize, m: isize) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::new();
+    let (mut x, mut y) = (n, m);
+    for (d, v) in trace.iter().enumerate().rev() {
+        let d = d as isize;
+        let at = |k: isize| v[(k + d + 1) as usize];
+        let k = x - y;
+        let prev_k = if k == -d || (k != d && at(k - 1) < at(k + 1)) {
+            k + 1
+        } else {
+            k - 1
+        };
+        let prev_x = at(prev_k);
+        let prev_y = prev_x - prev_k;
+        while x > prev_x && y > prev_y {
+            x -= 1;
+            y -= 1;
+            pairs.push((x as usize, y as usize));
+        }
+        (x, y) = (prev_x, prev_y);
     }
-    for (i, value) in new.iter().enumerate().skip(common) {
-        push_token(path, &(prefix + i).to_string());
-        ops.push(json!({"op": "add", "path": path.as_str(), "value": value}));
-        path.truncate(len);
-    }
+    pairs.reverse();
+    pairs
 }
 
 /// Appends `/token` with RFC 6901 escaping (`~` → `~0`, `/` → `~1`).
@@ -93,13 +287,17 @@ fn push_token(path: &mut String, token: &str) {
 mod tests {
     use super::*;
 
-    fn check(a: Value, b: Value) -> Vec<Value> {
-        let ops = diff(&a, &b);
+    fn check_with(a: Value, b: Value, options: Options<'_>) -> Vec<Value> {
+        let ops = diff_with(&a, &b, options);
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.clone())).unwrap();
         let mut doc = a.clone();
         json_patch::patch(&mut doc, &patch).unwrap();
         assert_eq!(doc, b, "patch {ops:?}");
         ops
+    }
+
+    fn check(a: Value, b: Value) -> Vec<Value> {
+        check_with(a, b, Options::default())
     }
 
     #[test]
@@ -136,11 +334,103 @@ mod tests {
     }
 
     #[test]
+    fn rotation_is_two_ops() {
+        // Drop the first, append one: prefix/suffix trimming alone would replace every index.
+        let a: Vec<_> = (0..1000).collect();
+        let b: Vec<_> = (1..1001).collect();
+        let ops = check(json!(a), json!(b));
+        assert_eq!(
+            ops,
+            vec![
+                json!({"op": "remove", "path": "/0"}),
+                json!({"op": "add", "path": "/999", "value": 1000})
+            ]
+        );
+    }
+
+    #[test]
+    fn scattered_edits_in_a_long_array_stay_small() {
+        let a: Vec<Value> = (0..10_000).map(|i| json!({"n": i})).collect();
+        let mut b = a.clone();
+        b.remove(7000);
+        b.insert(5000, json!({"n": "new"}));
+        b.remove(100);
+        b[2000] = json!({"n": -1});
+        let ops = check(Value::Array(a), Value::Array(b));
+        assert!(ops.len() <= 4, "{ops:?}");
+    }
+
+    #[test]
+    fn changed_elements_are_diffed_in_place() {
+        let ops = check(
+            json!([{"id": 1, "s": "a"}, {"id": 2, "s": "b"}]),
+            json!([{"id": 1, "s": "a"}, {"id": 2, "s": "c"}]),
+        );
+        assert_eq!(
+            ops,
+            vec![json!({"op": "replace", "path": "/1/s", "value": "c"})]
+        );
+    }
+
+    #[test]
+    fn too_many_edits_fall_back_to_pairwise() {
+        let a: Vec<_> = (0..3000).collect();
+        let b: Vec<_> = (0..3000).map(|i| if i % 2 == 0 { -i } else { i }).collect();
+        check(json!(a), json!(b));
+    }
+
+    #[test]
     fn type_changes_and_roots() {
         check(json!({"a": [1]}), json!({"a": {"b": 1}}));
         check(json!([1, 2, 3]), json!("text"));
         check(json!(null), json!({"x": [1, {"y": null}]}));
         let ops = check(json!([[1, 2], [3]]), json!([[1, 5, 2], []]));
         assert!(ops.len() <= 3, "{ops:?}");
+    }
+
+    #[test]
+    fn array_id_turns_reorders_into_moves() {
+        let id = Options {
+            array_id: Some("id"),
+        };
+        let a = json!([{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 3, "v": "c"}]);
+        let b = json!([{"id": 3, "v": "c"}, {"id": 1, "v": "a"}, {"id": 2, "v": "B"}]);
+        let ops = check_with(a, b, id);
+        assert_eq!(
+            ops,
+            vec![
+                json!({"op": "move", "from": "/2", "path": "/0"}),
+                json!({"op": "replace", "path": "/2/v", "value": "B"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn array_id_adds_and_removes_by_identity() {
+        let id = Options {
+            array_id: Some("id"),
+        };
+        let ops = check_with(
+            json!({"rows": [{"id": "a"}, {"id": "b"}, {"id": "c"}]}),
+            json!({"rows": [{"id": "x"}, {"id": "a"}, {"id": "c"}]}),
+            id,
+        );
+        assert_eq!(
+            ops,
+            vec![
+                json!({"op": "remove", "path": "/rows/1"}),
+                json!({"op": "add", "path": "/rows/0", "value": {"id": "x"}}),
+            ]
+        );
+    }
+
+    #[test]
+    fn array_id_is_ignored_where_ids_are_missing_or_repeated() {
+        let id = Options {
+            array_id: Some("id"),
+        };
+        check_with(json!([{"id": 1}, {"id": 1}]), json!([{"id": 1}]), id);
+        check_with(json!([{"id": 1}, 2]), json!([2, {"id": 1}]), id);
+        check_with(json!([{"id": [1]}]), json!([]), id);
     }
 }

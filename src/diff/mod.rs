@@ -17,10 +17,29 @@ pub struct Delta {
     pub merge_patch: Option<Bytes>,
 }
 
+/// How deltas are computed for a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffOptions {
+    /// Match array elements that are objects by this field (`stream.array_id`).
+    pub array_id: Option<String>,
+    /// A patch larger than this fraction of the snapshot is sent as a snapshot
+    /// (`stream.max_patch_ratio`).
+    pub max_patch_ratio: f64,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions {
+            array_id: None,
+            max_patch_ratio: 0.5,
+        }
+    }
+}
+
 /// Computes both patches from `from` to `to`. A patch is dropped (the change goes out as a
-/// snapshot) when it is larger than the snapshot itself or the format cannot express it.
-/// Returns `None` when nothing changed.
-pub fn delta(from: Option<&Value>, to: &Value) -> Option<Delta> {
+/// snapshot) when it is larger than `max_patch_ratio` of the snapshot or the format cannot
+/// express it. Returns `None` when nothing changed.
+pub fn delta(from: Option<&Value>, to: &Value, options: &DiffOptions) -> Option<Delta> {
     let snapshot = Bytes::from(serde_json::to_vec(to).expect("a Value always serialises"));
     let Some(from) = from else {
         return Some(Delta {
@@ -29,13 +48,20 @@ pub fn delta(from: Option<&Value>, to: &Value) -> Option<Delta> {
             merge_patch: None,
         });
     };
-    let ops = json_patch::diff(from, to);
+    let ops = json_patch::diff_with(
+        from,
+        to,
+        json_patch::Options {
+            array_id: options.array_id.as_deref(),
+        },
+    );
     if ops.is_empty() {
         return None;
     }
     let gate = |patch: Value| {
         let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
-        (bytes.len() <= snapshot.len()).then(|| Bytes::from(bytes))
+        (bytes.len() as f64 <= snapshot.len() as f64 * options.max_patch_ratio)
+            .then(|| Bytes::from(bytes))
     };
     let json_patch = gate(Value::Array(ops));
     let merge_patch = merge_patch::diff(from, to).and_then(gate);
@@ -53,14 +79,21 @@ mod tests {
 
     #[test]
     fn first_document_is_a_snapshot() {
-        let d = delta(None, &json!({"a": 1})).unwrap();
+        let d = delta(None, &json!({"a": 1}), &DiffOptions::default()).unwrap();
         assert_eq!(&d.snapshot[..], br#"{"a":1}"#);
         assert!(d.json_patch.is_none() && d.merge_patch.is_none());
     }
 
     #[test]
     fn unchanged_is_none() {
-        assert_eq!(delta(Some(&json!({"a": [1]})), &json!({"a": [1]})), None);
+        assert_eq!(
+            delta(
+                Some(&json!({"a": [1]})),
+                &json!({"a": [1]}),
+                &DiffOptions::default()
+            ),
+            None
+        );
     }
 
     #[test]
@@ -69,6 +102,7 @@ mod tests {
         let d = delta(
             Some(&json!({"a": 1, "big": big})),
             &json!({"a": 2, "big": big}),
+            &DiffOptions::default(),
         )
         .unwrap();
         assert_eq!(
@@ -80,11 +114,31 @@ mod tests {
 
     #[test]
     fn patch_larger_than_snapshot_is_dropped() {
-        let d = delta(Some(&json!({"a": 1, "b": 2, "c": 3})), &json!({"x": 1})).unwrap();
+        let d = delta(
+            Some(&json!({"a": 1, "b": 2, "c": 3})),
+            &json!({"x": 1}),
+            &DiffOptions::default(),
+        )
+        .unwrap();
         assert!(
             d.json_patch.is_none(),
             "4 operations are larger than {{\"x\":1}}"
         );
         assert!(d.merge_patch.is_none());
+    }
+
+    #[test]
+    fn the_size_gate_follows_max_patch_ratio() {
+        let pad = "0123456789abcdef0123456789abcdef";
+        let (a, b) = (json!({"a": 1, "pad": pad}), json!({"a": 2, "pad": pad}));
+        // Snapshot 50 bytes; the JSON Patch is 40, more than half; the merge patch is 7.
+        let half = delta(Some(&a), &b, &DiffOptions::default()).unwrap();
+        assert!(half.json_patch.is_none());
+        assert!(half.merge_patch.is_some());
+        let whole = DiffOptions {
+            max_patch_ratio: 1.0,
+            ..DiffOptions::default()
+        };
+        assert!(delta(Some(&a), &b, &whole).unwrap().json_patch.is_some());
     }
 }

@@ -1,7 +1,7 @@
 //! A topic: one shared poll's document, its history, and the channel that fans events out.
 
 use super::event::{ErrorEvent, Event};
-use crate::diff::{delta, Delta};
+use crate::diff::{delta, Delta, DiffOptions};
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::proxy::routing::Route;
 use bytes::Bytes;
@@ -67,6 +67,7 @@ pub struct Topic {
     pub route: Arc<Route>,
     pub request: PollRequest,
     pub epoch: String,
+    diff: DiffOptions,
     state: Mutex<State>,
     tx: broadcast::Sender<Msg>,
     subscribers: AtomicUsize,
@@ -106,11 +107,17 @@ pub enum Applied {
 impl Topic {
     pub fn new(key: TopicKey, route: Arc<Route>, request: PollRequest, queue: usize) -> Topic {
         let epoch = format!("{:08x}", rand::random::<u32>());
+        let diff = route
+            .stream
+            .as_ref()
+            .map(|s| s.diff_options())
+            .unwrap_or_default();
         Topic {
             key,
             route,
             request,
             epoch,
+            diff,
             state: Mutex::new(State::default()),
             tx: broadcast::channel(queue).0,
             subscribers: AtomicUsize::new(0),
@@ -214,7 +221,7 @@ impl Topic {
                 state.last_body = Some(body.clone());
                 let change = match doc {
                     Some(doc) => {
-                        let d = delta(state.doc.as_ref(), &doc);
+                        let d = delta(state.doc.as_ref(), &doc, &self.diff);
                         state.doc = Some(doc);
                         d
                     }
