@@ -8,9 +8,8 @@ use unpoll::stream::encode::{encode, Protocol};
 
 /// A document of about `bytes` bytes: an array of small records.
 fn document(bytes: usize) -> Value {
-    let rows: Vec<Value> = (0..bytes / 64)
-        .map(|i| json!({"id": i, "status": "on time", "platform": i % 9, "delay": 0}))
-        .collect();
+    let rows: Vec<Value> =
+        (0..bytes / 64).map(|i| json!({"id": i, "status": "on time", "platform": i % 9, "delay": 0})).collect();
     json!({"station": "Centraal", "rows": rows})
 }
 
@@ -24,27 +23,12 @@ fn diff(c: &mut Criterion) {
             rows[i]["delay"] = json!(5); // 1 % of rows change
         }
         c.bench_function(&format!("delta {}KB 1% changed", size / 1000), |b| {
-            b.iter(|| {
-                unpoll::diff::delta(
-                    Some(black_box(&a)),
-                    black_box(&changed),
-                    &Default::default(),
-                )
-            })
+            b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&changed), &Default::default()))
         });
         let mut inserted = a.clone();
-        inserted["rows"]
-            .as_array_mut()
-            .unwrap()
-            .insert(0, json!({"id": -1}));
+        inserted["rows"].as_array_mut().unwrap().insert(0, json!({"id": -1}));
         c.bench_function(&format!("delta {}KB insert at front", size / 1000), |b| {
-            b.iter(|| {
-                unpoll::diff::delta(
-                    Some(black_box(&a)),
-                    black_box(&inserted),
-                    &Default::default(),
-                )
-            })
+            b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&inserted), &Default::default()))
         });
     }
 }
@@ -52,24 +36,10 @@ fn diff(c: &mut Criterion) {
 fn encoding(c: &mut Criterion) {
     let data = serde_json::to_vec(&document(1_000)).unwrap();
     c.bench_function("encode SSE 1KB", |b| {
-        b.iter(|| {
-            encode(
-                Protocol::Sse,
-                Some("9f2c1a3b-42"),
-                "patch",
-                black_box(&data),
-            )
-        })
+        b.iter(|| encode(Protocol::Sse, Some("9f2c1a3b-42"), "patch", black_box(&data)))
     });
     c.bench_function("encode WebSocket 1KB", |b| {
-        b.iter(|| {
-            encode(
-                Protocol::WebSocket,
-                Some("9f2c1a3b-42"),
-                "patch",
-                black_box(&data),
-            )
-        })
+        b.iter(|| encode(Protocol::WebSocket, Some("9f2c1a3b-42"), "patch", black_box(&data)))
     });
 }
 

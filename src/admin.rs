@@ -18,11 +18,7 @@ impl ServeHttp for Admin {
             "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => (200, "text/plain", b"ready\n".to_vec()),
-            _ => (
-                404,
-                "text/plain",
-                b"not found: try /metrics, /healthz or /readyz\n".to_vec(),
-            ),
+            _ => (404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n".to_vec()),
         };
         Response::builder()
             .status(status)

@@ -5,11 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "unpoll",
-    version,
-    about = "Turns REST poll endpoints into pushed WebSocket and SSE streams"
-)]
+#[command(name = "unpoll", version, about = "Turns REST poll endpoints into pushed WebSocket and SSE streams")]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
@@ -48,20 +44,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    env_logger::Builder::new()
-        .parse_filters(&cli.log_level)
-        .parse_env("RUST_LOG")
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::new().parse_filters(&cli.log_level).parse_env("RUST_LOG").format_timestamp_millis().init();
     match cli.command {
         Command::Check { config } => match unpoll::config::load_file(&config) {
             Ok(c) => {
-                println!(
-                    "{}: ok ({} upstream(s), {} route(s))",
-                    config.display(),
-                    c.upstreams.len(),
-                    c.routes.len()
-                );
+                println!("{}: ok ({} upstream(s), {} route(s))", config.display(), c.upstreams.len(), c.routes.len());
                 Ok(())
             }
             Err(e) => {
@@ -70,26 +57,19 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Run { config: path } => {
-            let config = unpoll::config::load_file(&path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            log::info!(
-                "serving on {:?}, admin on {:?}",
-                config.server.listen,
-                config.server.admin
-            );
+            let config = unpoll::config::load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            log::info!("serving on {:?}, admin on {:?}", config.server.listen, config.server.admin);
             unpoll::server::build(&config, |_| {}).run_forever()
         }
         Command::Demo { listen, admin, api } => {
-            let config = unpoll::demo::config(&listen, &admin, &api)
-                .context("building the demo configuration")?;
+            let config = unpoll::demo::config(&listen, &admin, &api).context("building the demo configuration")?;
             println!("unpoll demo");
             println!("  open        http://{listen}/            (live page: SSE and WebSocket)");
             println!("  stream      curl -N -H 'Accept: text/event-stream' http://{listen}/api/departures");
             println!("  per-user    curl -N -H 'Accept: text/event-stream' -H 'Authorization: Bearer alice' http://{listen}/api/me/notifications");
             println!("  metrics     http://{admin}/metrics");
             println!("  legacy API  http://{api}/api/departures (polled by unpoll)");
-            unpoll::server::build(&config, |server| unpoll::demo::add_api(server, &api))
-                .run_forever()
+            unpoll::server::build(&config, |server| unpoll::demo::add_api(server, &api)).run_forever()
         }
     }
 }

@@ -11,8 +11,13 @@ pub struct Metrics {
     /// `unpoll_topics`: topics with a running poller.
     pub topics: IntGauge,
     /// `unpoll_upstream_polls_total{route,outcome}`: outcome is `changed`, `unchanged`,
-    /// `not_modified`, `error_status`, `terminal_status`, `unreachable`, `timeout`, `too_large`.
+    /// `equivalent` (new bytes, same JSON), `not_modified`, `error_status`, `terminal_status`, `unreachable`, `timeout`, `too_large`.
     pub polls: IntCounterVec,
+    /// `unpoll_upstream_polls_in_flight{upstream}`: polls waiting for their answer.
+    pub polls_in_flight: IntGaugeVec,
+    /// `unpoll_upstream_poll_waits_total{upstream}`: polls that waited for a free slot
+    /// because `max_concurrent_polls` were in flight.
+    pub poll_waits: IntCounterVec,
     /// `unpoll_events_sent_total{route,protocol,kind}`: kind is `snapshot`, `patch`, `error`.
     pub events: IntCounterVec,
     /// `unpoll_bytes_sent_total{route,protocol}`: event bytes written to subscribers.
@@ -34,45 +39,32 @@ impl Metrics {
         let registry = Registry::new();
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
-        let topics =
-            IntGauge::new("unpoll_topics", "Topics with a running poller").expect("valid metric");
-        registry
-            .register(Box::new(topics.clone()))
-            .expect("unique metric");
+        let topics = IntGauge::new("unpoll_topics", "Topics with a running poller").expect("valid metric");
+        registry.register(Box::new(topics.clone())).expect("unique metric");
         Metrics {
-            subscribers: gauge_vec(
-                "unpoll_subscribers",
-                "Open subscriptions",
-                &["route", "protocol"],
-            ),
+            subscribers: gauge_vec("unpoll_subscribers", "Open subscriptions", &["route", "protocol"]),
             topics,
-            polls: counter_vec(
-                "unpoll_upstream_polls_total",
-                "Upstream polls by outcome",
-                &["route", "outcome"],
+            polls: counter_vec("unpoll_upstream_polls_total", "Upstream polls by outcome", &["route", "outcome"]),
+            polls_in_flight: gauge_vec("unpoll_upstream_polls_in_flight", "Upstream polls in flight", &["upstream"]),
+            poll_waits: counter_vec(
+                "unpoll_upstream_poll_waits_total",
+                "Polls that waited for max_concurrent_polls",
+                &["upstream"],
             ),
             events: counter_vec(
                 "unpoll_events_sent_total",
                 "Events sent to subscribers",
                 &["route", "protocol", "kind"],
             ),
-            bytes: counter_vec(
-                "unpoll_bytes_sent_total",
-                "Event bytes sent to subscribers",
-                &["route", "protocol"],
-            ),
+            bytes: counter_vec("unpoll_bytes_sent_total", "Event bytes sent to subscribers", &["route", "protocol"]),
             lagged: counter_vec(
                 "unpoll_subscriber_lagged_total",
                 "Subscribers resynchronised after falling behind",
@@ -83,16 +75,8 @@ impl Metrics {
                 "Subscribers disconnected by the proxy",
                 &["route", "reason"],
             ),
-            rejected: counter_vec(
-                "unpoll_requests_rejected_total",
-                "Subscription requests refused",
-                &["reason"],
-            ),
-            requests: counter_vec(
-                "unpoll_http_requests_total",
-                "Requests by route and kind",
-                &["route", "kind"],
-            ),
+            rejected: counter_vec("unpoll_requests_rejected_total", "Subscription requests refused", &["reason"]),
+            requests: counter_vec("unpoll_http_requests_total", "Requests by route and kind", &["route", "kind"]),
             registry,
         }
     }
@@ -100,9 +84,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         out
     }
 }

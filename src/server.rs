@@ -32,10 +32,7 @@ impl BackgroundService for ShutdownRelay {
 
 /// Builds the server for `config`. `extra` may add services (the demo's sample API).
 pub fn build(config: &Config, extra: impl FnOnce(&mut Server)) -> Server {
-    let mut conf = ServerConf {
-        threads: config.server.threads,
-        ..Default::default()
-    };
+    let mut conf = ServerConf { threads: config.server.threads, ..Default::default() };
     // Pingora sleeps the grace period, then gives runtimes one more second: the sum is ours.
     conf.grace_period_seconds = Some(config.server.grace_period.as_secs().saturating_sub(1));
     conf.graceful_shutdown_timeout_seconds = Some(1);
@@ -50,11 +47,7 @@ pub fn build(config: &Config, extra: impl FnOnce(&mut Server)) -> Server {
         metrics: metrics.clone(),
         shutdown: rx,
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "unpoll proxy",
-    );
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "unpoll proxy");
     for addr in &config.server.listen {
         proxy.add_tcp(addr);
     }

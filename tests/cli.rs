@@ -3,10 +3,7 @@
 use std::process::Command;
 
 fn unpoll(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_unpoll"))
-        .args(args)
-        .output()
-        .expect("run unpoll")
+    Command::new(env!("CARGO_BIN_EXE_unpoll")).args(args).output().expect("run unpoll")
 }
 
 #[test]
@@ -46,11 +43,7 @@ fn shipped_configurations_are_valid() {
     for file in ["config/example.yaml", "config/demo.yaml"] {
         let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
         let out = unpoll(&["check", "-c", &path]);
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8(out.stdout).unwrap().contains(": ok"));
     }
 }

@@ -22,63 +22,31 @@ impl Drop for Kill {
 async fn the_demo_serves_its_page_and_live_streams() {
     let (listen, admin, api) = (free_addr(), free_addr(), free_addr());
     let child = Command::new(env!("CARGO_BIN_EXE_unpoll"))
-        .args([
-            "demo", "--listen", &listen, "--admin", &admin, "--api", &api,
-        ])
+        .args(["demo", "--listen", &listen, "--admin", &admin, "--api", &api])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let _guard = Kill(child);
     let addr = listen.parse().unwrap();
-    assert!(
-        eventually(15 * SECOND, || async {
-            http_get(addr, "/").await.is_some_and(|r| r.status == 200)
-        })
-        .await
-    );
+    assert!(eventually(15 * SECOND, || async { http_get(addr, "/").await.is_some_and(|r| r.status == 200) }).await);
     let page = http_get(addr, "/").await.unwrap();
     let html = String::from_utf8(page.body).unwrap();
-    assert!(
-        html.contains("EventSource(") && html.contains("new WebSocket("),
-        "the page subscribes both ways"
-    );
+    assert!(html.contains("EventSource(") && html.contains("new WebSocket("), "the page subscribes both ways");
 
     let mut board = Sse::connect(addr, "/api/departures", &[]).await;
     let snap = board.next_event(5 * SECOND).await.unwrap();
     assert_eq!(snap.kind(), "snapshot");
-    assert!(snap.json()["departures"]
-        .as_array()
-        .is_some_and(|d| !d.is_empty()));
-    let next = board
-        .next_event(10 * SECOND)
-        .await
-        .expect("the board changes on its own");
+    assert!(snap.json()["departures"].as_array().is_some_and(|d| !d.is_empty()));
+    let next = board.next_event(10 * SECOND).await.expect("the board changes on its own");
     assert!(["patch", "snapshot"].contains(&next.kind()));
 
-    let mut alice = Sse::connect(
-        addr,
-        "/api/me/notifications",
-        &[("Authorization", "Bearer alice")],
-    )
-    .await;
-    assert_eq!(
-        alice.next_event(5 * SECOND).await.unwrap().json()["user"],
-        "alice"
-    );
-    let (mut bob, _) = ws_connect(
-        addr,
-        "/api/me/notifications",
-        &[],
-        &[("authorization", "Bearer bob")],
-    )
-    .await
-    .unwrap();
+    let mut alice = Sse::connect(addr, "/api/me/notifications", &[("Authorization", "Bearer alice")]).await;
+    assert_eq!(alice.next_event(5 * SECOND).await.unwrap().json()["user"], "alice");
+    let (mut bob, _) =
+        ws_connect(addr, "/api/me/notifications", &[], &[("authorization", "Bearer bob")]).await.unwrap();
     assert_eq!(ws_event(&mut bob, 5 * SECOND).await["data"]["user"], "bob");
     let mut anonymous = Sse::connect(addr, "/api/me/notifications", &[]).await;
     let denied = anonymous.next_event(5 * SECOND).await.unwrap();
-    assert_eq!(
-        (denied.kind(), denied.json()["status"].as_u64()),
-        ("error", Some(401))
-    );
+    assert_eq!((denied.kind(), denied.json()["status"].as_u64()), ("error", Some(401)));
 }

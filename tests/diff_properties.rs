@@ -67,17 +67,10 @@ fn edit_once(v: &mut Value, rng: &mut impl Rng) {
 
 fn check(a: &Value, b: &Value, options: &DiffOptions) -> Result<(), TestCaseError> {
     // RFC 6902, applied by the independent implementation.
-    let ops = ours::diff_with(
-        a,
-        b,
-        ours::Options {
-            array_id: options.array_id.as_deref(),
-        },
-    );
+    let ops = ours::diff_with(a, b, ours::Options { array_id: options.array_id.as_deref() });
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.clone())).unwrap();
     let mut doc = a.clone();
-    json_patch::patch(&mut doc, &patch)
-        .map_err(|e| TestCaseError::fail(format!("{e}: {ops:?}")))?;
+    json_patch::patch(&mut doc, &patch).map_err(|e| TestCaseError::fail(format!("{e}: {ops:?}")))?;
     prop_assert_eq!(&doc, b, "json-patch {:?}", ops);
     // RFC 7396, where it can express the change.
     if let Some(p) = merge_patch::diff(a, b) {
@@ -90,10 +83,7 @@ fn check(a: &Value, b: &Value, options: &DiffOptions) -> Result<(), TestCaseErro
     }
     // What subscribers are sent: each format's patch (if it survived the size gate) applies.
     if let Some(d) = delta(Some(a), b, options) {
-        prop_assert_eq!(
-            serde_json::from_slice::<Value>(&d.snapshot).unwrap(),
-            b.clone()
-        );
+        prop_assert_eq!(serde_json::from_slice::<Value>(&d.snapshot).unwrap(), b.clone());
         if let Some(p) = d.json_patch {
             let patch: json_patch::Patch = serde_json::from_slice(&p).unwrap();
             let mut doc = a.clone();
@@ -115,15 +105,8 @@ fn check(a: &Value, b: &Value, options: &DiffOptions) -> Result<(), TestCaseErro
 fn identified_rows() -> impl Strategy<Value = (Value, Value)> {
     (prop::collection::btree_set(0u8..40, 0..25), any::<u64>()).prop_map(|(ids, seed)| {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let rows: Vec<Value> = ids
-            .iter()
-            .map(|id| json!({"id": id, "v": rng.random_range(0..3)}))
-            .collect();
-        let mut next: Vec<Value> = rows
-            .iter()
-            .filter(|_| rng.random_bool(0.8))
-            .cloned()
-            .collect();
+        let rows: Vec<Value> = ids.iter().map(|id| json!({"id": id, "v": rng.random_range(0..3)})).collect();
+        let mut next: Vec<Value> = rows.iter().filter(|_| rng.random_bool(0.8)).cloned().collect();
         for i in (1..next.len()).rev() {
             if rng.random_bool(0.3) {
                 next.swap(i, rng.random_range(0..=i));

@@ -27,16 +27,9 @@ async fn requests_reach_the_upstream_unchanged() {
         "PUT /api/items/7?x=1&y=%20 HTTP/1.1\r\nHost: shop.example\r\nX-Custom: a b\r\nAuthorization: Bearer t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let resp = RawConn::send(proxy.addr, req.as_bytes())
-        .await
-        .read_to_end(5 * SECOND)
-        .await;
+    let resp = RawConn::send(proxy.addr, req.as_bytes()).await.read_to_end(5 * SECOND).await;
     assert_eq!(resp.status, 200);
-    assert_eq!(
-        resp.header("x-upstream"),
-        Some("yes"),
-        "upstream response headers come back"
-    );
+    assert_eq!(resp.header("x-upstream"), Some("yes"), "upstream response headers come back");
     let echo = resp.json();
     assert_eq!(echo["method"], "PUT");
     assert_eq!(echo["target"], "/api/items/7?x=1&y=%20");
@@ -50,38 +43,23 @@ async fn requests_reach_the_upstream_unchanged() {
 async fn upstream_status_codes_pass_through() {
     let up = Upstream::start().await;
     let proxy = Proxy::start(up.addr, CONFIG).await;
-    let req =
-        "DELETE /api/x HTTP/1.1\r\nHost: h\r\nX-Want-Status: 418\r\nContent-Length: 0\r\n\r\n";
-    let resp = RawConn::send(proxy.addr, req.as_bytes())
-        .await
-        .read_to_end(5 * SECOND)
-        .await;
+    let req = "DELETE /api/x HTTP/1.1\r\nHost: h\r\nX-Want-Status: 418\r\nContent-Length: 0\r\n\r\n";
+    let resp = RawConn::send(proxy.addr, req.as_bytes()).await.read_to_end(5 * SECOND).await;
     assert_eq!(resp.status, 418);
 }
 
 #[tokio::test]
 async fn streaming_bodies_are_streamed() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start(
-        up.addr,
-        "upstreams: {app: {servers: [\"{upstream}\"]}}\nroutes: [{match: /*, upstream: app}]\n",
-    )
-    .await;
+    let proxy =
+        Proxy::start(up.addr, "upstreams: {app: {servers: [\"{upstream}\"]}}\nroutes: [{match: /*, upstream: app}]\n")
+            .await;
     let mut conn = RawConn::send(proxy.addr, b"GET /slow-stream HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(conn.status, 200);
     // The first part arrives before the upstream has sent the rest (300 ms later).
-    assert!(
-        conn.read_until(Duration::from_millis(250), |b| b.starts_with(b"part-1;"))
-            .await
-    );
-    assert!(
-        !conn.body.ends_with(b"part-3;"),
-        "the body was buffered, not streamed"
-    );
-    assert!(
-        conn.read_until(2 * SECOND, |b| b == b"part-1;part-2;part-3;")
-            .await
-    );
+    assert!(conn.read_until(Duration::from_millis(250), |b| b.starts_with(b"part-1;")).await);
+    assert!(!conn.body.ends_with(b"part-3;"), "the body was buffered, not streamed");
+    assert!(conn.read_until(2 * SECOND, |b| b == b"part-1;part-2;part-3;").await);
 }
 
 #[tokio::test]
@@ -92,12 +70,7 @@ async fn unrouted_requests_get_404_from_the_proxy() {
     assert_eq!(resp.status, 404);
     assert_eq!(resp.json()["error"], "no_route");
     assert_eq!(up.count("/nowhere"), 0);
-    assert_eq!(
-        proxy
-            .metric("unpoll_http_requests_total", &[("kind", "no_route")])
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.metric("unpoll_http_requests_total", &[("kind", "no_route")]).await, 1.0);
 }
 
 #[tokio::test]
@@ -105,16 +78,10 @@ async fn plain_get_on_a_stream_route_is_proxied() {
     let up = Upstream::start().await;
     up.set_json("/orders/1", &serde_json::json!({"id": 1}));
     let proxy = Proxy::start(up.addr, CONFIG).await;
-    let resp = http_get(proxy.addr, "/orders/1?unpoll_format=xml")
-        .await
-        .unwrap();
+    let resp = http_get(proxy.addr, "/orders/1?unpoll_format=xml").await.unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.json(), serde_json::json!({"id": 1}));
-    assert_eq!(
-        up.seen("/orders/1")[0].target,
-        "/orders/1?unpoll_format=xml",
-        "plain requests are not rewritten"
-    );
+    assert_eq!(up.seen("/orders/1")[0].target, "/orders/1?unpoll_format=xml", "plain requests are not rewritten");
 }
 
 #[tokio::test]
@@ -136,21 +103,13 @@ async fn upstream_websockets_pass_through_on_plain_routes() {
             });
         }
     });
-    let proxy = Proxy::start(
-        addr,
-        "upstreams: {app: {servers: [\"{upstream}\"]}}\nroutes: [{match: /*, upstream: app}]\n",
-    )
-    .await;
-    let (mut ws, resp) = ws_connect(proxy.addr, "/chat", &[], &[])
-        .await
-        .expect("upgrade through the proxy");
+    let proxy =
+        Proxy::start(addr, "upstreams: {app: {servers: [\"{upstream}\"]}}\nroutes: [{match: /*, upstream: app}]\n")
+            .await;
+    let (mut ws, resp) = ws_connect(proxy.addr, "/chat", &[], &[]).await.expect("upgrade through the proxy");
     assert_eq!(resp.status(), 101);
     ws.send(Message::text("hello upstream")).await.unwrap();
-    let echoed = tokio::time::timeout(5 * SECOND, ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let echoed = tokio::time::timeout(5 * SECOND, ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(echoed.into_text().unwrap().as_str(), "hello upstream");
 }
 

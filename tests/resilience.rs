@@ -24,68 +24,34 @@ async fn last_event_id_resumes_with_only_what_was_missed() {
     // A WebSocket subscriber keeps the topic alive and tells us each version's id.
     let (mut watcher, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
     let first = ws_event(&mut watcher, 5 * SECOND).await;
-    let epoch = first["id"]
-        .as_str()
-        .unwrap()
-        .split('-')
-        .next()
-        .unwrap()
-        .to_string();
+    let epoch = first["id"].as_str().unwrap().split('-').next().unwrap().to_string();
     for v in 2..=4 {
         up.set_json("/doc", &doc(v));
-        assert_eq!(
-            ws_event(&mut watcher, 5 * SECOND).await["id"],
-            format!("{epoch}-{v}")
-        );
+        assert_eq!(ws_event(&mut watcher, 5 * SECOND).await["id"], format!("{epoch}-{v}"));
     }
     // Missed 3 and 4: SSE with Last-Event-ID gets exactly those patches.
-    let mut sse = Sse::connect(
-        proxy.addr,
-        "/doc",
-        &[("Last-Event-ID", &format!("{epoch}-2"))],
-    )
-    .await;
+    let mut sse = Sse::connect(proxy.addr, "/doc", &[("Last-Event-ID", &format!("{epoch}-2"))]).await;
     let mut client = Doc::new("json-patch");
     client.value = Some(doc(2));
     for v in 3..=4 {
         let ev = sse.next_event(5 * SECOND).await.unwrap();
-        assert_eq!(
-            (ev.kind(), ev.id.clone().unwrap()),
-            ("patch", format!("{epoch}-{v}"))
-        );
+        assert_eq!((ev.kind(), ev.id.clone().unwrap()), ("patch", format!("{epoch}-{v}")));
         client.apply(ev.kind(), ev.json());
     }
     assert_eq!(client.value, Some(doc(4)));
     // Up to date: nothing at all until the next change.
-    let mut current = Sse::connect(
-        proxy.addr,
-        "/doc",
-        &[("Last-Event-ID", &format!("{epoch}-4"))],
-    )
-    .await;
-    assert!(current
-        .next_event(Duration::from_millis(400))
-        .await
-        .is_none());
+    let mut current = Sse::connect(proxy.addr, "/doc", &[("Last-Event-ID", &format!("{epoch}-4"))]).await;
+    assert!(current.next_event(Duration::from_millis(400)).await.is_none());
     // WebSocket resumes through the query parameter.
     let path = format!("/doc?unpoll_last_event_id={epoch}-3");
-    let (mut ws, _) = ws_connect(proxy.addr, &path, &["unpoll.merge-patch"], &[])
-        .await
-        .unwrap();
+    let (mut ws, _) = ws_connect(proxy.addr, &path, &["unpoll.merge-patch"], &[]).await.unwrap();
     let ev = ws_event(&mut ws, 5 * SECOND).await;
-    assert_eq!(
-        (ev["event"].as_str(), ev["data"].clone()),
-        (Some("patch"), json!({"v": 4}))
-    );
+    assert_eq!((ev["event"].as_str(), ev["data"].clone()), (Some("patch"), json!({"v": 4})));
     // Too old for the history (2 events kept: 3 and 4; version 1 needs 2), or another epoch: a snapshot.
     for stale in [format!("{epoch}-1"), "ffffffff-3".to_string()] {
         let mut s = Sse::connect(proxy.addr, "/doc", &[("Last-Event-ID", &stale)]).await;
         let ev = s.next_event(5 * SECOND).await.unwrap();
-        assert_eq!(
-            (ev.kind(), ev.json()),
-            ("snapshot", doc(4)),
-            "resume from {stale}"
-        );
+        assert_eq!((ev.kind(), ev.json()), ("snapshot", doc(4)), "resume from {stale}");
     }
 }
 
@@ -105,26 +71,16 @@ async fn upstream_errors_are_reported_and_streams_recover() {
     assert!(err.id.is_none());
     let data = err.json();
     assert_eq!(
-        (
-            data["status"].as_u64(),
-            data["error"].as_str(),
-            data["retrying"].as_bool()
-        ),
+        (data["status"].as_u64(), data["error"].as_str(), data["retrying"].as_bool()),
         (Some(503), Some("upstream_unavailable"), Some(true))
     );
     let ws_err = ws_event(&mut ws, 5 * SECOND).await;
-    assert_eq!(
-        (ws_err["event"].as_str(), ws_err["data"]["status"].as_u64()),
-        (Some("error"), Some(503))
-    );
+    assert_eq!((ws_err["event"].as_str(), ws_err["data"]["status"].as_u64()), (Some("error"), Some(503)));
 
     // Down altogether: connections refused.
     up.stop();
     let err = sse.next_event(10 * SECOND).await.unwrap();
-    assert_eq!(
-        (err.kind(), err.json()["error"].as_str()),
-        ("error", Some("upstream_unreachable"))
-    );
+    assert_eq!((err.kind(), err.json()["error"].as_str()), ("error", Some("upstream_unreachable")));
 
     // Back, with a changed body: the stream resumes with the whole document.
     up.set_json("/doc", &doc(2));
@@ -137,31 +93,11 @@ async fn upstream_errors_are_reported_and_streams_recover() {
             break ev;
         }
     };
-    assert_eq!(
-        (ws_back["event"].as_str(), ws_back["data"].clone()),
-        (Some("snapshot"), doc(2))
-    );
+    assert_eq!((ws_back["event"].as_str(), ws_back["data"].clone()), (Some("snapshot"), doc(2)));
     up.set_json("/doc", &doc(3));
-    assert_eq!(
-        sse.next_event(5 * SECOND).await.unwrap().kind(),
-        "patch",
-        "patches again after recovery"
-    );
-    assert!(
-        proxy
-            .metric("unpoll_upstream_polls_total", &[("outcome", "unreachable")])
-            .await
-            >= 1.0
-    );
-    assert!(
-        proxy
-            .metric(
-                "unpoll_upstream_polls_total",
-                &[("outcome", "error_status")]
-            )
-            .await
-            >= 1.0
-    );
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "patch", "patches again after recovery");
+    assert!(proxy.metric("unpoll_upstream_polls_total", &[("outcome", "unreachable")]).await >= 1.0);
+    assert!(proxy.metric("unpoll_upstream_polls_total", &[("outcome", "error_status")]).await >= 1.0);
 }
 
 #[tokio::test]
@@ -179,11 +115,7 @@ async fn a_slow_upstream_is_a_timeout_error() {
     let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
     let err = sse.next_event(5 * SECOND).await.unwrap();
     assert_eq!(
-        (
-            err.kind(),
-            err.json()["status"].as_u64(),
-            err.json()["error"].as_str()
-        ),
+        (err.kind(), err.json()["status"].as_u64(), err.json()["error"].as_str()),
         ("error", Some(504), Some("upstream_timeout"))
     );
 }
@@ -200,34 +132,18 @@ async fn gone_resources_end_the_stream_after_an_error() {
     up.set("/doc", 404, "application/json", "{}");
     let err = sse.next_event(5 * SECOND).await.unwrap();
     assert_eq!(
-        (
-            err.kind(),
-            err.json()["status"].as_u64(),
-            err.json()["retrying"].as_bool()
-        ),
+        (err.kind(), err.json()["status"].as_u64(), err.json()["retrying"].as_bool()),
         ("error", Some(404), Some(false))
     );
     assert!(sse.next_event(5 * SECOND).await.is_none());
-    assert!(
-        sse.conn.finished,
-        "the SSE response ended with its last chunk"
-    );
-    assert_eq!(
-        ws_event(&mut ws, 5 * SECOND).await["data"]["error"],
-        "not_found"
-    );
-    assert!(matches!(
-        ws_next(&mut ws, 5 * SECOND).await,
-        Some(WsNext::Close(Some(1000)))
-    ));
+    assert!(sse.conn.finished, "the SSE response ended with its last chunk");
+    assert_eq!(ws_event(&mut ws, 5 * SECOND).await["data"]["error"], "not_found");
+    assert!(matches!(ws_next(&mut ws, 5 * SECOND).await, Some(WsNext::Close(Some(1000)))));
     // A subscriber arriving later starts afresh and is told the same.
     up.set("/doc", 401, "application/json", "{}");
     let mut late = Sse::connect(proxy.addr, "/doc", &[]).await;
     let ev = late.next_event(5 * SECOND).await.unwrap();
-    assert_eq!(
-        (ev.kind(), ev.json()["error"].as_str()),
-        ("error", Some("unauthorized"))
-    );
+    assert_eq!((ev.kind(), ev.json()["error"].as_str()), ("error", Some("unauthorized")));
     assert!(late.next_event(5 * SECOND).await.is_none() && late.conn.finished);
 }
 
@@ -239,22 +155,12 @@ async fn bad_subscription_requests_get_a_clear_4xx_and_others_are_still_served()
     let mut good = Sse::connect(proxy.addr, "/doc", &[]).await;
     good.next_event(5 * SECOND).await.unwrap();
 
-    let bad_format = Sse::connect(proxy.addr, "/doc?unpoll_format=yaml", &[])
-        .await
-        .conn
-        .read_to_end(5 * SECOND)
-        .await;
+    let bad_format = Sse::connect(proxy.addr, "/doc?unpoll_format=yaml", &[]).await.conn.read_to_end(5 * SECOND).await;
     assert_eq!(bad_format.status, 400);
     assert_eq!(bad_format.json()["error"], "unknown_format");
-    let bad_id = Sse::connect(proxy.addr, "/doc", &[("Last-Event-ID", "not an id")])
-        .await
-        .conn
-        .read_to_end(5 * SECOND)
-        .await;
-    assert_eq!(
-        (bad_id.status, bad_id.json()["error"].as_str()),
-        (400, Some("bad_last_event_id"))
-    );
+    let bad_id =
+        Sse::connect(proxy.addr, "/doc", &[("Last-Event-ID", "not an id")]).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!((bad_id.status, bad_id.json()["error"].as_str()), (400, Some("bad_last_event_id")));
     match ws_connect(proxy.addr, "/doc", &["unpoll.yaml"], &[]).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
         other => panic!("expected 400, got {other:?}"),
@@ -262,38 +168,20 @@ async fn bad_subscription_requests_get_a_clear_4xx_and_others_are_still_served()
     let upgrade = |extra: &str| {
         format!("GET /doc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n")
     };
-    let no_key = RawConn::send(
-        proxy.addr,
-        upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes(),
-    )
-    .await
-    .read_to_end(5 * SECOND)
-    .await;
-    assert_eq!(
-        (no_key.status, no_key.json()["error"].as_str()),
-        (400, Some("bad_upgrade"))
-    );
+    let no_key = RawConn::send(proxy.addr, upgrade("Sec-WebSocket-Version: 13\r\n").as_bytes())
+        .await
+        .read_to_end(5 * SECOND)
+        .await;
+    assert_eq!((no_key.status, no_key.json()["error"].as_str()), (400, Some("bad_upgrade")));
     let old = RawConn::send(
         proxy.addr,
-        upgrade("Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
-            .as_bytes(),
+        upgrade("Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n").as_bytes(),
     )
     .await
     .read_to_end(5 * SECOND)
     .await;
-    assert_eq!(
-        (old.status, old.header("sec-websocket-version")),
-        (426, Some("13"))
-    );
-    assert_eq!(
-        proxy
-            .metric(
-                "unpoll_requests_rejected_total",
-                &[("reason", "bad_upgrade")]
-            )
-            .await,
-        2.0
-    );
+    assert_eq!((old.status, old.header("sec-websocket-version")), (426, Some("13")));
+    assert_eq!(proxy.metric("unpoll_requests_rejected_total", &[("reason", "bad_upgrade")]).await, 2.0);
     assert_eq!(up.count("/doc"), up.seen("/doc").len());
     // Everyone else is still served.
     up.set_json("/doc", &doc(2));
@@ -315,23 +203,11 @@ async fn sigterm_closes_streams_cleanly_and_exits_within_the_grace_period() {
         let r = proxy.terminate(Duration::from_secs(10)).await;
         (r, proxy)
     });
-    assert!(
-        matches!(
-            ws_next(&mut ws, 3 * SECOND).await,
-            Some(WsNext::Close(Some(1001)))
-        ),
-        "WebSocket close 1001"
-    );
+    assert!(matches!(ws_next(&mut ws, 3 * SECOND).await, Some(WsNext::Close(Some(1001)))), "WebSocket close 1001");
     assert!(sse.next_event(3 * SECOND).await.is_none());
-    assert!(
-        sse.conn.finished,
-        "the SSE stream ended with its last chunk, not a reset"
-    );
+    assert!(sse.conn.finished, "the SSE stream ended with its last chunk, not a reset");
     let (result, _proxy) = exit.await.unwrap();
     let (status, took) = result.expect("unpoll exited");
     assert!(status.success(), "{status:?}");
-    assert!(
-        took <= Duration::from_millis(2500),
-        "exit took {took:?} with a 2 s grace period"
-    );
+    assert!(took <= Duration::from_millis(2500), "exit took {took:?} with a 2 s grace period");
 }

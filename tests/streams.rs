@@ -19,59 +19,30 @@ fn config(interval: &str, extra: &str) -> String {
 async fn sse_sends_a_snapshot_then_patches() {
     let up = Upstream::start().await;
     let pad = "p".repeat(100);
-    up.set_json(
-        "/doc/1",
-        &json!({"id": 1, "title": "a", "tags": ["x"], "pad": pad}),
-    );
+    up.set_json("/doc/1", &json!({"id": 1, "title": "a", "tags": ["x"], "pad": pad}));
     let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
     assert_eq!(sse.conn.status, 200);
     assert_eq!(sse.conn.header("content-type"), Some("text/event-stream"));
     assert_eq!(sse.conn.header("cache-control"), Some("no-cache"));
     let first = sse.next_block(5 * SECOND).await.unwrap();
-    assert_eq!(
-        first.retry.as_deref(),
-        Some("2000"),
-        "the stream opens with retry:"
-    );
+    assert_eq!(first.retry.as_deref(), Some("2000"), "the stream opens with retry:");
     let snap = sse.next_event(5 * SECOND).await.unwrap();
     assert_eq!(snap.kind(), "snapshot");
-    assert_eq!(
-        snap.json(),
-        json!({"id": 1, "title": "a", "tags": ["x"], "pad": pad})
-    );
+    assert_eq!(snap.json(), json!({"id": 1, "title": "a", "tags": ["x"], "pad": pad}));
     let id = snap.id.clone().unwrap();
     let (epoch, version) = id.split_once('-').unwrap();
     assert_eq!(version, "1");
 
-    up.set_json(
-        "/doc/1",
-        &json!({"id": 1, "title": "b", "tags": ["x"], "pad": pad}),
-    );
+    up.set_json("/doc/1", &json!({"id": 1, "title": "b", "tags": ["x"], "pad": pad}));
     let patch = sse.next_event(5 * SECOND).await.unwrap();
     assert_eq!(patch.kind(), "patch");
     assert_eq!(patch.id.as_deref(), Some(format!("{epoch}-2").as_str()));
-    assert_eq!(
-        patch.json(),
-        json!([{"op": "replace", "path": "/title", "value": "b"}])
-    );
+    assert_eq!(patch.json(), json!([{"op": "replace", "path": "/title", "value": "b"}]));
     // An unchanged body sends nothing (only keep-alives could come).
     assert!(sse.next_event(Duration::from_millis(500)).await.is_none());
-    assert_eq!(
-        proxy
-            .metric(
-                "unpoll_events_sent_total",
-                &[("protocol", "sse"), ("kind", "patch")]
-            )
-            .await,
-        1.0
-    );
-    assert!(
-        proxy
-            .metric("unpoll_upstream_polls_total", &[("outcome", "unchanged")])
-            .await
-            >= 2.0
-    );
+    assert_eq!(proxy.metric("unpoll_events_sent_total", &[("protocol", "sse"), ("kind", "patch")]).await, 1.0);
+    assert!(proxy.metric("unpoll_upstream_polls_total", &[("outcome", "unchanged")]).await >= 2.0);
 }
 
 #[tokio::test]
@@ -80,13 +51,8 @@ async fn websocket_sends_a_snapshot_then_patches_in_the_chosen_format() {
     let pad = "p".repeat(100);
     up.set_json("/doc/1", &json!({"a": {"b": 1, "c": 2}, "pad": pad}));
     let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
-    let (mut ws, resp) = ws_connect(proxy.addr, "/doc/1", &["unpoll.merge-patch"], &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.headers().get("sec-websocket-protocol").unwrap(),
-        "unpoll.merge-patch"
-    );
+    let (mut ws, resp) = ws_connect(proxy.addr, "/doc/1", &["unpoll.merge-patch"], &[]).await.unwrap();
+    assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "unpoll.merge-patch");
     let snap = ws_event(&mut ws, 5 * SECOND).await;
     assert_eq!(snap["event"], "snapshot");
     assert_eq!(snap["data"], json!({"a": {"b": 1, "c": 2}, "pad": pad}));
@@ -98,23 +64,11 @@ async fn websocket_sends_a_snapshot_then_patches_in_the_chosen_format() {
 
     let (mut plain, resp) = ws_connect(proxy.addr, "/doc/1", &[], &[]).await.unwrap();
     assert!(resp.headers().get("sec-websocket-protocol").is_none());
-    assert_eq!(
-        ws_event(&mut plain, 5 * SECOND).await["data"],
-        json!({"a": {"b": 1}, "pad": pad})
-    );
+    assert_eq!(ws_event(&mut plain, 5 * SECOND).await["data"], json!({"a": {"b": 1}, "pad": pad}));
     up.set_json("/doc/1", &json!({"a": {"b": 2}, "pad": pad}));
     let patch = ws_event(&mut plain, 5 * SECOND).await;
-    assert_eq!(
-        patch["data"],
-        json!([{"op": "replace", "path": "/a/b", "value": 2}]),
-        "json-patch by default"
-    );
-    assert_eq!(
-        proxy
-            .metric("unpoll_subscribers", &[("protocol", "websocket")])
-            .await,
-        2.0
-    );
+    assert_eq!(patch["data"], json!([{"op": "replace", "path": "/a/b", "value": 2}]), "json-patch by default");
+    assert_eq!(proxy.metric("unpoll_subscribers", &[("protocol", "websocket")]).await, 2.0);
 }
 
 #[tokio::test]
@@ -123,19 +77,12 @@ async fn snapshot_format_sends_every_change_whole() {
     up.set_json("/doc/1", &json!({"n": 1}));
     let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/1?unpoll_format=snapshot", &[]).await;
-    assert_eq!(
-        sse.next_event(5 * SECOND).await.unwrap().json(),
-        json!({"n": 1})
-    );
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().json(), json!({"n": 1}));
     up.set_json("/doc/1", &json!({"n": 2}));
     let next = sse.next_event(5 * SECOND).await.unwrap();
     assert_eq!(next.kind(), "snapshot");
     assert_eq!(next.json(), json!({"n": 2}));
-    assert_eq!(
-        up.seen("/doc/1")[0].target,
-        "/doc/1",
-        "unpoll_* parameters are not sent upstream"
-    );
+    assert_eq!(up.seen("/doc/1")[0].target, "/doc/1", "unpoll_* parameters are not sent upstream");
 }
 
 #[tokio::test]
@@ -149,10 +96,7 @@ async fn non_json_bodies_are_text_snapshots() {
     assert_eq!(snap.json(), json!("line one\nline two"));
     up.set("/doc/t", 200, "text/plain", "line three");
     let next = sse.next_event(5 * SECOND).await.unwrap();
-    assert_eq!(
-        (next.kind(), next.json()),
-        ("snapshot", json!("line three"))
-    );
+    assert_eq!((next.kind(), next.json()), ("snapshot", json!("line three")));
 }
 
 /// A random JSON document: objects, arrays, nulls, numbers, strings, a few levels deep.
@@ -166,20 +110,11 @@ fn random_doc(rng: &mut StdRng, depth: u32) -> Value {
             let n = rng.random_range(0..5);
             Value::Object(
                 (0..n)
-                    .map(|i| {
-                        (
-                            format!("k{}", (i * 7 + rng.random_range(0..3)) % 6),
-                            random_doc(rng, depth - 1),
-                        )
-                    })
+                    .map(|i| (format!("k{}", (i * 7 + rng.random_range(0..3)) % 6), random_doc(rng, depth - 1)))
                     .collect(),
             )
         }
-        _ => Value::Array(
-            (0..rng.random_range(0..6))
-                .map(|_| random_doc(rng, depth - 1))
-                .collect(),
-        ),
+        _ => Value::Array((0..rng.random_range(0..6)).map(|_| random_doc(rng, depth - 1)).collect()),
     }
 }
 
@@ -227,9 +162,7 @@ async fn clients_converge_over_random_changes_in_every_format() {
     }
     let mut ws = Vec::new();
     for format in ["json-patch", "merge-patch", "snapshot"] {
-        let (w, _) = ws_connect(proxy.addr, "/doc/r", &[&format!("unpoll.{format}")], &[])
-            .await
-            .unwrap();
+        let (w, _) = ws_connect(proxy.addr, "/doc/r", &[&format!("unpoll.{format}")], &[]).await.unwrap();
         ws.push((w, Doc::new(format)));
     }
     for _ in 0..40 {
@@ -258,16 +191,8 @@ async fn clients_converge_over_random_changes_in_every_format() {
             d.apply(ev["event"].as_str().unwrap(), ev["data"].clone());
         }
     }
-    let patches = proxy
-        .metric(
-            "unpoll_events_sent_total",
-            &[("kind", "patch"), ("protocol", "sse")],
-        )
-        .await;
-    assert!(
-        patches >= 20.0,
-        "the changes went out mostly as patches ({patches})"
-    );
+    let patches = proxy.metric("unpoll_events_sent_total", &[("kind", "patch"), ("protocol", "sse")]).await;
+    assert!(patches >= 20.0, "the changes went out mostly as patches ({patches})");
 }
 
 #[tokio::test]
@@ -305,52 +230,22 @@ async fn websocket_clients_that_answer_pings_stay_and_silent_ones_are_dropped() 
     let req = "GET /doc/1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let mut silent = RawConn::send(proxy.addr, req.as_bytes()).await;
     assert_eq!(silent.status, 101);
-    assert_eq!(
-        silent.header("sec-websocket-accept"),
-        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-    );
+    assert_eq!(silent.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        live.try_recv().is_err(),
-        "the live client is still open and idle"
-    );
+    assert!(live.try_recv().is_err(), "the live client is still open and idle");
     // The silent client got pings, then a close frame with 1008 (policy), then EOF.
     assert!(
-        silent
-            .read_until(3 * SECOND, |b| b.windows(2).any(|w| w == [0x88, 0x0e]))
-            .await,
+        silent.read_until(3 * SECOND, |b| b.windows(2).any(|w| w == [0x88, 0x0e])).await,
         "no close frame: {:?}",
         silent.body
     );
-    let close_at = silent
-        .body
-        .windows(2)
-        .position(|w| w == [0x88, 0x0e])
-        .unwrap();
-    assert_eq!(
-        &silent.body[close_at + 2..close_at + 4],
-        &1008u16.to_be_bytes()
-    );
-    assert!(
-        silent.body.windows(8).any(|w| w == b"\x89\x06unpoll"),
-        "pings were sent"
-    );
-    assert_eq!(
-        proxy
-            .metric(
-                "unpoll_subscribers_dropped_total",
-                &[("reason", "ping_timeout")]
-            )
-            .await,
-        1.0
-    );
+    let close_at = silent.body.windows(2).position(|w| w == [0x88, 0x0e]).unwrap();
+    assert_eq!(&silent.body[close_at + 2..close_at + 4], &1008u16.to_be_bytes());
+    assert!(silent.body.windows(8).any(|w| w == b"\x89\x06unpoll"), "pings were sent");
+    assert_eq!(proxy.metric("unpoll_subscribers_dropped_total", &[("reason", "ping_timeout")]).await, 1.0);
     up.set_json("/doc/1", &json!({"v": 2, "pad": pad}));
     loop {
-        match tokio::time::timeout(5 * SECOND, live.recv())
-            .await
-            .ok()
-            .flatten()
-        {
+        match tokio::time::timeout(5 * SECOND, live.recv()).await.ok().flatten() {
             Some(WsNext::Event(ev)) if ev["event"] == "patch" => break,
             Some(WsNext::Event(_)) => continue,
             other => panic!("the live client lost its stream: {other:?}"),
@@ -370,21 +265,10 @@ async fn polls_are_conditional_on_the_etag() {
     let seen = up.seen("/doc/1");
     assert_eq!(seen[0].header("if-none-match"), None);
     assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""));
-    assert!(
-        proxy
-            .metric(
-                "unpoll_upstream_polls_total",
-                &[("outcome", "not_modified")]
-            )
-            .await
-            >= 1.0
-    );
+    assert!(proxy.metric("unpoll_upstream_polls_total", &[("outcome", "not_modified")]).await >= 1.0);
     up.set_json_etag("/doc/1", &json!({"v": 2, "pad": pad}), "\"v2\"");
     let patch = sse.next_event(5 * SECOND).await.unwrap();
-    assert_eq!(
-        patch.json(),
-        json!([{"op": "replace", "path": "/v", "value": 2}])
-    );
+    assert_eq!(patch.json(), json!([{"op": "replace", "path": "/v", "value": 2}]));
 }
 
 #[tokio::test]
@@ -392,11 +276,7 @@ async fn a_subscriber_that_falls_behind_is_resynchronised_and_converges() {
     let up = Upstream::start().await;
     let pad = "p".repeat(20_000);
     // 300 KB that changes whole with each version.
-    let big = |i: u32| -> String {
-        char::from(b'a' + (i % 26) as u8)
-            .to_string()
-            .repeat(300_000)
-    };
+    let big = |i: u32| -> String { char::from(b'a' + (i % 26) as u8).to_string().repeat(300_000) };
     let mut log: Vec<u32> = Vec::new();
     let mut doc = json!({"big": big(99), "log": log, "pad": pad});
     up.set_json("/doc/big", &doc);
@@ -415,20 +295,10 @@ async fn a_subscriber_that_falls_behind_is_resynchronised_and_converges() {
     }
     let mut kinds = Vec::new();
     while client.value.as_ref() != Some(&doc) {
-        let ev = slow
-            .next_event(10 * SECOND)
-            .await
-            .expect("the slow client still receives events");
+        let ev = slow.next_event(10 * SECOND).await.expect("the slow client still receives events");
         kinds.push(ev.kind().to_string());
         client.apply(ev.kind(), ev.json());
     }
-    assert!(
-        proxy.metric("unpoll_subscriber_lagged_total", &[]).await >= 1.0,
-        "the client never lagged: {kinds:?}"
-    );
-    assert!(
-        kinds.len() < 60,
-        "missed events were skipped, not replayed ({} events)",
-        kinds.len()
-    );
+    assert!(proxy.metric("unpoll_subscriber_lagged_total", &[]).await >= 1.0, "the client never lagged: {kinds:?}");
+    assert!(kinds.len() < 60, "missed events were skipped, not replayed ({} events)", kinds.len());
 }

@@ -10,23 +10,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h, e.g. `1s`)"))?;
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
-        return Err(format!(
-            "`{text}` does not start with a number (e.g. `250ms`, `1s`, `2m`)"
-        ));
+        return Err(format!("`{text}` does not start with a number (e.g. `250ms`, `1s`, `2m`)"));
     }
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}`: the number is too large"))?;
+    let n: u64 = number.parse().map_err(|_| format!("`{text}`: the number is too large"))?;
     let millis = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
-            ))
-        }
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
     }
     .ok_or_else(|| format!("`{text}` is too long"))?;
     Ok(Duration::from_millis(millis))
@@ -61,16 +53,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in [
-            "",
-            "1",
-            "s",
-            "1.5s",
-            "-1s",
-            "1d",
-            "10 s",
-            "99999999999999999999s",
-        ] {
+        for bad in ["", "1", "s", "1.5s", "-1s", "1d", "10 s", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
     }

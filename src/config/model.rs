@@ -37,6 +37,10 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// `timeout`: the longest one poll (connect, request and whole response) may take.
     pub timeout: Duration,
+    /// `max_body`: largest body a poll accepts, in bytes; larger is an error event.
+    pub max_body: usize,
+    /// `max_concurrent_polls`: polls of this upstream in flight at once; more wait their turn.
+    pub max_concurrent_polls: usize,
 }
 
 /// `routes[i]:` — a path pattern and what to do with matching requests.
@@ -107,8 +111,10 @@ pub struct StreamSettings {
     pub linger: Duration,
     /// Events a subscriber may fall behind before it is resynchronised with a snapshot.
     pub queue: usize,
-    /// Largest upstream body accepted, in bytes.
-    pub max_body: usize,
+    /// The longest wait between polls of a failing upstream (or the interval, if longer).
+    pub max_backoff: Duration,
+    /// Let the upstream's `Cache-Control: max-age` lengthen the interval.
+    pub respect_cache_control: bool,
     /// Match array elements that are objects by this field when diffing.
     pub array_id: Option<String>,
     /// A patch larger than this fraction of the snapshot is sent as a snapshot.
@@ -118,10 +124,7 @@ pub struct StreamSettings {
 impl StreamSettings {
     /// The diff options of this stream.
     pub fn diff_options(&self) -> crate::diff::DiffOptions {
-        crate::diff::DiffOptions {
-            array_id: self.array_id.clone(),
-            max_patch_ratio: self.max_patch_ratio,
-        }
+        crate::diff::DiffOptions { array_id: self.array_id.clone(), max_patch_ratio: self.max_patch_ratio }
     }
 }
 
@@ -140,7 +143,8 @@ impl Default for StreamSettings {
             history: 64,
             linger: Duration::from_secs(5),
             queue: 256,
-            max_body: 8 * 1024 * 1024,
+            max_backoff: Duration::from_secs(30),
+            respect_cache_control: false,
             array_id: None,
             max_patch_ratio: 0.5,
         }

@@ -23,11 +23,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() {
-            "(document)"
-        } else {
-            &self.path
-        };
+        let path = if self.path.is_empty() { "(document)" } else { &self.path };
         match self.line {
             Some(line) => write!(f, "{path} (line {line}): {}", self.message),
             None => write!(f, "{path}: {}", self.message),
@@ -76,11 +72,7 @@ struct Walker {
 
 impl Walker {
     fn problem(&mut self, path: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.to_string(),
-            line: None,
-            message: message.into(),
-        });
+        self.problems.push(Problem { path: path.to_string(), line: None, message: message.into() });
     }
 
     /// A mapping with only the allowed keys; unknown keys are reported.
@@ -92,13 +84,9 @@ impl Walker {
         for key in m.keys() {
             match key.as_str() {
                 Some(k) if allowed.contains(&k) => {}
-                Some(k) => self.problem(
-                    &join(path, k),
-                    format!(
-                        "unknown key `{k}` (expected one of: {})",
-                        allowed.join(", ")
-                    ),
-                ),
+                Some(k) => {
+                    self.problem(&join(path, k), format!("unknown key `{k}` (expected one of: {})", allowed.join(", ")))
+                }
                 None => self.problem(path, format!("keys must be strings, found {}", kind(key))),
             }
         }
@@ -120,11 +108,8 @@ impl Walker {
             self.problem(path, format!("expected a list, found {}", kind(v)));
             return None;
         };
-        let out: Vec<_> = items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| self.string(v, &format!("{path}[{i}]")))
-            .collect();
+        let out: Vec<_> =
+            items.iter().enumerate().filter_map(|(i, v)| self.string(v, &format!("{path}[{i}]"))).collect();
         (out.len() == items.len()).then_some(out)
     }
 
@@ -133,10 +118,7 @@ impl Walker {
         match parse_duration(&text) {
             Ok(d) if d >= min => Some(d),
             Ok(_) => {
-                self.problem(
-                    path,
-                    format!("`{text}` is too short (at least {}ms)", min.as_millis()),
-                );
+                self.problem(path, format!("`{text}` is too short (at least {}ms)", min.as_millis()));
                 None
             }
             Err(e) => {
@@ -150,13 +132,17 @@ impl Walker {
         match v.as_u64() {
             Some(n) if (min..=max).contains(&n) => Some(n as usize),
             _ => {
-                self.problem(
-                    path,
-                    format!(
-                        "expected a whole number from {min} to {max}, found {}",
-                        show(v)
-                    ),
-                );
+                self.problem(path, format!("expected a whole number from {min} to {max}, found {}", show(v)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Value, path: &str) -> Option<bool> {
+        match v {
+            Value::Bool(b) => Some(*b),
+            _ => {
+                self.problem(path, format!("expected true or false, found {}", show(v)));
                 None
             }
         }
@@ -167,10 +153,7 @@ impl Walker {
         match text.to_socket_addrs() {
             Ok(_) => Some(text),
             Err(e) => {
-                self.problem(
-                    path,
-                    format!("`{text}` is not a usable `host:port` address: {e}"),
-                );
+                self.problem(path, format!("`{text}` is not a usable `host:port` address: {e}"));
                 None
             }
         }
@@ -191,12 +174,10 @@ impl Walker {
         };
         // Route upstreams are checked against the names in the file, even when some upstream's
         // own definition has problems, so that every problem is reported at once.
-        let names: Option<Vec<String>> =
-            m.get("upstreams").and_then(Value::as_mapping).map(|ups| {
-                ups.keys()
-                    .filter_map(|k| k.as_str().map(str::to_string))
-                    .collect()
-            });
+        let names: Option<Vec<String>> = m
+            .get("upstreams")
+            .and_then(Value::as_mapping)
+            .map(|ups| ups.keys().filter_map(|k| k.as_str().map(str::to_string)).collect());
         let routes = match m.get("routes") {
             Some(v) => self.routes(v, "routes", names.as_deref()),
             None => {
@@ -204,25 +185,11 @@ impl Walker {
                 None
             }
         };
-        Some(Config {
-            server: server?,
-            upstreams: upstreams?,
-            routes: routes?,
-        })
+        Some(Config { server: server?, upstreams: upstreams?, routes: routes? })
     }
 
     fn server(&mut self, v: &Value, path: &str) -> Option<ServerSettings> {
-        let m = self.mapping(
-            v,
-            path,
-            &[
-                "listen",
-                "admin",
-                "threads",
-                "grace_period",
-                "write_timeout",
-            ],
-        )?;
+        let m = self.mapping(v, path, &["listen", "admin", "threads", "grace_period", "write_timeout"])?;
         let mut s = ServerSettings::default();
         let mut ok = true;
         if let Some(v) = m.get("listen") {
@@ -236,9 +203,7 @@ impl Walker {
                     let checked: Vec<_> = list
                         .iter()
                         .enumerate()
-                        .filter_map(|(i, a)| {
-                            self.address(&Value::from(a.as_str()), &format!("{p}[{i}]"))
-                        })
+                        .filter_map(|(i, a)| self.address(&Value::from(a.as_str()), &format!("{p}[{i}]")))
                         .collect();
                     ok &= checked.len() == list.len();
                     s.listen = checked;
@@ -273,10 +238,7 @@ impl Walker {
 
     fn upstreams(&mut self, v: &Value, path: &str) -> Option<BTreeMap<String, UpstreamSettings>> {
         let Value::Mapping(m) = v else {
-            self.problem(
-                path,
-                format!("expected a mapping of upstream names, found {}", kind(v)),
-            );
+            self.problem(path, format!("expected a mapping of upstream names, found {}", kind(v)));
             return None;
         };
         if m.is_empty() {
@@ -287,10 +249,7 @@ impl Walker {
         let mut ok = true;
         for (name, value) in m {
             let Some(name) = name.as_str() else {
-                self.problem(
-                    path,
-                    format!("upstream names must be strings, found {}", kind(name)),
-                );
+                self.problem(path, format!("upstream names must be strings, found {}", kind(name)));
                 ok = false;
                 continue;
             };
@@ -305,7 +264,8 @@ impl Walker {
     }
 
     fn upstream(&mut self, v: &Value, path: &str) -> Option<UpstreamSettings> {
-        let m = self.mapping(v, path, &["servers", "connect_timeout", "timeout"])?;
+        let m =
+            self.mapping(v, path, &["servers", "connect_timeout", "timeout", "max_body", "max_concurrent_polls"])?;
         let servers_path = join(path, "servers");
         let servers = match m.get("servers") {
             None => {
@@ -321,7 +281,10 @@ impl Walker {
                 for (i, s) in list.iter().enumerate() {
                     let p = format!("{servers_path}[{i}]");
                     if s.contains("://") {
-                        self.problem(&p, format!("`{s}`: write `host:port` without a scheme (upstreams are plain HTTP)"));
+                        self.problem(
+                            &p,
+                            format!("`{s}`: write `host:port` without a scheme (upstreams are plain HTTP)"),
+                        );
                         continue;
                     }
                     match s.to_socket_addrs().map(|mut a| a.next()) {
@@ -341,98 +304,77 @@ impl Walker {
             Some(v) => self.duration(v, &join(path, "timeout"), Duration::from_millis(1)),
             None => Some(Duration::from_secs(10)),
         };
+        let max_body = match m.get("max_body") {
+            Some(v) => self.count(v, &join(path, "max_body"), 1, 1 << 30),
+            None => Some(8 * 1024 * 1024),
+        };
+        let max_concurrent_polls = match m.get("max_concurrent_polls") {
+            Some(v) => self.count(v, &join(path, "max_concurrent_polls"), 1, 100_000),
+            None => Some(32),
+        };
         Some(UpstreamSettings {
             servers: servers?,
             connect_timeout: connect_timeout?,
             timeout: timeout?,
+            max_body: max_body?,
+            max_concurrent_polls: max_concurrent_polls?,
         })
     }
 
-    fn routes(
-        &mut self,
-        v: &Value,
-        path: &str,
-        upstreams: Option<&[String]>,
-    ) -> Option<Vec<RouteSettings>> {
+    fn routes(&mut self, v: &Value, path: &str, upstreams: Option<&[String]>) -> Option<Vec<RouteSettings>> {
         let Value::Sequence(items) = v else {
-            self.problem(
-                path,
-                format!("expected a list of routes, found {}", kind(v)),
-            );
+            self.problem(path, format!("expected a list of routes, found {}", kind(v)));
             return None;
         };
         if items.is_empty() {
             self.problem(path, "at least one route is needed");
             return None;
         }
-        let routes: Vec<_> = items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| self.route(r, &format!("{path}[{i}]"), upstreams))
-            .collect();
+        let routes: Vec<_> =
+            items.iter().enumerate().filter_map(|(i, r)| self.route(r, &format!("{path}[{i}]"), upstreams)).collect();
         (routes.len() == items.len()).then_some(routes)
     }
 
-    fn route(
-        &mut self,
-        v: &Value,
-        path: &str,
-        upstreams: Option<&[String]>,
-    ) -> Option<RouteSettings> {
+    fn route(&mut self, v: &Value, path: &str, upstreams: Option<&[String]>) -> Option<RouteSettings> {
         let m = self.mapping(v, path, &["match", "upstream", "stream"])?;
         let pattern = match m.get("match") {
             None => {
-                self.problem(
-                    &join(path, "match"),
-                    "missing: give a path pattern such as `/orders/{id}`",
-                );
+                self.problem(&join(path, "match"), "missing: give a path pattern such as `/orders/{id}`");
                 None
             }
-            Some(v) => {
-                self.string(v, &join(path, "match"))
-                    .and_then(|s| match Pattern::parse(&s) {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            self.problem(&join(path, "match"), e);
-                            None
-                        }
-                    })
-            }
+            Some(v) => self.string(v, &join(path, "match")).and_then(|s| match Pattern::parse(&s) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.problem(&join(path, "match"), e);
+                    None
+                }
+            }),
         };
         let upstream = match m.get("upstream") {
             None => {
-                self.problem(
-                    &join(path, "upstream"),
-                    "missing: name one of the `upstreams`",
-                );
+                self.problem(&join(path, "upstream"), "missing: name one of the `upstreams`");
                 None
             }
-            Some(v) => self
-                .string(v, &join(path, "upstream"))
-                .and_then(|name| match upstreams {
-                    Some(ups) if !ups.contains(&name) => {
-                        self.problem(
-                            &join(path, "upstream"),
-                            format!("unknown upstream `{name}` (defined: {})", ups.join(", ")),
-                        );
-                        None
-                    }
-                    _ => Some(name),
-                }),
+            Some(v) => self.string(v, &join(path, "upstream")).and_then(|name| match upstreams {
+                Some(ups) if !ups.contains(&name) => {
+                    self.problem(
+                        &join(path, "upstream"),
+                        format!("unknown upstream `{name}` (defined: {})", ups.join(", ")),
+                    );
+                    None
+                }
+                _ => Some(name),
+            }),
         };
         let stream = match m.get("stream") {
             None => Some(None),
             Some(v) => self.stream(v, &join(path, "stream")).map(Some),
         };
-        Some(RouteSettings {
-            pattern: pattern?,
-            upstream: upstream?,
-            stream: stream?,
-        })
+        Some(RouteSettings { pattern: pattern?, upstream: upstream?, stream: stream? })
     }
 
     fn stream(&mut self, v: &Value, path: &str) -> Option<StreamSettings> {
-        const KEYS: [&str; 9] = [
+        const KEYS: [&str; 13] = [
             "interval",
             "format",
             "share",
@@ -441,6 +383,10 @@ impl Walker {
             "history",
             "linger",
             "queue",
+            "max_backoff",
+            "respect_cache_control",
+            "array_id",
+            "max_patch_ratio",
             "max_body",
         ];
         let m = self.mapping(v, path, &KEYS)?;
@@ -458,76 +404,48 @@ impl Walker {
                 }
             };
         }
-        set!("interval", interval, |w: &mut Walker, v, p: &str| w
-            .duration(v, p, ms(10)));
-        set!("heartbeat", heartbeat, |w: &mut Walker, v, p: &str| w
-            .duration(v, p, ms(100)));
-        set!("linger", linger, |w: &mut Walker, v, p: &str| w.duration(
-            v,
-            p,
-            ms(0)
-        ));
-        set!("history", history, |w: &mut Walker, v, p: &str| w
-            .count(v, p, 0, 100_000));
-        set!("queue", queue, |w: &mut Walker, v, p: &str| w
-            .count(v, p, 1, 1_000_000));
-        set!("max_body", max_body, |w: &mut Walker, v, p: &str| w.count(
-            v,
-            p,
-            1,
-            1 << 30
-        ));
+        set!("interval", interval, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(10)));
+        set!("heartbeat", heartbeat, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(100)));
+        set!("linger", linger, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(0)));
+        set!("history", history, |w: &mut Walker, v, p: &str| w.count(v, p, 0, 100_000));
+        set!("queue", queue, |w: &mut Walker, v, p: &str| w.count(v, p, 1, 1_000_000));
+        set!("max_backoff", max_backoff, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(10)));
+        set!("respect_cache_control", respect_cache_control, |w: &mut Walker, v, p: &str| w.boolean(v, p));
+        if m.contains_key("max_body") {
+            self.problem(&join(path, "max_body"), "`max_body` is set on the upstream (upstreams.<name>.max_body)");
+            ok = false;
+        }
         set!("array_id", array_id, |w: &mut Walker, v, p: &str| {
             let field = w.string(v, p)?;
             if field.is_empty() {
-                w.problem(
-                    p,
-                    "give the name of the field that identifies array elements, e.g. `id`",
-                );
+                w.problem(p, "give the name of the field that identifies array elements, e.g. `id`");
                 return None;
             }
             Some(Some(field))
         });
-        set!(
-            "max_patch_ratio",
-            max_patch_ratio,
-            |w: &mut Walker, v: &Value, p: &str| match v.as_f64() {
-                Some(r) if r > 0.0 && r <= 1.0 => Some(r),
-                _ => {
-                    w.problem(
-                        p,
-                        format!("expected a number above 0 and at most 1, found {}", show(v)),
-                    );
-                    None
-                }
+        set!("max_patch_ratio", max_patch_ratio, |w: &mut Walker, v: &Value, p: &str| match v.as_f64() {
+            Some(r) if r > 0.0 && r <= 1.0 => Some(r),
+            _ => {
+                w.problem(p, format!("expected a number above 0 and at most 1, found {}", show(v)));
+                None
             }
-        );
+        });
         set!("format", format, |w: &mut Walker, v, p: &str| {
             let name = w.string(v, p)?;
             let f = Format::parse(&name);
             if f.is_none() {
-                w.problem(
-                    p,
-                    format!("unknown format `{name}` (use json-patch, merge-patch or snapshot)"),
-                );
+                w.problem(p, format!("unknown format `{name}` (use json-patch, merge-patch or snapshot)"));
             }
             f
         });
-        set!(
-            "share",
-            share,
-            |w: &mut Walker, v, p: &str| match w.string(v, p)?.as_str() {
-                "credentials" => Some(Share::Credentials),
-                "public" => Some(Share::Public),
-                other => {
-                    w.problem(
-                        p,
-                        format!("unknown share mode `{other}` (use credentials or public)"),
-                    );
-                    None
-                }
+        set!("share", share, |w: &mut Walker, v, p: &str| match w.string(v, p)?.as_str() {
+            "credentials" => Some(Share::Credentials),
+            "public" => Some(Share::Public),
+            other => {
+                w.problem(p, format!("unknown share mode `{other}` (use credentials or public)"));
+                None
             }
-        );
+        });
         if s.share == Share::Public && !m.contains_key("vary") {
             s.vary.clear();
         }
@@ -539,14 +457,9 @@ impl Walker {
                     for (i, name) in names.iter().enumerate() {
                         let lower = name.to_ascii_lowercase();
                         if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-                            self.problem(
-                                &format!("{p}[{i}]"),
-                                format!("`{name}` is not a valid header name"),
-                            );
+                            self.problem(&format!("{p}[{i}]"), format!("`{name}` is not a valid header name"));
                             ok = false;
-                        } else if s.share == Share::Public
-                            && CREDENTIAL_HEADERS.contains(&lower.as_str())
-                        {
+                        } else if s.share == Share::Public && CREDENTIAL_HEADERS.contains(&lower.as_str()) {
                             self.problem(
                                 &format!("{p}[{i}]"),
                                 format!("`{name}` carries credentials, which `share: public` never sends upstream"),
@@ -604,6 +517,8 @@ server:
 upstreams:
   legacy:
     servers: ["127.0.0.1:3000", "127.0.0.1:3001"]
+    max_body: 1024
+    max_concurrent_polls: 4
 routes:
   - match: /orders/{id}
     upstream: legacy
@@ -611,6 +526,10 @@ routes:
       interval: 250ms
       format: merge-patch
       vary: [Authorization, X-Tenant]
+      array_id: id
+      max_patch_ratio: 0.25
+      max_backoff: 1m
+      respect_cache_control: true
   - match: /board
     upstream: legacy
     stream: { share: public }
@@ -630,12 +549,18 @@ routes:
         assert_eq!(s.heartbeat, Duration::from_secs(15));
         assert_eq!(s.history, 64);
         assert_eq!(s.linger, Duration::from_secs(5));
+        assert_eq!(s.array_id.as_deref(), Some("id"));
+        assert_eq!(s.max_patch_ratio, 0.25);
+        assert_eq!(s.max_backoff, Duration::from_secs(60));
+        assert!(s.respect_cache_control);
+        assert_eq!(c.upstreams["legacy"].max_body, 1024);
+        assert_eq!(c.upstreams["legacy"].max_concurrent_polls, 4);
+        let public_defaults = c.routes[1].stream.as_ref().unwrap();
+        assert_eq!((public_defaults.array_id.as_ref(), public_defaults.max_patch_ratio), (None, 0.5));
+        assert!(!public_defaults.respect_cache_control);
         let public = c.routes[1].stream.as_ref().unwrap();
         assert_eq!(public.share, Share::Public);
-        assert!(
-            public.vary.is_empty(),
-            "public streams do not vary on credentials by default"
-        );
+        assert!(public.vary.is_empty(), "public streams do not vary on credentials by default");
         assert!(c.routes[2].stream.is_none());
     }
 
@@ -681,8 +606,7 @@ routes:
 
     #[test]
     fn unknown_upstream_is_reported_when_upstreams_are_valid() {
-        let text =
-            "upstreams: {a: {servers: ['127.0.0.1:1']}}\nroutes: [{match: /x, upstream: b}]\n";
+        let text = "upstreams: {a: {servers: ['127.0.0.1:1']}}\nroutes: [{match: /x, upstream: b}]\n";
         let errs = parse_config(text).unwrap_err().0;
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "routes[0].upstream");
@@ -691,9 +615,7 @@ routes:
 
     #[test]
     fn syntax_errors_carry_a_line() {
-        let errs = parse_config("routes:\n  - match: /x\n   upstream: [\n")
-            .unwrap_err()
-            .0;
+        let errs = parse_config("routes:\n  - match: /x\n   upstream: [\n").unwrap_err().0;
         assert_eq!(errs.len(), 1);
         assert!(errs[0].line.is_some(), "{errs:?}");
     }

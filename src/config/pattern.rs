@@ -19,16 +19,10 @@ pub struct Pattern {
 impl Pattern {
     /// Compiles a pattern, or says what is wrong with it.
     pub fn parse(source: &str) -> Result<Pattern, String> {
-        let rest = source
-            .strip_prefix('/')
-            .ok_or_else(|| format!("`{source}` must start with `/`"))?;
+        let rest = source.strip_prefix('/').ok_or_else(|| format!("`{source}` must start with `/`"))?;
         let (rest, prefix) = match rest.strip_suffix('*') {
             Some(r) if r.is_empty() || r.ends_with('/') => (r.trim_end_matches('/'), true),
-            Some(_) => {
-                return Err(format!(
-                    "`{source}`: `*` is only allowed as a whole last segment (`/*`)"
-                ))
-            }
+            Some(_) => return Err(format!("`{source}`: `*` is only allowed as a whole last segment (`/*`)")),
             None => (rest, false),
         };
         let mut segments = Vec::new();
@@ -39,12 +33,8 @@ impl Pattern {
                     return Err(format!("`{source}` has an empty segment (`//`)"));
                 }
                 if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                    if name.is_empty()
-                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    {
-                        return Err(format!(
-                            "`{source}`: parameter `{part}` needs a name of letters, digits or `_`"
-                        ));
+                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!("`{source}`: parameter `{part}` needs a name of letters, digits or `_`"));
                     }
                     if names.contains(&name) {
                         return Err(format!("`{source}`: parameter `{{{name}}}` appears twice"));
@@ -60,11 +50,7 @@ impl Pattern {
                 }
             }
         }
-        Ok(Pattern {
-            source: source.to_string(),
-            segments,
-            prefix,
-        })
+        Ok(Pattern { source: source.to_string(), segments, prefix })
     }
 
     /// Whether a request path (without its query) matches.
@@ -137,17 +123,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_patterns() {
-        for bad in [
-            "orders",
-            "/a//b",
-            "/a*",
-            "/*/a",
-            "/{}",
-            "/{a-b}",
-            "/x{id}",
-            "/{id}/{id}",
-            "/a?b",
-        ] {
+        for bad in ["orders", "/a//b", "/a*", "/*/a", "/{}", "/{a-b}", "/x{id}", "/{id}/{id}", "/a?b"] {
             assert!(Pattern::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -14,24 +14,13 @@ pub struct LegacyApi {
     requests: AtomicU64,
 }
 
-const DESTINATIONS: [&str; 8] = [
-    "Amsterdam",
-    "Berlin",
-    "Copenhagen",
-    "Dresden",
-    "Edinburgh",
-    "Florence",
-    "Geneva",
-    "Hamburg",
-];
+const DESTINATIONS: [&str; 8] =
+    ["Amsterdam", "Berlin", "Copenhagen", "Dresden", "Edinburgh", "Florence", "Geneva", "Hamburg"];
 const STATUSES: [&str; 4] = ["on time", "boarding", "delayed", "departed"];
 
 impl LegacyApi {
     pub fn new() -> LegacyApi {
-        LegacyApi {
-            started: Instant::now(),
-            requests: AtomicU64::new(0),
-        }
+        LegacyApi { started: Instant::now(), requests: AtomicU64::new(0) }
     }
 
     /// Seconds since start: the clock every document is computed from.
@@ -71,13 +60,7 @@ impl LegacyApi {
 
     fn order(&self, id: &str) -> Value {
         let stage = (self.tick() / 2) % 5;
-        let states = [
-            "received",
-            "packed",
-            "shipped",
-            "out for delivery",
-            "delivered",
-        ];
+        let states = ["received", "packed", "shipped", "out for delivery", "delivered"];
         json!({"id": id, "status": states[stage as usize], "updates": stage + 1, "eta_min": 40 - stage * 10})
     }
 }
@@ -99,11 +82,7 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 }
 
 fn json_reply(status: u16, v: Value) -> Response<Vec<u8>> {
-    reply(
-        status,
-        "application/json",
-        serde_json::to_vec(&v).expect("a Value always serialises"),
-    )
+    reply(status, "application/json", serde_json::to_vec(&v).expect("a Value always serialises"))
 }
 
 #[async_trait]
@@ -117,16 +96,10 @@ impl ServeHttp for LegacyApi {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .filter(|u| {
-                !u.is_empty() && u.len() <= 32 && u.chars().all(|c| c.is_ascii_alphanumeric())
-            })
+            .filter(|u| !u.is_empty() && u.len() <= 32 && u.chars().all(|c| c.is_ascii_alphanumeric()))
             .map(str::to_string);
         match path.as_str() {
-            "/" | "/index.html" => reply(
-                200,
-                "text/html; charset=utf-8",
-                include_bytes!("page.html").to_vec(),
-            ),
+            "/" | "/index.html" => reply(200, "text/html; charset=utf-8", include_bytes!("page.html").to_vec()),
             "/favicon.ico" => reply(204, "image/x-icon", Vec::new()),
             "/api/departures" => json_reply(200, self.departures()),
             "/api/me/notifications" => match user {

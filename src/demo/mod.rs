@@ -11,17 +11,9 @@ use std::net::ToSocketAddrs;
 /// The demo's configuration: `config/demo.yaml` with the addresses given on the command line.
 pub fn config(listen: &str, admin: &str, api: &str) -> Result<Config, ConfigErrors> {
     let mut config = parse_config(include_str!("../../config/demo.yaml"))?;
-    let api_addr = api
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            ConfigErrors(vec![Problem {
-                path: "--api".into(),
-                line: None,
-                message: format!("`{api}` is not host:port"),
-            }])
-        })?;
+    let api_addr = api.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
+        ConfigErrors(vec![Problem { path: "--api".into(), line: None, message: format!("`{api}` is not host:port") }])
+    })?;
     config.server.listen = vec![listen.to_string()];
     config.server.admin = Some(admin.to_string());
     for upstream in config.upstreams.values_mut() {

@@ -29,11 +29,7 @@ pub fn diff(from: &Value, to: &Value) -> Vec<Value> {
 /// [`diff`] with options.
 pub fn diff_with(from: &Value, to: &Value, options: Options<'_>) -> Vec<Value> {
     let mut ops = Vec::new();
-    Differ {
-        options,
-        ops: &mut ops,
-    }
-    .at(&mut String::new(), from, to);
+    Differ { options, ops: &mut ops }.at(&mut String::new(), from, to);
     ops
 }
 
@@ -48,9 +44,7 @@ impl Differ<'_, '_> {
             (Value::Object(a), Value::Object(b)) => self.objects(path, a, b),
             (Value::Array(a), Value::Array(b)) => self.arrays(path, a, b),
             _ if from == to => {}
-            _ => self
-                .ops
-                .push(json!({"op": "replace", "path": path.as_str(), "value": to})),
+            _ => self.ops.push(json!({"op": "replace", "path": path.as_str(), "value": to})),
         }
     }
 
@@ -59,9 +53,7 @@ impl Differ<'_, '_> {
         for (key, old) in a {
             push_token(path, key);
             match b.get(key) {
-                None => self
-                    .ops
-                    .push(json!({"op": "remove", "path": path.as_str()})),
+                None => self.ops.push(json!({"op": "remove", "path": path.as_str()})),
                 Some(new) => self.at(path, old, new),
             }
             path.truncate(len);
@@ -69,8 +61,7 @@ impl Differ<'_, '_> {
         for (key, new) in b {
             if !a.contains_key(key) {
                 push_token(path, key);
-                self.ops
-                    .push(json!({"op": "add", "path": path.as_str(), "value": new}));
+                self.ops.push(json!({"op": "add", "path": path.as_str(), "value": new}));
                 path.truncate(len);
             }
         }
@@ -87,13 +78,7 @@ impl Differ<'_, '_> {
         }
         let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
         let max_suffix = a.len().min(b.len()) - prefix;
-        let suffix = a
-            .iter()
-            .rev()
-            .zip(b.iter().rev())
-            .take(max_suffix)
-            .take_while(|(x, y)| x == y)
-            .count();
+        let suffix = a.iter().rev().zip(b.iter().rev()).take(max_suffix).take_while(|(x, y)| x == y).count();
         let (old, new) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
         let matches = if old.is_empty() || new.is_empty() {
             Vec::new()
@@ -103,10 +88,7 @@ impl Differ<'_, '_> {
         // Walk the alignment; `pos` is the index in the array as patched so far.
         let mut pos = prefix;
         let (mut i, mut j) = (0, 0);
-        for (mi, mj) in matches
-            .into_iter()
-            .chain(std::iter::once((old.len(), new.len())))
-        {
+        for (mi, mj) in matches.into_iter().chain(std::iter::once((old.len(), new.len()))) {
             pos = self.gap(path, pos, &old[i..mi], &new[j..mj]);
             pos += 1; // the matched element itself
             (i, j) = (mi + 1, mj + 1);
@@ -125,14 +107,12 @@ impl Differ<'_, '_> {
         }
         push_token(path, &(pos + common).to_string());
         for _ in common..old.len() {
-            self.ops
-                .push(json!({"op": "remove", "path": path.as_str()}));
+            self.ops.push(json!({"op": "remove", "path": path.as_str()}));
         }
         path.truncate(len);
         for (k, value) in new.iter().enumerate().skip(common) {
             push_token(path, &(pos + k).to_string());
-            self.ops
-                .push(json!({"op": "add", "path": path.as_str(), "value": value}));
+            self.ops.push(json!({"op": "add", "path": path.as_str(), "value": value}));
             path.truncate(len);
         }
         pos + new.len()
@@ -140,14 +120,7 @@ impl Differ<'_, '_> {
 
     /// Matches elements by id: removals, then each target position filled by an addition,
     /// a move, or the element already there, each then diffed in place.
-    fn by_identity(
-        &mut self,
-        path: &mut String,
-        a: &[Value],
-        b: &[Value],
-        ka: &[String],
-        kb: &[String],
-    ) {
+    fn by_identity(&mut self, path: &mut String, a: &[Value], b: &[Value], ka: &[String], kb: &[String]) {
         let len = path.len();
         let wanted: HashSet<&str> = kb.iter().map(String::as_str).collect();
         let old_by_id: HashMap<&str, &Value> = ka.iter().map(String::as_str).zip(a).collect();
@@ -155,8 +128,7 @@ impl Differ<'_, '_> {
         for idx in (0..cur.len()).rev() {
             if !wanted.contains(cur[idx]) {
                 push_token(path, &idx.to_string());
-                self.ops
-                    .push(json!({"op": "remove", "path": path.as_str()}));
+                self.ops.push(json!({"op": "remove", "path": path.as_str()}));
                 path.truncate(len);
                 cur.remove(idx);
             }
@@ -166,23 +138,17 @@ impl Differ<'_, '_> {
             match old_by_id.get(id) {
                 None => {
                     push_token(path, &idx.to_string());
-                    self.ops
-                        .push(json!({"op": "add", "path": path.as_str(), "value": value}));
+                    self.ops.push(json!({"op": "add", "path": path.as_str(), "value": value}));
                     path.truncate(len);
                     cur.insert(idx, id);
                 }
                 Some(old) => {
                     if cur[idx] != id {
-                        let from = idx
-                            + cur[idx..]
-                                .iter()
-                                .position(|c| *c == id)
-                                .expect("kept ids are present");
+                        let from = idx + cur[idx..].iter().position(|c| *c == id).expect("kept ids are present");
                         let mut from_path = path.clone();
                         push_token(&mut from_path, &from.to_string());
                         push_token(path, &idx.to_string());
-                        self.ops
-                            .push(json!({"op": "move", "from": from_path, "path": path.as_str()}));
+                        self.ops.push(json!({"op": "move", "from": from_path, "path": path.as_str()}));
                         path.truncate(len);
                         let moved = cur.remove(from);
                         cur.insert(idx, moved);
@@ -226,11 +192,7 @@ fn lcs(a: &[Value], b: &[Value], max_d: usize) -> Option<Vec<(usize, usize)>> {
         trace.push(v[(offset - d - 1) as usize..=(offset + d + 1) as usize].to_vec());
         for k in (-d..=d).step_by(2) {
             let idx = (k + offset) as usize;
-            let mut x = if k == -d || (k != d && v[idx - 1] < v[idx + 1]) {
-                v[idx + 1]
-            } else {
-                v[idx - 1] + 1
-            };
+            let mut x = if k == -d || (k != d && v[idx - 1] < v[idx + 1]) { v[idx + 1] } else { v[idx - 1] + 1 };
             let mut y = x - k;
             while x < n && y < m && a[x as usize] == b[y as usize] {
                 x += 1;
@@ -253,11 +215,7 @@ fn backtrack(trace: &[Vec<isize>], n: isize, m: isize) -> Vec<(usize, usize)> {
         let d = d as isize;
         let at = |k: isize| v[(k + d + 1) as usize];
         let k = x - y;
-        let prev_k = if k == -d || (k != d && at(k - 1) < at(k + 1)) {
-            k + 1
-        } else {
-            k - 1
-        };
+        let prev_k = if k == -d || (k != d && at(k - 1) < at(k + 1)) { k + 1 } else { k - 1 };
         let prev_x = at(prev_k);
         let prev_y = prev_x - prev_k;
         while x > prev_x && y > prev_y {
@@ -341,10 +299,7 @@ mod tests {
         let ops = check(json!(a), json!(b));
         assert_eq!(
             ops,
-            vec![
-                json!({"op": "remove", "path": "/0"}),
-                json!({"op": "add", "path": "/999", "value": 1000})
-            ]
+            vec![json!({"op": "remove", "path": "/0"}), json!({"op": "add", "path": "/999", "value": 1000})]
         );
     }
 
@@ -362,14 +317,9 @@ mod tests {
 
     #[test]
     fn changed_elements_are_diffed_in_place() {
-        let ops = check(
-            json!([{"id": 1, "s": "a"}, {"id": 2, "s": "b"}]),
-            json!([{"id": 1, "s": "a"}, {"id": 2, "s": "c"}]),
-        );
-        assert_eq!(
-            ops,
-            vec![json!({"op": "replace", "path": "/1/s", "value": "c"})]
-        );
+        let ops =
+            check(json!([{"id": 1, "s": "a"}, {"id": 2, "s": "b"}]), json!([{"id": 1, "s": "a"}, {"id": 2, "s": "c"}]));
+        assert_eq!(ops, vec![json!({"op": "replace", "path": "/1/s", "value": "c"})]);
     }
 
     #[test]
@@ -390,9 +340,7 @@ mod tests {
 
     #[test]
     fn array_id_turns_reorders_into_moves() {
-        let id = Options {
-            array_id: Some("id"),
-        };
+        let id = Options { array_id: Some("id") };
         let a = json!([{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 3, "v": "c"}]);
         let b = json!([{"id": 3, "v": "c"}, {"id": 1, "v": "a"}, {"id": 2, "v": "B"}]);
         let ops = check_with(a, b, id);
@@ -407,9 +355,7 @@ mod tests {
 
     #[test]
     fn array_id_adds_and_removes_by_identity() {
-        let id = Options {
-            array_id: Some("id"),
-        };
+        let id = Options { array_id: Some("id") };
         let ops = check_with(
             json!({"rows": [{"id": "a"}, {"id": "b"}, {"id": "c"}]}),
             json!({"rows": [{"id": "x"}, {"id": "a"}, {"id": "c"}]}),
@@ -426,9 +372,7 @@ mod tests {
 
     #[test]
     fn array_id_is_ignored_where_ids_are_missing_or_repeated() {
-        let id = Options {
-            array_id: Some("id"),
-        };
+        let id = Options { array_id: Some("id") };
         check_with(json!([{"id": 1}, {"id": 1}]), json!([{"id": 1}]), id);
         check_with(json!([{"id": 1}, 2]), json!([2, {"id": 1}]), id);
         check_with(json!([{"id": [1]}]), json!([]), id);

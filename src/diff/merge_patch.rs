@@ -86,11 +86,7 @@ mod tests {
 
     #[test]
     fn nested_changes() {
-        let p = check(
-            json!({"a": {"b": 1, "c": 2}, "d": 1}),
-            json!({"a": {"b": 5}, "d": 1}),
-        )
-        .unwrap();
+        let p = check(json!({"a": {"b": 1, "c": 2}, "d": 1}), json!({"a": {"b": 5}, "d": 1})).unwrap();
         assert_eq!(p, json!({"a": {"b": 5, "c": null}}));
     }
 

@@ -29,10 +29,7 @@ pub struct DiffOptions {
 
 impl Default for DiffOptions {
     fn default() -> Self {
-        DiffOptions {
-            array_id: None,
-            max_patch_ratio: 0.5,
-        }
+        DiffOptions { array_id: None, max_patch_ratio: 0.5 }
     }
 }
 
@@ -42,34 +39,19 @@ impl Default for DiffOptions {
 pub fn delta(from: Option<&Value>, to: &Value, options: &DiffOptions) -> Option<Delta> {
     let snapshot = Bytes::from(serde_json::to_vec(to).expect("a Value always serialises"));
     let Some(from) = from else {
-        return Some(Delta {
-            snapshot,
-            json_patch: None,
-            merge_patch: None,
-        });
+        return Some(Delta { snapshot, json_patch: None, merge_patch: None });
     };
-    let ops = json_patch::diff_with(
-        from,
-        to,
-        json_patch::Options {
-            array_id: options.array_id.as_deref(),
-        },
-    );
+    let ops = json_patch::diff_with(from, to, json_patch::Options { array_id: options.array_id.as_deref() });
     if ops.is_empty() {
         return None;
     }
     let gate = |patch: Value| {
         let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
-        (bytes.len() as f64 <= snapshot.len() as f64 * options.max_patch_ratio)
-            .then(|| Bytes::from(bytes))
+        (bytes.len() as f64 <= snapshot.len() as f64 * options.max_patch_ratio).then(|| Bytes::from(bytes))
     };
     let json_patch = gate(Value::Array(ops));
     let merge_patch = merge_patch::diff(from, to).and_then(gate);
-    Some(Delta {
-        snapshot,
-        json_patch,
-        merge_patch,
-    })
+    Some(Delta { snapshot, json_patch, merge_patch })
 }
 
 #[cfg(test)]
@@ -86,44 +68,22 @@ mod tests {
 
     #[test]
     fn unchanged_is_none() {
-        assert_eq!(
-            delta(
-                Some(&json!({"a": [1]})),
-                &json!({"a": [1]}),
-                &DiffOptions::default()
-            ),
-            None
-        );
+        assert_eq!(delta(Some(&json!({"a": [1]})), &json!({"a": [1]}), &DiffOptions::default()), None);
     }
 
     #[test]
     fn small_change_is_a_patch() {
         let big: Vec<_> = (0..100).collect();
-        let d = delta(
-            Some(&json!({"a": 1, "big": big})),
-            &json!({"a": 2, "big": big}),
-            &DiffOptions::default(),
-        )
-        .unwrap();
-        assert_eq!(
-            &d.json_patch.unwrap()[..],
-            br#"[{"op":"replace","path":"/a","value":2}]"#
-        );
+        let d =
+            delta(Some(&json!({"a": 1, "big": big})), &json!({"a": 2, "big": big}), &DiffOptions::default()).unwrap();
+        assert_eq!(&d.json_patch.unwrap()[..], br#"[{"op":"replace","path":"/a","value":2}]"#);
         assert_eq!(&d.merge_patch.unwrap()[..], br#"{"a":2}"#);
     }
 
     #[test]
     fn patch_larger_than_snapshot_is_dropped() {
-        let d = delta(
-            Some(&json!({"a": 1, "b": 2, "c": 3})),
-            &json!({"x": 1}),
-            &DiffOptions::default(),
-        )
-        .unwrap();
-        assert!(
-            d.json_patch.is_none(),
-            "4 operations are larger than {{\"x\":1}}"
-        );
+        let d = delta(Some(&json!({"a": 1, "b": 2, "c": 3})), &json!({"x": 1}), &DiffOptions::default()).unwrap();
+        assert!(d.json_patch.is_none(), "4 operations are larger than {{\"x\":1}}");
         assert!(d.merge_patch.is_none());
     }
 
@@ -135,10 +95,7 @@ mod tests {
         let half = delta(Some(&a), &b, &DiffOptions::default()).unwrap();
         assert!(half.json_patch.is_none());
         assert!(half.merge_patch.is_some());
-        let whole = DiffOptions {
-            max_patch_ratio: 1.0,
-            ..DiffOptions::default()
-        };
+        let whole = DiffOptions { max_patch_ratio: 1.0, ..DiffOptions::default() };
         assert!(delta(Some(&a), &b, &whole).unwrap().json_patch.is_some());
     }
 }

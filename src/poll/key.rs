@@ -95,10 +95,7 @@ pub fn derive(
         hasher.update((values.len() as u64).to_be_bytes());
         for v in values {
             hash_field(&mut hasher, v.as_bytes());
-            sent.push((
-                HeaderName::from_bytes(name.as_bytes()).expect("validated header name"),
-                v.clone(),
-            ));
+            sent.push((HeaderName::from_bytes(name.as_bytes()).expect("validated header name"), v.clone()));
         }
     }
     let key = TopicKey {
@@ -107,14 +104,7 @@ pub fn derive(
         target: target.clone(),
         headers_hash: hasher.finalize().into(),
     };
-    (
-        key,
-        PollRequest {
-            target,
-            headers: sent,
-        },
-        reserved,
-    )
+    (key, PollRequest { target, headers: sent }, reserved)
 }
 
 /// Length-prefixed, so that no two different header lists hash the same input.
@@ -153,38 +143,20 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
 
-    fn key(
-        settings: &StreamSettings,
-        query: Option<&str>,
-        h: &[(&str, &str)],
-    ) -> (TopicKey, PollRequest) {
-        let (k, r, _) = derive(
-            "/orders/{id}",
-            "legacy",
-            settings,
-            "/orders/1",
-            query,
-            &headers(h),
-        );
+    fn key(settings: &StreamSettings, query: Option<&str>, h: &[(&str, &str)]) -> (TopicKey, PollRequest) {
+        let (k, r, _) = derive("/orders/{id}", "legacy", settings, "/orders/1", query, &headers(h));
         (k, r)
     }
 
     #[test]
     fn different_credentials_never_share() {
         let s = StreamSettings::default();
-        let (alice, _) = key(
-            &s,
-            None,
-            &[("host", "h"), ("authorization", "Bearer alice")],
-        );
+        let (alice, _) = key(&s, None, &[("host", "h"), ("authorization", "Bearer alice")]);
         let (bob, _) = key(&s, None, &[("host", "h"), ("authorization", "Bearer bob")]);
         let (nobody, _) = key(&s, None, &[("host", "h")]);
         let (empty, _) = key(&s, None, &[("host", "h"), ("authorization", "")]);
@@ -195,36 +167,19 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
-        let (alice_again, _) = key(
-            &s,
-            None,
-            &[
-                ("authorization", "Bearer alice"),
-                ("host", "h"),
-                ("x-other", "1"),
-            ],
-        );
-        assert_eq!(
-            alice, alice_again,
-            "headers outside vary do not split topics"
-        );
+        let (alice_again, _) = key(&s, None, &[("authorization", "Bearer alice"), ("host", "h"), ("x-other", "1")]);
+        assert_eq!(alice, alice_again, "headers outside vary do not split topics");
     }
 
     #[test]
     fn host_always_splits_topics() {
         let s = StreamSettings::default();
-        assert_ne!(
-            key(&s, None, &[("host", "a")]).0,
-            key(&s, None, &[("host", "b")]).0
-        );
+        assert_ne!(key(&s, None, &[("host", "a")]).0, key(&s, None, &[("host", "b")]).0);
     }
 
     #[test]
     fn header_boundaries_cannot_be_forged() {
-        let s = StreamSettings {
-            vary: vec!["a".into(), "b".into()],
-            ..Default::default()
-        };
+        let s = StreamSettings { vary: vec!["a".into(), "b".into()], ..Default::default() };
         let one = key(&s, None, &[("a", "xb"), ("b", "")]).0;
         let two = key(&s, None, &[("a", "x"), ("b", "b")]).0;
         assert_ne!(one, two);
@@ -236,47 +191,20 @@ mod tests {
     #[test]
     fn only_key_headers_are_sent() {
         let s = StreamSettings::default();
-        let (_, req) = key(
-            &s,
-            None,
-            &[
-                ("host", "h"),
-                ("authorization", "Bearer a"),
-                ("x-secret", "1"),
-            ],
-        );
+        let (_, req) = key(&s, None, &[("host", "h"), ("authorization", "Bearer a"), ("x-secret", "1")]);
         let names: Vec<_> = req.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["authorization", "host"]);
     }
 
     #[test]
     fn public_share_drops_credentials_from_key_and_request() {
-        let s = StreamSettings {
-            share: Share::Public,
-            vary: vec![],
-            ..Default::default()
-        };
-        let (a, req) = key(
-            &s,
-            None,
-            &[
-                ("host", "h"),
-                ("authorization", "Bearer a"),
-                ("cookie", "c=1"),
-            ],
-        );
+        let s = StreamSettings { share: Share::Public, vary: vec![], ..Default::default() };
+        let (a, req) = key(&s, None, &[("host", "h"), ("authorization", "Bearer a"), ("cookie", "c=1")]);
         let (b, _) = key(&s, None, &[("host", "h"), ("authorization", "Bearer b")]);
         assert_eq!(a, b);
-        assert!(req
-            .headers
-            .iter()
-            .all(|(n, _)| n != "authorization" && n != "cookie"));
+        assert!(req.headers.iter().all(|(n, _)| n != "authorization" && n != "cookie"));
         // Even a vary list that names credentials (refused by validation) sends none.
-        let forced = StreamSettings {
-            share: Share::Public,
-            vary: vec!["cookie".into()],
-            ..Default::default()
-        };
+        let forced = StreamSettings { share: Share::Public, vary: vec!["cookie".into()], ..Default::default() };
         let (_, req) = key(&forced, None, &[("host", "h"), ("cookie", "c=1")]);
         assert!(req.headers.iter().all(|(n, _)| n != "cookie"));
     }
@@ -297,9 +225,7 @@ mod tests {
 
     #[test]
     fn reserved_params_are_read() {
-        let (_, r) = split_query(Some(
-            "x=1&unpoll_format=merge-patch&unpoll_last_event_id=ab%2Dc-4&unpoll_future=1",
-        ));
+        let (_, r) = split_query(Some("x=1&unpoll_format=merge-patch&unpoll_last_event_id=ab%2Dc-4&unpoll_future=1"));
         assert_eq!(r.format.as_deref(), Some("merge-patch"));
         assert_eq!(r.last_event_id.as_deref(), Some("ab-c-4"));
         assert_eq!(percent_decode("a%2"), "a%2");

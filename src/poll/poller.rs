@@ -1,5 +1,18 @@
 //! The poll loop of one topic: poll at once, then every `interval`; back off while the
 //! upstream fails; stop `linger` after the last subscriber leaves.
+//!
+//! Scheduling, in order of precedence:
+//! - a failing upstream is polled after an exponential backoff from the interval (doubling,
+//!   up to `max_backoff`, with up to 10 % jitter), or after its `Retry-After` if that is longer
+//!   (at most [`MAX_RETRY_AFTER`]);
+//! - with `respect_cache_control`, a `Cache-Control: max-age` longer than the interval is
+//!   waited out;
+//! - otherwise every `interval`, measured from the start of the previous poll. The second poll
+//!   is shifted by a random phase of up to a tenth of the interval, so that topics created
+//!   together (a proxy restart, a burst of clients) do not poll in lock-step.
+//!
+//! A topic has one loop, so it never has more than one poll in flight; the upstream's
+//! `max_concurrent_polls` bounds the polls of all its topics together.
 
 use super::fetch::{fetch, Fetched};
 use crate::stream::hub::Hub;
@@ -8,39 +21,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
-/// The longest wait between polls of a failing upstream (or the interval, if longer).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// Runs until the topic is idle for `linger`, the upstream refuses it for good, or shutdown.
 pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
-    let settings = topic
-        .route
-        .stream
-        .clone()
-        .expect("topics exist only on stream routes");
+    let settings = topic.route.stream.clone().expect("topics exist only on stream routes");
+    let upstream = topic.route.upstream.clone();
     let route = topic.route.label().to_string();
+    let in_flight = hub.metrics.polls_in_flight.with_label_values(&[&upstream.name]);
+    let waits = hub.metrics.poll_waits.with_label_values(&[&upstream.name]);
     let mut shutdown = hub.shutdown.clone();
     let mut failures: u32 = 0;
-    log::debug!(
-        "topic {} {} starts (epoch {})",
-        route,
-        topic.key.target,
-        topic.epoch
-    );
+    let mut first = true;
+    log::debug!("topic {} {} starts (epoch {})", route, topic.key.target, topic.epoch);
     loop {
         let started = Instant::now();
-        let fetched = fetch(
-            &hub.connector,
-            &topic.route.upstream,
-            &topic.request,
-            topic.etag().as_deref(),
-            settings.max_body,
-        )
-        .await;
-        let (outcome, label) = classify(fetched);
+        let permit = match upstream.polls.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                waits.inc();
+                tokio::select! {
+                    p = upstream.polls.acquire() => p.expect("the semaphore is never closed"),
+                    _ = shutdown.changed() => {
+                        hub.remove(&topic);
+                        return;
+                    }
+                }
+            }
+        };
+        in_flight.inc();
+        let fetched = fetch(&hub.connector, &upstream, &topic.request, &topic.validators()).await;
+        in_flight.dec();
+        drop(permit);
+        let (outcome, label, hint) = classify(fetched);
         let applied = topic.apply(outcome);
         let label = match (applied, label) {
             (Applied::Unchanged, "changed") => "unchanged",
+            (Applied::Equivalent, _) => "equivalent",
             (_, l) => l,
         };
         hub.metrics.polls.with_label_values(&[&route, label]).inc();
@@ -48,13 +66,21 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
             hub.remove(&topic);
             break;
         }
-        let delay = if applied == Applied::Failed {
+        let mut delay = if applied == Applied::Failed {
             failures = failures.saturating_add(1);
-            backoff(settings.interval, failures)
+            let wait = backoff(settings.interval, failures, settings.max_backoff, rand::random());
+            hint.map_or(wait, |retry_after| wait.max(retry_after.min(MAX_RETRY_AFTER)))
         } else {
             failures = 0;
-            settings.interval
+            match hint {
+                Some(max_age) if settings.respect_cache_control => settings.interval.max(max_age),
+                _ => settings.interval,
+            }
         };
+        if first {
+            delay += phase(settings.interval, rand::random());
+            first = false;
+        }
         let next_poll = started + delay;
         // Wait for the next poll, watching for the last subscriber to leave.
         loop {
@@ -79,78 +105,56 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
     }
 }
 
-fn classify(fetched: Fetched) -> (Outcome, &'static str) {
+/// The outcome, its metric label, and a scheduling hint: `Retry-After` for failures,
+/// `max-age` for successes.
+fn classify(fetched: Fetched) -> (Outcome, &'static str, Option<Duration>) {
     match fetched {
-        Fetched::Body { body, etag, json } => (Outcome::Body { body, etag, json }, "changed"),
-        Fetched::NotModified => (Outcome::Unchanged, "not_modified"),
-        Fetched::Status(status @ (401 | 403 | 404 | 410)) => {
+        Fetched::Body { body, validators, json, max_age } => {
+            (Outcome::Body { body, validators, json }, "changed", max_age)
+        }
+        Fetched::NotModified { max_age } => (Outcome::Unchanged, "not_modified", max_age),
+        Fetched::Status { status: status @ (401 | 403 | 404 | 410), .. } => {
             let error = match status {
                 401 => "unauthorized",
                 403 => "forbidden",
                 404 => "not_found",
                 _ => "gone",
             };
-            (Outcome::Terminal { status, error }, "terminal_status")
+            (Outcome::Terminal { status, error }, "terminal_status", None)
         }
-        Fetched::Status(status) => {
-            let error = if status >= 500 {
-                "upstream_unavailable"
-            } else {
-                "upstream_status"
-            };
+        Fetched::Status { status, retry_after } => {
+            let error = if status >= 500 { "upstream_unavailable" } else { "upstream_status" };
             let message = format!("the upstream answered {status}; retrying");
-            (
-                Outcome::Failed {
-                    status,
-                    error,
-                    message,
-                },
-                "error_status",
-            )
+            // Retry-After is honoured on 429 and 503, as RFC 9110 defines it for them.
+            let hint = retry_after.filter(|_| status == 429 || status == 503);
+            (Outcome::Failed { status, error, message }, "error_status", hint)
         }
         Fetched::Unreachable(e) => {
             let message = format!("the upstream could not be reached ({e}); retrying");
-            (
-                Outcome::Failed {
-                    status: 502,
-                    error: "upstream_unreachable",
-                    message,
-                },
-                "unreachable",
-            )
+            (Outcome::Failed { status: 502, error: "upstream_unreachable", message }, "unreachable", None)
         }
         Fetched::TimedOut => {
             let message = "the upstream did not answer in time; retrying".to_string();
-            (
-                Outcome::Failed {
-                    status: 504,
-                    error: "upstream_timeout",
-                    message,
-                },
-                "timeout",
-            )
+            (Outcome::Failed { status: 504, error: "upstream_timeout", message }, "timeout", None)
         }
         Fetched::TooLarge(n) => {
-            let message =
-                format!("the upstream body exceeded the route's max_body ({n}+ bytes); retrying");
-            (
-                Outcome::Failed {
-                    status: 502,
-                    error: "upstream_body_too_large",
-                    message,
-                },
-                "too_large",
-            )
+            let message = format!("the upstream body exceeded the upstream's max_body ({n}+ bytes); retrying");
+            (Outcome::Failed { status: 502, error: "upstream_body_too_large", message }, "too_large", None)
         }
     }
 }
 
-/// Exponential backoff from the interval, capped, with up to 10 % jitter.
-pub fn backoff(interval: Duration, failures: u32) -> Duration {
-    let cap = MAX_BACKOFF.max(interval);
+/// Exponential backoff from the interval after `failures` failed polls, capped at
+/// `max` (or the interval, if longer), plus up to 10 % jitter (`unit` in 0..1).
+pub fn backoff(interval: Duration, failures: u32, max: Duration, unit: f64) -> Duration {
+    let cap = max.max(interval);
     let base = interval.saturating_mul(1u32 << failures.min(16)).min(cap);
-    let jitter = base.mul_f64(rand::random::<f64>() * 0.1);
-    (base + jitter).min(cap)
+    (base + base.mul_f64(unit.clamp(0.0, 1.0) * 0.1)).min(cap)
+}
+
+/// The random phase added once, before a topic's second poll (`unit` in 0..1).
+pub fn phase(interval: Duration, unit: f64) -> Duration {
+    interval.mul_f64(unit.clamp(0.0, 1.0) * 0.1)
 }
 
 #[cfg(test)]
@@ -158,13 +162,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
+    fn backoff_doubles_is_capped_and_jittered() {
+        let (i, max) = (Duration::from_secs(1), Duration::from_secs(30));
+        assert_eq!(backoff(i, 1, max, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff(i, 1, max, 1.0), Duration::from_millis(2200));
+        assert_eq!(backoff(i, 3, max, 0.0), Duration::from_secs(8));
+        assert_eq!(backoff(i, 30, max, 0.5), max);
+        assert_eq!(backoff(i, 4, Duration::from_secs(10), 0.0), Duration::from_secs(10));
+        assert_eq!(backoff(Duration::from_secs(60), 5, max, 0.9), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn phase_is_within_a_tenth_of_the_interval() {
         let i = Duration::from_secs(1);
-        assert!(
-            backoff(i, 1) >= Duration::from_secs(2) && backoff(i, 1) <= Duration::from_millis(2200)
-        );
-        assert!(backoff(i, 3) >= Duration::from_secs(8));
-        assert_eq!(backoff(i, 30), MAX_BACKOFF);
-        assert_eq!(backoff(Duration::from_secs(60), 5), Duration::from_secs(60));
+        assert_eq!(phase(i, 0.0), Duration::ZERO);
+        assert_eq!(phase(i, 1.0), Duration::from_millis(100));
+        assert!(phase(i, 0.37) < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_after_counts_only_for_429_and_503() {
+        let secs = Some(Duration::from_secs(7));
+        for (status, expect) in [(429, secs), (503, secs), (500, None), (502, None)] {
+            let (_, _, hint) = classify(Fetched::Status { status, retry_after: secs });
+            assert_eq!(hint, expect, "{status}");
+        }
     }
 }

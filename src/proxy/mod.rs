@@ -49,15 +49,8 @@ impl ProxyHttp for Gateway {
         let runtime = self.runtime.load();
         let path = session.req_header().uri.path().to_string();
         let Some(route) = runtime.route(&path).cloned() else {
-            self.metrics
-                .requests
-                .with_label_values(&["", "no_route"])
-                .inc();
-            let reject = Reject {
-                status: 404,
-                reason: "no_route",
-                message: format!("no route matches {path}"),
-            };
+            self.metrics.requests.with_label_values(&["", "no_route"]).inc();
+            let reject = Reject { status: 404, reason: "no_route", message: format!("no route matches {path}") };
             respond(session, &reject).await?;
             return Ok(true);
         };
@@ -66,46 +59,27 @@ impl ProxyHttp for Gateway {
             match subscribe::classify(session.req_header(), settings) {
                 None => {}
                 Some(Err(reject)) => {
-                    self.metrics
-                        .rejected
-                        .with_label_values(&[reject.reason])
-                        .inc();
+                    self.metrics.rejected.with_label_values(&[reject.reason]).inc();
                     respond(session, &reject).await?;
                     return Ok(true);
                 }
                 Some(Ok(request)) => {
-                    self.metrics
-                        .requests
-                        .with_label_values(&[route.label(), "subscribe"])
-                        .inc();
+                    self.metrics.requests.with_label_values(&[route.label(), "subscribe"]).inc();
                     let write_timeout = runtime.server.write_timeout;
                     drop(runtime);
-                    if let Err(e) = self
-                        .serve_subscription(session, &route, request, write_timeout)
-                        .await
-                    {
+                    if let Err(e) = self.serve_subscription(session, &route, request, write_timeout).await {
                         log::debug!("stream on {} ended: {e}", route.label());
                     }
                     return Ok(true);
                 }
             }
         }
-        self.metrics
-            .requests
-            .with_label_values(&[route.label(), "proxy"])
-            .inc();
+        self.metrics.requests.with_label_values(&[route.label(), "proxy"]).inc();
         Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .as_ref()
-            .expect("request_filter sets the route of every proxied request");
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        let route = ctx.route.as_ref().expect("request_filter sets the route of every proxied request");
         let mut peer = HttpPeer::new(route.upstream.pick(), false, String::new());
         peer.options.connection_timeout = Some(route.upstream.settings.connect_timeout);
         Ok(Box::new(peer))
@@ -120,72 +94,30 @@ impl Gateway {
         request: SubscribeRequest,
         write_timeout: std::time::Duration,
     ) -> pingora::Result<()> {
-        let settings = route
-            .stream
-            .clone()
-            .expect("subscriptions exist only on stream routes");
+        let settings = route.stream.clone().expect("subscriptions exist only on stream routes");
         let req = session.req_header();
-        let (key, poll, _) = key::derive(
-            route.label(),
-            &route.upstream.name,
-            &settings,
-            req.uri.path(),
-            req.uri.query(),
-            &req.headers,
-        );
+        let (key, poll, _) =
+            key::derive(route.label(), &route.upstream.name, &settings, req.uri.path(), req.uri.query(), &req.headers);
         if request.protocol == Protocol::WebSocket {
-            let key = request
-                .ws_key
-                .as_deref()
-                .expect("validated upgrades carry a key");
+            let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
             let resp = ws::handshake_response(key, request.subprotocol)?;
-            session
-                .downstream_session
-                .write_response_header(Box::new(resp))
-                .await?;
+            session.downstream_session.write_response_header(Box::new(resp)).await?;
         }
-        let sub = self
-            .hub
-            .subscribe(key, poll, route, request.resume.as_ref());
-        let delivery = Delivery::new(
-            sub,
-            request.protocol,
-            request.format,
-            route.label(),
-            &self.metrics,
-        );
+        let sub = self.hub.subscribe(key, poll, route, request.resume.as_ref());
+        let delivery = Delivery::new(sub, request.protocol, request.format, route.label(), &self.metrics);
         let shutdown = self.shutdown.clone();
         let downstream = &mut *session.downstream_session;
         match request.protocol {
-            Protocol::Sse => {
-                sse::serve(
-                    downstream,
-                    delivery,
-                    settings.heartbeat,
-                    write_timeout,
-                    shutdown,
-                )
-                .await
-            }
+            Protocol::Sse => sse::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown).await,
             Protocol::WebSocket => {
-                let ended = ws::serve(
-                    downstream,
-                    delivery,
-                    settings.heartbeat,
-                    write_timeout,
-                    shutdown,
-                )
-                .await;
+                let ended = ws::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown).await;
                 let reason = match ended {
                     Ok(ws::Ended::Normal) => return Ok(()),
                     Ok(ws::Ended::PingTimeout) => "ping_timeout",
                     Ok(ws::Ended::ProtocolError) => "protocol_error",
                     Err(_) => "write_error",
                 };
-                self.metrics
-                    .dropped
-                    .with_label_values(&[route.label(), reason])
-                    .inc();
+                self.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
                 ended.map(|_| ())
             }
         }

@@ -12,6 +12,8 @@ pub struct Upstream {
     pub name: String,
     pub settings: UpstreamSettings,
     next: AtomicUsize,
+    /// One permit per poll in flight: `max_concurrent_polls`.
+    pub polls: tokio::sync::Semaphore,
 }
 
 impl Upstream {
@@ -54,6 +56,7 @@ impl Runtime {
                     name: name.clone(),
                     settings: settings.clone(),
                     next: AtomicUsize::new(0),
+                    polls: tokio::sync::Semaphore::new(settings.max_concurrent_polls),
                 };
                 (name.clone(), Arc::new(u))
             })
@@ -69,17 +72,12 @@ impl Runtime {
                 })
             })
             .collect();
-        Runtime {
-            server: config.server.clone(),
-            routes,
-        }
+        Runtime { server: config.server.clone(), routes }
     }
 
     /// The first route whose pattern matches `path`.
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
-        self.routes
-            .iter()
-            .find(|r| r.settings.pattern.matches(path))
+        self.routes.iter().find(|r| r.settings.pattern.matches(path))
     }
 }
 

@@ -32,11 +32,7 @@ pub struct Reject {
 }
 
 fn reject(status: u16, reason: &'static str, message: impl Into<String>) -> Reject {
-    Reject {
-        status,
-        reason,
-        message: message.into(),
-    }
+    Reject { status, reason, message: message.into() }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -48,23 +44,12 @@ fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',').any(|t| {
-                t.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case(token)
-            })
-        })
+        .any(|v| v.split(',').any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(token)))
 }
 
 /// `None` when the request is not a subscription (it is proxied); otherwise the validated
 /// subscription or the reason it is refused.
-pub fn classify(
-    req: &RequestHeader,
-    settings: &StreamSettings,
-) -> Option<Result<SubscribeRequest, Reject>> {
+pub fn classify(req: &RequestHeader, settings: &StreamSettings) -> Option<Result<SubscribeRequest, Reject>> {
     if req.method != Method::GET {
         return None;
     }
@@ -77,11 +62,7 @@ pub fn classify(
     Some(validate(req, settings, websocket))
 }
 
-fn validate(
-    req: &RequestHeader,
-    settings: &StreamSettings,
-    websocket: bool,
-) -> Result<SubscribeRequest, Reject> {
+fn validate(req: &RequestHeader, settings: &StreamSettings, websocket: bool) -> Result<SubscribeRequest, Reject> {
     let headers = &req.headers;
     let (_, reserved) = split_query(req.uri.query());
     let mut format = match reserved.format.as_deref() {
@@ -94,62 +75,28 @@ fn validate(
             )
         })?,
     };
-    let resume_text = header(headers, "last-event-id")
-        .map(str::to_string)
-        .or(reserved.last_event_id);
-    let resume = match resume_text
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
+    let resume_text = header(headers, "last-event-id").map(str::to_string).or(reserved.last_event_id);
+    let resume = match resume_text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
         None => None,
         Some(text) => Some(ResumeId::parse(text).ok_or_else(|| {
-            reject(
-                400,
-                "bad_last_event_id",
-                format!("`{text}` is not an event id (`<epoch>-<version>`)"),
-            )
+            reject(400, "bad_last_event_id", format!("`{text}` is not an event id (`<epoch>-<version>`)"))
         })?),
     };
     if !websocket {
-        return Ok(SubscribeRequest {
-            protocol: Protocol::Sse,
-            format,
-            resume,
-            ws_key: None,
-            subprotocol: None,
-        });
+        return Ok(SubscribeRequest { protocol: Protocol::Sse, format, resume, ws_key: None, subprotocol: None });
     }
     if req.version != Version::HTTP_11 {
-        return Err(reject(
-            400,
-            "bad_upgrade",
-            "WebSocket upgrades need HTTP/1.1",
-        ));
+        return Err(reject(400, "bad_upgrade", "WebSocket upgrades need HTTP/1.1"));
     }
     if !has_token(headers, "connection", "upgrade") {
-        return Err(reject(
-            400,
-            "bad_upgrade",
-            "`Upgrade: websocket` needs `Connection: Upgrade`",
-        ));
+        return Err(reject(400, "bad_upgrade", "`Upgrade: websocket` needs `Connection: Upgrade`"));
     }
     if header(headers, "sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(reject(
-            426,
-            "bad_upgrade",
-            "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)",
-        ));
+        return Err(reject(426, "bad_upgrade", "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)"));
     }
-    let key = header(headers, "sec-websocket-key")
-        .map(str::trim)
-        .unwrap_or("");
+    let key = header(headers, "sec-websocket-key").map(str::trim).unwrap_or("");
     if !valid_ws_key(key) {
-        return Err(reject(
-            400,
-            "bad_upgrade",
-            "Sec-WebSocket-Key must be 16 bytes in base64",
-        ));
+        return Err(reject(400, "bad_upgrade", "Sec-WebSocket-Key must be 16 bytes in base64"));
     }
     let offered: Vec<&str> = headers
         .get_all("sec-websocket-protocol")
@@ -178,13 +125,7 @@ fn validate(
         format = f;
         subprotocol = Some(subprotocol_name(f));
     }
-    Ok(SubscribeRequest {
-        protocol: Protocol::WebSocket,
-        format,
-        resume,
-        ws_key: Some(key.to_string()),
-        subprotocol,
-    })
+    Ok(SubscribeRequest { protocol: Protocol::WebSocket, format, resume, ws_key: Some(key.to_string()), subprotocol })
 }
 
 /// The subprotocol name of a format.
@@ -199,11 +140,7 @@ pub fn subprotocol_name(format: Format) -> &'static str {
 /// 16 bytes in base64 are 22 characters and `==`.
 fn valid_ws_key(key: &str) -> bool {
     let b = key.as_bytes();
-    b.len() == 24
-        && b[22..] == *b"=="
-        && b[..22]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+    b.len() == 24 && b[22..] == *b"==" && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 #[cfg(test)]
@@ -239,50 +176,21 @@ mod tests {
 
     #[test]
     fn sse_with_format_and_resume() {
-        let r = req(
-            "/x?unpoll_format=merge-patch",
-            &[("accept", "text/event-stream"), ("last-event-id", "ab-3")],
-        );
+        let r = req("/x?unpoll_format=merge-patch", &[("accept", "text/event-stream"), ("last-event-id", "ab-3")]);
         let s = classify_default(&r).unwrap().unwrap();
         assert_eq!(s.protocol, Protocol::Sse);
         assert_eq!(s.format, Format::MergePatch);
-        assert_eq!(
-            s.resume,
-            Some(ResumeId {
-                epoch: "ab".into(),
-                version: 3
-            })
-        );
-        let q = req(
-            "/x?unpoll_last_event_id=cd-9",
-            &[("accept", "text/event-stream")],
-        );
-        assert_eq!(
-            classify_default(&q)
-                .unwrap()
-                .unwrap()
-                .resume
-                .unwrap()
-                .version,
-            9
-        );
+        assert_eq!(s.resume, Some(ResumeId { epoch: "ab".into(), version: 3 }));
+        let q = req("/x?unpoll_last_event_id=cd-9", &[("accept", "text/event-stream")]);
+        assert_eq!(classify_default(&q).unwrap().unwrap().resume.unwrap().version, 9);
     }
 
     #[test]
     fn bad_format_and_resume_are_400() {
         let r = req("/x?unpoll_format=xml", &[("accept", "text/event-stream")]);
         assert_eq!(classify_default(&r).unwrap().unwrap_err().status, 400);
-        let r = req(
-            "/x",
-            &[
-                ("accept", "text/event-stream"),
-                ("last-event-id", "garbage"),
-            ],
-        );
-        assert_eq!(
-            classify_default(&r).unwrap().unwrap_err().reason,
-            "bad_last_event_id"
-        );
+        let r = req("/x", &[("accept", "text/event-stream"), ("last-event-id", "garbage")]);
+        assert_eq!(classify_default(&r).unwrap().unwrap_err().reason, "bad_last_event_id");
     }
 
     #[test]
@@ -297,34 +205,18 @@ mod tests {
         assert_eq!((plain.format, plain.subprotocol), (Format::JsonPatch, None));
         let mut bad = WS.to_vec();
         bad.push(("sec-websocket-protocol", "unpoll.xml"));
-        assert_eq!(
-            classify_default(&req("/x", &bad))
-                .unwrap()
-                .unwrap_err()
-                .reason,
-            "unknown_format"
-        );
+        assert_eq!(classify_default(&req("/x", &bad)).unwrap().unwrap_err().reason, "unknown_format");
     }
 
     #[test]
     fn malformed_upgrades_are_refused() {
-        for (drop, status) in [
-            ("connection", 400),
-            ("sec-websocket-version", 426),
-            ("sec-websocket-key", 400),
-        ] {
+        for (drop, status) in [("connection", 400), ("sec-websocket-version", 426), ("sec-websocket-key", 400)] {
             let h: Vec<_> = WS.iter().copied().filter(|(k, _)| *k != drop).collect();
             let err = classify_default(&req("/x", &h)).unwrap().unwrap_err();
             assert_eq!(err.status, status, "without {drop}");
         }
         let mut short = WS.to_vec();
         short[3] = ("sec-websocket-key", "c2hvcnQ=");
-        assert_eq!(
-            classify_default(&req("/x", &short))
-                .unwrap()
-                .unwrap_err()
-                .status,
-            400
-        );
+        assert_eq!(classify_default(&req("/x", &short)).unwrap().unwrap_err().status, 400);
     }
 }

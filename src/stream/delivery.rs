@@ -32,13 +32,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(
-        sub: Subscription,
-        protocol: Protocol,
-        format: Format,
-        route: &str,
-        metrics: &Metrics,
-    ) -> Delivery {
+    pub fn new(sub: Subscription, protocol: Protocol, format: Format, route: &str, metrics: &Metrics) -> Delivery {
         let p = protocol.name();
         let gauge = metrics.subscribers.with_label_values(&[route, p]);
         gauge.inc();

@@ -56,18 +56,10 @@ pub fn sse_preamble(retry_ms: u64) -> Bytes {
 pub fn ws_message(id: Option<&str>, event: &str, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 48);
     out.extend_from_slice(b"{\"event\":");
-    out.extend_from_slice(
-        serde_json::to_string(event)
-            .expect("strings serialise")
-            .as_bytes(),
-    );
+    out.extend_from_slice(serde_json::to_string(event).expect("strings serialise").as_bytes());
     if let Some(id) = id {
         out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(
-            serde_json::to_string(id)
-                .expect("strings serialise")
-                .as_bytes(),
-        );
+        out.extend_from_slice(serde_json::to_string(id).expect("strings serialise").as_bytes());
     }
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
@@ -128,8 +120,7 @@ mod tests {
         assert_eq!(v["event"], "patch");
         assert_eq!(v["id"], "e-2");
         assert_eq!(v["data"][0]["op"], "remove");
-        let e: serde_json::Value =
-            serde_json::from_slice(&ws_message(None, "error", b"{}")).unwrap();
+        let e: serde_json::Value = serde_json::from_slice(&ws_message(None, "error", b"{}")).unwrap();
         assert!(e.get("id").is_none());
     }
 

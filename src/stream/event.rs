@@ -38,12 +38,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(epoch: &str, version: u64, delta: Delta) -> Event {
-        Event {
-            id: format!("{epoch}-{version}"),
-            version,
-            delta,
-            frames: Default::default(),
-        }
+        Event { id: format!("{epoch}-{version}"), version, delta, frames: Default::default() }
     }
 
     /// What a subscriber in `format` is sent for this event: a patch if the format has one,
@@ -92,8 +87,7 @@ pub struct ErrorEvent {
 impl ErrorEvent {
     /// `status` is the upstream's HTTP status, or 502/504 when it could not be reached.
     pub fn new(status: u16, error: &str, message: &str, terminal: bool) -> ErrorEvent {
-        let data =
-            json!({"status": status, "error": error, "message": message, "retrying": !terminal});
+        let data = json!({"status": status, "error": error, "message": message, "retrying": !terminal});
         let data = serde_json::to_vec(&data).expect("a Value always serialises");
         ErrorEvent {
             terminal,
@@ -129,15 +123,8 @@ mod tests {
         let (a, kind) = e.frame(Protocol::Sse, Format::JsonPatch);
         let (b, _) = e.frame(Protocol::Sse, Format::JsonPatch);
         assert_eq!(kind, Kind::Patch);
-        assert_eq!(
-            a.as_ptr(),
-            b.as_ptr(),
-            "the same allocation goes to every subscriber"
-        );
-        assert_eq!(
-            &a[..],
-            b"id: ep-7\nevent: patch\ndata: [{\"op\":\"replace\",\"path\":\"/a\",\"value\":2}]\n\n"
-        );
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same allocation goes to every subscriber");
+        assert_eq!(&a[..], b"id: ep-7\nevent: patch\ndata: [{\"op\":\"replace\",\"path\":\"/a\",\"value\":2}]\n\n");
     }
 
     #[test]
@@ -145,23 +132,16 @@ mod tests {
         let e = event(None);
         let (bytes, kind) = e.frame(Protocol::Sse, Format::JsonPatch);
         assert_eq!(kind, Kind::Snapshot);
-        assert_eq!(
-            &bytes[..],
-            b"id: ep-7\nevent: snapshot\ndata: {\"a\":2}\n\n"
-        );
+        assert_eq!(&bytes[..], b"id: ep-7\nevent: snapshot\ndata: {\"a\":2}\n\n");
         assert_eq!(e.frame(Protocol::Sse, Format::MergePatch).1, Kind::Patch);
-        assert_eq!(
-            e.frame(Protocol::WebSocket, Format::Snapshot).1,
-            Kind::Snapshot
-        );
+        assert_eq!(e.frame(Protocol::WebSocket, Format::Snapshot).1, Kind::Snapshot);
     }
 
     #[test]
     fn error_events_say_whether_they_retry() {
         let e = ErrorEvent::new(503, "upstream_unavailable", "upstream answered 503", false);
         let sse = String::from_utf8(e.frame(Protocol::Sse).to_vec()).unwrap();
-        assert!(sse
-            .starts_with("event: error\ndata: {\"status\":503,\"error\":\"upstream_unavailable\""));
+        assert!(sse.starts_with("event: error\ndata: {\"status\":503,\"error\":\"upstream_unavailable\""));
         assert!(sse.contains("\"retrying\":true"));
         assert!(!sse.contains("id:"));
     }

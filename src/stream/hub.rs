@@ -35,12 +35,7 @@ impl Drop for Subscription {
 
 impl Hub {
     pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Hub {
-        Hub {
-            topics: Mutex::default(),
-            connector: Connector::new(None),
-            metrics,
-            shutdown,
-        }
+        Hub { topics: Mutex::default(), connector: Connector::new(None), metrics, shutdown }
     }
 
     fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, Arc<Topic>>> {
@@ -69,11 +64,7 @@ impl Hub {
             topic.clone()
         };
         let (initial, rx) = topic.open(resume);
-        Subscription {
-            topic: Arc::downgrade(&topic),
-            initial,
-            rx,
-        }
+        Subscription { topic: Arc::downgrade(&topic), initial, rx }
     }
 
     /// Removes a topic if it still has no subscribers. Returns whether it was removed.
@@ -93,10 +84,7 @@ impl Hub {
     }
 
     fn remove_locked(&self, topics: &mut HashMap<TopicKey, Arc<Topic>>, topic: &Arc<Topic>) {
-        if topics
-            .get(&topic.key)
-            .is_some_and(|t| Arc::ptr_eq(t, topic))
-        {
+        if topics.get(&topic.key).is_some_and(|t| Arc::ptr_eq(t, topic)) {
             topics.remove(&topic.key);
             self.metrics.topics.dec();
         }

@@ -28,9 +28,7 @@ pub async fn serve(
     session.set_read_timeout(None);
     session.set_write_timeout(Some(write_timeout));
     session.write_response_header(Box::new(resp)).await?;
-    session
-        .write_response_body(sse_preamble(RETRY_MS), false)
-        .await?;
+    session.write_response_body(sse_preamble(RETRY_MS), false).await?;
     let ended;
     match delivery.initial() {
         Next::Write(b) => {

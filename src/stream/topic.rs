@@ -2,6 +2,7 @@
 
 use super::event::{ErrorEvent, Event};
 use crate::diff::{delta, Delta, DiffOptions};
+use crate::poll::fetch::Validators;
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::proxy::routing::Route;
 use bytes::Bytes;
@@ -33,18 +34,13 @@ impl ResumeId {
     /// Parses an event id: an alphanumeric epoch, `-`, and a decimal version.
     pub fn parse(id: &str) -> Option<ResumeId> {
         let (epoch, version) = id.trim().split_once('-')?;
-        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
+        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
-        if version.is_empty() || version.len() > 20 || !version.bytes().all(|b| b.is_ascii_digit())
-        {
+        if version.is_empty() || version.len() > 20 || !version.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        Some(ResumeId {
-            epoch: epoch.to_string(),
-            version: version.parse().ok()?,
-        })
+        Some(ResumeId { epoch: epoch.to_string(), version: version.parse().ok()? })
     }
 }
 
@@ -56,7 +52,7 @@ struct State {
     error_code: Option<(u16, &'static str)>,
     doc: Option<Value>,
     last_body: Option<Bytes>,
-    etag: Option<String>,
+    validators: Validators,
     idle_since: Option<Instant>,
 }
 
@@ -78,19 +74,11 @@ pub struct Topic {
 /// What the poller learned from one poll.
 pub enum Outcome {
     /// A body to compare with the last one.
-    Body {
-        body: Bytes,
-        etag: Option<String>,
-        json: bool,
-    },
+    Body { body: Bytes, validators: Validators, json: bool },
     /// Nothing changed (304).
     Unchanged,
     /// The upstream failed; subscribers are told and the poller retries.
-    Failed {
-        status: u16,
-        error: &'static str,
-        message: String,
-    },
+    Failed { status: u16, error: &'static str, message: String },
     /// The upstream refused the resource for good; subscribers are told and the streams end.
     Terminal { status: u16, error: &'static str },
 }
@@ -99,7 +87,10 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Changed,
+    /// The same bytes (or a 304): nothing was parsed.
     Unchanged,
+    /// Different bytes, the same JSON.
+    Equivalent,
     Failed,
     Terminal,
 }
@@ -107,11 +98,7 @@ pub enum Applied {
 impl Topic {
     pub fn new(key: TopicKey, route: Arc<Route>, request: PollRequest, queue: usize) -> Topic {
         let epoch = format!("{:08x}", rand::random::<u32>());
-        let diff = route
-            .stream
-            .as_ref()
-            .map(|s| s.diff_options())
-            .unwrap_or_default();
+        let diff = route.stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
         Topic {
             key,
             route,
@@ -157,9 +144,9 @@ impl Topic {
         }
     }
 
-    /// The ETag of the last body, for a conditional poll.
-    pub fn etag(&self) -> Option<String> {
-        self.state().etag.clone()
+    /// The validators of the last body, for a conditional poll.
+    pub fn validators(&self) -> Validators {
+        self.state().validators.clone()
     }
 
     /// A receiver plus the messages a new subscriber starts with: the current snapshot, or
@@ -175,19 +162,9 @@ impl Topic {
                 Some(r) if r.version == current.version => {}
                 Some(r)
                     if r.version < current.version
-                        && state
-                            .history
-                            .front()
-                            .is_some_and(|oldest| oldest.version <= r.version + 1) =>
+                        && state.history.front().is_some_and(|oldest| oldest.version <= r.version + 1) =>
                 {
-                    initial.extend(
-                        state
-                            .history
-                            .iter()
-                            .filter(|e| e.version > r.version)
-                            .cloned()
-                            .map(Msg::Event),
-                    );
+                    initial.extend(state.history.iter().filter(|e| e.version > r.version).cloned().map(Msg::Event));
                 }
                 _ => initial.push(Msg::Snapshot(current.clone())),
             }
@@ -203,21 +180,13 @@ impl Topic {
         let mut state = self.state();
         let state = &mut *state;
         match outcome {
-            Outcome::Unchanged => self
-                .recover(state)
-                .map_or(Applied::Unchanged, |_| Applied::Changed),
-            Outcome::Body { body, etag, json } => {
-                state.etag = etag;
+            Outcome::Unchanged => self.recover(state).map_or(Applied::Unchanged, |_| Applied::Changed),
+            Outcome::Body { body, validators, json } => {
+                state.validators = validators;
                 if state.last_body.as_ref() == Some(&body) {
-                    return self
-                        .recover(state)
-                        .map_or(Applied::Unchanged, |_| Applied::Changed);
+                    return self.recover(state).map_or(Applied::Unchanged, |_| Applied::Changed);
                 }
-                let doc = if json {
-                    serde_json::from_slice::<Value>(&body).ok()
-                } else {
-                    None
-                };
+                let doc = if json { serde_json::from_slice::<Value>(&body).ok() } else { None };
                 state.last_body = Some(body.clone());
                 let change = match doc {
                     Some(doc) => {
@@ -228,14 +197,9 @@ impl Topic {
                     None => {
                         // Not JSON: sent whole, as a JSON string.
                         let text = Value::String(String::from_utf8_lossy(&body).into_owned());
-                        let snapshot =
-                            Bytes::from(serde_json::to_vec(&text).expect("a string serialises"));
+                        let snapshot = Bytes::from(serde_json::to_vec(&text).expect("a string serialises"));
                         state.doc = None;
-                        Some(Delta {
-                            snapshot,
-                            json_patch: None,
-                            merge_patch: None,
-                        })
+                        Some(Delta { snapshot, json_patch: None, merge_patch: None })
                     }
                 };
                 let had_error = state.error.take().is_some();
@@ -250,14 +214,10 @@ impl Topic {
                         self.republish(state);
                         Applied::Changed
                     }
-                    None => Applied::Unchanged,
+                    None => Applied::Equivalent,
                 }
             }
-            Outcome::Failed {
-                status,
-                error,
-                message,
-            } => {
+            Outcome::Failed { status, error, message } => {
                 if state.error_code != Some((status, error)) {
                     let e = Arc::new(ErrorEvent::new(status, error, &message, false));
                     state.error = Some(e.clone());
@@ -305,11 +265,7 @@ impl Topic {
 
 /// The same change, sent whole in every format.
 fn whole(delta: Delta) -> Delta {
-    Delta {
-        snapshot: delta.snapshot,
-        json_patch: None,
-        merge_patch: None,
-    }
+    Delta { snapshot: delta.snapshot, json_patch: None, merge_patch: None }
 }
 
 #[cfg(test)]
@@ -318,25 +274,8 @@ mod tests {
 
     #[test]
     fn resume_ids_parse() {
-        assert_eq!(
-            ResumeId::parse("9f2c-12"),
-            Some(ResumeId {
-                epoch: "9f2c".into(),
-                version: 12
-            })
-        );
-        for bad in [
-            "",
-            "12",
-            "-1",
-            "x-",
-            "x-1.5",
-            "x--1",
-            "a-b-3",
-            "x-+1",
-            "é-1",
-            "x-99999999999999999999999",
-        ] {
+        assert_eq!(ResumeId::parse("9f2c-12"), Some(ResumeId { epoch: "9f2c".into(), version: 12 }));
+        for bad in ["", "12", "-1", "x-", "x-1.5", "x--1", "a-b-3", "x-+1", "é-1", "x-99999999999999999999999"] {
             assert_eq!(ResumeId::parse(bad), None, "{bad}");
         }
     }

@@ -30,10 +30,7 @@ pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> pingora::Resu
     let mut resp = ResponseHeader::build(101, Some(4))?;
     resp.insert_header("upgrade", "websocket")?;
     resp.insert_header("connection", "Upgrade")?;
-    resp.insert_header(
-        "sec-websocket-accept",
-        tungstenite::handshake::derive_accept_key(key.as_bytes()),
-    )?;
+    resp.insert_header("sec-websocket-accept", tungstenite::handshake::derive_accept_key(key.as_bytes()))?;
     if let Some(p) = subprotocol {
         resp.insert_header("sec-websocket-protocol", p)?;
     }
@@ -79,20 +76,11 @@ impl Conn {
             .max_message_size(Some(MAX_CLIENT_MESSAGE))
             .max_frame_size(Some(MAX_CLIENT_MESSAGE))
             .write_buffer_size(0);
-        Conn {
-            ctx: WebSocketContext::new(Role::Server, Some(config)),
-            io: Buffers::default(),
-        }
+        Conn { ctx: WebSocketContext::new(Role::Server, Some(config)), io: Buffers::default() }
     }
 
     fn close(&mut self, code: CloseCode, reason: &'static str) {
-        let _ = self.ctx.close(
-            &mut self.io,
-            Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            }),
-        );
+        let _ = self.ctx.close(&mut self.io, Some(CloseFrame { code, reason: reason.into() }));
         let _ = self.ctx.flush(&mut self.io);
     }
 
@@ -119,25 +107,9 @@ pub async fn serve(
         Next::Write(b) => session.write_response_body(b, false).await?,
         Next::End(b) => {
             session.write_response_body(b, false).await?;
-            return finish(
-                session,
-                &mut conn,
-                CloseCode::Normal,
-                "stream ended",
-                Ended::Normal,
-            )
-            .await;
+            return finish(session, &mut conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
         }
-        Next::Closed => {
-            return finish(
-                session,
-                &mut conn,
-                CloseCode::Normal,
-                "stream ended",
-                Ended::Normal,
-            )
-            .await
-        }
+        Next::Closed => return finish(session, &mut conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
     }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut awaiting_pong = false;

@@ -20,10 +20,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
@@ -41,15 +38,7 @@ fn parse_head(buf: &[u8]) -> Option<(u16, Headers, usize)> {
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => Some((
             resp.code.unwrap(),
-            resp.headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect(),
+            resp.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect(),
             n,
         )),
         _ => None,
@@ -92,9 +81,8 @@ impl RawConn {
             if let Some((status, headers, n)) = parse_head(&conn.raw) {
                 conn.raw.drain(..n);
                 conn.status = status;
-                conn.chunked = headers.iter().any(|(k, v)| {
-                    k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")
-                });
+                conn.chunked =
+                    headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
                 conn.remaining = headers
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
@@ -102,20 +90,14 @@ impl RawConn {
                 conn.headers = headers;
                 break;
             }
-            assert!(
-                conn.read_more(Duration::from_secs(10)).await,
-                "no response head"
-            );
+            assert!(conn.read_more(Duration::from_secs(10)).await, "no response head");
         }
         conn.decode();
         conn
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     async fn read_more(&mut self, timeout: Duration) -> bool {
@@ -138,9 +120,7 @@ impl RawConn {
             return;
         }
         if !self.chunked {
-            let take = self
-                .remaining
-                .map_or(self.raw.len(), |r| r.min(self.raw.len()));
+            let take = self.remaining.map_or(self.raw.len(), |r| r.min(self.raw.len()));
             self.body.extend(self.raw.drain(..take));
             if let Some(r) = self.remaining.as_mut() {
                 *r -= take;
@@ -153,8 +133,7 @@ impl RawConn {
                 return;
             };
             let size_text = String::from_utf8_lossy(&self.raw[..line_end]).to_string();
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-                .expect("chunk size");
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("chunk size");
             if self.raw.len() < line_end + 2 + size + 2 {
                 return;
             }
@@ -191,33 +170,19 @@ impl RawConn {
     /// Reads the whole body.
     pub async fn read_to_end(mut self, timeout: Duration) -> Response {
         self.read_until(timeout, |_| false).await;
-        Response {
-            status: self.status,
-            headers: self.headers,
-            body: self.body,
-        }
+        Response { status: self.status, headers: self.headers, body: self.body }
     }
 }
 
 /// A GET with `Connection: close`; `None` if nothing answers.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<Response> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await.ok()?.ok()?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await.ok()?.ok()?;
     let (status, headers, n) = parse_head(&buf)?;
-    Some(Response {
-        status,
-        headers,
-        body: buf[n..].to_vec(),
-    })
+    Some(Response { status, headers, body: buf[n..].to_vec() })
 }
 
 /// One SSE block.
@@ -247,32 +212,21 @@ pub struct Sse {
 impl Sse {
     /// Subscribes to `path` with `Accept: text/event-stream` and extra header lines.
     pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut req =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        Sse {
-            conn: RawConn::send(addr, req.as_bytes()).await,
-        }
+        Sse { conn: RawConn::send(addr, req.as_bytes()).await }
     }
 
     /// The next block, comments included; `None` on timeout or end of stream.
     pub async fn next_block(&mut self, timeout: Duration) -> Option<SseEvent> {
-        let found = self
-            .conn
-            .read_until(timeout, |b| b.windows(2).any(|w| w == b"\n\n"))
-            .await;
+        let found = self.conn.read_until(timeout, |b| b.windows(2).any(|w| w == b"\n\n")).await;
         if !found {
             return None;
         }
-        let end = self
-            .conn
-            .body
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .unwrap();
+        let end = self.conn.body.windows(2).position(|w| w == b"\n\n").unwrap();
         let block: Vec<u8> = self.conn.body.drain(..end + 2).collect();
         let text = String::from_utf8(block).unwrap();
         let mut ev = SseEvent::default();
@@ -319,25 +273,13 @@ pub async fn ws_connect(
     path: &str,
     protocols: &[&str],
     headers: &[(&str, &str)],
-) -> Result<
-    (
-        Ws,
-        tokio_tungstenite::tungstenite::handshake::client::Response,
-    ),
-    tokio_tungstenite::tungstenite::Error,
-> {
+) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error> {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     if !protocols.is_empty() {
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            protocols.join(", ").parse().unwrap(),
-        );
+        req.headers_mut().insert("sec-websocket-protocol", protocols.join(", ").parse().unwrap());
     }
     for (k, v) in headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
+        req.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
     }
     tokio_tungstenite::connect_async(req).await
 }
@@ -357,9 +299,7 @@ pub async fn ws_next(ws: &mut Ws, timeout: Duration) -> Option<WsNext> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let msg = tokio::time::timeout(left, ws.next()).await.ok()?;
         return Some(match msg {
-            Some(Ok(Message::Text(t))) => {
-                WsNext::Event(serde_json::from_str(&t).expect("JSON event"))
-            }
+            Some(Ok(Message::Text(t))) => WsNext::Event(serde_json::from_str(&t).expect("JSON event")),
             Some(Ok(Message::Close(frame))) => WsNext::Close(frame.map(|f| u16::from(f.code))),
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => WsNext::Ended,

@@ -17,19 +17,15 @@ pub const SECOND: Duration = Duration::from_secs(1);
 
 /// The value of a sample in Prometheus text, matched by name and labels.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            if metric != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.parse().ok()).flatten()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// Polls `check` until it holds or `timeout` passes; returns whether it held.
@@ -59,10 +55,7 @@ pub struct Doc {
 
 impl Doc {
     pub fn new(format: &str) -> Doc {
-        Doc {
-            value: None,
-            format: format.to_string(),
-        }
+        Doc { value: None, format: format.to_string() }
     }
 
     /// Applies one `snapshot` or `patch` event.
@@ -74,8 +67,7 @@ impl Doc {
                 match self.format.as_str() {
                     "merge-patch" => json_patch::merge(doc, &data),
                     "json-patch" => {
-                        let patch: json_patch::Patch =
-                            serde_json::from_value(data).expect("an RFC 6902 patch");
+                        let patch: json_patch::Patch = serde_json::from_value(data).expect("an RFC 6902 patch");
                         json_patch::patch(doc, &patch).expect("the patch applies");
                     }
                     other => panic!("a patch in format {other}"),

@@ -14,11 +14,7 @@ pub struct Proxy {
 
 /// A port the kernel just handed out for 127.0.0.1:0.
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Proxy {
@@ -51,19 +47,11 @@ impl Proxy {
                 .stderr(log)
                 .spawn()
                 .expect("start unpoll");
-            let mut proxy = Proxy {
-                addr,
-                admin,
-                child,
-                dir,
-            };
+            let mut proxy = Proxy { addr, admin, child, dir };
             if proxy.wait_ready().await {
                 return proxy;
             }
-            eprintln!(
-                "unpoll did not start; retrying with other ports:\n{}",
-                proxy.log()
-            );
+            eprintln!("unpoll did not start; retrying with other ports:\n{}", proxy.log());
         }
         panic!("unpoll did not start");
     }
@@ -74,9 +62,7 @@ impl Proxy {
             if self.child.try_wait().unwrap().is_some() {
                 return false;
             }
-            let healthy = super::http_get(self.admin, "/healthz")
-                .await
-                .is_some_and(|r| r.status == 200);
+            let healthy = super::http_get(self.admin, "/healthz").await.is_some_and(|r| r.status == 200);
             if healthy && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
                 return true;
             }
@@ -100,10 +86,7 @@ impl Proxy {
     /// Sends SIGTERM and waits (up to `limit`) for the process to exit.
     pub async fn terminate(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
         let started = Instant::now();
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(ok.success());
         while started.elapsed() < limit {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -116,9 +99,7 @@ impl Proxy {
 
     /// The Prometheus text from the admin listener.
     pub async fn metrics(&self) -> String {
-        let r = super::http_get(self.admin, "/metrics")
-            .await
-            .expect("admin answers");
+        let r = super::http_get(self.admin, "/metrics").await.expect("admin answers");
         String::from_utf8(r.body).unwrap()
     }
 

@@ -17,6 +17,9 @@ pub struct Canned {
     pub body: Vec<u8>,
     /// When set, sent as `ETag`, and a request with a matching `If-None-Match` gets a 304.
     pub etag: Option<String>,
+    /// More response headers. A `last-modified` here makes a matching `If-Modified-Since`
+    /// answer 304.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A request the upstream received.
@@ -30,10 +33,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -41,6 +41,9 @@ impl Seen {
 struct State {
     canned: HashMap<String, Canned>,
     seen: Vec<Seen>,
+    delay: Duration,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 pub struct Upstream {
@@ -53,11 +56,7 @@ impl Upstream {
     pub async fn start() -> Upstream {
         let listener = bind("127.0.0.1:0".parse().unwrap());
         let addr = listener.local_addr().unwrap();
-        let up = Upstream {
-            addr,
-            state: Arc::default(),
-            tasks: Arc::default(),
-        };
+        let up = Upstream { addr, state: Arc::default(), tasks: Arc::default() };
         up.serve(listener);
         up
     }
@@ -76,26 +75,13 @@ impl Upstream {
 
     /// Answers `path` (with or without query) with this JSON from now on.
     pub fn set_json(&self, path: &str, value: &serde_json::Value) {
-        self.set(
-            path,
-            200,
-            "application/json",
-            serde_json::to_vec(value).unwrap(),
-        );
+        self.set(path, 200, "application/json", serde_json::to_vec(value).unwrap());
     }
 
     pub fn set(&self, path: &str, status: u16, content_type: &str, body: impl Into<Vec<u8>>) {
-        let canned = Canned {
-            status,
-            content_type: content_type.into(),
-            body: body.into(),
-            etag: None,
-        };
-        self.state
-            .lock()
-            .unwrap()
-            .canned
-            .insert(path.to_string(), canned);
+        let canned =
+            Canned { status, content_type: content_type.into(), body: body.into(), etag: None, headers: Vec::new() };
+        self.state.lock().unwrap().canned.insert(path.to_string(), canned);
     }
 
     /// Like [`Upstream::set_json`], with an `ETag` that makes conditional requests answer 304.
@@ -106,23 +92,37 @@ impl Upstream {
             content_type: "application/json".into(),
             body,
             etag: Some(etag.into()),
+            headers: Vec::new(),
         };
-        self.state
-            .lock()
-            .unwrap()
-            .canned
-            .insert(path.to_string(), canned);
+        self.state.lock().unwrap().canned.insert(path.to_string(), canned);
+    }
+
+    /// A response with extra headers.
+    pub fn set_with_headers(&self, path: &str, status: u16, body: &serde_json::Value, headers: &[(&str, &str)]) {
+        let canned = Canned {
+            status,
+            content_type: "application/json".into(),
+            body: serde_json::to_vec(body).unwrap(),
+            etag: None,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        self.state.lock().unwrap().canned.insert(path.to_string(), canned);
+    }
+
+    /// Every answer waits this long first.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// The most requests this upstream was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// Requests received for `path` (the target without query), in order.
     pub fn seen(&self, path: &str) -> Vec<Seen> {
         let state = self.state.lock().unwrap();
-        state
-            .seen
-            .iter()
-            .filter(|s| s.target.split('?').next() == Some(path))
-            .cloned()
-            .collect()
+        state.seen.iter().filter(|s| s.target.split('?').next() == Some(path)).cloned().collect()
     }
 
     pub fn count(&self, path: &str) -> usize {
@@ -174,30 +174,32 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
         };
         buf.drain(..used);
         let path = seen.target.split('?').next().unwrap_or("").to_string();
-        let canned = {
+        let (canned, delay) = {
             let mut s = state.lock().unwrap();
             s.seen.push(seen.clone());
-            s.canned
-                .get(&seen.target)
-                .or_else(|| s.canned.get(&path))
-                .cloned()
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+            (s.canned.get(&seen.target).or_else(|| s.canned.get(&path)).cloned(), s.delay)
         };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        state.lock().unwrap().in_flight -= 1;
         let ok = match (canned, path.as_str()) {
             (Some(c), _) => match &c.etag {
                 Some(tag) if seen.header("if-none-match") == Some(tag.as_str()) => {
                     write_response(&mut stream, 304, &c.content_type, &[("etag", tag)], b"").await
                 }
-                Some(tag) => {
-                    write_response(
-                        &mut stream,
-                        c.status,
-                        &c.content_type,
-                        &[("etag", tag)],
-                        &c.body,
-                    )
-                    .await
+                Some(tag) => write_response(&mut stream, c.status, &c.content_type, &[("etag", tag)], &c.body).await,
+                None => {
+                    let extra: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let modified = c.headers.iter().find(|(k, _)| k == "last-modified").map(|(_, v)| v.as_str());
+                    if modified.is_some() && seen.header("if-modified-since") == modified {
+                        write_response(&mut stream, 304, &c.content_type, &extra, b"").await
+                    } else {
+                        write_response(&mut stream, c.status, &c.content_type, &extra, &c.body).await
+                    }
                 }
-                None => write_response(&mut stream, c.status, &c.content_type, &[], &c.body).await,
             },
             (None, "/slow-stream") => slow_stream(&mut stream).await,
             (None, _) => {
@@ -207,10 +209,7 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                     "headers": seen.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect::<HashMap<_, _>>(),
                     "body": String::from_utf8_lossy(&seen.body),
                 });
-                let status = seen
-                    .header("x-want-status")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(200);
+                let status = seen.header("x-want-status").and_then(|s| s.parse().ok()).unwrap_or(200);
                 write_response(
                     &mut stream,
                     status,
@@ -235,12 +234,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen
             let headers: Vec<(String, String)> = req
                 .headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
+                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                 .collect();
             let len: usize = headers
                 .iter()
@@ -255,15 +249,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen
                 }
             }
             let body = buf[head..head + len].to_vec();
-            return Some((
-                Seen {
-                    method,
-                    target,
-                    headers,
-                    body,
-                },
-                head + len,
-            ));
+            return Some((Seen { method, target, headers, body }, head + len));
         }
         if !fill(stream, buf).await {
             return None;
@@ -282,17 +268,8 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-async fn write_response(
-    stream: &mut TcpStream,
-    status: u16,
-    ct: &str,
-    extra: &[(&str, &str)],
-    body: &[u8],
-) -> bool {
-    let mut head = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: {ct}\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+async fn write_response(stream: &mut TcpStream, status: u16, ct: &str, extra: &[(&str, &str)], body: &[u8]) -> bool {
+    let mut head = format!("HTTP/1.1 {status} X\r\ncontent-type: {ct}\r\ncontent-length: {}\r\n", body.len());
     for (k, v) in extra {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
