@@ -22,11 +22,12 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// `unpoll_bytes_sent_total{route,protocol}`: event bytes written to subscribers.
     pub bytes: IntCounterVec,
-    /// `unpoll_subscriber_lagged_total{route}`: subscribers that fell more than `queue`
-    /// events behind and were resynchronised with a snapshot.
+    /// `unpoll_subscriber_lagged_total{route,reason}`: subscribers that fell more than `queue`
+    /// events (reason `events`) or `queue_bytes` bytes (`bytes`) behind and were
+    /// resynchronised with a snapshot.
     pub lagged: IntCounterVec,
     /// `unpoll_subscribers_dropped_total{route,reason}`: reason is `ping_timeout`,
-    /// `write_error`, `protocol_error`.
+    /// `write_timeout`, `write_error`, `protocol_error`.
     pub dropped: IntCounterVec,
     /// `unpoll_requests_rejected_total{reason}`: subscription requests refused with a 4xx.
     pub rejected: IntCounterVec,
@@ -68,7 +69,7 @@ impl Metrics {
             lagged: counter_vec(
                 "unpoll_subscriber_lagged_total",
                 "Subscribers resynchronised after falling behind",
-                &["route"],
+                &["route", "reason"],
             ),
             dropped: counter_vec(
                 "unpoll_subscribers_dropped_total",

@@ -111,6 +111,8 @@ pub struct StreamSettings {
     pub linger: Duration,
     /// Events a subscriber may fall behind before it is resynchronised with a snapshot.
     pub queue: usize,
+    /// Bytes of events a subscriber may fall behind before it is resynchronised.
+    pub queue_bytes: usize,
     /// The longest wait between polls of a failing upstream (or the interval, if longer).
     pub max_backoff: Duration,
     /// Let the upstream's `Cache-Control: max-age` lengthen the interval.
@@ -143,6 +145,7 @@ impl Default for StreamSettings {
             history: 64,
             linger: Duration::from_secs(5),
             queue: 256,
+            queue_bytes: 1024 * 1024,
             max_backoff: Duration::from_secs(30),
             respect_cache_control: false,
             array_id: None,

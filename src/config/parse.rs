@@ -374,7 +374,8 @@ impl Walker {
     }
 
     fn stream(&mut self, v: &Value, path: &str) -> Option<StreamSettings> {
-        const KEYS: [&str; 13] = [
+        const KEYS: [&str; 14] = [
+            "queue_bytes",
             "interval",
             "format",
             "share",
@@ -409,6 +410,7 @@ impl Walker {
         set!("linger", linger, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(0)));
         set!("history", history, |w: &mut Walker, v, p: &str| w.count(v, p, 0, 100_000));
         set!("queue", queue, |w: &mut Walker, v, p: &str| w.count(v, p, 1, 1_000_000));
+        set!("queue_bytes", queue_bytes, |w: &mut Walker, v, p: &str| w.count(v, p, 1024, 1 << 30));
         set!("max_backoff", max_backoff, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(10)));
         set!("respect_cache_control", respect_cache_control, |w: &mut Walker, v, p: &str| w.boolean(v, p));
         if m.contains_key("max_body") {

@@ -33,6 +33,19 @@ impl Default for DiffOptions {
     }
 }
 
+impl Delta {
+    /// The data a subscriber in `format` is sent: its patch if it has one, else the snapshot.
+    pub fn data(&self, format: crate::config::Format) -> &Bytes {
+        use crate::config::Format;
+        match format {
+            Format::JsonPatch => self.json_patch.as_ref(),
+            Format::MergePatch => self.merge_patch.as_ref(),
+            Format::Snapshot => None,
+        }
+        .unwrap_or(&self.snapshot)
+    }
+}
+
 /// Computes both patches from `from` to `to`. A patch is dropped (the change goes out as a
 /// snapshot) when it is larger than `max_patch_ratio` of the snapshot or the format cannot
 /// express it. Returns `None` when nothing changed.

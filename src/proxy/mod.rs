@@ -16,6 +16,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
 use routing::{Route, Runtime};
 use std::sync::Arc;
 use subscribe::{Reject, SubscribeRequest};
@@ -104,23 +105,32 @@ impl Gateway {
             session.downstream_session.write_response_header(Box::new(resp)).await?;
         }
         let sub = self.hub.subscribe(key, poll, route, request.resume.as_ref());
-        let delivery = Delivery::new(sub, request.protocol, request.format, route.label(), &self.metrics);
+        let delivery =
+            Delivery::new(sub, request.protocol, request.format, settings.queue_bytes, route.label(), &self.metrics);
         let shutdown = self.shutdown.clone();
         let downstream = &mut *session.downstream_session;
-        match request.protocol {
-            Protocol::Sse => sse::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown).await,
-            Protocol::WebSocket => {
-                let ended = ws::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown).await;
-                let reason = match ended {
-                    Ok(ws::Ended::Normal) => return Ok(()),
-                    Ok(ws::Ended::PingTimeout) => "ping_timeout",
-                    Ok(ws::Ended::ProtocolError) => "protocol_error",
-                    Err(_) => "write_error",
-                };
-                self.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
-                ended.map(|_| ())
+        let result = match request.protocol {
+            Protocol::Sse => {
+                sse::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown).await.map(|()| None)
             }
+            Protocol::WebSocket => ws::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown)
+                .await
+                .map(|ended| match ended {
+                    ws::Ended::Normal => None,
+                    ws::Ended::PingTimeout => Some("ping_timeout"),
+                    ws::Ended::WriteTimeout => Some("write_timeout"),
+                    ws::Ended::ProtocolError => Some("protocol_error"),
+                }),
+        };
+        let reason = match &result {
+            Ok(reason) => *reason,
+            Err(e) if e.etype() == &ErrorType::WriteTimedout => Some("write_timeout"),
+            Err(_) => Some("write_error"),
+        };
+        if let Some(reason) = reason {
+            self.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
         }
+        result.map(|_| ())
     }
 }
 

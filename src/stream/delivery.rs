@@ -1,4 +1,11 @@
-//! What both stream handlers share: turning queued messages into wire bytes and counting them.
+//! What both stream handlers share: turning queued messages into wire bytes, keeping each
+//! subscriber within its queue limits, and counting.
+//!
+//! A subscriber's queue is its position in the topic's broadcast ring, which holds each event
+//! once for all subscribers. It may fall `queue` events or `queue_bytes` bytes (of its format's
+//! data) behind the newest event; past either limit it skips what it missed and is sent the
+//! current snapshot, so a slow client never makes the proxy hold more for it and converges
+//! without replaying every step.
 
 use super::encode::Protocol;
 use super::event::Kind;
@@ -8,6 +15,8 @@ use crate::config::Format;
 use crate::metrics::Metrics;
 use bytes::{Bytes, BytesMut};
 use prometheus::{IntCounter, IntGauge};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 /// The next thing a stream handler must do.
@@ -25,25 +34,43 @@ pub struct Delivery {
     pub sub: Subscription,
     pub protocol: Protocol,
     pub format: Format,
+    queue_bytes: u64,
+    /// The topic's newest offsets, shared without holding the topic.
+    published: Arc<[AtomicU64; 3]>,
+    /// The offset (in this format) of the last event sent.
+    delivered: u64,
     events: [IntCounter; 3],
     bytes: IntCounter,
-    lagged: IntCounter,
+    lagged_events: IntCounter,
+    lagged_bytes: IntCounter,
     gauge: IntGauge,
 }
 
 impl Delivery {
-    pub fn new(sub: Subscription, protocol: Protocol, format: Format, route: &str, metrics: &Metrics) -> Delivery {
+    pub fn new(
+        sub: Subscription,
+        protocol: Protocol,
+        format: Format,
+        queue_bytes: usize,
+        route: &str,
+        metrics: &Metrics,
+    ) -> Delivery {
         let p = protocol.name();
         let gauge = metrics.subscribers.with_label_values(&[route, p]);
         gauge.inc();
+        let published = sub.topic.upgrade().map(|t| t.published.clone()).unwrap_or_default();
         Delivery {
             sub,
             protocol,
             format,
+            queue_bytes: queue_bytes as u64,
+            published,
+            delivered: 0,
             events: [Kind::Snapshot, Kind::Patch, Kind::Error]
                 .map(|k| metrics.events.with_label_values(&[route, p, k.name()])),
             bytes: metrics.bytes.with_label_values(&[route, p]),
-            lagged: metrics.lagged.with_label_values(&[route]),
+            lagged_events: metrics.lagged.with_label_values(&[route, "events"]),
+            lagged_bytes: metrics.lagged.with_label_values(&[route, "bytes"]),
             gauge,
         }
     }
@@ -54,37 +81,52 @@ impl Delivery {
         self.encode_all(msgs)
     }
 
-    /// Waits for the next message and encodes it. A subscriber that fell more than the
-    /// queue behind gets the current snapshot instead of what it missed.
+    /// Waits for the next message and encodes it, resynchronising a subscriber that is past
+    /// its queue limits.
     pub async fn next(&mut self) -> Next {
+        let newest = self.published[self.format.index()].load(Ordering::Acquire);
+        if newest.saturating_sub(self.delivered) > self.queue_bytes {
+            self.lagged_bytes.inc();
+            return self.resync();
+        }
         match self.sub.rx.recv().await {
             Ok(msg) => self.encode_all(vec![msg]),
             Err(RecvError::Lagged(_)) => {
-                self.lagged.inc();
-                // A new receiver and the current snapshot, taken together under the topic's
-                // lock: nothing published meanwhile is both in the snapshot and queued.
-                match self.sub.topic.upgrade() {
-                    Some(topic) => {
-                        let (msgs, rx) = topic.open(None);
-                        drop(topic);
-                        self.sub.rx = rx;
-                        self.encode_all(msgs)
-                    }
-                    None => Next::Closed,
-                }
+                self.lagged_events.inc();
+                self.resync()
             }
             Err(RecvError::Closed) => Next::Closed,
         }
     }
 
-    fn encode_all(&self, msgs: Vec<Msg>) -> Next {
+    /// A new position at the head of the ring and the current snapshot, taken together under
+    /// the topic's lock: nothing published meanwhile is both in the snapshot and queued.
+    fn resync(&mut self) -> Next {
+        match self.sub.topic.upgrade() {
+            Some(topic) => {
+                let (msgs, rx) = topic.open(None);
+                drop(topic);
+                self.sub.rx = rx;
+                self.encode_all(msgs)
+            }
+            None => Next::Closed,
+        }
+    }
+
+    fn encode_all(&mut self, msgs: Vec<Msg>) -> Next {
         let mut out = BytesMut::new();
         let mut single = None;
         let mut end = false;
         for msg in &msgs {
             let (bytes, kind) = match msg {
-                Msg::Event(e) => e.frame(self.protocol, self.format),
-                Msg::Snapshot(e) => e.frame(self.protocol, Format::Snapshot),
+                Msg::Event(e) => {
+                    self.delivered = e.offsets[self.format.index()];
+                    e.frame(self.protocol, self.format)
+                }
+                Msg::Snapshot(e) => {
+                    self.delivered = e.offsets[self.format.index()];
+                    e.frame(self.protocol, Format::Snapshot)
+                }
                 Msg::Error(e) => {
                     end |= e.terminal;
                     (e.frame(self.protocol), Kind::Error)

@@ -33,12 +33,20 @@ pub struct Event {
     pub id: String,
     pub version: u64,
     pub delta: Delta,
+    /// Per format, the data bytes of every event of the topic up to and including this one:
+    /// how far behind a subscriber is, in bytes, is the difference of two offsets.
+    pub offsets: [u64; 3],
     frames: [OnceLock<Bytes>; 6],
 }
 
 impl Event {
-    pub fn new(epoch: &str, version: u64, delta: Delta) -> Event {
-        Event { id: format!("{epoch}-{version}"), version, delta, frames: Default::default() }
+    /// A new version, following events whose offsets end at `previous`.
+    pub fn new(epoch: &str, version: u64, delta: Delta, previous: [u64; 3]) -> Event {
+        let mut offsets = previous;
+        for format in Format::ALL {
+            offsets[format.index()] += delta.data(format).len() as u64;
+        }
+        Event { id: format!("{epoch}-{version}"), version, delta, offsets, frames: Default::default() }
     }
 
     /// What a subscriber in `format` is sent for this event: a patch if the format has one,
@@ -114,7 +122,7 @@ mod tests {
             json_patch: json_patch.map(Bytes::from_static),
             merge_patch: Some(Bytes::from_static(br#"{"a":2}"#)),
         };
-        Event::new("ep", 7, delta)
+        Event::new("ep", 7, delta, [0; 3])
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::proxy::routing::Route;
 use bytes::Bytes;
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
@@ -67,6 +67,9 @@ pub struct Topic {
     state: Mutex<State>,
     tx: broadcast::Sender<Msg>,
     subscribers: AtomicUsize,
+    /// The offsets of the latest event, per format, readable without the topic (see
+    /// [`Event::offsets`]).
+    pub published: Arc<[AtomicU64; 3]>,
     /// Wakes the poller when the last subscriber leaves.
     pub(crate) wake: Notify,
 }
@@ -108,6 +111,7 @@ impl Topic {
             state: Mutex::new(State::default()),
             tx: broadcast::channel(queue).0,
             subscribers: AtomicUsize::new(0),
+            published: Arc::default(),
             wake: Notify::new(),
         }
     }
@@ -252,7 +256,11 @@ impl Topic {
 
     fn publish(&self, state: &mut State, delta: Delta) {
         let version = state.current.as_ref().map_or(1, |c| c.version + 1);
-        let event = Arc::new(Event::new(&self.epoch, version, delta));
+        let previous = state.current.as_ref().map_or([0; 3], |c| c.offsets);
+        let event = Arc::new(Event::new(&self.epoch, version, delta, previous));
+        for (slot, offset) in self.published.iter().zip(event.offsets) {
+            slot.store(offset, Ordering::Release);
+        }
         state.current = Some(event.clone());
         let limit = self.route.stream.as_ref().map_or(0, |s| s.history);
         state.history.push_back(event.clone());

@@ -22,6 +22,8 @@ pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 pub enum Ended {
     Normal,
     PingTimeout,
+    /// The client accepted no bytes for `write_timeout`.
+    WriteTimeout,
     ProtocolError,
 }
 
@@ -90,47 +92,64 @@ impl Conn {
 }
 
 /// Serves one WebSocket subscriber (after the 101) until the topic ends, the client leaves
-/// or stops answering pings, or shutdown (close 1001).
+/// or stops answering pings (close 1008), accepts nothing for `write_timeout` (the connection
+/// is closed), or shutdown (close 1001).
 pub async fn serve(
     session: &mut Session,
-    mut delivery: Delivery,
+    delivery: Delivery,
     heartbeat: Duration,
     write_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> pingora::Result<Ended> {
     session.set_keepalive(None);
     session.set_read_timeout(None);
     session.set_write_timeout(Some(write_timeout));
     let mut conn = Conn::new();
+    match run(session, &mut conn, delivery, heartbeat, shutdown).await {
+        // The write that timed out may have sent part of a frame: a close frame after it would
+        // be read as that frame's payload, so the connection is closed without one (the client
+        // sees 1006).
+        Err(e) if e.etype() == &pingora::ErrorType::WriteTimedout => Ok(Ended::WriteTimeout),
+        other => other,
+    }
+}
+
+async fn run(
+    session: &mut Session,
+    conn: &mut Conn,
+    mut delivery: Delivery,
+    heartbeat: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> pingora::Result<Ended> {
     match delivery.initial() {
         Next::Write(b) if b.is_empty() => {}
         Next::Write(b) => session.write_response_body(b, false).await?,
         Next::End(b) => {
             session.write_response_body(b, false).await?;
-            return finish(session, &mut conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
+            return finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
         }
-        Next::Closed => return finish(session, &mut conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
+        Next::Closed => return finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
     }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut awaiting_pong = false;
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
-                return finish(session, &mut conn, CloseCode::Away, "server shutting down", Ended::Normal).await;
+                return finish(session, conn, CloseCode::Away, "server shutting down", Ended::Normal).await;
             }
             next = delivery.next() => match next {
                 Next::Write(b) => session.write_response_body(b, false).await?,
                 Next::End(b) => {
                     session.write_response_body(b, false).await?;
-                    return finish(session, &mut conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
+                    return finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
                 }
                 Next::Closed => {
-                    return finish(session, &mut conn, CloseCode::Away, "topic closed", Ended::Normal).await;
+                    return finish(session, conn, CloseCode::Away, "topic closed", Ended::Normal).await;
                 }
             },
             _ = tick.tick() => {
                 if awaiting_pong {
-                    return finish(session, &mut conn, CloseCode::Policy, "ping timeout", Ended::PingTimeout).await;
+                    return finish(session, conn, CloseCode::Policy, "ping timeout", Ended::PingTimeout).await;
                 }
                 awaiting_pong = true;
                 let _ = conn.ctx.write(&mut conn.io, Message::Ping(Bytes::from_static(b"unpoll")));
@@ -155,10 +174,10 @@ pub async fn serve(
                             break;
                         }
                         Err(WsError::Capacity(_)) => {
-                            return finish(session, &mut conn, CloseCode::Size, "message too big", Ended::ProtocolError).await;
+                            return finish(session, conn, CloseCode::Size, "message too big", Ended::ProtocolError).await;
                         }
                         Err(_) => {
-                            return finish(session, &mut conn, CloseCode::Protocol, "protocol error", Ended::ProtocolError).await;
+                            return finish(session, conn, CloseCode::Protocol, "protocol error", Ended::ProtocolError).await;
                         }
                     }
                 }
