@@ -14,7 +14,7 @@ fn document(bytes: usize) -> Value {
 }
 
 fn diff(c: &mut Criterion) {
-    for size in [10_000, 100_000] {
+    for size in [10_000, 100_000, 1_000_000] {
         let a = document(size);
         let mut changed = a.clone();
         let rows = changed["rows"].as_array_mut().unwrap();
@@ -30,10 +30,29 @@ fn diff(c: &mut Criterion) {
         c.bench_function(&format!("delta {}KB insert at front", size / 1000), |b| {
             b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&inserted), &Default::default()))
         });
+        let mut rotated = a.clone();
+        let rows = rotated["rows"].as_array_mut().unwrap();
+        rows.remove(0);
+        rows.push(json!({"id": -2}));
+        c.bench_function(&format!("delta {}KB rotation", size / 1000), |b| {
+            b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&rotated), &Default::default()))
+        });
+        let by_id = unpoll::diff::DiffOptions { array_id: Some("id".into()), ..Default::default() };
+        let mut moved = a.clone();
+        let rows = moved["rows"].as_array_mut().unwrap();
+        let last = rows.pop().unwrap();
+        rows.insert(0, last);
+        c.bench_function(&format!("delta {}KB move with array_id", size / 1000), |b| {
+            b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&moved), &by_id))
+        });
     }
 }
 
 fn encoding(c: &mut Criterion) {
+    let unchanged = document(10_000);
+    c.bench_function("delta 10KB unchanged", |b| {
+        b.iter(|| unpoll::diff::delta(Some(black_box(&unchanged)), black_box(&unchanged), &Default::default()))
+    });
     let data = serde_json::to_vec(&document(1_000)).unwrap();
     c.bench_function("encode SSE 1KB", |b| {
         b.iter(|| encode(Protocol::Sse, Some("9f2c1a3b-42"), "patch", black_box(&data)))

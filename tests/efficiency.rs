@@ -135,3 +135,38 @@ async fn cache_control_max_age_lengthens_the_interval_only_when_allowed() {
     assert_eq!(up.count("/doc/1"), 1, "max-age=2 keeps the next poll 2 s away");
     assert!(up.count("/other/2") >= 5, "off by default: the interval rules");
 }
+
+#[tokio::test]
+async fn a_topic_never_has_two_polls_in_flight() {
+    let up = Upstream::start().await;
+    up.set_json("/doc/1", &doc(1));
+    up.set_delay(Duration::from_millis(250)); // slower than the 100 ms interval
+    let proxy = Proxy::start(up.addr, &config("", "")).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
+    sse.next_event(5 * SECOND).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(up.count("/doc/1") >= 3);
+    assert_eq!(up.max_in_flight(), 1);
+}
+
+#[tokio::test]
+async fn array_id_sends_moves_for_reordered_rows() {
+    let up = Upstream::start().await;
+    let rows = |order: &[u32]| {
+        let rows: Vec<_> =
+            order.iter().map(|i| json!({"id": i, "name": format!("row {i}"), "pad": "p".repeat(40)})).collect();
+        json!({"rows": rows})
+    };
+    up.set_json("/doc/1", &rows(&[1, 2, 3, 4, 5]));
+    let proxy = Proxy::start(up.addr, &config("", "      array_id: id\n")).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
+    let mut client = Doc::new("json-patch");
+    let first = sse.next_event(5 * SECOND).await.unwrap();
+    client.apply(first.kind(), first.json());
+    up.set_json("/doc/1", &rows(&[5, 1, 2, 3, 4]));
+    let patch = sse.next_event(5 * SECOND).await.unwrap();
+    assert_eq!(patch.kind(), "patch");
+    assert_eq!(patch.json(), json!([{"op": "move", "from": "/rows/4", "path": "/rows/0"}]));
+    client.apply(patch.kind(), patch.json());
+    assert_eq!(client.value, Some(rows(&[5, 1, 2, 3, 4])));
+}

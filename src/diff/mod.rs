@@ -50,14 +50,15 @@ impl Delta {
 /// snapshot) when it is larger than `max_patch_ratio` of the snapshot or the format cannot
 /// express it. Returns `None` when nothing changed.
 pub fn delta(from: Option<&Value>, to: &Value, options: &DiffOptions) -> Option<Delta> {
-    let snapshot = Bytes::from(serde_json::to_vec(to).expect("a Value always serialises"));
+    let serialise = |v: &Value| Bytes::from(serde_json::to_vec(v).expect("a Value always serialises"));
     let Some(from) = from else {
-        return Some(Delta { snapshot, json_patch: None, merge_patch: None });
+        return Some(Delta { snapshot: serialise(to), json_patch: None, merge_patch: None });
     };
     let ops = json_patch::diff_with(from, to, json_patch::Options { array_id: options.array_id.as_deref() });
     if ops.is_empty() {
         return None;
     }
+    let snapshot = serialise(to);
     let gate = |patch: Value| {
         let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
         (bytes.len() as f64 <= snapshot.len() as f64 * options.max_patch_ratio).then(|| Bytes::from(bytes))
