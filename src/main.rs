@@ -16,11 +16,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with a configuration file.
+    /// Serve with a configuration file. The file is reloaded when it changes and on SIGHUP;
+    /// a file with problems, or one that changes listen addresses, is refused and the running
+    /// configuration stays.
     Run {
         /// The YAML configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Do not watch the file; reload on SIGHUP only.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a configuration file and list every problem; exits 1 if there is any.
     Check {
@@ -56,10 +61,11 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
-        Command::Run { config: path } => {
+        Command::Run { config: path, no_watch } => {
             let config = unpoll::config::load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             log::info!("serving on {:?}, admin on {:?}", config.server.listen, config.server.admin);
-            unpoll::server::build(&config, |_| {}).run_forever()
+            let reload = unpoll::server::ReloadFrom { path, watch: !no_watch };
+            unpoll::server::build(&config, Some(reload), |_| {}).run_forever()
         }
         Command::Demo { listen, admin, api } => {
             let config = unpoll::demo::config(&listen, &admin, &api).context("building the demo configuration")?;
@@ -69,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             println!("  per-user    curl -N -H 'Accept: text/event-stream' -H 'Authorization: Bearer alice' http://{listen}/api/me/notifications");
             println!("  metrics     http://{admin}/metrics");
             println!("  legacy API  http://{api}/api/departures (polled by unpoll)");
-            unpoll::server::build(&config, |server| unpoll::demo::add_api(server, &api)).run_forever()
+            unpoll::server::build(&config, None, |server| unpoll::demo::add_api(server, &api)).run_forever()
         }
     }
 }

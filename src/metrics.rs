@@ -31,6 +31,11 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// `unpoll_requests_rejected_total{reason}`: subscription requests refused with a 4xx.
     pub rejected: IntCounterVec,
+    /// `unpoll_config_reloads_total{result}`: result is `applied`, `invalid` (the file has
+    /// problems) or `rejected` (a change that needs a restart).
+    pub reloads: IntCounterVec,
+    /// `unpoll_config_generation`: 1 for the configuration loaded at start, +1 per applied reload.
+    pub generation: IntGauge,
     /// `unpoll_http_requests_total{route,kind}`: kind is `proxy`, `subscribe`, `no_route`.
     pub requests: IntCounterVec,
 }
@@ -77,6 +82,14 @@ impl Metrics {
                 &["route", "reason"],
             ),
             rejected: counter_vec("unpoll_requests_rejected_total", "Subscription requests refused", &["reason"]),
+            reloads: counter_vec("unpoll_config_reloads_total", "Configuration reloads by result", &["result"]),
+            generation: {
+                let g = IntGauge::new("unpoll_config_generation", "Configuration generation in force")
+                    .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g.set(1);
+                g
+            },
             requests: counter_vec("unpoll_http_requests_total", "Requests by route and kind", &["route", "kind"]),
             registry,
         }

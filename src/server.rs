@@ -2,6 +2,7 @@
 //! hands pingora's shutdown signal to every stream and poller.
 
 use crate::admin::Admin;
+use crate::config::reload::Reloader;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::routing::Runtime;
@@ -30,8 +31,16 @@ impl BackgroundService for ShutdownRelay {
     }
 }
 
-/// Builds the server for `config`. `extra` may add services (the demo's sample API).
-pub fn build(config: &Config, extra: impl FnOnce(&mut Server)) -> Server {
+/// Where the configuration came from, for live reload.
+pub struct ReloadFrom {
+    pub path: std::path::PathBuf,
+    /// Watch the file for changes (SIGHUP reloads either way).
+    pub watch: bool,
+}
+
+/// Builds the server for `config`. With `reload`, the file is reloaded live. `extra` may add
+/// services (the demo's sample API).
+pub fn build(config: &Config, reload: Option<ReloadFrom>, extra: impl FnOnce(&mut Server)) -> Server {
     let mut conf = ServerConf { threads: config.server.threads, ..Default::default() };
     // Pingora sleeps the grace period, then gives runtimes one more second: the sum is ours.
     conf.grace_period_seconds = Some(config.server.grace_period.as_secs().saturating_sub(1));
@@ -41,12 +50,19 @@ pub fn build(config: &Config, extra: impl FnOnce(&mut Server)) -> Server {
 
     let (tx, rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
-    let gateway = Gateway {
-        runtime: Arc::new(ArcSwap::from_pointee(Runtime::new(config))),
-        hub: Arc::new(Hub::new(metrics.clone(), rx.clone())),
-        metrics: metrics.clone(),
-        shutdown: rx,
-    };
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
+    let hub = Arc::new(Hub::new(metrics.clone(), rx.clone()));
+    if let Some(from) = reload {
+        let reloader = Reloader {
+            path: from.path,
+            watch: from.watch,
+            runtime: runtime.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+        };
+        server.add_service(background_service("config reload", reloader));
+    }
+    let gateway = Gateway { runtime, hub, metrics: metrics.clone(), shutdown: rx };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "unpoll proxy");
     for addr in &config.server.listen {
         proxy.add_tcp(addr);

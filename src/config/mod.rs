@@ -4,6 +4,7 @@ mod duration;
 mod model;
 mod parse;
 mod pattern;
+pub mod reload;
 
 pub use duration::{format_duration, parse_duration};
 pub use model::*;

@@ -26,16 +26,23 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// Runs until the topic is idle for `linger`, the upstream refuses it for good, or shutdown.
 pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
-    let settings = topic.route.stream.clone().expect("topics exist only on stream routes");
-    let upstream = topic.route.upstream.clone();
-    let route = topic.route.label().to_string();
-    let in_flight = hub.metrics.polls_in_flight.with_label_values(&[&upstream.name]);
-    let waits = hub.metrics.poll_waits.with_label_values(&[&upstream.name]);
+    let route = topic.key.route.clone();
     let mut shutdown = hub.shutdown.clone();
     let mut failures: u32 = 0;
     let mut first = true;
     log::debug!("topic {} {} starts (epoch {})", route, topic.key.target, topic.epoch);
     loop {
+        if topic.is_closed() {
+            hub.remove(&topic);
+            return;
+        }
+        // The route as the configuration has it now: a reload changes interval, upstream
+        // servers, limits and diff options of live topics.
+        let current = topic.route();
+        let settings = current.stream.clone().expect("topics exist only on stream routes");
+        let upstream = current.upstream.clone();
+        let in_flight = hub.metrics.polls_in_flight.with_label_values(&[&upstream.name]);
+        let waits = hub.metrics.poll_waits.with_label_values(&[&upstream.name]);
         let started = Instant::now();
         let permit = match upstream.polls.try_acquire() {
             Ok(p) => p,
@@ -81,7 +88,8 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
             delay += phase(settings.interval, rand::random());
             first = false;
         }
-        let next_poll = started + delay;
+        let mut next_poll = started + delay;
+        let mut scheduled_for = current;
         // Wait for the next poll, watching for the last subscriber to leave.
         loop {
             let idle_deadline = topic.idle_since().map(|t| t + settings.linger);
@@ -97,6 +105,20 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
                     hub.remove(&topic);
                     return;
                 }
+            }
+            if topic.is_closed() {
+                hub.remove(&topic);
+                return;
+            }
+            // A reload changed the route: a healthy topic moves to the new interval at once.
+            let latest = topic.route();
+            if !Arc::ptr_eq(&latest, &scheduled_for) {
+                if applied != Applied::Failed {
+                    if let Some(s) = &latest.stream {
+                        next_poll = started + s.interval;
+                    }
+                }
+                scheduled_for = latest;
             }
             if Instant::now() >= next_poll {
                 break;

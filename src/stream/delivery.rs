@@ -23,8 +23,9 @@ use tokio::sync::broadcast::error::RecvError;
 pub enum Next {
     /// Write these bytes.
     Write(Bytes),
-    /// Write these bytes, then end the stream.
-    End(Bytes),
+    /// Write these bytes, then end the stream; with a reason when the proxy is going away
+    /// from this stream (WebSocket close 1001).
+    End(Bytes, Option<&'static str>),
     /// The topic is gone.
     Closed,
 }
@@ -117,6 +118,7 @@ impl Delivery {
         let mut out = BytesMut::new();
         let mut single = None;
         let mut end = false;
+        let mut going_away = None;
         for msg in &msgs {
             let (bytes, kind) = match msg {
                 Msg::Event(e) => {
@@ -129,6 +131,7 @@ impl Delivery {
                 }
                 Msg::Error(e) => {
                     end |= e.terminal;
+                    going_away = going_away.or(e.going_away);
                     (e.frame(self.protocol), Kind::Error)
                 }
             };
@@ -143,7 +146,7 @@ impl Delivery {
         // A single message keeps its shared allocation: no copy per subscriber.
         let bytes = single.unwrap_or_else(|| out.freeze());
         if end {
-            Next::End(bytes)
+            Next::End(bytes, going_away)
         } else {
             Next::Write(bytes)
         }

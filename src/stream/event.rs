@@ -88,6 +88,9 @@ impl Event {
 pub struct ErrorEvent {
     /// True when the stream ends after this event (401, 403, 404, 410, route gone).
     pub terminal: bool,
+    /// Set when the proxy ends the stream for its own reasons (the route was removed or
+    /// changed): WebSocket clients get close 1001 with this reason.
+    pub going_away: Option<&'static str>,
     sse: Bytes,
     ws: Bytes,
 }
@@ -99,9 +102,15 @@ impl ErrorEvent {
         let data = serde_json::to_vec(&data).expect("a Value always serialises");
         ErrorEvent {
             terminal,
+            going_away: None,
             sse: encode(Protocol::Sse, None, "error", &data),
             ws: encode(Protocol::WebSocket, None, "error", &data),
         }
+    }
+
+    /// A terminal error after which WebSocket clients are closed with 1001 and `reason`.
+    pub fn going_away(status: u16, error: &str, message: &str, reason: &'static str) -> ErrorEvent {
+        ErrorEvent { going_away: Some(reason), ..ErrorEvent::new(status, error, message, true) }
     }
 
     pub fn frame(&self, protocol: Protocol) -> Bytes {

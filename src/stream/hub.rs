@@ -4,7 +4,8 @@ use super::topic::{Msg, ResumeId, Topic};
 use crate::metrics::Metrics;
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::poll::poller;
-use crate::proxy::routing::Route;
+use crate::proxy::routing::{Route, Runtime};
+use crate::stream::event::ErrorEvent;
 use pingora::connectors::http::Connector;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -90,6 +91,38 @@ impl Hub {
         }
     }
 
+    /// Brings live topics in line with a reloaded configuration. A topic whose route is gone
+    /// is closed; so is one whose key would now be derived differently (another upstream,
+    /// `share` or `vary`), so that its subscribers resubscribe under the new rules. Every other
+    /// topic follows its new route (interval, servers, limits, diff options) as it is.
+    pub fn reconcile(&self, runtime: &Runtime) {
+        let topics: Vec<Arc<Topic>> = self.topics().values().cloned().collect();
+        for topic in topics {
+            let old = topic.route();
+            match runtime.routes.iter().find(|r| r.label() == topic.key.route) {
+                Some(new) if same_key(&old, new) => topic.set_route(new.clone()),
+                Some(_) => {
+                    self.remove(&topic);
+                    topic.close(ErrorEvent::going_away(
+                        503,
+                        "route_changed",
+                        "the route's upstream or sharing rules changed; reconnect to resubscribe",
+                        "route changed",
+                    ));
+                }
+                None => {
+                    self.remove(&topic);
+                    topic.close(ErrorEvent::going_away(
+                        404,
+                        "route_removed",
+                        "the route was removed from the configuration",
+                        "route removed",
+                    ));
+                }
+            }
+        }
+    }
+
     /// Number of live topics.
     pub fn len(&self) -> usize {
         self.topics().len()
@@ -97,5 +130,14 @@ impl Hub {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Whether topics keyed under `old` may carry on under `new`: same upstream, and the same
+/// rules for which requests share a poll.
+fn same_key(old: &Route, new: &Route) -> bool {
+    match (&old.stream, &new.stream) {
+        (Some(a), Some(b)) => old.upstream.name == new.upstream.name && a.share == b.share && a.vary == b.vary,
+        _ => false,
     }
 }

@@ -37,7 +37,7 @@ pub async fn serve(
             }
             ended = false;
         }
-        Next::End(b) => {
+        Next::End(b, _) => {
             session.write_response_body(b, false).await?;
             ended = true;
         }
@@ -52,7 +52,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
             next = delivery.next() => match next {
                 Next::Write(b) => session.write_response_body(b, false).await?,
-                Next::End(b) => {
+                Next::End(b, _) => {
                     session.write_response_body(b, false).await?;
                     break;
                 }

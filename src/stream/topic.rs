@@ -5,10 +5,11 @@ use crate::diff::{delta, Delta, DiffOptions};
 use crate::poll::fetch::Validators;
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::proxy::routing::Route;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
@@ -60,10 +61,12 @@ struct State {
 /// `Weak`, so removing the topic drops its sender and ends every subscriber's queue.
 pub struct Topic {
     pub key: TopicKey,
-    pub route: Arc<Route>,
+    /// The topic's route as the configuration now has it (replaced on reload).
+    route: ArcSwap<Route>,
     pub request: PollRequest,
     pub epoch: String,
-    diff: DiffOptions,
+    /// Set when the topic was closed from outside (route removed or changed): its poller stops.
+    closed: AtomicBool,
     state: Mutex<State>,
     tx: broadcast::Sender<Msg>,
     subscribers: AtomicUsize,
@@ -101,13 +104,12 @@ pub enum Applied {
 impl Topic {
     pub fn new(key: TopicKey, route: Arc<Route>, request: PollRequest, queue: usize) -> Topic {
         let epoch = format!("{:08x}", rand::random::<u32>());
-        let diff = route.stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
         Topic {
             key,
-            route,
+            route: ArcSwap::new(route),
             request,
             epoch,
-            diff,
+            closed: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             tx: broadcast::channel(queue).0,
             subscribers: AtomicUsize::new(0),
@@ -118,6 +120,33 @@ impl Topic {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The topic's route as the configuration now has it.
+    pub fn route(&self) -> Arc<Route> {
+        self.route.load_full()
+    }
+
+    /// Follows a reloaded route whose changes keep the topic's key meaningful.
+    pub fn set_route(&self, route: Arc<Route>) {
+        self.route.store(route);
+        self.wake.notify_one();
+    }
+
+    /// Whether the topic was closed from outside.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends every subscriber's stream with `error` and stops the poller.
+    pub fn close(&self, error: ErrorEvent) {
+        let error = Arc::new(error);
+        let mut state = self.state();
+        state.error = Some(error.clone());
+        let _ = self.tx.send(Msg::Error(error));
+        self.closed.store(true, Ordering::Release);
+        drop(state);
+        self.wake.notify_one();
     }
 
     pub fn subscribers(&self) -> usize {
@@ -194,7 +223,9 @@ impl Topic {
                 state.last_body = Some(body.clone());
                 let change = match doc {
                     Some(doc) => {
-                        let d = delta(state.doc.as_ref(), &doc, &self.diff);
+                        let options: DiffOptions =
+                            self.route().stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
+                        let d = delta(state.doc.as_ref(), &doc, &options);
                         state.doc = Some(doc);
                         d
                     }
@@ -262,7 +293,7 @@ impl Topic {
             slot.store(offset, Ordering::Release);
         }
         state.current = Some(event.clone());
-        let limit = self.route.stream.as_ref().map_or(0, |s| s.history);
+        let limit = self.route().stream.as_ref().map_or(0, |s| s.history);
         state.history.push_back(event.clone());
         while state.history.len() > limit {
             state.history.pop_front();

@@ -124,9 +124,9 @@ async fn run(
     match delivery.initial() {
         Next::Write(b) if b.is_empty() => {}
         Next::Write(b) => session.write_response_body(b, false).await?,
-        Next::End(b) => {
+        Next::End(b, reason) => {
             session.write_response_body(b, false).await?;
-            return finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
+            return end(session, conn, reason).await;
         }
         Next::Closed => return finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
     }
@@ -139,9 +139,9 @@ async fn run(
             }
             next = delivery.next() => match next {
                 Next::Write(b) => session.write_response_body(b, false).await?,
-                Next::End(b) => {
+                Next::End(b, reason) => {
                     session.write_response_body(b, false).await?;
-                    return finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
+                    return end(session, conn, reason).await;
                 }
                 Next::Closed => {
                     return finish(session, conn, CloseCode::Away, "topic closed", Ended::Normal).await;
@@ -190,6 +190,15 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Closes after a terminal event: 1001 with the reason when the proxy is going away from the
+/// stream (route removed or changed), else 1000.
+async fn end(session: &mut Session, conn: &mut Conn, going_away: Option<&'static str>) -> pingora::Result<Ended> {
+    match going_away {
+        Some(reason) => finish(session, conn, CloseCode::Away, reason, Ended::Normal).await,
+        None => finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
     }
 }
 

@@ -25,6 +25,11 @@ impl Proxy {
     }
 
     pub async fn start_with(upstream: SocketAddr, server_extra: &str, body: &str) -> Proxy {
+        Proxy::start_args(upstream, server_extra, body, &[]).await
+    }
+
+    /// Like [`Proxy::start_with`], with more arguments after `run -c FILE`.
+    pub async fn start_args(upstream: SocketAddr, server_extra: &str, body: &str, args: &[&str]) -> Proxy {
         // Ports are picked by binding port 0; if another process takes one first, unpoll
         // exits and we try again with new ports.
         for _ in 0..5 {
@@ -32,10 +37,7 @@ impl Proxy {
                 format!("127.0.0.1:{}", free_port()).parse().unwrap(),
                 format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             );
-            let config = format!(
-                "server:\n  listen: [\"{addr}\"]\n  admin: \"{admin}\"\n  threads: 2\n{server_extra}\n{}",
-                body.replace("{upstream}", &upstream.to_string())
-            );
+            let config = config_text(addr, admin, upstream, server_extra, body);
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("unpoll.yaml");
             std::fs::write(&path, config).unwrap();
@@ -43,6 +45,7 @@ impl Proxy {
             let child = Command::new(env!("CARGO_BIN_EXE_unpoll"))
                 .args(["--log-level", "info", "run", "-c"])
                 .arg(&path)
+                .args(args)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -77,6 +80,18 @@ impl Proxy {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("unpoll.yaml")
+    }
+
+    /// Rewrites the configuration file (same listeners) in one write.
+    pub fn write_config(&self, upstream: SocketAddr, server_extra: &str, body: &str) {
+        let text = config_text(self.addr, self.admin, upstream, server_extra, body);
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, …).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
     }
 
     pub fn pid(&self) -> u32 {
@@ -118,4 +133,18 @@ impl Drop for Proxy {
             eprintln!("--- unpoll log ---\n{}", self.log());
         }
     }
+}
+
+/// A whole configuration file: the test's listeners, then `server_extra` lines and `body`.
+pub fn config_text(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    server_extra: &str,
+    body: &str,
+) -> String {
+    format!(
+        "server:\n  listen: [\"{addr}\"]\n  admin: \"{admin}\"\n  threads: 2\n{server_extra}\n{}",
+        body.replace("{upstream}", &upstream.to_string())
+    )
 }

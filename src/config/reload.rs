@@ -1,0 +1,157 @@
+//! Live reload: the configuration file is watched (and reloaded on SIGHUP), parsed and
+//! validated off to the side, and swapped in atomically; anything wrong keeps the running
+//! configuration.
+
+use super::{parse_config, Config, ServerSettings};
+use crate::metrics::Metrics;
+use crate::proxy::routing::Runtime;
+use crate::stream::hub::Hub;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How often the file is looked at.
+pub const WATCH_PERIOD: Duration = Duration::from_millis(250);
+/// How long a changed file must stay the same before it is loaded, so that an editor that
+/// writes in several steps is read once it has finished.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// Why a reload did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(super::ConfigErrors),
+    #[error("{0}; restart unpoll to change it (nothing in this file was applied)")]
+    NeedsRestart(String),
+}
+
+/// Listener addresses, the admin address, threads and the grace period are fixed when the
+/// process starts. Returns what differs, if anything.
+pub fn restart_needed(running: &ServerSettings, new: &ServerSettings) -> Option<String> {
+    let mut changed = Vec::new();
+    if running.listen != new.listen {
+        changed.push("server.listen");
+    }
+    if running.admin != new.admin {
+        changed.push("server.admin");
+    }
+    if running.threads != new.threads {
+        changed.push("server.threads");
+    }
+    if running.grace_period != new.grace_period {
+        changed.push("server.grace_period");
+    }
+    (!changed.is_empty()).then(|| format!("{} changed", changed.join(", ")))
+}
+
+/// Watches the configuration file and applies valid changes.
+pub struct Reloader {
+    pub path: PathBuf,
+    /// Watch the file (else reload on SIGHUP only).
+    pub watch: bool,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    fn read(&self) -> Result<String, ReloadError> {
+        std::fs::read_to_string(&self.path)
+            .map_err(|source| ReloadError::Read { path: self.path.display().to_string(), source })
+    }
+
+    /// Parses, validates and applies `text`; on any problem the running configuration stays.
+    pub fn apply(&self, text: &str) -> Result<(), ReloadError> {
+        let config: Config = parse_config(text).map_err(ReloadError::Invalid)?;
+        let running = self.runtime.load();
+        if let Some(what) = restart_needed(&running.server, &config.server) {
+            return Err(ReloadError::NeedsRestart(what));
+        }
+        let next = Arc::new(Runtime::new(&config));
+        self.runtime.store(next.clone());
+        self.hub.reconcile(&next);
+        Ok(())
+    }
+
+    fn reload(&self, why: &str) {
+        let result = self.read().and_then(|text| self.apply(&text));
+        let label = match &result {
+            Ok(()) => {
+                self.metrics.generation.inc();
+                log::info!("configuration reloaded ({why}): generation {}", self.metrics.generation.get());
+                "applied"
+            }
+            Err(ReloadError::NeedsRestart(_)) => "rejected",
+            Err(_) => "invalid",
+        };
+        if let Err(e) = result {
+            log::error!("configuration reload ({why}) refused, the running configuration stays: {e}");
+        }
+        self.metrics.reloads.with_label_values(&[label]).inc();
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP: {e}; the configuration will not reload on it");
+                return;
+            }
+        };
+        let mut seen = self.read().ok();
+        let mut tick = tokio::time::interval(WATCH_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangup.recv() => {
+                    seen = self.read().ok();
+                    self.reload("SIGHUP");
+                }
+                _ = tick.tick(), if self.watch => {
+                    let now = self.read().ok();
+                    if now == seen {
+                        continue;
+                    }
+                    // Changed: wait until it stays the same for SETTLE, then load it once.
+                    let mut settled = now;
+                    loop {
+                        tokio::time::sleep(SETTLE).await;
+                        let again = self.read().ok();
+                        if again == settled {
+                            break;
+                        }
+                        settled = again;
+                    }
+                    seen = settled;
+                    self.reload("file changed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_settings_need_a_restart() {
+        let running = ServerSettings::default();
+        assert_eq!(restart_needed(&running, &running.clone()), None);
+        let moved = ServerSettings { listen: vec!["127.0.0.1:1".into()], threads: 9, ..running.clone() };
+        assert_eq!(restart_needed(&running, &moved).as_deref(), Some("server.listen, server.threads changed"));
+        let live = ServerSettings { write_timeout: Duration::from_secs(1), ..running.clone() };
+        assert_eq!(restart_needed(&running, &live), None, "write_timeout applies live");
+    }
+}
