@@ -23,6 +23,9 @@ impl ServeHttp for Admin {
         Response::builder()
             .status(status)
             .header("content-type", content_type)
+            // Which process answered: lets a supervisor (or a test) tell this instance from
+            // another one that holds the same port.
+            .header("x-unpoll-pid", std::process::id())
             .header("content-length", body.len())
             .body(body)
             .expect("static response parts are valid")

@@ -26,6 +26,12 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// `write_timeout`: a stream client that accepts no bytes for this long is dropped.
     pub write_timeout: Duration,
+    /// `max_subscribers`: open subscriptions, all routes together.
+    pub max_subscribers: usize,
+    /// `max_topics`: topics (shared polls), all routes together.
+    pub max_topics: usize,
+    /// `websocket_max_message`: largest message (and frame) a WebSocket client may send.
+    pub websocket_max_message: usize,
 }
 
 /// `upstreams.<name>:` — a group of servers.
@@ -113,6 +119,12 @@ pub struct StreamSettings {
     pub queue: usize,
     /// Bytes of events a subscriber may fall behind before it is resynchronised.
     pub queue_bytes: usize,
+    /// Subscribers of one topic.
+    pub max_subscribers: usize,
+    /// Allowed `Origin` values; `None` allows any.
+    pub origins: Option<Vec<String>>,
+    /// Whether a request without `Origin` (not from a browser page) may subscribe.
+    pub allow_missing_origin: bool,
     /// The longest wait between polls of a failing upstream (or the interval, if longer).
     pub max_backoff: Duration,
     /// Let the upstream's `Cache-Control: max-age` lengthen the interval.
@@ -146,6 +158,9 @@ impl Default for StreamSettings {
             linger: Duration::from_secs(5),
             queue: 256,
             queue_bytes: 1024 * 1024,
+            max_subscribers: 10_000,
+            origins: None,
+            allow_missing_origin: true,
             max_backoff: Duration::from_secs(30),
             respect_cache_control: false,
             array_id: None,
@@ -162,6 +177,9 @@ impl Default for ServerSettings {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             grace_period: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
+            max_subscribers: 100_000,
+            max_topics: 10_000,
+            websocket_max_message: 64 * 1024,
         }
     }
 }

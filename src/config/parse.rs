@@ -189,9 +189,42 @@ impl Walker {
     }
 
     fn server(&mut self, v: &Value, path: &str) -> Option<ServerSettings> {
-        let m = self.mapping(v, path, &["listen", "admin", "threads", "grace_period", "write_timeout"])?;
+        let m = self.mapping(
+            v,
+            path,
+            &[
+                "listen",
+                "admin",
+                "threads",
+                "grace_period",
+                "write_timeout",
+                "max_subscribers",
+                "max_topics",
+                "websocket_max_message",
+            ],
+        )?;
+        let mut s_limits = {
+            let d = ServerSettings::default();
+            (d.max_subscribers, d.max_topics, d.websocket_max_message)
+        };
+        let mut limits_ok = true;
+        for (key, min, max) in [
+            ("max_subscribers", 1, 10_000_000),
+            ("max_topics", 1, 10_000_000),
+            ("websocket_max_message", 125, 16 << 20),
+        ] {
+            if let Some(v) = m.get(key) {
+                match self.count(v, &join(path, key), min, max) {
+                    Some(n) if key == "max_subscribers" => s_limits.0 = n,
+                    Some(n) if key == "max_topics" => s_limits.1 = n,
+                    Some(n) => s_limits.2 = n,
+                    None => limits_ok = false,
+                }
+            }
+        }
         let mut s = ServerSettings::default();
-        let mut ok = true;
+        (s.max_subscribers, s.max_topics, s.websocket_max_message) = s_limits;
+        let mut ok = limits_ok;
         if let Some(v) = m.get("listen") {
             let p = join(path, "listen");
             match self.strings(v, &p) {
@@ -374,7 +407,10 @@ impl Walker {
     }
 
     fn stream(&mut self, v: &Value, path: &str) -> Option<StreamSettings> {
-        const KEYS: [&str; 14] = [
+        const KEYS: [&str; 17] = [
+            "max_subscribers",
+            "origins",
+            "allow_missing_origin",
             "queue_bytes",
             "interval",
             "format",
@@ -410,6 +446,23 @@ impl Walker {
         set!("linger", linger, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(0)));
         set!("history", history, |w: &mut Walker, v, p: &str| w.count(v, p, 0, 100_000));
         set!("queue", queue, |w: &mut Walker, v, p: &str| w.count(v, p, 1, 1_000_000));
+        set!("max_subscribers", max_subscribers, |w: &mut Walker, v, p: &str| w.count(v, p, 1, 10_000_000));
+        set!("allow_missing_origin", allow_missing_origin, |w: &mut Walker, v, p: &str| w.boolean(v, p));
+        set!("origins", origins, |w: &mut Walker, v, p: &str| {
+            let list = w.strings(v, p)?;
+            let mut ok = true;
+            for (i, o) in list.iter().enumerate() {
+                let valid = o == "*" || ((o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/'));
+                if !valid {
+                    w.problem(
+                        &format!("{p}[{i}]"),
+                        format!("`{o}` is not an origin such as `https://app.example.com` (or `*`)"),
+                    );
+                    ok = false;
+                }
+            }
+            ok.then_some(Some(list))
+        });
         set!("queue_bytes", queue_bytes, |w: &mut Walker, v, p: &str| w.count(v, p, 1024, 1 << 30));
         set!("max_backoff", max_backoff, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(10)));
         set!("respect_cache_control", respect_cache_control, |w: &mut Walker, v, p: &str| w.boolean(v, p));

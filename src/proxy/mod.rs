@@ -4,11 +4,13 @@
 pub mod routing;
 pub mod subscribe;
 
+use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 use crate::poll::key;
 use crate::stream::delivery::Delivery;
 use crate::stream::encode::Protocol;
 use crate::stream::hub::Hub;
+use crate::stream::hub::Limits;
 use crate::stream::{sse, ws};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -66,9 +68,9 @@ impl ProxyHttp for Gateway {
                 }
                 Some(Ok(request)) => {
                     self.metrics.requests.with_label_values(&[route.label(), "subscribe"]).inc();
-                    let write_timeout = runtime.server.write_timeout;
+                    let server = runtime.server.clone();
                     drop(runtime);
-                    if let Err(e) = self.serve_subscription(session, &route, request, write_timeout).await {
+                    if let Err(e) = self.serve_subscription(session, &route, request, &server).await {
                         log::debug!("stream on {} ended: {e}", route.label());
                     }
                     return Ok(true);
@@ -93,18 +95,31 @@ impl Gateway {
         session: &mut Session,
         route: &Arc<Route>,
         request: SubscribeRequest,
-        write_timeout: std::time::Duration,
+        server: &ServerSettings,
     ) -> pingora::Result<()> {
+        let write_timeout = server.write_timeout;
         let settings = route.stream.clone().expect("subscriptions exist only on stream routes");
         let req = session.req_header();
         let (key, poll, _) =
             key::derive(route.label(), &route.upstream.name, &settings, req.uri.path(), req.uri.query(), &req.headers);
+        let limits = Limits {
+            subscribers: server.max_subscribers,
+            topics: server.max_topics,
+            per_topic: settings.max_subscribers,
+        };
+        let sub = match self.hub.subscribe(key, poll, route, request.resume.as_ref(), limits) {
+            Ok(sub) => sub,
+            Err(refused) => {
+                self.metrics.rejected.with_label_values(&[refused.reason()]).inc();
+                let message = "the proxy is at its subscription limit; retry later".to_string();
+                return respond(session, &Reject { status: 503, reason: refused.reason(), message }).await;
+            }
+        };
         if request.protocol == Protocol::WebSocket {
             let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
             let resp = ws::handshake_response(key, request.subprotocol)?;
             session.downstream_session.write_response_header(Box::new(resp)).await?;
         }
-        let sub = self.hub.subscribe(key, poll, route, request.resume.as_ref());
         let delivery =
             Delivery::new(sub, request.protocol, request.format, settings.queue_bytes, route.label(), &self.metrics);
         let shutdown = self.shutdown.clone();
@@ -113,14 +128,19 @@ impl Gateway {
             Protocol::Sse => {
                 sse::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown).await.map(|()| None)
             }
-            Protocol::WebSocket => ws::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown)
-                .await
-                .map(|ended| match ended {
-                    ws::Ended::Normal => None,
-                    ws::Ended::PingTimeout => Some("ping_timeout"),
-                    ws::Ended::WriteTimeout => Some("write_timeout"),
-                    ws::Ended::ProtocolError => Some("protocol_error"),
-                }),
+            Protocol::WebSocket => ws::serve(
+                downstream,
+                delivery,
+                ws::Limits { heartbeat: settings.heartbeat, write_timeout, max_message: server.websocket_max_message },
+                shutdown,
+            )
+            .await
+            .map(|ended| match ended {
+                ws::Ended::Normal => None,
+                ws::Ended::PingTimeout => Some("ping_timeout"),
+                ws::Ended::WriteTimeout => Some("write_timeout"),
+                ws::Ended::ProtocolError => Some("protocol_error"),
+            }),
         };
         let reason = match &result {
             Ok(reason) => *reason,
@@ -143,6 +163,9 @@ async fn respond(session: &mut Session, reject: &Reject) -> pingora::Result<()> 
     resp.insert_header("content-length", body.len().to_string())?;
     if reject.status == 426 {
         resp.insert_header("sec-websocket-version", "13")?;
+    }
+    if reject.status == 503 {
+        resp.insert_header("retry-after", "5")?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await

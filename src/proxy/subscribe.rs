@@ -62,8 +62,23 @@ pub fn classify(req: &RequestHeader, settings: &StreamSettings) -> Option<Result
     Some(validate(req, settings, websocket))
 }
 
+/// The route's `origins` allowlist: a browser page from another site must not be able to open a
+/// stream with the user's cookies (cross-site WebSocket hijacking).
+fn check_origin(headers: &HeaderMap, settings: &StreamSettings) -> Result<(), Reject> {
+    let Some(allowed) = &settings.origins else {
+        return Ok(());
+    };
+    match header(headers, "origin") {
+        None if settings.allow_missing_origin => Ok(()),
+        None => Err(reject(403, "origin_not_allowed", "this stream needs an Origin header")),
+        Some(origin) if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) => Ok(()),
+        Some(origin) => Err(reject(403, "origin_not_allowed", format!("origin `{origin}` may not subscribe here"))),
+    }
+}
+
 fn validate(req: &RequestHeader, settings: &StreamSettings, websocket: bool) -> Result<SubscribeRequest, Reject> {
     let headers = &req.headers;
+    check_origin(headers, settings)?;
     let (_, reserved) = split_query(req.uri.query());
     let mut format = match reserved.format.as_deref() {
         None => settings.format,
@@ -206,6 +221,32 @@ mod tests {
         let mut bad = WS.to_vec();
         bad.push(("sec-websocket-protocol", "unpoll.xml"));
         assert_eq!(classify_default(&req("/x", &bad)).unwrap().unwrap_err().reason, "unknown_format");
+    }
+
+    #[test]
+    fn origins_are_checked_against_the_allowlist() {
+        let open = StreamSettings::default();
+        let sse = |origin: Option<&str>| {
+            let mut h = vec![("accept", "text/event-stream")];
+            if let Some(o) = origin {
+                h.push(("origin", o));
+            }
+            req("/x", &h)
+        };
+        assert!(classify(&sse(Some("https://evil.example")), &open).unwrap().is_ok(), "no allowlist: any origin");
+        let strict = StreamSettings {
+            origins: Some(vec!["https://app.example".into()]),
+            allow_missing_origin: false,
+            ..Default::default()
+        };
+        assert!(classify(&sse(Some("https://app.example")), &strict).unwrap().is_ok());
+        assert_eq!(classify(&sse(Some("https://evil.example")), &strict).unwrap().unwrap_err().status, 403);
+        assert_eq!(classify(&sse(None), &strict).unwrap().unwrap_err().reason, "origin_not_allowed");
+        let lenient = StreamSettings { allow_missing_origin: true, ..strict.clone() };
+        assert!(classify(&sse(None), &lenient).unwrap().is_ok());
+        let mut ws = WS.to_vec();
+        ws.push(("origin", "https://evil.example"));
+        assert_eq!(classify(&req("/x", &ws), &strict).unwrap().unwrap_err().status, 403);
     }
 
     #[test]

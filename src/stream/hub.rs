@@ -8,12 +8,15 @@ use crate::proxy::routing::{Route, Runtime};
 use crate::stream::event::ErrorEvent;
 use pingora::connectors::http::Connector;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{broadcast, watch};
 
 /// All live topics.
 pub struct Hub {
     topics: Mutex<HashMap<TopicKey, Arc<Topic>>>,
+    /// Open subscriptions, all topics together.
+    total: Arc<AtomicUsize>,
     pub connector: Connector,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
@@ -24,19 +27,51 @@ pub struct Subscription {
     pub topic: Weak<Topic>,
     pub initial: Vec<Msg>,
     pub rx: broadcast::Receiver<Msg>,
+    total: Arc<AtomicUsize>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.total.fetch_sub(1, Ordering::SeqCst);
         if let Some(topic) = self.topic.upgrade() {
             topic.leave();
         }
     }
 }
 
+/// Limits a new subscription must fit in.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `server.max_subscribers`.
+    pub subscribers: usize,
+    /// `server.max_topics`.
+    pub topics: usize,
+    /// The route's `stream.max_subscribers`, per topic.
+    pub per_topic: usize,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    TooManySubscribers,
+    TooManyTopics,
+    TopicFull,
+}
+
+impl Refused {
+    /// The metric label and the error name clients see.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::TooManySubscribers => "too_many_subscribers",
+            Refused::TooManyTopics => "too_many_topics",
+            Refused::TopicFull => "topic_full",
+        }
+    }
+}
+
 impl Hub {
     pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Hub {
-        Hub { topics: Mutex::default(), connector: Connector::new(None), metrics, shutdown }
+        Hub { topics: Mutex::default(), total: Arc::default(), connector: Connector::new(None), metrics, shutdown }
     }
 
     fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, Arc<Topic>>> {
@@ -51,9 +86,18 @@ impl Hub {
         request: PollRequest,
         route: &Arc<Route>,
         resume: Option<&ResumeId>,
-    ) -> Subscription {
+        limits: Limits,
+    ) -> Result<Subscription, Refused> {
         let topic = {
             let mut topics = self.topics();
+            if self.total.load(Ordering::SeqCst) >= limits.subscribers {
+                return Err(Refused::TooManySubscribers);
+            }
+            match topics.get(&key) {
+                Some(t) if t.subscribers() >= limits.per_topic => return Err(Refused::TopicFull),
+                None if topics.len() >= limits.topics => return Err(Refused::TooManyTopics),
+                _ => {}
+            }
             let topic = topics.entry(key.clone()).or_insert_with(|| {
                 let queue = route.stream.as_ref().map_or(1, |s| s.queue);
                 let topic = Arc::new(Topic::new(key, route.clone(), request, queue));
@@ -62,10 +106,11 @@ impl Hub {
                 topic
             });
             topic.join();
+            self.total.fetch_add(1, Ordering::SeqCst);
             topic.clone()
         };
         let (initial, rx) = topic.open(resume);
-        Subscription { topic: Arc::downgrade(&topic), initial, rx }
+        Ok(Subscription { topic: Arc::downgrade(&topic), initial, rx, total: self.total.clone() })
     }
 
     /// Removes a topic if it still has no subscribers. Returns whether it was removed.

@@ -14,8 +14,16 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
-/// Largest message a client may send. Clients only answer pings and close, so this is small.
-pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// What bounds one WebSocket stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Ping period; a client that has not answered by the next ping is closed.
+    pub heartbeat: Duration,
+    /// A client that accepts no bytes this long is disconnected.
+    pub write_timeout: Duration,
+    /// Largest message (and frame) a client may send: clients only answer pings and close.
+    pub max_message: usize,
+}
 
 /// Why a WebSocket stream ended, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +81,12 @@ struct Conn {
 }
 
 impl Conn {
-    fn new() -> Conn {
+    fn new(max_message: usize) -> Conn {
         let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_CLIENT_MESSAGE))
-            .max_frame_size(Some(MAX_CLIENT_MESSAGE))
-            .write_buffer_size(0);
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message))
+            .write_buffer_size(0)
+            .max_write_buffer_size(max_message.max(4096));
         Conn { ctx: WebSocketContext::new(Role::Server, Some(config)), io: Buffers::default() }
     }
 
@@ -97,15 +106,14 @@ impl Conn {
 pub async fn serve(
     session: &mut Session,
     delivery: Delivery,
-    heartbeat: Duration,
-    write_timeout: Duration,
+    limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) -> pingora::Result<Ended> {
     session.set_keepalive(None);
     session.set_read_timeout(None);
-    session.set_write_timeout(Some(write_timeout));
-    let mut conn = Conn::new();
-    match run(session, &mut conn, delivery, heartbeat, shutdown).await {
+    session.set_write_timeout(Some(limits.write_timeout));
+    let mut conn = Conn::new(limits.max_message);
+    match run(session, &mut conn, delivery, limits.heartbeat, shutdown).await {
         // The write that timed out may have sent part of a frame: a close frame after it would
         // be read as that frame's payload, so the connection is closed without one (the client
         // sees 1006).

@@ -12,9 +12,16 @@ pub struct Proxy {
     dir: tempfile::TempDir,
 }
 
-/// A port the kernel just handed out for 127.0.0.1:0.
+/// A free port below the kernel's ephemeral range (32768 and up), where the test upstreams
+/// (bound to port 0) never land, so only another proxy picking the same random port could
+/// take it first; `wait_ready` then notices and the start is retried.
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Proxy {
@@ -55,19 +62,36 @@ impl Proxy {
                 return proxy;
             }
             eprintln!("unpoll did not start; retrying with other ports:\n{}", proxy.log());
+            let _ = proxy.child.kill();
         }
         panic!("unpoll did not start");
     }
 
     async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut settled = false;
         while Instant::now() < deadline {
             if self.child.try_wait().unwrap().is_some() {
                 return false;
             }
-            let healthy = super::http_get(self.admin, "/healthz").await.is_some_and(|r| r.status == 200);
+            // Ours, not another process's that holds the same port (pingora keeps retrying a
+            // port in use instead of exiting).
+            let pid = self.child.id().to_string();
+            let healthy = super::http_get(self.admin, "/healthz")
+                .await
+                .is_some_and(|r| r.status == 200 && r.header("x-unpoll-pid") == Some(pid.as_str()));
             if healthy && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                return true;
+                // Pingora logs "is in use" while it retries a taken port: the listener that
+                // answered is someone else's. Look twice, a little apart.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if self.log().contains("is in use") {
+                    return false;
+                }
+                if settled {
+                    return true;
+                }
+                settled = true;
+                continue;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

@@ -243,6 +243,37 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen
                 .unwrap_or(0);
             let method = req.method.unwrap_or("").to_string();
             let target = req.path.unwrap_or("").to_string();
+            let chunked = headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+            });
+            if chunked {
+                // Chunked body: size lines, data, and a last chunk of size 0 (no trailers).
+                let mut body = Vec::new();
+                let mut at = head;
+                loop {
+                    let line_end = loop {
+                        if let Some(p) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+                            break at + p;
+                        }
+                        if !fill(stream, buf).await {
+                            return None;
+                        }
+                    };
+                    let size_text = String::from_utf8_lossy(&buf[at..line_end]).to_string();
+                    let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+                    let end = line_end + 2 + size + 2;
+                    while buf.len() < end {
+                        if !fill(stream, buf).await {
+                            return None;
+                        }
+                    }
+                    body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                    at = end;
+                    if size == 0 {
+                        return Some((Seen { method, target, headers, body }, at));
+                    }
+                }
+            }
             while buf.len() < head + len {
                 if !fill(stream, buf).await {
                     return None;

@@ -1,0 +1,175 @@
+//! Limits and hostile input: subscription limits, Origin allowlists, oversized WebSocket
+//! messages, Host and absolute-form targets, and request smuggling over raw TCP.
+
+mod support;
+
+use futures_util::SinkExt;
+use serde_json::json;
+use std::time::Duration;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn doc() -> serde_json::Value {
+    json!({"v": 1, "pad": "p".repeat(100)})
+}
+
+#[tokio::test]
+async fn subscription_limits_refuse_with_503_and_count() {
+    let up = Upstream::start().await;
+    for path in ["/t/1", "/t/2", "/t/3"] {
+        up.set_json(path, &doc());
+    }
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /t/{id}\n    upstream: app\n    stream:\n      max_subscribers: 2\n";
+    let proxy = Proxy::start_with(up.addr, "  max_subscribers: 4\n  max_topics: 2\n", body).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = Sse::connect(proxy.addr, "/t/1", &[]).await;
+        s.next_event(5 * SECOND).await.unwrap();
+        open.push(s);
+    }
+    let full = Sse::connect(proxy.addr, "/t/1", &[]).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!((full.status, full.json()["error"].as_str()), (503, Some("topic_full")));
+    assert_eq!(full.header("retry-after"), Some("5"));
+    let mut second = Sse::connect(proxy.addr, "/t/2", &[]).await;
+    second.next_event(5 * SECOND).await.unwrap();
+    let third_topic = Sse::connect(proxy.addr, "/t/3", &[]).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!((third_topic.status, third_topic.json()["error"].as_str()), (503, Some("too_many_topics")));
+    let mut fourth = Sse::connect(proxy.addr, "/t/2", &[]).await;
+    fourth.next_event(5 * SECOND).await.unwrap();
+    match ws_connect(proxy.addr, "/t/2", &[], &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503 over the global limit, got {other:?}"),
+    }
+    for reason in ["topic_full", "too_many_topics", "too_many_subscribers"] {
+        assert_eq!(proxy.metric("unpoll_requests_rejected_total", &[("reason", reason)]).await, 1.0, "{reason}");
+    }
+    // Leaving frees the place.
+    drop(open);
+    assert!(
+        eventually(5 * SECOND, || async { proxy.metric("unpoll_subscribers", &[("route", "/t/{id}")]).await == 2.0 })
+            .await
+    );
+    let mut again = Sse::connect(proxy.addr, "/t/1", &[]).await;
+    assert_eq!(again.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+}
+
+#[tokio::test]
+async fn origins_outside_the_allowlist_cannot_subscribe() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc());
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      origins: [\"https://app.example\"]\n      allow_missing_origin: false\n";
+    let proxy = Proxy::start(up.addr, body).await;
+    match ws_connect(proxy.addr, "/doc", &[], &[("origin", "https://evil.example")]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a cross-site WebSocket was accepted: {other:?}"),
+    }
+    let sse = Sse::connect(proxy.addr, "/doc", &[("Origin", "https://evil.example")])
+        .await
+        .conn
+        .read_to_end(5 * SECOND)
+        .await;
+    assert_eq!((sse.status, sse.json()["error"].as_str()), (403, Some("origin_not_allowed")));
+    let missing = Sse::connect(proxy.addr, "/doc", &[]).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!(missing.status, 403, "allow_missing_origin: false");
+    let (mut ws, _) = ws_connect(proxy.addr, "/doc", &[], &[("origin", "https://app.example")]).await.unwrap();
+    assert_eq!(ws_event(&mut ws, 5 * SECOND).await["event"], "snapshot");
+    assert_eq!(up.count("/doc"), 1, "refused subscriptions never reached the upstream");
+}
+
+#[tokio::test]
+async fn oversized_websocket_messages_are_closed_with_1009() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc());
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n";
+    let proxy = Proxy::start_with(up.addr, "  websocket_max_message: 1024\n", body).await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
+    ws_event(&mut ws, 5 * SECOND).await;
+    ws.send(Message::text("x".repeat(100))).await.unwrap();
+    ws.send(Message::text("x".repeat(5000))).await.unwrap();
+    assert!(matches!(ws_next(&mut ws, 5 * SECOND).await, Some(WsNext::Close(Some(1009)))));
+    assert_eq!(proxy.metric("unpoll_subscribers_dropped_total", &[("reason", "protocol_error")]).await, 1.0);
+}
+
+const PLAIN: &str =
+    "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /api/*\n    upstream: app\n";
+
+#[tokio::test]
+async fn clients_cannot_choose_the_upstream() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, PLAIN).await;
+    let mut answered = 0;
+    for request in [
+        "GET /api/x HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n",
+        "GET http://169.254.169.254/api/x HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n",
+        // Authority and Host disagree: refused outright.
+        "GET http://127.0.0.1:1/api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ] {
+        let resp = RawConn::send(proxy.addr, request.as_bytes()).await.read_to_end(5 * SECOND).await;
+        // Going anywhere but the configured upstream would be a 502 (nothing listens there).
+        match resp.status {
+            200 => {
+                assert_eq!(resp.header("x-upstream"), Some("yes"), "answered by the configured upstream");
+                answered += 1;
+            }
+            400 => {}
+            other => panic!("{other} for {request:?}"),
+        }
+    }
+    let absolute = up.seen("http://169.254.169.254/api/x").len(); // forwarded in absolute form
+    assert_eq!(up.count("/api/x") + absolute, answered);
+    assert!(answered >= 2, "Host and absolute-form targets are routed by path to the configured upstream");
+    let absolute =
+        RawConn::send(proxy.addr, b"GET http://h/elsewhere HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .read_to_end(5 * SECOND)
+            .await;
+    assert_eq!(absolute.status, 404, "absolute-form targets are routed by their path");
+}
+
+/// Sends `raw`, then a normal request on a new connection; the upstream must never have
+/// received a request for `/smuggled`, and the normal request must work.
+async fn assert_not_smuggled(proxy: &Proxy, up: &Upstream, raw: &str) {
+    let mut conn = RawConn::send(proxy.addr, raw.as_bytes()).await;
+    let first = conn.status;
+    conn.read_until(Duration::from_millis(500), |_| false).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(up.count("/smuggled"), 0, "smuggled through (first answer {first}): {raw:?}");
+    assert_eq!(up.count("/api/smuggled"), 0, "smuggled through (first answer {first}): {raw:?}");
+    let after = http_get(proxy.addr, "/api/after").await;
+    assert_eq!(after.map(|r| r.status), Some(200), "a normal request after {raw:?} (first answer {first})");
+}
+
+#[tokio::test]
+async fn request_smuggling_attempts_never_reach_the_upstream() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, PLAIN).await;
+    let smuggled = "GET /api/smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    // CL.TE: Content-Length says the body is the "0" chunk, TE says it ends there too, and a
+    // request follows that a CL-only reader would see as body.
+    let cl_te = format!("POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}", 5 + smuggled.len());
+    assert_not_smuggled(&proxy, &up, &cl_te).await;
+    // TE.CL: a chunk holding a whole request, with a Content-Length that ends early.
+    let chunk = smuggled.to_string();
+    let te_cl = format!("POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len());
+    assert_not_smuggled(&proxy, &up, &te_cl).await;
+    // Two Content-Lengths.
+    let dup = format!(
+        "POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    assert_not_smuggled(&proxy, &up, &dup).await;
+    // Obfuscated Transfer-Encoding.
+    for te in [
+        "Transfer-Encoding: xchunked",
+        "Transfer-Encoding : chunked",
+        "Transfer-Encoding: chunked, identity",
+        "Transfer-Encoding:\tchunked",
+    ] {
+        let raw = format!("POST /api/x HTTP/1.1\r\nHost: h\r\n{te}\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}");
+        assert_not_smuggled(&proxy, &up, &raw).await;
+    }
+    // An Upgrade the upstream does not accept (it answers 200, not 101), with a request for a
+    // path no route allows pipelined behind it: it must be routed (404), not tunnelled.
+    let upgrade = "GET /api/x HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    assert_not_smuggled(&proxy, &up, upgrade).await;
+}
