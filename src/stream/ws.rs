@@ -35,6 +35,21 @@ pub enum Ended {
     ProtocolError,
 }
 
+/// Feeds raw client bytes to a server-side WebSocket reader, as a stream does, and returns how
+/// many messages it read before the input ran out or was refused. For fuzzing: any input must
+/// end in a clean refusal, never a panic or unbounded memory.
+pub fn read_client_bytes(data: &[u8], max_message: usize) -> usize {
+    let mut conn = Conn::new(max_message);
+    conn.io.inbox.extend_from_slice(data);
+    let mut messages = 0;
+    loop {
+        match conn.ctx.read(&mut conn.io) {
+            Ok(_) => messages += 1,
+            Err(_) => return messages,
+        }
+    }
+}
+
 /// The 101 response for a validated upgrade request.
 pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(101, Some(4))?;

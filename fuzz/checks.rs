@@ -1,0 +1,86 @@
+//! What each fuzz target checks, shared by the fuzz targets (`fuzz/fuzz_targets/`) and by the
+//! regression test that runs every seed corpus file (`tests/fuzz_corpus.rs`).
+
+use serde_json::Value;
+
+/// Configuration text: parsing never panics, a refusal lists at least one problem, and every
+/// key path starts at a top-level key (an empty path is the whole document).
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Err(errors) = unpoll::config::parse_config(text) {
+        assert!(!errors.0.is_empty());
+        for p in &errors.0 {
+            assert!(!p.message.is_empty());
+            let top = p.path.split(['.', '[']).next().unwrap_or("");
+            assert!(
+                top.is_empty() || ["server", "upstreams", "routes"].contains(&top) || p.message.contains("unknown key"),
+                "{p}"
+            );
+        }
+    }
+}
+
+/// A JSON array of two documents: every delta applies to the first and yields the second, with
+/// an independent RFC 6902 / RFC 7396 implementation.
+pub fn diff(data: &[u8]) {
+    let Ok(Value::Array(pair)) = serde_json::from_slice::<Value>(data) else { return };
+    let [a, b] =
+        <[Value; 2]>::try_from(pair).unwrap_or_else(|p| [p.first().cloned().unwrap_or(Value::Null), Value::Null]);
+    for array_id in [None, Some("id".to_string())] {
+        let options = unpoll::diff::DiffOptions { array_id, max_patch_ratio: 1.0 };
+        let Some(delta) = unpoll::diff::delta(Some(&a), &b, &options) else {
+            assert_eq!(a, b, "no delta for different documents");
+            continue;
+        };
+        assert_eq!(serde_json::from_slice::<Value>(&delta.snapshot).unwrap(), b);
+        if let Some(p) = delta.json_patch {
+            let patch: json_patch::Patch = serde_json::from_slice(&p).expect("a valid RFC 6902 patch");
+            let mut doc = a.clone();
+            json_patch::patch(&mut doc, &patch).expect("the patch applies");
+            assert_eq!(doc, b);
+        }
+        if let Some(p) = delta.merge_patch {
+            let mut doc = a.clone();
+            json_patch::merge(&mut doc, &serde_json::from_slice(&p).unwrap());
+            assert_eq!(doc, b);
+        }
+    }
+}
+
+/// A raw HTTP/1.1 request head: deciding whether it is a subscription, validating it and
+/// deriving its topic key never panic, and a reserved parameter never reaches the upstream.
+pub fn client_request(data: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(data) else { return };
+    let (Some(method), Some(path)) = (req.method, req.path) else { return };
+    let Ok(mut head) = pingora::http::RequestHeader::build(method, path.as_bytes(), None) else { return };
+    for h in req.headers.iter() {
+        let _ = head.append_header(h.name.to_string(), h.value);
+    }
+    let settings = unpoll::config::StreamSettings::default();
+    let _ = unpoll::proxy::subscribe::classify(&head, &settings);
+    let (_, poll, _) =
+        unpoll::poll::key::derive("/r", "u", &settings, head.uri.path(), head.uri.query(), &head.headers);
+    let query = poll.target.split_once('?').map_or("", |(_, q)| q);
+    for param in query.split('&') {
+        let name = param.split_once('=').map_or(param, |(n, _)| n);
+        assert!(!name.starts_with("unpoll_"), "a reserved parameter reached the upstream: {}", poll.target);
+    }
+}
+
+/// Raw bytes from a WebSocket client: read as a server reads them, without panic, and no
+/// message larger than the limit is accepted.
+pub fn websocket_input(data: &[u8]) {
+    let limit = 1024;
+    let messages = unpoll::stream::ws::read_client_bytes(data, limit);
+    assert!(messages <= data.len());
+}
+
+/// An event id as clients send it back: parses or not, and a parsed one prints back the same.
+pub fn resume_id(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Some(id) = unpoll::stream::topic::ResumeId::parse(text) {
+        assert_eq!(unpoll::stream::topic::ResumeId::parse(&format!("{}-{}", id.epoch, id.version)), Some(id));
+    }
+}
