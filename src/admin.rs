@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
+    /// Set once shutdown (SIGTERM, or SIGQUIT after an upgrade hand-over) has begun.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 #[async_trait]
@@ -17,6 +19,7 @@ impl ServeHttp for Admin {
         let (status, content_type, body) = match session.req_header().uri.path() {
             "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" if *self.draining.borrow() => (503, "text/plain", b"draining\n".to_vec()),
             "/readyz" => (200, "text/plain", b"ready\n".to_vec()),
             _ => (404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n".to_vec()),
         };

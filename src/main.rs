@@ -26,6 +26,10 @@ enum Command {
         /// Do not watch the file; reload on SIGHUP only.
         #[arg(long)]
         no_watch: bool,
+        /// Graceful upgrade: take the listening sockets over from the unpoll already running
+        /// with this configuration, once it is sent SIGQUIT (through `server.upgrade_sock`).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file and list every problem; exits 1 if there is any.
     Check {
@@ -61,11 +65,12 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
-        Command::Run { config: path, no_watch } => {
+        Command::Run { config: path, no_watch, upgrade } => {
             let config = unpoll::config::load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             log::info!("serving on {:?}, admin on {:?}", config.server.listen, config.server.admin);
             let reload = unpoll::server::ReloadFrom { path, watch: !no_watch };
-            unpoll::server::build(&config, Some(reload), |_| {}).run_forever()
+            let start = unpoll::server::Start { reload: Some(reload), upgrade };
+            unpoll::server::build(&config, start, |_| {}).run_forever()
         }
         Command::Demo { listen, admin, api } => {
             let config = unpoll::demo::config(&listen, &admin, &api).context("building the demo configuration")?;
@@ -75,7 +80,8 @@ fn main() -> anyhow::Result<()> {
             println!("  per-user    curl -N -H 'Accept: text/event-stream' -H 'Authorization: Bearer alice' http://{listen}/api/me/notifications");
             println!("  metrics     http://{admin}/metrics");
             println!("  legacy API  http://{api}/api/departures (polled by unpoll)");
-            unpoll::server::build(&config, None, |server| unpoll::demo::add_api(server, &api)).run_forever()
+            let start = unpoll::server::Start::default();
+            unpoll::server::build(&config, start, |server| unpoll::demo::add_api(server, &api)).run_forever()
         }
     }
 }

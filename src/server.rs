@@ -10,7 +10,7 @@ use crate::proxy::Gateway;
 use crate::stream::hub::Hub;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
@@ -31,6 +31,15 @@ impl BackgroundService for ShutdownRelay {
     }
 }
 
+/// How this process starts.
+#[derive(Default)]
+pub struct Start {
+    /// Live reload from this file.
+    pub reload: Option<ReloadFrom>,
+    /// Take the listening sockets over from a running unpoll (which is then sent SIGQUIT).
+    pub upgrade: bool,
+}
+
 /// Where the configuration came from, for live reload.
 pub struct ReloadFrom {
     pub path: std::path::PathBuf,
@@ -40,12 +49,18 @@ pub struct ReloadFrom {
 
 /// Builds the server for `config`. With `reload`, the file is reloaded live. `extra` may add
 /// services (the demo's sample API).
-pub fn build(config: &Config, reload: Option<ReloadFrom>, extra: impl FnOnce(&mut Server)) -> Server {
-    let mut conf = ServerConf { threads: config.server.threads, ..Default::default() };
+pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> Server {
+    let Start { reload, upgrade } = start;
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        upgrade_sock: config.server.upgrade_sock.clone(),
+        ..Default::default()
+    };
     // Pingora sleeps the grace period, then gives runtimes one more second: the sum is ours.
     conf.grace_period_seconds = Some(config.server.grace_period.as_secs().saturating_sub(1));
     conf.graceful_shutdown_timeout_seconds = Some(1);
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt { upgrade, ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let (tx, rx) = watch::channel(false);
@@ -62,14 +77,14 @@ pub fn build(config: &Config, reload: Option<ReloadFrom>, extra: impl FnOnce(&mu
         };
         server.add_service(background_service("config reload", reloader));
     }
-    let gateway = Gateway { runtime, hub, metrics: metrics.clone(), shutdown: rx };
+    let gateway = Gateway { runtime, hub, metrics: metrics.clone(), shutdown: rx.clone() };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "unpoll proxy");
     for addr in &config.server.listen {
         proxy.add_tcp(addr);
     }
     server.add_service(proxy);
     if let Some(addr) = &config.server.admin {
-        let mut admin = Service::new("unpoll admin".to_string(), Admin { metrics });
+        let mut admin = Service::new("unpoll admin".to_string(), Admin { metrics, draining: rx.clone() });
         admin.add_tcp(addr);
         server.add_service(admin);
     }

@@ -32,6 +32,9 @@ pub struct ServerSettings {
     pub max_topics: usize,
     /// `websocket_max_message`: largest message (and frame) a WebSocket client may send.
     pub websocket_max_message: usize,
+    /// `upgrade_sock`: the Unix socket over which a new process (`run --upgrade`) takes over
+    /// the listening sockets from this one on SIGQUIT.
+    pub upgrade_sock: String,
 }
 
 /// `upstreams.<name>:` — a group of servers.
@@ -180,6 +183,7 @@ impl Default for ServerSettings {
             max_subscribers: 100_000,
             max_topics: 10_000,
             websocket_max_message: 64 * 1024,
+            upgrade_sock: "/tmp/unpoll_upgrade.sock".into(),
         }
     }
 }

@@ -201,6 +201,7 @@ impl Walker {
                 "max_subscribers",
                 "max_topics",
                 "websocket_max_message",
+                "upgrade_sock",
             ],
         )?;
         let mut s_limits = {
@@ -240,6 +241,16 @@ impl Walker {
                         .collect();
                     ok &= checked.len() == list.len();
                     s.listen = checked;
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(v) = m.get("upgrade_sock") {
+            match self.string(v, &join(path, "upgrade_sock")) {
+                Some(p) if p.starts_with('/') => s.upgrade_sock = p,
+                Some(p) => {
+                    self.problem(&join(path, "upgrade_sock"), format!("`{p}` must be an absolute path"));
+                    ok = false;
                 }
                 None => ok = false,
             }

@@ -48,6 +48,9 @@ pub fn restart_needed(running: &ServerSettings, new: &ServerSettings) -> Option<
     if running.grace_period != new.grace_period {
         changed.push("server.grace_period");
     }
+    if running.upgrade_sock != new.upgrade_sock {
+        changed.push("server.upgrade_sock");
+    }
     (!changed.is_empty()).then(|| format!("{} changed", changed.join(", ")))
 }
 

@@ -1,0 +1,92 @@
+//! Graceful upgrade: a new process takes the listening sockets over on SIGQUIT, with no
+//! connection refused, and stream clients move to it.
+
+mod support;
+
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+#[tokio::test]
+async fn a_new_process_takes_over_on_sigquit_without_refusing_connections() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &json!({"v": 1, "pad": "p".repeat(100)}));
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("upgrade.sock");
+    let server = format!("  grace_period: 1s\n  upgrade_sock: \"{}\"\n", sock.display());
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      interval: 200ms\n  - match: /*\n    upstream: app\n";
+    let mut old = Proxy::start_with(up.addr, &server, body).await;
+    let old_pid = old.pid().to_string();
+    let mut sse = Sse::connect(old.addr, "/doc", &[]).await;
+    let first = sse.next_event(5 * SECOND).await.unwrap();
+
+    // The new process waits on the upgrade socket for the old one's listeners.
+    let log = std::fs::File::create(sock_dir.path().join("new.log")).unwrap();
+    let mut new = Command::new(env!("CARGO_BIN_EXE_unpoll"))
+        .args(["run", "--upgrade", "-c"])
+        .arg(old.config_path())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal("QUIT");
+
+    // Requests keep being answered throughout the hand-over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(9);
+    let mut answered = 0;
+    let mut new_admin_seen = false;
+    while tokio::time::Instant::now() < deadline {
+        let r = http_get(old.addr, "/plain").await.expect("a connection was refused during the upgrade");
+        assert_eq!(r.status, 200);
+        answered += 1;
+        if let Some(h) = http_get(old.admin, "/healthz").await {
+            new_admin_seen |= h.header("x-unpoll-pid") == Some(new.id().to_string().as_str());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered > 50);
+    assert!(new_admin_seen, "the new process serves the same admin address");
+
+    // The old process closed its streams (clients reconnect) and exited.
+    assert!(sse.next_event(5 * SECOND).await.is_none() && sse.conn.finished, "the old stream ended cleanly");
+    let (status, _) = old
+        .terminate(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("old process still running: {}", old.log()));
+    let _ = status;
+    // Reconnecting with Last-Event-ID reaches the new process: another epoch, so a snapshot.
+    let mut again = Sse::connect(old.addr, "/doc", &[("Last-Event-ID", first.id.as_deref().unwrap())]).await;
+    let ev = again.next_event(5 * SECOND).await.unwrap();
+    assert_eq!(ev.kind(), "snapshot");
+    assert_ne!(ev.id.unwrap().split('-').next(), first.id.unwrap().split('-').next());
+    let h = http_get(old.admin, "/healthz").await.unwrap();
+    assert_ne!(h.header("x-unpoll-pid"), Some(old_pid.as_str()));
+    let _ = new.kill();
+    let _ = new.wait();
+}
+
+#[tokio::test]
+async fn readyz_reports_draining_once_shutdown_begins() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /*\n    upstream: app\n";
+    let mut proxy = Proxy::start_with(up.addr, "  grace_period: 3s\n", body).await;
+    // One keep-alive connection to the admin listener, which stops accepting new ones on
+    // shutdown but answers on those it has.
+    let mut admin = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    let ask = b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n";
+    let mut buf = vec![0u8; 512];
+    admin.write_all(ask).await.unwrap();
+    let n = admin.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ready\n"), "{text}");
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin.write_all(ask).await.unwrap();
+    let n = admin.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 503") && text.ends_with("draining\n"), "{text}");
+    assert!(proxy.terminate(Duration::from_secs(10)).await.is_some());
+}
