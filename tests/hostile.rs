@@ -173,3 +173,17 @@ async fn request_smuggling_attempts_never_reach_the_upstream() {
     let upgrade = "GET /api/x HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
     assert_not_smuggled(&proxy, &up, upgrade).await;
 }
+
+#[tokio::test]
+async fn oversized_request_heads_get_431_and_the_next_request_works() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(up.addr, "  max_request_header: 2048\n", PLAIN).await;
+    let big = format!("GET /api/x HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(3000));
+    let resp = RawConn::send(proxy.addr, big.as_bytes()).await.read_to_end(5 * SECOND).await;
+    assert_eq!((resp.status, resp.json()["error"].as_str()), (431, Some("header_too_large")));
+    assert_eq!(up.count("/api/x"), 0);
+    let small = format!("GET /api/x HTTP/1.1\r\nHost: h\r\nX-Small: {}\r\nConnection: close\r\n\r\n", "s".repeat(1000));
+    let ok = RawConn::send(proxy.addr, small.as_bytes()).await.read_to_end(5 * SECOND).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(proxy.metric("unpoll_requests_rejected_total", &[("reason", "header_too_large")]).await, 1.0);
+}

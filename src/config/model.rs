@@ -32,6 +32,8 @@ pub struct ServerSettings {
     pub max_topics: usize,
     /// `websocket_max_message`: largest message (and frame) a WebSocket client may send.
     pub websocket_max_message: usize,
+    /// `max_request_header`: largest request head (request line and headers), in bytes.
+    pub max_request_header: usize,
     /// `upgrade_sock`: the Unix socket over which a new process (`run --upgrade`) takes over
     /// the listening sockets from this one on SIGQUIT.
     pub upgrade_sock: String,
@@ -184,6 +186,7 @@ impl Default for ServerSettings {
             max_topics: 10_000,
             websocket_max_message: 64 * 1024,
             upgrade_sock: "/tmp/unpoll_upgrade.sock".into(),
+            max_request_header: 16 * 1024,
         }
     }
 }

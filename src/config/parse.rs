@@ -202,6 +202,7 @@ impl Walker {
                 "max_topics",
                 "websocket_max_message",
                 "upgrade_sock",
+                "max_request_header",
             ],
         )?;
         let mut s_limits = {
@@ -242,6 +243,13 @@ impl Walker {
                     ok &= checked.len() == list.len();
                     s.listen = checked;
                 }
+                None => ok = false,
+            }
+        }
+        if let Some(v) = m.get("max_request_header") {
+            // pingora itself refuses heads over 1 MiB.
+            match self.count(v, &join(path, "max_request_header"), 1024, 1_048_575) {
+                Some(n) => s.max_request_header = n,
                 None => ok = false,
             }
         }
