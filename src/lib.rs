@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`config`]: the YAML configuration: model, validation (every problem with its key path),
-//!   durations and route patterns.
+//!   durations and route patterns, and live reload ([`config::reload`]: file watch and SIGHUP,
+//!   validated off to the side, swapped atomically, restart-only changes refused).
 //! - [`proxy`]: the pingora `ProxyHttp` implementation. It routes each request and either
 //!   serves it as a subscription or lets pingora proxy it unchanged.
 //! - [`poll`]: which subscribers share a poll ([`poll::key`], the security-critical part), the
@@ -16,7 +17,12 @@
 //! - [`stream`]: the hub of topics, history for resume, event encoding (once per protocol and
 //!   format), and the SSE and WebSocket handlers.
 //! - [`metrics`]: every Prometheus metric; [`admin`] serves them.
-//! - [`server`]: assembles the pingora server; [`demo`]: the self-contained demo.
+//! - [`server`]: assembles the pingora server (and the graceful-upgrade hand-over);
+//!   [`demo`]: the self-contained demo.
+//!
+//! Outside `src/`: `tests/` (integration tests against the real binary; `tests/support/` has
+//! the scripted upstream, the launcher and the clients), `fuzz/` (cargo-fuzz targets and their
+//! seed corpora, which `tests/fuzz_corpus.rs` runs), `benches/` (criterion), `docs/`.
 
 pub mod admin;
 pub mod config;

@@ -144,27 +144,26 @@ impl Hub {
         let topics: Vec<Arc<Topic>> = self.topics().values().cloned().collect();
         for topic in topics {
             let old = topic.route();
-            match runtime.routes.iter().find(|r| r.label() == topic.key.route) {
-                Some(new) if same_key(&old, new) => topic.set_route(new.clone()),
-                Some(_) => {
-                    self.remove(&topic);
-                    topic.close(ErrorEvent::going_away(
-                        503,
-                        "route_changed",
-                        "the route's upstream or sharing rules changed; reconnect to resubscribe",
-                        "route changed",
-                    ));
+            let closing = match runtime.routes.iter().find(|r| r.label() == topic.key.route) {
+                Some(new) if same_key(&old, new) => {
+                    topic.set_route(new.clone());
+                    continue;
                 }
-                None => {
-                    self.remove(&topic);
-                    topic.close(ErrorEvent::going_away(
-                        404,
-                        "route_removed",
-                        "the route was removed from the configuration",
-                        "route removed",
-                    ));
-                }
-            }
+                Some(_) => ErrorEvent::going_away(
+                    503,
+                    "route_changed",
+                    "the route's upstream or sharing rules changed; reconnect to resubscribe",
+                    "route changed",
+                ),
+                None => ErrorEvent::going_away(
+                    404,
+                    "route_removed",
+                    "the route was removed from the configuration",
+                    "route removed",
+                ),
+            };
+            self.remove(&topic);
+            topic.close(closing);
         }
     }
 
