@@ -10,6 +10,8 @@ pub struct Metrics {
     pub subscribers: IntGaugeVec,
     /// `unpoll_topics`: topics with a running poller.
     pub topics: IntGauge,
+    /// `unpoll_connections`: open downstream connections on the proxy listener.
+    pub connections: IntGauge,
     /// `unpoll_upstream_polls_total{route,outcome}`: outcome is `changed`, `unchanged`,
     /// `equivalent` (new bytes, same JSON), `not_modified`, `error_status`, `terminal_status`, `unreachable`, `timeout`, `too_large`.
     pub polls: IntCounterVec,
@@ -55,9 +57,12 @@ impl Metrics {
         };
         let topics = IntGauge::new("unpoll_topics", "Topics with a running poller").expect("valid metric");
         registry.register(Box::new(topics.clone())).expect("unique metric");
+        let connections = IntGauge::new("unpoll_connections", "Open downstream connections").expect("valid metric");
+        registry.register(Box::new(connections.clone())).expect("unique metric");
         Metrics {
             subscribers: gauge_vec("unpoll_subscribers", "Open subscriptions", &["route", "protocol"]),
             topics,
+            connections,
             polls: counter_vec("unpoll_upstream_polls_total", "Upstream polls by outcome", &["route", "outcome"]),
             polls_in_flight: gauge_vec("unpoll_upstream_polls_in_flight", "Upstream polls in flight", &["upstream"]),
             poll_waits: counter_vec(

@@ -5,6 +5,7 @@ use crate::admin::Admin;
 use crate::config::reload::Reloader;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::proxy::connections::Limited;
 use crate::proxy::routing::Runtime;
 use crate::proxy::Gateway;
 use crate::stream::hub::Hub;
@@ -77,8 +78,11 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
         };
         server.add_service(background_service("config reload", reloader));
     }
-    let gateway = Gateway { runtime, hub, metrics: metrics.clone(), shutdown: rx.clone() };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "unpoll proxy");
+    let gateway = Gateway { runtime: runtime.clone(), hub, metrics: metrics.clone(), shutdown: rx.clone() };
+    let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
+    http.handle_init_modules();
+    let limited = Limited::new(http, runtime, metrics.clone());
+    let mut proxy = Service::new("unpoll proxy".to_string(), limited);
     for addr in &config.server.listen {
         proxy.add_tcp(addr);
     }

@@ -187,3 +187,36 @@ async fn oversized_request_heads_get_431_and_the_next_request_works() {
     assert_eq!(ok.status, 200);
     assert_eq!(proxy.metric("unpoll_requests_rejected_total", &[("reason", "header_too_large")]).await, 1.0);
 }
+
+#[tokio::test]
+async fn connections_over_max_connections_get_503_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(up.addr, "  max_connections: 3\n", PLAIN).await;
+    // Three keep-alive connections, each having made a request and staying open.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        c.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(c);
+    }
+    assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 3.0 }).await);
+    // Read by its Content-Length, so a wrong length would cut the JSON short.
+    let refused =
+        RawConn::send(proxy.addr, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n").await.read_to_end(5 * SECOND).await;
+    assert_eq!((refused.status, refused.json()["error"].as_str()), (503, Some("too_many_connections")));
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    // A held connection keeps working: only new connections are refused.
+    held[0].write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = held[0].read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // Closing one frees its place.
+    drop(held.pop());
+    assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 2.0 }).await);
+    assert_eq!(http_get(proxy.addr, "/api/x").await.unwrap().status, 200);
+    assert_eq!(proxy.metric("unpoll_requests_rejected_total", &[("reason", "too_many_connections")]).await, 1.0);
+}

@@ -26,6 +26,8 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// `write_timeout`: a stream client that accepts no bytes for this long is dropped.
     pub write_timeout: Duration,
+    /// `max_connections`: open connections on the proxy listener (subscriptions included).
+    pub max_connections: usize,
     /// `max_subscribers`: open subscriptions, all routes together.
     pub max_subscribers: usize,
     /// `max_topics`: topics (shared polls), all routes together.
@@ -182,6 +184,7 @@ impl Default for ServerSettings {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             grace_period: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
             max_subscribers: 100_000,
             max_topics: 10_000,
             websocket_max_message: 64 * 1024,

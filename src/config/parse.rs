@@ -203,6 +203,7 @@ impl Walker {
                 "websocket_max_message",
                 "upgrade_sock",
                 "max_request_header",
+                "max_connections",
             ],
         )?;
         let mut s_limits = {
@@ -243,6 +244,12 @@ impl Walker {
                     ok &= checked.len() == list.len();
                     s.listen = checked;
                 }
+                None => ok = false,
+            }
+        }
+        if let Some(v) = m.get("max_connections") {
+            match self.count(v, &join(path, "max_connections"), 1, 10_000_000) {
+                Some(n) => s.max_connections = n,
                 None => ok = false,
             }
         }

@@ -1,6 +1,7 @@
 //! The pingora [`ProxyHttp`] implementation: decide and dispatch only. A request is either a
 //! subscription (served here, on the same port) or proxied unchanged to its route's upstream.
 
+pub mod connections;
 pub mod routing;
 pub mod subscribe;
 
