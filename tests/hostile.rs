@@ -220,3 +220,37 @@ async fn connections_over_max_connections_get_503_until_one_closes() {
     assert_eq!(http_get(proxy.addr, "/api/x").await.unwrap().status, 200);
     assert_eq!(proxy.metric("unpoll_requests_rejected_total", &[("reason", "too_many_connections")]).await, 1.0);
 }
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off_but_streams_outlive_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc());
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      heartbeat: 10s\n  - match: /api/*\n    upstream: app\n";
+    let proxy = Proxy::start_with(up.addr, "  header_timeout: 500ms\n", body).await;
+    // A client that sends its head one byte at a time, 100 ms apart.
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head = b"GET /api/x HTTP/1.1\r\nHost: h\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = tokio::time::Instant::now();
+    let mut cut_off = false;
+    for b in head {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(2 * SECOND, slow.read_to_end(&mut rest)).await;
+    assert!(cut_off || !rest.starts_with(b"HTTP/1.1 200"), "the slow head was served");
+    assert!(started.elapsed() < Duration::from_secs(4), "the connection was held {:?}", started.elapsed());
+    assert_eq!(up.count("/api/x"), 0);
+    // A stream stays open well past header_timeout: the deadline covers the head only.
+    let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    up.set_json("/doc", &json!({"v": 2, "pad": "p".repeat(100)}));
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "patch");
+    // Normal requests are unaffected.
+    assert_eq!(http_get(proxy.addr, "/api/x").await.unwrap().status, 200);
+}

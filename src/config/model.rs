@@ -34,6 +34,8 @@ pub struct ServerSettings {
     pub max_topics: usize,
     /// `websocket_max_message`: largest message (and frame) a WebSocket client may send.
     pub websocket_max_message: usize,
+    /// `header_timeout`: the longest a client may take to send a whole request head.
+    pub header_timeout: Duration,
     /// `max_request_header`: largest request head (request line and headers), in bytes.
     pub max_request_header: usize,
     /// `upgrade_sock`: the Unix socket over which a new process (`run --upgrade`) takes over
@@ -190,6 +192,7 @@ impl Default for ServerSettings {
             websocket_max_message: 64 * 1024,
             upgrade_sock: "/tmp/unpoll_upgrade.sock".into(),
             max_request_header: 16 * 1024,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }

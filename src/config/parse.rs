@@ -204,6 +204,7 @@ impl Walker {
                 "upgrade_sock",
                 "max_request_header",
                 "max_connections",
+                "header_timeout",
             ],
         )?;
         let mut s_limits = {
@@ -244,6 +245,12 @@ impl Walker {
                     ok &= checked.len() == list.len();
                     s.listen = checked;
                 }
+                None => ok = false,
+            }
+        }
+        if let Some(v) = m.get("header_timeout") {
+            match self.duration(v, &join(path, "header_timeout"), Duration::from_millis(100)) {
+                Some(d) => s.header_timeout = d,
                 None => ok = false,
             }
         }

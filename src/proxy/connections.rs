@@ -7,6 +7,7 @@
 //! a descriptor that closes and is reused at once.
 
 use crate::metrics::Metrics;
+use crate::proxy::head_deadline::HeadDeadline;
 use crate::proxy::routing::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -58,6 +59,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             let _ = stream.shutdown().await;
             return None;
         }
+        let stream = HeadDeadline::arm(stream, self.runtime.load().server.header_timeout);
         let reused = self.inner.process_new(stream, shutdown).await;
         if reused.is_none() {
             let mut open = self.open();

@@ -2,6 +2,7 @@
 //! subscription (served here, on the same port) or proxied unchanged to its route's upstream.
 
 pub mod connections;
+pub mod head_deadline;
 pub mod routing;
 pub mod subscribe;
 
