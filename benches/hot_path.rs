@@ -72,7 +72,6 @@ fn topic_key(c: &mut Criterion) {
         b.iter(|| {
             unpoll::poll::key::derive(
                 "/orders/{id}",
-                "legacy",
                 &settings,
                 "/orders/42",
                 Some("b=2&a=1&unpoll_format=snapshot"),

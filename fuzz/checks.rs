@@ -60,8 +60,7 @@ pub fn client_request(data: &[u8]) {
     }
     let settings = unpoll::config::StreamSettings::default();
     let _ = unpoll::proxy::subscribe::classify(&head, &settings);
-    let (_, poll, _) =
-        unpoll::poll::key::derive("/r", "u", &settings, head.uri.path(), head.uri.query(), &head.headers);
+    let (_, poll, _) = unpoll::poll::key::derive("/r", &settings, head.uri.path(), head.uri.query(), &head.headers);
     let query = poll.target.split_once('?').map_or("", |(_, q)| q);
     for param in query.split('&') {
         let name = param.split_once('=').map_or(param, |(n, _)| n);

@@ -207,3 +207,32 @@ async fn reloads_under_load_drop_no_stream_and_mix_no_configuration() {
     }
     assert_eq!(proxy.metric("unpoll_config_reloads_total", &[("result", "applied")]).await, 20.0);
 }
+
+#[tokio::test]
+async fn a_route_moved_to_another_upstream_keeps_its_subscribers() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    a.set_json("/doc", &doc(1));
+    b.set_json("/doc", &doc(2));
+    let config = |name: &str| {
+        format!(
+            "upstreams:\n  a:\n    servers: [\"{}\"]\n  b:\n    servers: [\"{}\"]\nroutes:\n  - match: /doc\n    upstream: {name}\n    stream:\n      interval: 100ms\n",
+            a.addr, b.addr
+        )
+    };
+    let proxy = Proxy::start(a.addr, &config("a")).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/doc", &["unpoll.merge-patch"], &[]).await.unwrap();
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().json(), doc(1));
+    assert_eq!(ws_event(&mut ws, 5 * SECOND).await["data"], doc(1));
+    proxy.write_config(a.addr, "", &config("b"));
+    // The same streams carry on: the next poll goes to b, whose document differs by a patch.
+    let patch = sse.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((patch.kind(), patch.json()), ("patch", json!([{"op": "replace", "path": "/v", "value": 2}])));
+    let ws_patch = ws_event(&mut ws, 5 * SECOND).await;
+    assert_eq!((ws_patch["event"].as_str(), ws_patch["data"].clone()), (Some("patch"), json!({"v": 2})));
+    let polled_a = a.count("/doc");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.count("/doc"), polled_a, "no more polls to the old upstream");
+    assert!(b.count("/doc") >= 3);
+    assert_eq!(proxy.metric("unpoll_topics", &[]).await, 1.0, "one topic, kept");
+}

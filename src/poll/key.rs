@@ -1,8 +1,9 @@
 //! TopicKey derivation: which subscribers may share one poll. Pure, no I/O.
 //!
 //! Two subscribers share a topic only when the upstream request made on their behalf would
-//! be byte-for-byte the same: same route, same upstream, same normalised target, and the
-//! same values of the `Host` header and of every `vary` header. The poller sends exactly
+//! be byte-for-byte the same: same route (which names one upstream), same normalised target,
+//! and the same values of the `Host` header and of every `vary` header. The upstream's name is
+//! not part of the key, so a reload that points a route at other servers keeps its topics. The poller sends exactly
 //! those headers and no others, so nothing outside the key can change the upstream's answer.
 
 use crate::config::{Share, StreamSettings, CREDENTIAL_HEADERS};
@@ -18,7 +19,6 @@ pub const RESERVED_PREFIX: &str = "unpoll_";
 pub struct TopicKey {
     /// The route's `match` pattern.
     pub route: String,
-    pub upstream: String,
     /// Normalised path and query, as sent upstream.
     pub target: String,
     /// SHA-256 over `Host` and the `vary` headers' names and values.
@@ -66,7 +66,6 @@ pub fn split_query(query: Option<&str>) -> (Option<String>, Reserved) {
 /// Derives the key and the upstream request of a subscription.
 pub fn derive(
     route: &str,
-    upstream: &str,
     settings: &StreamSettings,
     path: &str,
     query: Option<&str>,
@@ -98,12 +97,7 @@ pub fn derive(
             sent.push((HeaderName::from_bytes(name.as_bytes()).expect("validated header name"), v.clone()));
         }
     }
-    let key = TopicKey {
-        route: route.to_string(),
-        upstream: upstream.to_string(),
-        target: target.clone(),
-        headers_hash: hasher.finalize().into(),
-    };
+    let key = TopicKey { route: route.to_string(), target: target.clone(), headers_hash: hasher.finalize().into() };
     (key, PollRequest { target, headers: sent }, reserved)
 }
 
@@ -149,7 +143,7 @@ mod tests {
     }
 
     fn key(settings: &StreamSettings, query: Option<&str>, h: &[(&str, &str)]) -> (TopicKey, PollRequest) {
-        let (k, r, _) = derive("/orders/{id}", "legacy", settings, "/orders/1", query, &headers(h));
+        let (k, r, _) = derive("/orders/{id}", settings, "/orders/1", query, &headers(h));
         (k, r)
     }
 

@@ -111,8 +111,7 @@ impl Gateway {
         let write_timeout = server.write_timeout;
         let settings = route.stream.clone().expect("subscriptions exist only on stream routes");
         let req = session.req_header();
-        let (key, poll, _) =
-            key::derive(route.label(), &route.upstream.name, &settings, req.uri.path(), req.uri.query(), &req.headers);
+        let (key, poll, _) = key::derive(route.label(), &settings, req.uri.path(), req.uri.query(), &req.headers);
         let limits = Limits {
             subscribers: server.max_subscribers,
             topics: server.max_topics,

@@ -137,9 +137,9 @@ impl Hub {
     }
 
     /// Brings live topics in line with a reloaded configuration. A topic whose route is gone
-    /// is closed; so is one whose key would now be derived differently (another upstream,
-    /// `share` or `vary`), so that its subscribers resubscribe under the new rules. Every other
-    /// topic follows its new route (interval, servers, limits, diff options) as it is.
+    /// is closed; so is one whose sharing rules changed (`share` or `vary`), so that its
+    /// subscribers resubscribe under the new rules. Every other topic follows its new route
+    /// (upstream and its servers, interval, limits, diff options) without a disconnection.
     pub fn reconcile(&self, runtime: &Runtime) {
         let topics: Vec<Arc<Topic>> = self.topics().values().cloned().collect();
         for topic in topics {
@@ -152,7 +152,7 @@ impl Hub {
                 Some(_) => ErrorEvent::going_away(
                     503,
                     "route_changed",
-                    "the route's upstream or sharing rules changed; reconnect to resubscribe",
+                    "the route's sharing rules changed; reconnect to resubscribe",
                     "route changed",
                 ),
                 None => ErrorEvent::going_away(
@@ -177,11 +177,11 @@ impl Hub {
     }
 }
 
-/// Whether topics keyed under `old` may carry on under `new`: same upstream, and the same
-/// rules for which requests share a poll.
+/// Whether topics keyed under `old` may carry on under `new`: the same rules for which
+/// requests share a poll (and so which headers the poller sends).
 fn same_key(old: &Route, new: &Route) -> bool {
     match (&old.stream, &new.stream) {
-        (Some(a), Some(b)) => old.upstream.name == new.upstream.name && a.share == b.share && a.vary == b.vary,
+        (Some(a), Some(b)) => a.share == b.share && a.vary == b.vary,
         _ => false,
     }
 }
