@@ -14,7 +14,7 @@ async fn a_new_process_takes_over_on_sigquit_without_refusing_connections() {
     up.set_json("/doc", &json!({"v": 1, "pad": "p".repeat(100)}));
     let sock_dir = tempfile::tempdir().unwrap();
     let sock = sock_dir.path().join("upgrade.sock");
-    let server = format!("  grace_period: 1s\n  upgrade_sock: \"{}\"\n", sock.display());
+    let server = format!("  grace_period: 2s\n  upgrade_sock: \"{}\"\n", sock.display());
     let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      interval: 200ms\n  - match: /*\n    upstream: app\n";
     let mut old = Proxy::start_with(up.addr, &server, body).await;
     let old_pid = old.pid().to_string();

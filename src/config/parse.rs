@@ -288,7 +288,9 @@ impl Walker {
             }
         }
         if let Some(v) = m.get("grace_period") {
-            match self.duration(v, &join(path, "grace_period"), Duration::from_secs(1)) {
+            // Pingora gives streams `grace_period - 1s` to close before it cancels tasks: at
+            // least a second, so that every stream can end cleanly.
+            match self.duration(v, &join(path, "grace_period"), Duration::from_secs(2)) {
                 Some(d) => s.grace_period = d,
                 None => ok = false,
             }

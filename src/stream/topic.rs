@@ -51,7 +51,8 @@ struct State {
     history: VecDeque<Arc<Event>>,
     error: Option<Arc<ErrorEvent>>,
     error_code: Option<(u16, &'static str)>,
-    doc: Option<Value>,
+    /// The last JSON document, shared so that the poller can diff against it unlocked.
+    doc: Option<Arc<Value>>,
     last_body: Option<Bytes>,
     validators: Validators,
     idle_since: Option<Instant>,
@@ -209,49 +210,64 @@ impl Topic {
     }
 
     /// Applies one poll's outcome: diffs, publishes, and records errors.
+    ///
+    /// Only the topic's poller calls this, one poll at a time, so the document cannot change
+    /// between the steps below: the bytes are compared under the lock, the body is parsed and
+    /// diffed without it (a large document takes milliseconds, and subscribers joining or
+    /// resynchronising must not wait for that), and the result is published under it again.
     pub fn apply(&self, outcome: Outcome) -> Applied {
+        let (body, json, previous) = match outcome {
+            Outcome::Body { body, validators, json } => {
+                let mut state = self.state();
+                state.validators = validators;
+                if state.last_body.as_ref() == Some(&body) {
+                    return self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed);
+                }
+                let previous = state.doc.clone();
+                (body, json, previous)
+            }
+            other => return self.apply_status(other),
+        };
+        let doc = if json { serde_json::from_slice::<Value>(&body).ok().map(Arc::new) } else { None };
+        let change = match &doc {
+            Some(doc) => {
+                let options: DiffOptions = self.route().stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
+                delta(previous.as_deref(), doc, &options)
+            }
+            None => {
+                // Not JSON: sent whole, as a JSON string.
+                let text = Value::String(String::from_utf8_lossy(&body).into_owned());
+                let snapshot = Bytes::from(serde_json::to_vec(&text).expect("a string serialises"));
+                Some(Delta { snapshot, json_patch: None, merge_patch: None })
+            }
+        };
+        let mut state = self.state();
+        let state = &mut *state;
+        state.last_body = Some(body);
+        state.doc = doc;
+        let had_error = state.error.take().is_some();
+        state.error_code = None;
+        match change {
+            Some(delta) => {
+                let delta = if had_error { whole(delta) } else { delta };
+                self.publish(state, delta);
+                Applied::Changed
+            }
+            None if had_error => {
+                self.republish(state);
+                Applied::Changed
+            }
+            None => Applied::Equivalent,
+        }
+    }
+
+    /// Outcomes that carry no body: unchanged (304), failures and terminal statuses.
+    fn apply_status(&self, outcome: Outcome) -> Applied {
         let mut state = self.state();
         let state = &mut *state;
         match outcome {
             Outcome::Unchanged => self.recover(state).map_or(Applied::Unchanged, |_| Applied::Changed),
-            Outcome::Body { body, validators, json } => {
-                state.validators = validators;
-                if state.last_body.as_ref() == Some(&body) {
-                    return self.recover(state).map_or(Applied::Unchanged, |_| Applied::Changed);
-                }
-                let doc = if json { serde_json::from_slice::<Value>(&body).ok() } else { None };
-                state.last_body = Some(body.clone());
-                let change = match doc {
-                    Some(doc) => {
-                        let options: DiffOptions =
-                            self.route().stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
-                        let d = delta(state.doc.as_ref(), &doc, &options);
-                        state.doc = Some(doc);
-                        d
-                    }
-                    None => {
-                        // Not JSON: sent whole, as a JSON string.
-                        let text = Value::String(String::from_utf8_lossy(&body).into_owned());
-                        let snapshot = Bytes::from(serde_json::to_vec(&text).expect("a string serialises"));
-                        state.doc = None;
-                        Some(Delta { snapshot, json_patch: None, merge_patch: None })
-                    }
-                };
-                let had_error = state.error.take().is_some();
-                state.error_code = None;
-                match change {
-                    Some(delta) => {
-                        let delta = if had_error { whole(delta) } else { delta };
-                        self.publish(state, delta);
-                        Applied::Changed
-                    }
-                    None if had_error => {
-                        self.republish(state);
-                        Applied::Changed
-                    }
-                    None => Applied::Equivalent,
-                }
-            }
+            Outcome::Body { .. } => unreachable!("bodies are applied by `apply`"),
             Outcome::Failed { status, error, message } => {
                 if state.error_code != Some((status, error)) {
                     let e = Arc::new(ErrorEvent::new(status, error, &message, false));
