@@ -51,7 +51,8 @@ impl ProxyHttp for Gateway {
     /// Routes the request; serves subscriptions and unrouted requests here (`Ok(true)`),
     /// and lets everything else go upstream (`Ok(false)`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        let runtime = self.runtime.load();
+        // An owned reference, not a guard: it is held across the awaits below.
+        let runtime = self.runtime.load_full();
         let head = head_size(session.req_header());
         if head > runtime.server.max_request_header {
             self.metrics.rejected.with_label_values(&["header_too_large"]).inc();
