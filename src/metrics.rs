@@ -31,7 +31,8 @@ pub struct Metrics {
     /// `unpoll_subscribers_dropped_total{route,reason}`: reason is `ping_timeout`,
     /// `write_timeout`, `write_error`, `protocol_error`.
     pub dropped: IntCounterVec,
-    /// `unpoll_requests_rejected_total{reason}`: subscription requests refused with a 4xx.
+    /// `unpoll_requests_rejected_total{reason}`: requests and connections the proxy refused (bad
+    /// subscriptions, oversized heads, limits); reason is the error name clients see.
     pub rejected: IntCounterVec,
     /// `unpoll_config_reloads_total{result}`: result is `applied`, `invalid` (the file has
     /// problems) or `rejected` (a change that needs a restart).
@@ -86,7 +87,7 @@ impl Metrics {
                 "Subscribers disconnected by the proxy",
                 &["route", "reason"],
             ),
-            rejected: counter_vec("unpoll_requests_rejected_total", "Subscription requests refused", &["reason"]),
+            rejected: counter_vec("unpoll_requests_rejected_total", "Requests and connections refused", &["reason"]),
             reloads: counter_vec("unpoll_config_reloads_total", "Configuration reloads by result", &["result"]),
             generation: {
                 let g = IntGauge::new("unpoll_config_generation", "Configuration generation in force")

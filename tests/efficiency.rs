@@ -13,10 +13,6 @@ fn config(upstream_extra: &str, stream_extra: &str) -> String {
     )
 }
 
-fn doc(v: u32) -> serde_json::Value {
-    json!({"v": v, "pad": "p".repeat(100)})
-}
-
 #[tokio::test]
 async fn polls_are_conditional_on_last_modified() {
     let up = Upstream::start().await;

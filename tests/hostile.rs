@@ -9,15 +9,11 @@ use std::time::Duration;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-fn doc() -> serde_json::Value {
-    json!({"v": 1, "pad": "p".repeat(100)})
-}
-
 #[tokio::test]
 async fn subscription_limits_refuse_with_503_and_count() {
     let up = Upstream::start().await;
     for path in ["/t/1", "/t/2", "/t/3"] {
-        up.set_json(path, &doc());
+        up.set_json(path, &doc(1));
     }
     let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /t/{id}\n    upstream: app\n    stream:\n      max_subscribers: 2\n";
     let proxy = Proxy::start_with(up.addr, "  max_subscribers: 4\n  max_topics: 2\n", body).await;
@@ -56,7 +52,7 @@ async fn subscription_limits_refuse_with_503_and_count() {
 #[tokio::test]
 async fn origins_outside_the_allowlist_cannot_subscribe() {
     let up = Upstream::start().await;
-    up.set_json("/doc", &doc());
+    up.set_json("/doc", &doc(1));
     let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      origins: [\"https://app.example\"]\n      allow_missing_origin: false\n";
     let proxy = Proxy::start(up.addr, body).await;
     match ws_connect(proxy.addr, "/doc", &[], &[("origin", "https://evil.example")]).await {
@@ -79,7 +75,7 @@ async fn origins_outside_the_allowlist_cannot_subscribe() {
 #[tokio::test]
 async fn oversized_websocket_messages_are_closed_with_1009() {
     let up = Upstream::start().await;
-    up.set_json("/doc", &doc());
+    up.set_json("/doc", &doc(1));
     let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n";
     let proxy = Proxy::start_with(up.addr, "  websocket_max_message: 1024\n", body).await;
     let (mut ws, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
@@ -225,7 +221,7 @@ async fn connections_over_max_connections_get_503_until_one_closes() {
 async fn slow_request_heads_are_cut_off_but_streams_outlive_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
-    up.set_json("/doc", &doc());
+    up.set_json("/doc", &doc(1));
     let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      heartbeat: 10s\n  - match: /api/*\n    upstream: app\n";
     let proxy = Proxy::start_with(up.addr, "  header_timeout: 500ms\n", body).await;
     // A client that sends its head one byte at a time, 100 ms apart.

@@ -7,10 +7,6 @@ use serde_json::json;
 use std::time::Duration;
 use support::*;
 
-fn doc(v: u32) -> serde_json::Value {
-    json!({"v": v, "pad": "p".repeat(100)})
-}
-
 const BASE: &str = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      interval: 1s\n";
 
 async fn generation(proxy: &Proxy) -> f64 {

@@ -12,10 +12,6 @@ fn config(stream_extra: &str) -> String {
     )
 }
 
-fn doc(v: u32) -> serde_json::Value {
-    json!({"v": v, "pad": "p".repeat(100)})
-}
-
 #[tokio::test]
 async fn last_event_id_resumes_with_only_what_was_missed() {
     let up = Upstream::start().await;

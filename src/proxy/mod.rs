@@ -167,7 +167,7 @@ impl Gateway {
 
 /// The size of a request head as sent: request line and `name: value` lines.
 fn head_size(req: &pingora::http::RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
     line + req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + 2
 }
 

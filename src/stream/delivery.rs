@@ -91,7 +91,10 @@ impl Delivery {
             return self.resync();
         }
         match self.sub.rx.recv().await {
-            Ok(msg) => self.encode_all(vec![msg]),
+            Ok(msg) => {
+                let (bytes, end, going_away) = self.encode(&msg);
+                next(bytes, end, going_away)
+            }
             Err(RecvError::Lagged(_)) => {
                 self.lagged_events.inc();
                 self.resync()
@@ -114,42 +117,50 @@ impl Delivery {
         }
     }
 
+    /// Several messages (a subscriber's start, a resynchronisation) in one buffer.
     fn encode_all(&mut self, msgs: Vec<Msg>) -> Next {
+        if let [msg] = msgs.as_slice() {
+            let (bytes, end, going_away) = self.encode(msg);
+            return next(bytes, end, going_away);
+        }
         let mut out = BytesMut::new();
-        let mut single = None;
-        let mut end = false;
-        let mut going_away = None;
+        let (mut end, mut going_away) = (false, None);
         for msg in &msgs {
-            let (bytes, kind) = match msg {
-                Msg::Event(e) => {
-                    self.delivered = e.offsets[self.format.index()];
-                    e.frame(self.protocol, self.format)
-                }
-                Msg::Snapshot(e) => {
-                    self.delivered = e.offsets[self.format.index()];
-                    e.frame(self.protocol, Format::Snapshot)
-                }
-                Msg::Error(e) => {
-                    end |= e.terminal;
-                    going_away = going_away.or(e.going_away);
-                    (e.frame(self.protocol), Kind::Error)
-                }
-            };
-            self.events[kind as usize].inc();
-            self.bytes.inc_by(bytes.len() as u64);
-            if msgs.len() == 1 {
-                single = Some(bytes);
-            } else {
-                out.extend_from_slice(&bytes);
+            let (bytes, terminal, away) = self.encode(msg);
+            out.extend_from_slice(&bytes);
+            end |= terminal;
+            going_away = going_away.or(away);
+        }
+        next(out.freeze(), end, going_away)
+    }
+
+    /// The wire bytes of one message: the event's shared encoding, no copy per subscriber.
+    /// Also whether the stream ends after it, and why if the proxy is going away.
+    fn encode(&mut self, msg: &Msg) -> (Bytes, bool, Option<&'static str>) {
+        let (bytes, kind, end, going_away) = match msg {
+            Msg::Event(e) => {
+                self.delivered = e.offsets[self.format.index()];
+                let (bytes, kind) = e.frame(self.protocol, self.format);
+                (bytes, kind, false, None)
             }
-        }
-        // A single message keeps its shared allocation: no copy per subscriber.
-        let bytes = single.unwrap_or_else(|| out.freeze());
-        if end {
-            Next::End(bytes, going_away)
-        } else {
-            Next::Write(bytes)
-        }
+            Msg::Snapshot(e) => {
+                self.delivered = e.offsets[self.format.index()];
+                let (bytes, kind) = e.frame(self.protocol, Format::Snapshot);
+                (bytes, kind, false, None)
+            }
+            Msg::Error(e) => (e.frame(self.protocol), Kind::Error, e.terminal, e.going_away),
+        };
+        self.events[kind as usize].inc();
+        self.bytes.inc_by(bytes.len() as u64);
+        (bytes, end, going_away)
+    }
+}
+
+fn next(bytes: Bytes, end: bool, going_away: Option<&'static str>) -> Next {
+    if end {
+        Next::End(bytes, going_away)
+    } else {
+        Next::Write(bytes)
     }
 }
 

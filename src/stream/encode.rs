@@ -46,10 +46,8 @@ pub fn sse_event(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
 /// The SSE comment sent as a heartbeat.
 pub const SSE_KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
-/// The first bytes of every SSE stream: the client's reconnection delay.
-pub fn sse_preamble(retry_ms: u64) -> Bytes {
-    Bytes::from(format!("retry: {retry_ms}\n\n"))
-}
+/// The first bytes of every SSE stream: the client's reconnection delay (2 s).
+pub const SSE_PREAMBLE: &[u8] = b"retry: 2000\n\n";
 
 /// The JSON text of a WebSocket event message: `{"event":…,"id":…,"data":…}`.
 /// `data` must already be valid JSON.

@@ -86,6 +86,9 @@ impl Event {
 /// An `error` event. Errors carry no id: they are not part of the document's history.
 #[derive(Debug)]
 pub struct ErrorEvent {
+    /// The `status` and `error` fields, to tell one failure from another.
+    pub status: u16,
+    pub error: String,
     /// True when the stream ends after this event (401, 403, 404, 410, route gone).
     pub terminal: bool,
     /// Set when the proxy ends the stream for its own reasons (the route was removed or
@@ -101,6 +104,8 @@ impl ErrorEvent {
         let data = json!({"status": status, "error": error, "message": message, "retrying": !terminal});
         let data = serde_json::to_vec(&data).expect("a Value always serialises");
         ErrorEvent {
+            status,
+            error: error.to_string(),
             terminal,
             going_away: None,
             sse: encode(Protocol::Sse, None, "error", &data),

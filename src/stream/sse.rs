@@ -1,15 +1,12 @@
 //! Server-Sent Events: a chunked `text/event-stream` response held open on the session.
 
 use super::delivery::{Delivery, Next};
-use super::encode::{sse_preamble, SSE_KEEPALIVE};
+use super::encode::{SSE_KEEPALIVE, SSE_PREAMBLE};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession as Session;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// The reconnection delay clients are told in the `retry:` field.
-pub const RETRY_MS: u64 = 2000;
 
 /// Serves one SSE subscriber until the topic ends, the client leaves, or shutdown.
 pub async fn serve(
@@ -28,39 +25,37 @@ pub async fn serve(
     session.set_read_timeout(None);
     session.set_write_timeout(Some(write_timeout));
     session.write_response_header(Box::new(resp)).await?;
-    session.write_response_body(sse_preamble(RETRY_MS), false).await?;
-    let ended;
-    match delivery.initial() {
+    session.write_response_body(Bytes::from_static(SSE_PREAMBLE), false).await?;
+    let ended = match delivery.initial() {
         Next::Write(b) => {
             if !b.is_empty() {
                 session.write_response_body(b, false).await?;
             }
-            ended = false;
+            false
         }
         Next::End(b, _) => {
             session.write_response_body(b, false).await?;
-            ended = true;
+            true
         }
-        Next::Closed => ended = true,
-    }
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    if ended {
-        return session.write_response_body(Bytes::new(), true).await;
-    }
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            next = delivery.next() => match next {
-                Next::Write(b) => session.write_response_body(b, false).await?,
-                Next::End(b, _) => {
-                    session.write_response_body(b, false).await?;
-                    break;
-                }
-                Next::Closed => break,
-            },
-            _ = tick.tick() => session.write_response_body(Bytes::from_static(SSE_KEEPALIVE), false).await?,
-            // The client sends nothing on an SSE stream: any read result means it left.
-            _ = session.read_body_or_idle(true) => return Ok(()),
+        Next::Closed => true,
+    };
+    if !ended {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                next = delivery.next() => match next {
+                    Next::Write(b) => session.write_response_body(b, false).await?,
+                    Next::End(b, _) => {
+                        session.write_response_body(b, false).await?;
+                        break;
+                    }
+                    Next::Closed => break,
+                },
+                _ = tick.tick() => session.write_response_body(Bytes::from_static(SSE_KEEPALIVE), false).await?,
+                // The client sends nothing on an SSE stream: any read result means it left.
+                _ = session.read_body_or_idle(true) => return Ok(()),
+            }
         }
     }
     session.write_response_body(Bytes::new(), true).await

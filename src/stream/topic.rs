@@ -50,7 +50,6 @@ struct State {
     current: Option<Arc<Event>>,
     history: VecDeque<Arc<Event>>,
     error: Option<Arc<ErrorEvent>>,
-    error_code: Option<(u16, &'static str)>,
     /// The last JSON document, shared so that the poller can diff against it unlocked.
     doc: Option<Arc<Value>>,
     last_body: Option<Bytes>,
@@ -209,24 +208,47 @@ impl Topic {
         (initial, rx)
     }
 
-    /// Applies one poll's outcome: diffs, publishes, and records errors.
-    ///
-    /// Only the topic's poller calls this, one poll at a time, so the document cannot change
-    /// between the steps below: the bytes are compared under the lock, the body is parsed and
-    /// diffed without it (a large document takes milliseconds, and subscribers joining or
-    /// resynchronising must not wait for that), and the result is published under it again.
+    /// Applies one poll's outcome: diffs, publishes, and records errors. Only the topic's
+    /// poller calls this, one poll at a time.
     pub fn apply(&self, outcome: Outcome) -> Applied {
-        let (body, json, previous) = match outcome {
-            Outcome::Body { body, validators, json } => {
+        match outcome {
+            Outcome::Body { body, validators, json } => self.apply_body(body, validators, json),
+            Outcome::Unchanged => {
                 let mut state = self.state();
-                state.validators = validators;
-                if state.last_body.as_ref() == Some(&body) {
-                    return self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed);
-                }
-                let previous = state.doc.clone();
-                (body, json, previous)
+                self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed)
             }
-            other => return self.apply_status(other),
+            Outcome::Failed { status, error, message } => {
+                let mut state = self.state();
+                // The same failure again is not repeated to subscribers.
+                if !state.error.as_ref().is_some_and(|e| e.status == status && e.error == error) {
+                    let e = Arc::new(ErrorEvent::new(status, error, &message, false));
+                    state.error = Some(e.clone());
+                    let _ = self.tx.send(Msg::Error(e));
+                }
+                Applied::Failed
+            }
+            Outcome::Terminal { status, error } => {
+                let message = format!("the upstream answered {status}; the stream ends");
+                let e = Arc::new(ErrorEvent::new(status, error, &message, true));
+                self.state().error = Some(e.clone());
+                let _ = self.tx.send(Msg::Error(e));
+                Applied::Terminal
+            }
+        }
+    }
+
+    /// The document cannot change between the steps below (one poller): the bytes are
+    /// compared under the lock, the body is parsed and diffed without it (a large document
+    /// takes milliseconds, and subscribers joining or resynchronising must not wait for that),
+    /// and the result is published under it again.
+    fn apply_body(&self, body: Bytes, validators: Validators, json: bool) -> Applied {
+        let previous = {
+            let mut state = self.state();
+            state.validators = validators;
+            if state.last_body.as_ref() == Some(&body) {
+                return self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed);
+            }
+            state.doc.clone()
         };
         let doc = if json { serde_json::from_slice::<Value>(&body).ok().map(Arc::new) } else { None };
         let change = match &doc {
@@ -246,7 +268,6 @@ impl Topic {
         state.last_body = Some(body);
         state.doc = doc;
         let had_error = state.error.take().is_some();
-        state.error_code = None;
         match change {
             Some(delta) => {
                 let delta = if had_error { whole(delta) } else { delta };
@@ -261,36 +282,9 @@ impl Topic {
         }
     }
 
-    /// Outcomes that carry no body: unchanged (304), failures and terminal statuses.
-    fn apply_status(&self, outcome: Outcome) -> Applied {
-        let mut state = self.state();
-        let state = &mut *state;
-        match outcome {
-            Outcome::Unchanged => self.recover(state).map_or(Applied::Unchanged, |_| Applied::Changed),
-            Outcome::Body { .. } => unreachable!("bodies are applied by `apply`"),
-            Outcome::Failed { status, error, message } => {
-                if state.error_code != Some((status, error)) {
-                    let e = Arc::new(ErrorEvent::new(status, error, &message, false));
-                    state.error = Some(e.clone());
-                    state.error_code = Some((status, error));
-                    let _ = self.tx.send(Msg::Error(e));
-                }
-                Applied::Failed
-            }
-            Outcome::Terminal { status, error } => {
-                let message = format!("the upstream answered {status}; the stream ends");
-                let e = Arc::new(ErrorEvent::new(status, error, &message, true));
-                state.error = Some(e.clone());
-                let _ = self.tx.send(Msg::Error(e));
-                Applied::Terminal
-            }
-        }
-    }
-
     /// After an error, the first good poll sends the whole document, even if it did not change.
     fn recover(&self, state: &mut State) -> Option<()> {
         state.error.take()?;
-        state.error_code = None;
         self.republish(state);
         Some(())
     }

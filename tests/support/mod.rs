@@ -15,6 +15,12 @@ use std::time::Duration;
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
+/// Version `v` of a small document, padded so that a one-field change goes out as a patch
+/// (well under `max_patch_ratio` of the snapshot).
+pub fn doc(v: u32) -> Value {
+    serde_json::json!({"v": v, "pad": "p".repeat(100)})
+}
+
 /// The value of a sample in Prometheus text, matched by name and labels.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
