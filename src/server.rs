@@ -11,6 +11,7 @@ use crate::proxy::Gateway;
 use crate::stream::hub::Hub;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -84,7 +85,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     let limited = Limited::new(http, runtime, metrics.clone());
     let mut proxy = Service::new("unpoll proxy".to_string(), limited);
     for addr in &config.server.listen {
-        proxy.add_tcp(addr);
+        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, 1460)));
     }
     server.add_service(proxy);
     if let Some(addr) = &config.server.admin {

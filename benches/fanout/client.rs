@@ -1,0 +1,661 @@
+//! The subscribers: N raw-TCP SSE or WebSocket clients on one thread, each reading every
+//! event, checking its order and recording its latency.
+//!
+//! The clients are deliberately lean (no TLS, no per-message JSON parse: the two numbers a
+//! delivery needs are found by scanning) so that the load tool's own CPU stays small next to
+//! the server's on a shared machine; the report prints it.
+
+use crate::procstat;
+use crate::upstream::{find, now_us};
+use hdrhistogram::Histogram;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The stream's URL, e.g. http://127.0.0.1:8080/doc
+    #[arg(long)]
+    url: String,
+    /// Number of subscribers (at most about 18,000: one process may open 20,000 files).
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    #[arg(long, value_enum, default_value = "sse")]
+    protocol: Protocol,
+    /// The server: `unpoll` (order is checked by the version in event ids) or `nchan` (by
+    /// the document's `seq`, since every change is published).
+    #[arg(long, value_enum, default_value = "unpoll")]
+    server: Server,
+    /// unpoll's format: json-patch, merge-patch or snapshot (query parameter or subprotocol).
+    #[arg(long)]
+    format: Option<String>,
+    /// Seconds after everyone has subscribed before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// The server's poll interval (or the publish period), in seconds: GETs are reported per interval.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// The bench upstream's /stats URL, to count its GETs during the measurement.
+    #[arg(long)]
+    upstream_stats: Option<String>,
+    /// The server's process ids, for CPU (/proc/PID/task/*/schedstat) and memory (Pss).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Subscriptions in progress at once while connecting.
+    #[arg(long, default_value_t = 1000)]
+    connect_concurrency: usize,
+    /// Seconds to wait for all N to be subscribed.
+    #[arg(long, default_value_t = 30.0)]
+    subscribe_timeout: f64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Protocol {
+    Sse,
+    Ws,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Server {
+    Unpoll,
+    Nchan,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    Subscribing,
+    Warmup,
+    Measuring,
+    Draining,
+}
+
+/// Everything the subscribers share (they all run on this one thread).
+struct Shared {
+    args: Args,
+    phase: Cell<Phase>,
+    started: Instant,
+    subscribed: Cell<usize>,
+    all_subscribed: Cell<Option<Duration>>,
+    /// Each subscriber's last sequence number (0: nothing yet).
+    last: RefCell<Vec<u64>>,
+    alive: RefCell<Vec<bool>>,
+    newest: Cell<u64>,
+    failures: RefCell<BTreeMap<String, usize>>,
+    ended: Cell<usize>,
+    hist: RefCell<Histogram<u64>>,
+    deliveries: Cell<u64>,
+    bytes: Cell<u64>,
+    lost: Cell<u64>,
+    out_of_order: Cell<u64>,
+    unstamped: Cell<u64>,
+    error_events: Cell<u64>,
+    gate: tokio::sync::Semaphore,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    let report = local.block_on(&rt, subscribe(args))?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn subscribe(args: Args) -> anyhow::Result<String> {
+    let target = Target::parse(&args)?;
+    let n = args.n;
+    let shared = Rc::new(Shared {
+        phase: Cell::new(Phase::Subscribing),
+        started: Instant::now(),
+        subscribed: Cell::new(0),
+        all_subscribed: Cell::new(None),
+        last: RefCell::new(vec![0; n]),
+        alive: RefCell::new(vec![true; n]),
+        newest: Cell::new(0),
+        failures: RefCell::new(BTreeMap::new()),
+        ended: Cell::new(0),
+        hist: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        deliveries: Cell::new(0),
+        bytes: Cell::new(0),
+        lost: Cell::new(0),
+        out_of_order: Cell::new(0),
+        unstamped: Cell::new(0),
+        error_events: Cell::new(0),
+        gate: tokio::sync::Semaphore::new(args.connect_concurrency.max(1)),
+        args: args.clone(),
+    });
+    let base_mem = procstat::pss_kib(&args.pids);
+    let base_cpu = procstat::cpu_seconds(&args.pids);
+    let request = Rc::new(target.request(&args));
+    let started = Instant::now();
+    for id in 0..n {
+        let shared = shared.clone();
+        let target = target.clone();
+        let request = request.clone();
+        tokio::task::spawn_local(async move {
+            let permit = shared.gate.acquire().await.expect("never closed");
+            let result = subscriber(id, &target, &request, &shared, permit).await;
+            shared.alive.borrow_mut()[id] = false;
+            if shared.last.borrow()[id] == 0 {
+                // Never subscribed: a failure to connect or an answer other than a stream.
+                let reason = result.err().unwrap_or_else(|| "closed before the first event".into());
+                *shared.failures.borrow_mut().entry(reason).or_default() += 1;
+            } else {
+                shared.ended.set(shared.ended.get() + 1);
+            }
+        });
+    }
+    let deadline = started + Duration::from_secs_f64(args.subscribe_timeout);
+    while shared.subscribed.get() + shared.failures.borrow().values().sum::<usize>() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let subscribe_time = shared.all_subscribed.get();
+    let subscribe_cpu = procstat::cpu_seconds(&args.pids) - base_cpu;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let subscribed_mem = procstat::pss_kib(&args.pids);
+
+    shared.phase.set(Phase::Warmup);
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+
+    let stats0 = upstream_stats(&args).await;
+    let cpu0 = procstat::cpu_seconds(&args.pids);
+    let self0 = procstat::cpu_seconds(&[]);
+    let t0 = Instant::now();
+    shared.phase.set(Phase::Measuring);
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    shared.phase.set(Phase::Draining);
+    let window = t0.elapsed().as_secs_f64();
+    let cpu1 = procstat::cpu_seconds(&args.pids);
+    let self1 = procstat::cpu_seconds(&[]);
+    let stats1 = upstream_stats(&args).await;
+    let peak_mem = procstat::pss_kib(&args.pids);
+
+    // Let the last event reach everyone, then count who is behind.
+    let newest = shared.newest.get();
+    let drain_until = Instant::now() + Duration::from_secs_f64(args.interval * 2.0 + 1.0);
+    let behind = loop {
+        let last = shared.last.borrow();
+        let alive = shared.alive.borrow();
+        let behind = (0..n).filter(|&i| alive[i] && last[i] > 0 && last[i] < newest).count();
+        drop((last, alive));
+        if behind == 0 || Instant::now() >= drain_until {
+            break behind;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let hist = shared.hist.borrow();
+    let deliveries = shared.deliveries.get();
+    let cpu = cpu1 - cpu0;
+    let gets = match (stats0, stats1) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let intervals = window / args.interval;
+    let per_sub_kib = |mem: Option<f64>| match (mem, base_mem) {
+        (Some(m), Some(b)) if shared.subscribed.get() > 0 => Some((m - b) / shared.subscribed.get() as f64),
+        _ => None,
+    };
+    let q = |p: f64| if hist.is_empty() { None } else { Some(hist.value_at_quantile(p) as f64 / 1000.0) };
+    let report = serde_json::json!({
+        "server": format!("{:?}", args.server).to_lowercase(),
+        "protocol": format!("{:?}", args.protocol).to_lowercase(),
+        "format": args.format,
+        "subscribers": n,
+        "subscribed": shared.subscribed.get(),
+        "failed": shared.failures.borrow().clone(),
+        "subscribe_s": subscribe_time.map(|d| d.as_secs_f64()),
+        "subscribe_cpu_s": subscribe_cpu,
+        "window_s": window,
+        "deliveries": deliveries,
+        "deliveries_per_s": deliveries as f64 / window,
+        "delivered_bytes": shared.bytes.get(),
+        "latency_ms": {
+            "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+            "max": if hist.is_empty() { None } else { Some(hist.max() as f64 / 1000.0) },
+            "count": hist.len(),
+        },
+        "lost": shared.lost.get(),
+        "out_of_order": shared.out_of_order.get(),
+        "unstamped": shared.unstamped.get(),
+        "error_events": shared.error_events.get(),
+        "ended_early": shared.ended.get(),
+        "behind_at_end": behind,
+        "newest_seq": newest,
+        "upstream_gets": gets,
+        "upstream_gets_per_interval": gets.map(|g| g as f64 / intervals),
+        "server_cpu_s": if args.pids.is_empty() { None } else { Some(cpu) },
+        "server_cpu_us_per_delivery": if args.pids.is_empty() || deliveries == 0 { None } else { Some(cpu * 1e6 / deliveries as f64) },
+        "server_cpu_share": if args.pids.is_empty() { None } else { Some(cpu / window) },
+        "server_mem_base_kib": base_mem,
+        "server_mem_kib_per_subscriber": per_sub_kib(subscribed_mem),
+        "server_mem_kib_per_subscriber_end": per_sub_kib(peak_mem),
+        "load_tool_cpu_s": self1 - self0,
+        "load_tool_cpu_share": (self1 - self0) / window,
+    });
+    if args.json {
+        return Ok(report.to_string());
+    }
+    Ok(human(&report))
+}
+
+fn human(r: &serde_json::Value) -> String {
+    let f = |v: &serde_json::Value, digits: usize| match v.as_f64() {
+        Some(x) => format!("{x:.digits$}"),
+        None => "-".into(),
+    };
+    let l = &r["latency_ms"];
+    format!(
+        "{} {} {}: {} of {} subscribed in {} s (failed: {})\n\
+         window {} s: {} deliveries ({}/s), lost {}, out of order {}, behind at end {}, ended early {}, error events {}\n\
+         latency ms: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n\
+         upstream GETs per interval: {}\n\
+         server CPU: {} µs per delivery ({} of a core); memory: {} KiB per subscriber after subscribing, {} at the end\n\
+         load tool CPU: {} of a core",
+        r["server"].as_str().unwrap_or(""),
+        r["protocol"].as_str().unwrap_or(""),
+        r["format"].as_str().unwrap_or("default format"),
+        r["subscribed"],
+        r["subscribers"],
+        f(&r["subscribe_s"], 3),
+        r["failed"],
+        f(&r["window_s"], 1),
+        r["deliveries"],
+        f(&r["deliveries_per_s"], 0),
+        r["lost"],
+        r["out_of_order"],
+        r["behind_at_end"],
+        r["ended_early"],
+        r["error_events"],
+        f(&l["p50"], 2),
+        f(&l["p90"], 2),
+        f(&l["p99"], 2),
+        f(&l["p999"], 2),
+        f(&l["max"], 2),
+        f(&r["upstream_gets_per_interval"], 2),
+        f(&r["server_cpu_us_per_delivery"], 2),
+        f(&r["server_cpu_share"], 3),
+        f(&r["server_mem_kib_per_subscriber"], 2),
+        f(&r["server_mem_kib_per_subscriber_end"], 2),
+        f(&r["load_tool_cpu_share"], 3),
+    )
+}
+
+/// The GET count from the bench upstream's /stats.
+async fn upstream_stats(args: &Args) -> Option<u64> {
+    let url = args.upstream_stats.as_deref()?;
+    let (addr, path) = split_url(url).ok()?;
+    let mut s = TcpStream::connect(&addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await.ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let json: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
+    json["gets"].as_u64()
+}
+
+fn split_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs: {url}"))?;
+    Ok(match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    })
+}
+
+#[derive(Clone)]
+struct Target {
+    addr: String,
+    path: String,
+    protocol: Protocol,
+    server: Server,
+}
+
+impl Target {
+    fn parse(args: &Args) -> anyhow::Result<Target> {
+        let (addr, mut path) = split_url(&args.url)?;
+        if let (Some(format), Protocol::Sse) = (&args.format, args.protocol) {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str("unpoll_format=");
+            path.push_str(format);
+        }
+        Ok(Target { addr, path, protocol: args.protocol, server: args.server })
+    }
+
+    fn request(&self, args: &Args) -> Vec<u8> {
+        let mut req = format!("GET {} HTTP/1.1\r\nhost: {}\r\n", self.path, self.addr);
+        match self.protocol {
+            Protocol::Sse => req.push_str("accept: text/event-stream\r\n"),
+            Protocol::Ws => {
+                req.push_str("upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\n");
+                req.push_str("sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+                if let Some(format) = &args.format {
+                    req.push_str(&format!("sec-websocket-protocol: unpoll.{format}\r\n"));
+                }
+            }
+        }
+        req.push_str("\r\n");
+        req.into_bytes()
+    }
+}
+
+/// One subscriber from connect to the end of its stream. Errors are short reasons, counted
+/// by kind in the report.
+async fn subscriber(
+    id: usize,
+    target: &Target,
+    request: &[u8],
+    shared: &Shared,
+    permit: tokio::sync::SemaphorePermit<'_>,
+) -> Result<(), String> {
+    let mut permit = Some(permit);
+    let mut s = TcpStream::connect(&target.addr).await.map_err(|e| format!("connect: {}", e.kind()))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.write_all(request).await.map_err(|e| format!("write: {}", e.kind()))?;
+    let mut buf = Vec::with_capacity(2048);
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if read_more(&mut s, &mut buf).await? == 0 {
+            return Err("closed before the response head".into());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap_or("?").to_string();
+    let expected = if target.protocol == Protocol::Ws { "101" } else { "200" };
+    if status != expected {
+        return Err(format!("status {status}"));
+    }
+    let chunked = head.contains("transfer-encoding: chunked");
+    buf.drain(..head_end);
+    let mut decoded = Vec::with_capacity(2048);
+    let mut chunk_state = Chunked::Size;
+    let mut frag: Vec<u8> = Vec::new();
+    loop {
+        let before = shared.last.borrow()[id];
+        match target.protocol {
+            Protocol::Sse => {
+                let data = if chunked {
+                    dechunk(&mut buf, &mut decoded, &mut chunk_state)?;
+                    &mut decoded
+                } else {
+                    &mut buf
+                };
+                sse_events(id, data, target.server, shared);
+            }
+            Protocol::Ws => {
+                if ws_frames(id, &mut buf, &mut frag, target.server, shared, &mut s).await? {
+                    return Ok(());
+                }
+            }
+        }
+        if before == 0 && shared.last.borrow()[id] > 0 {
+            permit.take();
+        }
+        if read_more(&mut s, &mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, String> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    s.read_buf(buf).await.map_err(|e| format!("read: {}", e.kind()))
+}
+
+enum Chunked {
+    Size,
+    Data(usize),
+    DataEnd,
+    Done,
+}
+
+/// Moves the payload of complete chunk pieces from `raw` to `out`.
+fn dechunk(raw: &mut Vec<u8>, out: &mut Vec<u8>, state: &mut Chunked) -> Result<(), String> {
+    let mut pos = 0;
+    loop {
+        match *state {
+            Chunked::Size => {
+                let Some(i) = find(&raw[pos..], b"\r\n") else { break };
+                let line = std::str::from_utf8(&raw[pos..pos + i]).map_err(|_| "bad chunk size")?;
+                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| format!("bad chunk size {line:?}"))?;
+                pos += i + 2;
+                *state = if size == 0 { Chunked::Done } else { Chunked::Data(size) };
+            }
+            Chunked::Data(left) => {
+                let take = left.min(raw.len() - pos);
+                if take == 0 {
+                    break;
+                }
+                out.extend_from_slice(&raw[pos..pos + take]);
+                pos += take;
+                *state = if take == left { Chunked::DataEnd } else { Chunked::Data(left - take) };
+            }
+            Chunked::DataEnd => {
+                if raw.len() - pos < 2 {
+                    break;
+                }
+                pos += 2;
+                *state = Chunked::Size;
+            }
+            Chunked::Done => break,
+        }
+    }
+    raw.drain(..pos);
+    Ok(())
+}
+
+/// Handles every complete SSE event in `data` (events end with a blank line).
+fn sse_events(id: usize, data: &mut Vec<u8>, server: Server, shared: &Shared) {
+    let mut pos = 0;
+    while let Some(i) = find(&data[pos..], b"\n\n") {
+        let block = &data[pos..pos + i];
+        pos += i + 2;
+        let (mut event_id, mut name, mut payload): (&[u8], &[u8], &[u8]) = (b"", b"message", b"");
+        for line in block.split(|&b| b == b'\n') {
+            if let Some(v) = line.strip_prefix(b"id: ") {
+                event_id = v;
+            } else if let Some(v) = line.strip_prefix(b"event: ") {
+                name = v;
+            } else if let Some(v) = line.strip_prefix(b"data: ") {
+                payload = v;
+            }
+        }
+        if payload.is_empty() && event_id.is_empty() {
+            continue; // a comment (keep-alive) or the retry preamble
+        }
+        if name == b"error" {
+            shared.error_events.set(shared.error_events.get() + 1);
+            continue;
+        }
+        let seq = match server {
+            Server::Unpoll => version(event_id),
+            Server::Nchan => scan_number(payload, b"seq\""),
+        };
+        on_event(id, seq, payload, block.len(), shared);
+    }
+    data.drain(..pos);
+}
+
+/// Handles every complete WebSocket frame in `buf`; answers pings. True when the server closed.
+async fn ws_frames(
+    id: usize,
+    buf: &mut Vec<u8>,
+    frag: &mut Vec<u8>,
+    server: Server,
+    shared: &Shared,
+    s: &mut TcpStream,
+) -> Result<bool, String> {
+    let mut pos = 0;
+    let mut closed = false;
+    let mut replies = Vec::new();
+    while buf.len() - pos >= 2 {
+        let (b0, b1) = (buf[pos], buf[pos + 1]);
+        let (mut len, mut hdr) = ((b1 & 0x7f) as usize, 2);
+        if len == 126 {
+            if buf.len() - pos < 4 {
+                break;
+            }
+            len = u16::from_be_bytes([buf[pos + 2], buf[pos + 3]]) as usize;
+            hdr = 4;
+        } else if len == 127 {
+            if buf.len() - pos < 10 {
+                break;
+            }
+            len = u64::from_be_bytes(buf[pos + 2..pos + 10].try_into().expect("8 bytes")) as usize;
+            hdr = 10;
+        }
+        if b1 & 0x80 != 0 {
+            return Err("masked frame from the server".into());
+        }
+        if buf.len() - pos < hdr + len {
+            break;
+        }
+        let payload = &buf[pos + hdr..pos + hdr + len];
+        let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
+        match opcode {
+            0x0 | 0x1 | 0x2 => {
+                let message: &[u8] = if opcode == 0 || !fin {
+                    frag.extend_from_slice(payload);
+                    if !fin {
+                        pos += hdr + len;
+                        continue;
+                    }
+                    frag
+                } else {
+                    payload
+                };
+                ws_message(id, message, server, shared);
+                frag.clear();
+            }
+            0x8 => closed = true,
+            0x9 => {
+                // Pong with the same payload, masked as a client must.
+                let mask = [0x5a, 0xa5, 0x3c, 0xc3];
+                replies.extend_from_slice(&[0x8a, 0x80 | len as u8]);
+                replies.extend_from_slice(&mask);
+                replies.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            }
+            _ => {}
+        }
+        pos += hdr + len;
+    }
+    buf.drain(..pos);
+    if !replies.is_empty() {
+        s.write_all(&replies).await.map_err(|e| format!("write: {}", e.kind()))?;
+    }
+    Ok(closed)
+}
+
+fn ws_message(id: usize, message: &[u8], server: Server, shared: &Shared) {
+    match server {
+        Server::Unpoll => {
+            if message.starts_with(br#"{"event":"error""#) {
+                shared.error_events.set(shared.error_events.get() + 1);
+                return;
+            }
+            let event_id = find(message, br#""id":""#).map(|i| {
+                let rest = &message[i + 6..];
+                &rest[..rest.iter().position(|&b| b == b'"').unwrap_or(0)]
+            });
+            on_event(id, event_id.and_then(version), message, message.len(), shared);
+        }
+        Server::Nchan => on_event(id, scan_number(message, b"seq\""), message, message.len(), shared),
+    }
+}
+
+/// The version in an unpoll event id `<epoch>-<version>`.
+fn version(event_id: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(event_id).ok()?;
+    text.rsplit('-').next()?.parse().ok()
+}
+
+/// The first run of digits after `key`.
+fn scan_number(hay: &[u8], key: &[u8]) -> Option<u64> {
+    let rest = &hay[find(hay, key)? + key.len()..];
+    let start = rest.iter().position(u8::is_ascii_digit)?;
+    let digits = rest[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[start..start + digits]).ok()?.parse().ok()
+}
+
+/// One event for subscriber `id`: its first is the snapshot it subscribed with; the rest are
+/// deliveries, checked for order and timed while measuring.
+fn on_event(id: usize, seq: Option<u64>, payload: &[u8], size: usize, shared: &Shared) {
+    let received = now_us();
+    let Some(seq) = seq else {
+        shared.unstamped.set(shared.unstamped.get() + 1);
+        return;
+    };
+    let mut last = shared.last.borrow_mut();
+    let prev = last[id];
+    if seq > shared.newest.get() {
+        shared.newest.set(seq);
+    }
+    if prev == 0 {
+        last[id] = seq;
+        let count = shared.subscribed.get() + 1;
+        shared.subscribed.set(count);
+        if count == shared.args.n {
+            shared.all_subscribed.set(Some(shared.started.elapsed()));
+        }
+        return;
+    }
+    let measuring = shared.phase.get() == Phase::Measuring;
+    if seq <= prev {
+        if measuring {
+            shared.out_of_order.set(shared.out_of_order.get() + 1);
+        }
+        return;
+    }
+    last[id] = seq;
+    if !measuring {
+        return;
+    }
+    shared.lost.set(shared.lost.get() + (seq - prev - 1));
+    shared.deliveries.set(shared.deliveries.get() + 1);
+    shared.bytes.set(shared.bytes.get() + size as u64);
+    match scan_number(payload, b"sent_us\"") {
+        Some(sent) => {
+            let _ = shared.hist.borrow_mut().record(received.saturating_sub(sent).max(1));
+        }
+        None => shared.unstamped.set(shared.unstamped.get() + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunks_across_reads() {
+        let mut state = Chunked::Size;
+        let mut out = Vec::new();
+        let mut raw = b"5\r\nhel".to_vec();
+        dechunk(&mut raw, &mut out, &mut state).unwrap();
+        raw.extend_from_slice(b"lo\r\n3\r\n wo\r\n0\r\n\r\n");
+        dechunk(&mut raw, &mut out, &mut state).unwrap();
+        assert_eq!(out, b"hello wo");
+        assert!(matches!(state, Chunked::Done));
+    }
+
+    #[test]
+    fn scans_numbers_in_every_format() {
+        let patch = br#"[{"op":"replace","path":"/seq","value":12},{"op":"replace","path":"/sent_us","value":99}]"#;
+        assert_eq!(scan_number(patch, b"seq\""), Some(12));
+        assert_eq!(scan_number(patch, b"sent_us\""), Some(99));
+        let doc = br#"{"seq":7,"sent_us":1234,"items":[]}"#;
+        assert_eq!(scan_number(doc, b"sent_us\""), Some(1234));
+        assert_eq!(version(b"9f2c-17"), Some(17));
+    }
+}

@@ -1,0 +1,25 @@
+//! `unpoll-bench`: the fan-out load tool and the bench upstream it measures through.
+//! Build with `cargo build --release --features bench-tools --bin unpoll-bench`; the
+//! scenarios and how to read the report are in docs/benchmarks.md.
+
+mod client;
+mod procstat;
+mod upstream;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "unpoll-bench", about = "Fan-out load tool for unpoll (and nginx + nchan)")]
+enum Cmd {
+    /// Serve (or publish) a JSON document that changes at a set rate and carries its send time.
+    Upstream(upstream::Args),
+    /// Open N SSE or WebSocket subscribers and report delivery, latency, CPU and memory.
+    Subscribe(client::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cmd::parse() {
+        Cmd::Upstream(args) => upstream::run(args),
+        Cmd::Subscribe(args) => client::run(args),
+    }
+}

@@ -1,0 +1,289 @@
+//! The bench upstream: a JSON document that changes at a set rate, served over HTTP/1.1 for
+//! unpoll to poll, or published by POST to a push server (nginx + nchan) at each change.
+//!
+//! The document is `{"seq":N,"sent_us":T,"items":[…]}`: `seq` counts changes, `sent_us` is the
+//! time (µs since the Unix epoch) the bytes left this process, so a subscriber on the same
+//! machine measures delivery latency as its receive time minus `sent_us`. Each change sets one
+//! item's `value`, so a JSON Patch of a change is small while the document stays `--size` bytes.
+
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to serve on; the bound address is printed as the first line of stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Changes per second; 0 means the document never changes.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Approximate size of the document in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// When `sent_us` is written: into every response (`serve`), or only when the document
+    /// changes (`change`; responses then carry an ETag and answer If-None-Match with 304).
+    #[arg(long, value_enum, default_value = "serve")]
+    stamp: Stamp,
+    /// Publish each change by POST to this URL (e.g. nchan's publisher location).
+    #[arg(long)]
+    publish: Option<String>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum Stamp {
+    Serve,
+    Change,
+}
+
+/// The document between changes; `sent_us` is added when it is rendered.
+struct Doc {
+    seq: u64,
+    changed_us: u64,
+    items: String,
+}
+
+struct State {
+    doc: ArcSwap<Doc>,
+    stamp: Stamp,
+    /// GETs of the document (not of /stats or /plain).
+    gets: AtomicU64,
+    not_modified: AtomicU64,
+    changes: AtomicU64,
+    plain: bytes::Bytes,
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn items(seq: u64, count: usize) -> String {
+    let changed = if count == 0 { usize::MAX } else { seq as usize % count };
+    let mut out = String::from("[");
+    for i in 0..count {
+        if i > 0 {
+            out.push(',');
+        }
+        let value = if i == changed { seq } else { 0 };
+        out.push_str(&format!(r#"{{"id":{i},"name":"item-{i:04}","value":{value}}}"#));
+    }
+    out.push(']');
+    out
+}
+
+fn render(doc: &Doc, sent_us: u64) -> String {
+    format!(r#"{{"seq":{},"sent_us":{},"items":{}}}"#, doc.seq, sent_us, doc.items)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    // An item renders to about 44 bytes; the rest of the document to about 50.
+    let count = args.size.saturating_sub(50) / 44;
+    let state = Arc::new(State {
+        doc: ArcSwap::from_pointee(Doc { seq: 1, changed_us: now_us(), items: items(1, count) }),
+        stamp: args.stamp,
+        gets: AtomicU64::new(0),
+        not_modified: AtomicU64::new(0),
+        changes: AtomicU64::new(0),
+        plain: render(&Doc { seq: 0, changed_us: 0, items: items(0, count) }, 0).into(),
+    });
+    let listener = TcpListener::bind(args.listen).await?;
+    println!("{}", listener.local_addr()?);
+    use std::io::Write;
+    std::io::stdout().flush()?;
+
+    if args.rate > 0.0 {
+        let state = state.clone();
+        let publish = args.publish.clone();
+        tokio::spawn(async move {
+            let mut publisher = publish.map(Publisher::new);
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let seq = state.doc.load().seq + 1;
+                state.doc.store(Arc::new(Doc { seq, changed_us: now_us(), items: items(seq, count) }));
+                state.changes.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = publisher.as_mut() {
+                    let doc = state.doc.load_full();
+                    if let Err(e) = p.publish(render(&doc, now_us()).as_bytes()).await {
+                        eprintln!("publish failed: {e}");
+                    }
+                }
+            }
+        });
+    }
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = connection(stream, &state).await;
+        });
+    }
+}
+
+/// Serves requests on one keep-alive connection. Requests have no bodies (GETs).
+async fn connection(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 64 * 1024 {
+                return Ok(());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        buf.drain(..end);
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let close = head.contains("\r\nconnection: close");
+        out.clear();
+        match path.as_str() {
+            "/stats" => {
+                let doc = state.doc.load();
+                let body = format!(
+                    r#"{{"gets":{},"not_modified":{},"changes":{},"seq":{}}}"#,
+                    state.gets.load(Ordering::Relaxed),
+                    state.not_modified.load(Ordering::Relaxed),
+                    state.changes.load(Ordering::Relaxed),
+                    doc.seq
+                );
+                respond(&mut out, "200 OK", None, body.as_bytes());
+            }
+            "/plain" => respond(&mut out, "200 OK", None, &state.plain),
+            _ => {
+                state.gets.fetch_add(1, Ordering::Relaxed);
+                let doc = state.doc.load();
+                match state.stamp {
+                    Stamp::Serve => respond(&mut out, "200 OK", None, render(&doc, now_us()).as_bytes()),
+                    Stamp::Change => {
+                        let etag = format!("\"{}\"", doc.seq);
+                        if head.contains(&format!("\r\nif-none-match: {etag}")) {
+                            state.not_modified.fetch_add(1, Ordering::Relaxed);
+                            respond(&mut out, "304 Not Modified", Some(&etag), b"");
+                        } else {
+                            respond(&mut out, "200 OK", Some(&etag), render(&doc, doc.changed_us).as_bytes());
+                        }
+                    }
+                }
+            }
+        }
+        stream.write_all(&out).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn respond(out: &mut Vec<u8>, status: &str, etag: Option<&str>, body: &[u8]) {
+    out.extend_from_slice(format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\n").as_bytes());
+    if let Some(etag) = etag {
+        out.extend_from_slice(format!("etag: {etag}\r\n").as_bytes());
+    }
+    if !status.starts_with("304") {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// POSTs documents over one kept-alive connection, reconnecting when it breaks.
+struct Publisher {
+    addr: String,
+    path: String,
+    conn: Option<TcpStream>,
+}
+
+impl Publisher {
+    fn new(url: String) -> Publisher {
+        let rest = url.strip_prefix("http://").unwrap_or(&url);
+        let (addr, path) = match rest.find('/') {
+            Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+            None => (rest.to_string(), "/".to_string()),
+        };
+        Publisher { addr, path, conn: None }
+    }
+
+    async fn publish(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let result = self.try_publish(body).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn try_publish(&mut self, body: &[u8]) -> std::io::Result<()> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(&self.addr).await?;
+            s.set_nodelay(true)?;
+            self.conn = Some(s);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let mut req = format!(
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.path,
+            self.addr,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        conn.write_all(&req).await?;
+        // Read the response head and its content-length body.
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 2048];
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        if !(head.starts_with("http/1.1 20")) {
+            return Err(std::io::Error::other(format!("publisher answered {}", head.lines().next().unwrap_or(""))));
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut have = buf.len() - end;
+        while have < len {
+            let mut chunk = [0u8; 2048];
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            have += n;
+        }
+        Ok(())
+    }
+}
