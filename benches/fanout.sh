@@ -12,11 +12,13 @@ INTERVAL="$(python3 -c "print($INTERVAL_MS/1000)")"
 build >&2
 raise_somaxconn
 start_upstream --rate "$RATE" --size "$SIZE"
-start_unpoll "${INTERVAL_MS}ms"
 for proto in ${PROTOCOLS:-sse ws}; do
+  # A fresh proxy per protocol, so memory freed by one run can't hide the next one's.
+  start_unpoll "${INTERVAL_MS}ms"
   # shellcheck disable=SC2046
   "$BIN/unpoll-bench" subscribe --url "http://$UNPOLL/doc" --n "$N" --protocol "$proto" \
     --duration "${DURATION:-10}" --warmup "${WARMUP:-2}" --interval "$INTERVAL" \
     --upstream-stats "http://$UPSTREAM/stats" $(pid_args "$UNPOLL_PID") \
     ${FORMAT:+--format "$FORMAT"} ${JSON:+--json}
+  kill "$UNPOLL_PID"; wait "$UNPOLL_PID" 2>/dev/null || true
 done

@@ -5,7 +5,7 @@ use crate::admin::Admin;
 use crate::config::reload::Reloader;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::connections::Limited;
+use crate::proxy::connections::{Connections, Limited};
 use crate::proxy::routing::Runtime;
 use crate::proxy::Gateway;
 use crate::stream::hub::Hub;
@@ -79,10 +79,17 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
         };
         server.add_service(background_service("config reload", reloader));
     }
-    let gateway = Gateway { runtime: runtime.clone(), hub, metrics: metrics.clone(), shutdown: rx.clone() };
+    let connections = Connections::new(metrics.clone());
+    let gateway = Gateway {
+        runtime: runtime.clone(),
+        hub,
+        metrics: metrics.clone(),
+        shutdown: rx.clone(),
+        connections: connections.clone(),
+    };
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
-    let limited = Limited::new(http, runtime, metrics.clone());
+    let limited = Limited::new(http, runtime, connections);
     let mut proxy = Service::new("unpoll proxy".to_string(), limited);
     for addr in &config.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, 1460)));

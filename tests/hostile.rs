@@ -218,6 +218,28 @@ async fn connections_over_max_connections_get_503_until_one_closes() {
 }
 
 #[tokio::test]
+async fn open_streams_count_as_connections_until_they_end() {
+    // Streams are served from their own tasks once pingora has finished with the request:
+    // they must still count against max_connections, and be released when they end.
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n  - match: /api/*\n    upstream: app\n";
+    let proxy = Proxy::start_with(up.addr, "  max_connections: 2\n", body).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+    let (mut ws, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.expect("upgrade");
+    assert_eq!(ws_event(&mut ws, 5 * SECOND).await["event"], "snapshot");
+    assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 2.0 }).await);
+    let refused =
+        RawConn::send(proxy.addr, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n").await.read_to_end(5 * SECOND).await;
+    assert_eq!(refused.status, 503);
+    drop(sse);
+    drop(ws);
+    assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 0.0 }).await);
+    assert_eq!(http_get(proxy.addr, "/api/x").await.unwrap().status, 200);
+}
+
+#[tokio::test]
 async fn slow_request_heads_are_cut_off_but_streams_outlive_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;

@@ -5,6 +5,10 @@
 //! connection is known by its id (the file descriptor, unique among open connections): an id
 //! not yet counted is a new connection. The count is approximate by a connection or so around
 //! a descriptor that closes and is reused at once.
+//!
+//! A subscription's stream outlives pingora's handling of its request (it is served from its
+//! own task, see `stream::downstream`), so a connection is held by pingora and by any such
+//! stream, and counted until both have let it go.
 
 use crate::metrics::Metrics;
 use crate::proxy::head_deadline::HeadDeadline;
@@ -14,27 +18,84 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 81\r\nretry-after: 5\r\nconnection: close\r\n\r\n{\"error\":\"too_many_connections\",\"message\":\"the proxy is at its connection limit\"}";
+
+/// The open downstream connections, each with the number of holders (pingora, a stream).
+pub struct Connections {
+    open: Mutex<HashMap<i32, u32>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Connections {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Connections> {
+        Arc::new(Connections { open: Mutex::default(), metrics })
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<i32, u32>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a new connection if there is room (or admits one already counted).
+    fn admit(&self, id: i32, max: usize) -> bool {
+        let mut open = self.open();
+        if open.contains_key(&id) {
+            return true;
+        }
+        if open.len() >= max {
+            return false;
+        }
+        open.insert(id, 1);
+        self.metrics.connections.set(open.len() as i64);
+        true
+    }
+
+    /// Another holder of a counted connection, released when the returned guard drops.
+    pub fn hold(self: &Arc<Self>, id: i32) -> Hold {
+        *self.open().entry(id).or_insert(0) += 1;
+        Hold { connections: self.clone(), id }
+    }
+
+    fn release(&self, id: i32) {
+        let mut open = self.open();
+        if let Some(holders) = open.get_mut(&id) {
+            *holders -= 1;
+            if *holders == 0 {
+                open.remove(&id);
+            }
+        }
+        self.metrics.connections.set(open.len() as i64);
+    }
+}
+
+/// Keeps a connection counted. Drop it while the connection is still open, so its descriptor
+/// can't have been reused by a newer connection.
+pub struct Hold {
+    connections: Arc<Connections>,
+    id: i32,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.connections.release(self.id);
+    }
+}
 
 /// Wraps a server app with the connection limit.
 pub struct Limited<A> {
     pub inner: Arc<A>,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
-    open: Mutex<HashSet<i32>>,
+    connections: Arc<Connections>,
 }
 
 impl<A> Limited<A> {
-    pub fn new(inner: A, runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Limited<A> {
-        Limited { inner: Arc::new(inner), runtime, metrics, open: Mutex::default() }
-    }
-
-    fn open(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn new(inner: A, runtime: Arc<ArcSwap<Runtime>>, connections: Arc<Connections>) -> Limited<A> {
+        let metrics = connections.metrics.clone();
+        Limited { inner: Arc::new(inner), runtime, metrics, connections }
     }
 }
 
@@ -42,18 +103,7 @@ impl<A> Limited<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let id = stream.id();
-        let admitted = {
-            let mut open = self.open();
-            let max = self.runtime.load().server.max_connections;
-            if open.contains(&id) || open.len() < max {
-                open.insert(id);
-                self.metrics.connections.set(open.len() as i64);
-                true
-            } else {
-                false
-            }
-        };
-        if !admitted {
+        if !self.connections.admit(id, self.runtime.load().server.max_connections) {
             self.metrics.rejected.with_label_values(&["too_many_connections"]).inc();
             let _ = stream.write_all(REFUSAL).await;
             let _ = stream.shutdown().await;
@@ -62,9 +112,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         let stream = HeadDeadline::arm(stream, self.runtime.load().server.header_timeout);
         let reused = self.inner.process_new(stream, shutdown).await;
         if reused.is_none() {
-            let mut open = self.open();
-            open.remove(&id);
-            self.metrics.connections.set(open.len() as i64);
+            self.connections.release(id);
         }
         reused
     }

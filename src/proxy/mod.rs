@@ -2,6 +2,7 @@
 //! subscription (served here, on the same port) or proxied unchanged to its route's upstream.
 
 pub mod connections;
+pub mod detach;
 pub mod head_deadline;
 pub mod routing;
 pub mod subscribe;
@@ -10,6 +11,7 @@ use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 use crate::poll::key;
 use crate::stream::delivery::Delivery;
+use crate::stream::downstream::{Downstream, WriteFailed};
 use crate::stream::encode::Protocol;
 use crate::stream::hub::Hub;
 use crate::stream::hub::Limits;
@@ -17,10 +19,10 @@ use crate::stream::{sse, ws};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use connections::Connections;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::ErrorType;
 use routing::{Route, Runtime};
 use std::sync::Arc;
 use subscribe::{Reject, SubscribeRequest};
@@ -32,6 +34,7 @@ pub struct Gateway {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
+    pub connections: Arc<Connections>,
 }
 
 /// Per-request state: the route chosen in `request_filter`.
@@ -126,42 +129,47 @@ impl Gateway {
                 return respond(session, &Reject { status: 503, reason: refused.reason(), message }).await;
             }
         };
-        if request.protocol == Protocol::WebSocket {
+        let handshake = (request.protocol == Protocol::WebSocket).then(|| {
             let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
-            let resp = ws::handshake_response(key, request.subprotocol)?;
-            session.downstream_session.write_response_header(Box::new(resp)).await?;
-        }
+            ws::handshake_response(key, request.subprotocol)
+        });
         let delivery =
             Delivery::new(sub, request.protocol, request.format, settings.queue_bytes, route.label(), &self.metrics);
+        let Some(stream) = detach::detach(session) else {
+            let reject =
+                Reject { status: 400, reason: "bad_request", message: "streams are served over HTTP/1.1".to_string() };
+            return respond(session, &reject).await;
+        };
+        // The stream is served from its own task, so pingora's state for this request is freed.
+        let hold = self.connections.hold(stream.id());
+        let down = Downstream::new(stream, hold, write_timeout);
         let shutdown = self.shutdown.clone();
-        let downstream = &mut *session.downstream_session;
-        let result = match request.protocol {
-            Protocol::Sse => {
-                sse::serve(downstream, delivery, settings.heartbeat, write_timeout, shutdown).await.map(|()| None)
+        let metrics = self.metrics.clone();
+        let route = route.clone();
+        let (heartbeat, max_message) = (settings.heartbeat, server.websocket_max_message);
+        tokio::spawn(async move {
+            let result = match handshake {
+                None => sse::serve(down, delivery, heartbeat, shutdown).await.map(|()| None),
+                Some(handshake) => {
+                    let limits = ws::Limits { heartbeat, write_timeout, max_message };
+                    ws::serve(down, handshake, delivery, limits, shutdown).await.map(|ended| match ended {
+                        ws::Ended::Normal => None,
+                        ws::Ended::PingTimeout => Some("ping_timeout"),
+                        ws::Ended::WriteTimeout => Some("write_timeout"),
+                        ws::Ended::ProtocolError => Some("protocol_error"),
+                    })
+                }
+            };
+            let reason = match result {
+                Ok(reason) => reason,
+                Err(WriteFailed::Timeout) => Some("write_timeout"),
+                Err(WriteFailed::Error) => Some("write_error"),
+            };
+            if let Some(reason) = reason {
+                metrics.dropped.with_label_values(&[route.label(), reason]).inc();
             }
-            Protocol::WebSocket => ws::serve(
-                downstream,
-                delivery,
-                ws::Limits { heartbeat: settings.heartbeat, write_timeout, max_message: server.websocket_max_message },
-                shutdown,
-            )
-            .await
-            .map(|ended| match ended {
-                ws::Ended::Normal => None,
-                ws::Ended::PingTimeout => Some("ping_timeout"),
-                ws::Ended::WriteTimeout => Some("write_timeout"),
-                ws::Ended::ProtocolError => Some("protocol_error"),
-            }),
-        };
-        let reason = match &result {
-            Ok(reason) => *reason,
-            Err(e) if e.etype() == &ErrorType::WriteTimedout => Some("write_timeout"),
-            Err(_) => Some("write_error"),
-        };
-        if let Some(reason) = reason {
-            self.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
-        }
-        result.map(|_| ())
+        });
+        Ok(())
     }
 }
 

@@ -43,11 +43,24 @@ pub fn sse_event(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// The SSE comment sent as a heartbeat.
-pub const SSE_KEEPALIVE: &[u8] = b": keep-alive\n\n";
+/// Frames `data` as one HTTP/1.1 chunk (RFC 9112 §7.1). SSE responses are chunked, and an
+/// event is framed once for all its subscribers, so writing it costs no work per subscriber.
+pub fn chunk(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 12);
+    out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
 
-/// The first bytes of every SSE stream: the client's reconnection delay (2 s).
-pub const SSE_PREAMBLE: &[u8] = b"retry: 2000\n\n";
+/// The SSE comment sent as a heartbeat (`: keep-alive`), as a chunk.
+pub const SSE_KEEPALIVE: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
+
+/// The first bytes of every SSE stream: the client's reconnection delay (2 s), as a chunk.
+pub const SSE_PREAMBLE: &[u8] = b"d\r\nretry: 2000\n\n\r\n";
+
+/// The last chunk of an SSE response.
+pub const SSE_END: &[u8] = b"0\r\n\r\n";
 
 /// The JSON text of a WebSocket event message: `{"event":…,"id":…,"data":…}`.
 /// `data` must already be valid JSON.
@@ -84,10 +97,11 @@ pub fn ws_text_frame(payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Both encodings of an event, as one protocol wants it on the wire.
+/// Both encodings of an event, as one protocol wants it on the wire: an SSE event block in
+/// an HTTP chunk, or a WebSocket text frame.
 pub fn encode(protocol: Protocol, id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
     match protocol {
-        Protocol::Sse => sse_event(id, event, data),
+        Protocol::Sse => chunk(&sse_event(id, event, data)),
         Protocol::WebSocket => ws_text_frame(&ws_message(id, event, data)),
     }
 }
@@ -103,6 +117,14 @@ mod tests {
         assert_eq!(&b[..], b"id: 9f2c-1\nevent: snapshot\ndata: {\"id\":1}\n\n");
         let e = sse_event(None, "error", b"{}");
         assert_eq!(&e[..], b"event: error\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn sse_constants_are_chunks_of_their_text() {
+        assert_eq!(SSE_KEEPALIVE, &chunk(b": keep-alive\n\n")[..]);
+        assert_eq!(SSE_PREAMBLE, &chunk(b"retry: 2000\n\n")[..]);
+        let big = vec![b'x'; 300];
+        assert!(chunk(&big).starts_with(b"12c\r\nxxx"));
     }
 
     #[test]

@@ -129,6 +129,7 @@ impl ErrorEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::encode::chunk;
 
     fn event(json_patch: Option<&'static [u8]>) -> Event {
         let delta = Delta {
@@ -146,7 +147,8 @@ mod tests {
         let (b, _) = e.frame(Protocol::Sse, Format::JsonPatch);
         assert_eq!(kind, Kind::Patch);
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same allocation goes to every subscriber");
-        assert_eq!(&a[..], b"id: ep-7\nevent: patch\ndata: [{\"op\":\"replace\",\"path\":\"/a\",\"value\":2}]\n\n");
+        let block = b"id: ep-7\nevent: patch\ndata: [{\"op\":\"replace\",\"path\":\"/a\",\"value\":2}]\n\n";
+        assert_eq!(&a[..], &chunk(block)[..], "an SSE event is one HTTP chunk");
     }
 
     #[test]
@@ -154,7 +156,7 @@ mod tests {
         let e = event(None);
         let (bytes, kind) = e.frame(Protocol::Sse, Format::JsonPatch);
         assert_eq!(kind, Kind::Snapshot);
-        assert_eq!(&bytes[..], b"id: ep-7\nevent: snapshot\ndata: {\"a\":2}\n\n");
+        assert_eq!(&bytes[..], &chunk(b"id: ep-7\nevent: snapshot\ndata: {\"a\":2}\n\n")[..]);
         assert_eq!(e.frame(Protocol::Sse, Format::MergePatch).1, Kind::Patch);
         assert_eq!(e.frame(Protocol::WebSocket, Format::Snapshot).1, Kind::Snapshot);
     }
@@ -163,7 +165,7 @@ mod tests {
     fn error_events_say_whether_they_retry() {
         let e = ErrorEvent::new(503, "upstream_unavailable", "upstream answered 503", false);
         let sse = String::from_utf8(e.frame(Protocol::Sse).to_vec()).unwrap();
-        assert!(sse.starts_with("event: error\ndata: {\"status\":503,\"error\":\"upstream_unavailable\""));
+        assert!(sse.contains("\r\nevent: error\ndata: {\"status\":503,\"error\":\"upstream_unavailable\""));
         assert!(sse.contains("\"retrying\":true"));
         assert!(!sse.contains("id:"));
     }

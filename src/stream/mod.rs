@@ -1,6 +1,7 @@
 //! Fan-out: the hub of topics, event encoding, and the SSE and WebSocket stream handlers.
 
 pub mod delivery;
+pub mod downstream;
 pub mod encode;
 pub mod event;
 pub mod hub;

@@ -1,62 +1,60 @@
-//! Server-Sent Events: a chunked `text/event-stream` response held open on the session.
+//! Server-Sent Events: a chunked `text/event-stream` response held open on the client's
+//! connection. Events arrive already framed as HTTP chunks (see `encode`).
 
 use super::delivery::{Delivery, Next};
-use super::encode::{SSE_KEEPALIVE, SSE_PREAMBLE};
-use bytes::Bytes;
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession as Session;
+use super::downstream::{Downstream, WriteFailed};
+use super::encode::{SSE_END, SSE_KEEPALIVE, SSE_PREAMBLE};
+use bytes::BytesMut;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The response head of every SSE stream.
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+transfer-encoding: chunked\r\nx-accel-buffering: no\r\n\r\n";
+
 /// Serves one SSE subscriber until the topic ends, the client leaves, or shutdown.
 pub async fn serve(
-    session: &mut Session,
+    mut down: Downstream,
     mut delivery: Delivery,
     heartbeat: Duration,
-    write_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(5))?;
-    resp.insert_header("content-type", "text/event-stream")?;
-    resp.insert_header("cache-control", "no-cache")?;
-    resp.insert_header("transfer-encoding", "chunked")?;
-    resp.insert_header("x-accel-buffering", "no")?;
-    session.set_keepalive(None);
-    session.set_read_timeout(None);
-    session.set_write_timeout(Some(write_timeout));
-    session.write_response_header(Box::new(resp)).await?;
-    session.write_response_body(Bytes::from_static(SSE_PREAMBLE), false).await?;
-    let ended = match delivery.initial() {
-        Next::Write(b) => {
-            if !b.is_empty() {
-                session.write_response_body(b, false).await?;
-            }
-            false
-        }
-        Next::End(b, _) => {
-            session.write_response_body(b, false).await?;
-            true
-        }
-        Next::Closed => true,
+) -> Result<(), WriteFailed> {
+    // The head, the retry preamble and the subscriber's first events in one write.
+    let (initial, ended) = match delivery.initial() {
+        Next::Write(b) => (b, false),
+        Next::End(b, _) => (b, true),
+        Next::Closed => (bytes::Bytes::new(), true),
     };
+    let mut first = Vec::with_capacity(HEAD.len() + SSE_PREAMBLE.len() + initial.len());
+    first.extend_from_slice(HEAD);
+    first.extend_from_slice(SSE_PREAMBLE);
+    first.extend_from_slice(&initial);
+    down.write(&first).await?;
+    drop((first, initial));
     if !ended {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        // One wait for shutdown for the whole stream, not one per event.
+        let stopping = shutdown.changed();
+        tokio::pin!(stopping);
+        let mut input = BytesMut::new();
         loop {
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = &mut stopping => break,
                 next = delivery.next() => match next {
-                    Next::Write(b) => session.write_response_body(b, false).await?,
+                    Next::Write(b) => down.write(&b).await?,
                     Next::End(b, _) => {
-                        session.write_response_body(b, false).await?;
+                        down.write(&b).await?;
                         break;
                     }
                     Next::Closed => break,
                 },
-                _ = tick.tick() => session.write_response_body(Bytes::from_static(SSE_KEEPALIVE), false).await?,
+                _ = tick.tick() => down.write(SSE_KEEPALIVE).await?,
                 // The client sends nothing on an SSE stream: any read result means it left.
-                _ = session.read_body_or_idle(true) => return Ok(()),
+                _ = down.read(&mut input) => return Ok(()),
             }
         }
     }
-    session.write_response_body(Bytes::new(), true).await
+    down.write(SSE_END).await?;
+    down.close().await;
+    Ok(())
 }

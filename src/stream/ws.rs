@@ -3,9 +3,8 @@
 //! handles what the client sends (pongs, pings, close) and our control frames.
 
 use super::delivery::{Delivery, Next};
+use super::downstream::{Downstream, WriteFailed};
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession as Session;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -50,16 +49,19 @@ pub fn read_client_bytes(data: &[u8], max_message: usize) -> usize {
     }
 }
 
-/// The 101 response for a validated upgrade request.
-pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> pingora::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(101, Some(4))?;
-    resp.insert_header("upgrade", "websocket")?;
-    resp.insert_header("connection", "Upgrade")?;
-    resp.insert_header("sec-websocket-accept", tungstenite::handshake::derive_accept_key(key.as_bytes()))?;
+/// The 101 response head for a validated upgrade request.
+pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n"
+    );
     if let Some(p) = subprotocol {
-        resp.insert_header("sec-websocket-protocol", p)?;
+        head.push_str("sec-websocket-protocol: ");
+        head.push_str(p);
+        head.push_str("\r\n");
     }
-    Ok(resp)
+    head.push_str("\r\n");
+    head.into_bytes()
 }
 
 /// Bytes in from the client, bytes out to it: the sans-io stream tungstenite reads and writes.
@@ -100,6 +102,8 @@ impl Conn {
         let config = WebSocketConfig::default()
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message))
+            // Clients only send pongs and close frames; tungstenite's default is 128 KiB.
+            .read_buffer_size(1024)
             .write_buffer_size(0)
             .max_write_buffer_size(max_message.max(4096));
         Conn { ctx: WebSocketContext::new(Role::Server, Some(config)), io: Buffers::default() }
@@ -115,77 +119,94 @@ impl Conn {
     }
 }
 
-/// Serves one WebSocket subscriber (after the 101) until the topic ends, the client leaves
-/// or stops answering pings (close 1008), accepts nothing for `write_timeout` (the connection
-/// is closed), or shutdown (close 1001).
+/// Serves one WebSocket subscriber: the 101 response, then events until the topic ends, the
+/// client leaves or stops answering pings (close 1008), accepts nothing for `write_timeout`
+/// (the connection is closed), or shutdown (close 1001).
 pub async fn serve(
-    session: &mut Session,
+    mut down: Downstream,
+    handshake: Vec<u8>,
     delivery: Delivery,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
-) -> pingora::Result<Ended> {
-    session.set_keepalive(None);
-    session.set_read_timeout(None);
-    session.set_write_timeout(Some(limits.write_timeout));
+) -> Result<Ended, WriteFailed> {
     let mut conn = Conn::new(limits.max_message);
-    match run(session, &mut conn, delivery, limits.heartbeat, shutdown).await {
+    let result = run(&mut down, handshake, &mut conn, delivery, limits.heartbeat, shutdown).await;
+    match result {
         // The write that timed out may have sent part of a frame: a close frame after it would
         // be read as that frame's payload, so the connection is closed without one (the client
         // sees 1006).
-        Err(e) if e.etype() == &pingora::ErrorType::WriteTimedout => Ok(Ended::WriteTimeout),
-        other => other,
+        Err(WriteFailed::Timeout) => Ok(Ended::WriteTimeout),
+        Err(e) => Err(e),
+        Ok(ended) => {
+            down.close().await;
+            Ok(ended)
+        }
     }
 }
 
 async fn run(
-    session: &mut Session,
+    down: &mut Downstream,
+    mut first: Vec<u8>,
     conn: &mut Conn,
     mut delivery: Delivery,
     heartbeat: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> pingora::Result<Ended> {
+) -> Result<Ended, WriteFailed> {
+    // The 101 and the subscriber's first events in one write.
     match delivery.initial() {
-        Next::Write(b) if b.is_empty() => {}
-        Next::Write(b) => session.write_response_body(b, false).await?,
-        Next::End(b, reason) => {
-            session.write_response_body(b, false).await?;
-            return end(session, conn, reason).await;
+        Next::Write(b) => {
+            first.extend_from_slice(&b);
+            down.write(&first).await?;
         }
-        Next::Closed => return finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
+        Next::End(b, reason) => {
+            first.extend_from_slice(&b);
+            down.write(&first).await?;
+            return end(down, conn, reason).await;
+        }
+        Next::Closed => {
+            down.write(&first).await?;
+            return finish(down, conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
+        }
     }
+    drop(first);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut awaiting_pong = false;
+    // One wait for shutdown for the whole stream, not one per event.
+    let stopping = shutdown.changed();
+    tokio::pin!(stopping);
+    let mut input = BytesMut::new();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => {
-                return finish(session, conn, CloseCode::Away, "server shutting down", Ended::Normal).await;
+            _ = &mut stopping => {
+                return finish(down, conn, CloseCode::Away, "server shutting down", Ended::Normal).await;
             }
             next = delivery.next() => match next {
-                Next::Write(b) => session.write_response_body(b, false).await?,
+                Next::Write(b) => down.write(&b).await?,
                 Next::End(b, reason) => {
-                    session.write_response_body(b, false).await?;
-                    return end(session, conn, reason).await;
+                    down.write(&b).await?;
+                    return end(down, conn, reason).await;
                 }
                 Next::Closed => {
-                    return finish(session, conn, CloseCode::Away, "topic closed", Ended::Normal).await;
+                    return finish(down, conn, CloseCode::Away, "topic closed", Ended::Normal).await;
                 }
             },
             _ = tick.tick() => {
                 if awaiting_pong {
-                    return finish(session, conn, CloseCode::Policy, "ping timeout", Ended::PingTimeout).await;
+                    return finish(down, conn, CloseCode::Policy, "ping timeout", Ended::PingTimeout).await;
                 }
                 awaiting_pong = true;
                 let _ = conn.ctx.write(&mut conn.io, Message::Ping(Bytes::from_static(b"unpoll")));
                 let _ = conn.ctx.flush(&mut conn.io);
                 if let Some(out) = conn.take_outbox() {
-                    session.write_response_body(out, false).await?;
+                    down.write(&out).await?;
                 }
             }
-            input = session.read_request_body() => {
-                let Some(data) = input? else {
-                    return Ok(Ended::Normal); // the client closed the connection
-                };
-                conn.io.inbox.extend_from_slice(&data);
+            read = down.read(&mut input) => {
+                match read {
+                    Ok(0) | Err(_) => return Ok(Ended::Normal), // the client closed the connection
+                    Ok(_) => {}
+                }
+                conn.io.inbox.extend_from_slice(&input.split());
                 let mut closing = false;
                 loop {
                     match conn.ctx.read(&mut conn.io) {
@@ -197,16 +218,16 @@ async fn run(
                             break;
                         }
                         Err(WsError::Capacity(_)) => {
-                            return finish(session, conn, CloseCode::Size, "message too big", Ended::ProtocolError).await;
+                            return finish(down, conn, CloseCode::Size, "message too big", Ended::ProtocolError).await;
                         }
                         Err(_) => {
-                            return finish(session, conn, CloseCode::Protocol, "protocol error", Ended::ProtocolError).await;
+                            return finish(down, conn, CloseCode::Protocol, "protocol error", Ended::ProtocolError).await;
                         }
                     }
                 }
                 let _ = conn.ctx.flush(&mut conn.io);
                 if let Some(out) = conn.take_outbox() {
-                    session.write_response_body(out, false).await?;
+                    down.write(&out).await?;
                 }
                 if closing {
                     return Ok(Ended::Normal);
@@ -218,23 +239,23 @@ async fn run(
 
 /// Closes after a terminal event: 1001 with the reason when the proxy is going away from the
 /// stream (route removed or changed), else 1000.
-async fn end(session: &mut Session, conn: &mut Conn, going_away: Option<&'static str>) -> pingora::Result<Ended> {
+async fn end(down: &mut Downstream, conn: &mut Conn, going_away: Option<&'static str>) -> Result<Ended, WriteFailed> {
     match going_away {
-        Some(reason) => finish(session, conn, CloseCode::Away, reason, Ended::Normal).await,
-        None => finish(session, conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
+        Some(reason) => finish(down, conn, CloseCode::Away, reason, Ended::Normal).await,
+        None => finish(down, conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
     }
 }
 
 async fn finish(
-    session: &mut Session,
+    down: &mut Downstream,
     conn: &mut Conn,
     code: CloseCode,
     reason: &'static str,
     ended: Ended,
-) -> pingora::Result<Ended> {
+) -> Result<Ended, WriteFailed> {
     conn.close(code, reason);
     if let Some(out) = conn.take_outbox() {
-        session.write_response_body(out, false).await?;
+        down.write(&out).await?;
     }
     Ok(ended)
 }

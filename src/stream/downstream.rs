@@ -1,0 +1,60 @@
+//! A subscriber's connection once its stream has begun. The client's raw stream is taken out
+//! of pingora's session and served from a task of its own (see `proxy::detach`), so pingora's
+//! per-request state (session buffers, the futures of its request pipeline) is freed and an
+//! open stream holds only its socket, its place in the topic's queue and a small task.
+//! Responses are written here as raw HTTP/1.1.
+
+use crate::proxy::connections::Hold;
+use pingora::protocols::Stream;
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How a write to a subscriber failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailed {
+    /// The client accepted nothing for `write_timeout`.
+    Timeout,
+    /// The connection is broken (the client left).
+    Error,
+}
+
+pub struct Downstream {
+    /// Keeps the connection counted; released before the stream closes (fields drop in order).
+    _hold: Hold,
+    stream: Stream,
+    write_timeout: Duration,
+}
+
+impl Downstream {
+    pub fn new(stream: Stream, hold: Hold, write_timeout: Duration) -> Downstream {
+        Downstream { _hold: hold, stream, write_timeout }
+    }
+
+    /// Writes all of `bytes` and flushes them, within `write_timeout`.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), WriteFailed> {
+        let stream = &mut self.stream;
+        let write = async move {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFailed::Error),
+            Err(_) => Err(WriteFailed::Timeout),
+        }
+    }
+
+    /// Reads what the client sent into `buf`; 0 when it closed the connection.
+    pub async fn read(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(256);
+        }
+        self.stream.read_buf(buf).await
+    }
+
+    /// Ends the connection (FIN after what was written).
+    pub async fn close(mut self) {
+        let _ = AsyncWriteExt::shutdown(&mut self.stream).await;
+    }
+}
