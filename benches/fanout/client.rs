@@ -182,10 +182,10 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
     let newest = shared.newest.get();
     let drain_until = Instant::now() + Duration::from_secs_f64(args.interval * 2.0 + 1.0);
     let behind = loop {
-        let last = shared.last.borrow();
-        let alive = shared.alive.borrow();
-        let behind = (0..n).filter(|&i| alive[i] && last[i] > 0 && last[i] < newest).count();
-        drop((last, alive));
+        let behind = {
+            let (last, alive) = (shared.last.borrow(), shared.alive.borrow());
+            (0..n).filter(|&i| alive[i] && last[i] > 0 && last[i] < newest).count()
+        };
         if behind == 0 || Instant::now() >= drain_until {
             break behind;
         }
@@ -525,7 +525,7 @@ async fn ws_frames(
         let payload = &buf[pos + hdr..pos + hdr + len];
         let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
         match opcode {
-            0x0 | 0x1 | 0x2 => {
+            0x0..=0x2 => {
                 let message: &[u8] = if opcode == 0 || !fin {
                     frag.extend_from_slice(payload);
                     if !fin {
