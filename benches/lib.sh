@@ -111,7 +111,8 @@ http {
     location = /sub {
       nchan_subscriber;
       nchan_channel_id bench;
-      nchan_subscriber_first_message newest;
+      # A new subscriber gets the newest stored message at once, as unpoll sends its snapshot.
+      nchan_subscriber_first_message -1;
     }
     location = /pub {
       nchan_publisher;
@@ -137,3 +138,13 @@ CONF
 }
 
 pid_args() { for p in $1; do printf -- '--pid %s ' "$p"; done; }
+
+stop() { # stop PID: SIGTERM and wait
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+stop_nginx() {
+  stop "$(cat "$WORK/nginx/nginx.pid" 2>/dev/null || echo 0)"
+  for _ in $(seq 100); do pgrep -f "nginx -c $WORK/nginx/nginx.conf" >/dev/null || return 0; sleep 0.05; done
+}

@@ -51,6 +51,11 @@ enum Command {
     },
 }
 
+/// mimalloc instead of glibc's malloc: pingora allocates and frees request and body buffers
+/// on every proxied request, and glibc spent about a sixth of the proxy's CPU on that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log_level).parse_env("RUST_LOG").format_timestamp_millis().init();

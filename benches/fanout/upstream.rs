@@ -111,6 +111,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            // The first document at once, so subscribers joining before the first change get it.
+            if let Some(p) = publisher.as_mut() {
+                let doc = state.doc.load_full();
+                if let Err(e) = p.publish(render(&doc, now_us()).as_bytes()).await {
+                    eprintln!("publish failed: {e}");
+                }
+            }
             loop {
                 tick.tick().await;
                 let seq = state.doc.load().seq + 1;
