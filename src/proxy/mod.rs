@@ -11,7 +11,7 @@ use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 use crate::poll::key;
 use crate::stream::delivery::Delivery;
-use crate::stream::downstream::{Downstream, WriteFailed};
+use crate::stream::downstream::{self, Downstream, WriteFailed};
 use crate::stream::encode::Protocol;
 use crate::stream::hub::Hub;
 use crate::stream::hub::Limits;
@@ -141,7 +141,8 @@ impl Gateway {
             return respond(session, &reject).await;
         };
         // The stream is served from its own task, so pingora's state for this request is freed.
-        let hold = self.connections.hold(stream.id());
+        let (stream, id) = downstream::lean(stream);
+        let hold = self.connections.hold(id);
         let down = Downstream::new(stream, hold, write_timeout);
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();

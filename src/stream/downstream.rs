@@ -7,8 +7,39 @@
 use crate::proxy::connections::Hold;
 use pingora::protocols::Stream;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// What a stream is written to.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The leanest handle on a client's connection, and the descriptor that names it from now on.
+///
+/// Pingora's stream object carries a write buffer, digests and timing state, about 2 KiB per
+/// connection. For a TCP connection a plain tokio socket on a duplicate of its descriptor does
+/// the same job, and pingora's object is dropped (tokio deregisters it before its descriptor
+/// closes; the socket stays open through the duplicate). Anything else is kept as it is.
+pub fn lean(stream: Stream) -> (Box<dyn Io>, i32) {
+    let fd = stream.id();
+    if fd >= 0 {
+        // SAFETY: `fd` is the descriptor of `stream`, open for as long as `stream` lives, and
+        // the borrow ends before `stream` is dropped.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Ok(owned) = borrowed.try_clone_to_owned() {
+            let std = std::net::TcpStream::from(owned);
+            if std.peer_addr().is_ok() && std.set_nonblocking(true).is_ok() {
+                if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
+                    let id = tcp.as_raw_fd();
+                    drop(stream);
+                    return (Box::new(tcp), id);
+                }
+            }
+        }
+    }
+    (Box::new(stream), fd)
+}
 
 /// How a write to a subscriber failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,12 +53,12 @@ pub enum WriteFailed {
 pub struct Downstream {
     /// Keeps the connection counted; released before the stream closes (fields drop in order).
     _hold: Hold,
-    stream: Stream,
+    stream: Box<dyn Io>,
     write_timeout: Duration,
 }
 
 impl Downstream {
-    pub fn new(stream: Stream, hold: Hold, write_timeout: Duration) -> Downstream {
+    pub fn new(stream: Box<dyn Io>, hold: Hold, write_timeout: Duration) -> Downstream {
         Downstream { _hold: hold, stream, write_timeout }
     }
 

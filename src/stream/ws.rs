@@ -103,7 +103,7 @@ impl Conn {
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message))
             // Clients only send pongs and close frames; tungstenite's default is 128 KiB.
-            .read_buffer_size(1024)
+            .read_buffer_size(256)
             .write_buffer_size(0)
             .max_write_buffer_size(max_message.max(4096));
         Conn { ctx: WebSocketContext::new(Role::Server, Some(config)), io: Buffers::default() }
