@@ -9,11 +9,15 @@ use pingora::protocols::Stream;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a stream is written to.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub enum Socket {
+    /// The client's TCP socket itself.
+    Tcp(tokio::net::TcpStream),
+    /// Pingora's stream, for connections that are not plain TCP.
+    Pingora(Stream),
+}
 
 /// The leanest handle on a client's connection, and the descriptor that names it from now on.
 ///
@@ -21,7 +25,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// connection. For a TCP connection a plain tokio socket on a duplicate of its descriptor does
 /// the same job, and pingora's object is dropped (tokio deregisters it before its descriptor
 /// closes; the socket stays open through the duplicate). Anything else is kept as it is.
-pub fn lean(stream: Stream) -> (Box<dyn Io>, i32) {
+pub fn lean(stream: Stream) -> (Socket, i32) {
     let fd = stream.id();
     if fd >= 0 {
         // SAFETY: `fd` is the descriptor of `stream`, open for as long as `stream` lives, and
@@ -33,12 +37,12 @@ pub fn lean(stream: Stream) -> (Box<dyn Io>, i32) {
                 if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
                     let id = tcp.as_raw_fd();
                     drop(stream);
-                    return (Box::new(tcp), id);
+                    return (Socket::Tcp(tcp), id);
                 }
             }
         }
     }
-    (Box::new(stream), fd)
+    (Socket::Pingora(stream), fd)
 }
 
 /// How a write to a subscriber failed.
@@ -53,21 +57,34 @@ pub enum WriteFailed {
 pub struct Downstream {
     /// Keeps the connection counted; released before the stream closes (fields drop in order).
     _hold: Hold,
-    stream: Box<dyn Io>,
+    stream: Socket,
     write_timeout: Duration,
 }
 
 impl Downstream {
-    pub fn new(stream: Box<dyn Io>, hold: Hold, write_timeout: Duration) -> Downstream {
+    pub fn new(stream: Socket, hold: Hold, write_timeout: Duration) -> Downstream {
         Downstream { _hold: hold, stream, write_timeout }
     }
 
     /// Writes all of `bytes` and flushes them, within `write_timeout`.
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), WriteFailed> {
-        let stream = &mut self.stream;
-        let write = async move {
-            stream.write_all(bytes).await?;
-            stream.flush().await
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), WriteFailed> {
+        // The usual case: the socket takes it all at once, with no future and no timer.
+        if let Socket::Tcp(tcp) = &self.stream {
+            match tcp.try_write(bytes) {
+                Ok(n) if n == bytes.len() => return Ok(()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(WriteFailed::Error),
+            }
+        }
+        let write = async {
+            match &mut self.stream {
+                Socket::Tcp(tcp) => tcp.write_all(bytes).await,
+                Socket::Pingora(stream) => {
+                    stream.write_all(bytes).await?;
+                    stream.flush().await
+                }
+            }
         };
         match tokio::time::timeout(self.write_timeout, write).await {
             Ok(Ok(())) => Ok(()),
@@ -81,11 +98,17 @@ impl Downstream {
         if buf.capacity() - buf.len() < 256 {
             buf.reserve(256);
         }
-        self.stream.read_buf(buf).await
+        match &mut self.stream {
+            Socket::Tcp(tcp) => tcp.read_buf(buf).await,
+            Socket::Pingora(stream) => stream.read_buf(buf).await,
+        }
     }
 
     /// Ends the connection (FIN after what was written).
     pub async fn close(mut self) {
-        let _ = AsyncWriteExt::shutdown(&mut self.stream).await;
+        let _ = match &mut self.stream {
+            Socket::Tcp(tcp) => AsyncWriteExt::shutdown(tcp).await,
+            Socket::Pingora(stream) => AsyncWriteExt::shutdown(stream).await,
+        };
     }
 }
