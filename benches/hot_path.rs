@@ -25,6 +25,12 @@ fn diff(c: &mut Criterion) {
         c.bench_function(&format!("delta {}KB 1% changed", size / 1000), |b| {
             b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&changed), &Default::default()))
         });
+        let json_patch_only = unpoll::diff::Wanted { json_patch: true, merge_patch: false };
+        c.bench_function(&format!("delta {}KB 1% changed, JSON Patch subscribers only", size / 1000), |b| {
+            b.iter(|| {
+                unpoll::diff::delta_for(Some(black_box(&a)), black_box(&changed), &Default::default(), json_patch_only)
+            })
+        });
         let mut inserted = a.clone();
         inserted["rows"].as_array_mut().unwrap().insert(0, json!({"id": -1}));
         c.bench_function(&format!("delta {}KB insert at front", size / 1000), |b| {

@@ -21,6 +21,9 @@ async fn last_event_id_resumes_with_only_what_was_missed() {
     let (mut watcher, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
     let first = ws_event(&mut watcher, 5 * SECOND).await;
     let epoch = first["id"].as_str().unwrap().split('-').next().unwrap().to_string();
+    // Someone reads merge patches too, so the topic computes them (for the resume below).
+    let (mut merge_watcher, _) = ws_connect(proxy.addr, "/doc", &["unpoll.merge-patch"], &[]).await.unwrap();
+    assert_eq!(ws_event(&mut merge_watcher, 5 * SECOND).await["event"], "snapshot");
     for v in 2..=4 {
         up.set_json("/doc", &doc(v));
         assert_eq!(ws_event(&mut watcher, 5 * SECOND).await["id"], format!("{epoch}-{v}"));
@@ -49,6 +52,32 @@ async fn last_event_id_resumes_with_only_what_was_missed() {
         let ev = s.next_event(5 * SECOND).await.unwrap();
         assert_eq!((ev.kind(), ev.json()), ("snapshot", doc(4)), "resume from {stale}");
     }
+}
+
+#[tokio::test]
+async fn resuming_in_a_format_nobody_read_gets_one_snapshot() {
+    // Only JSON Patch subscribers: merge patches were never computed, so a merge-patch resume
+    // can't be served from the history; it gets the current document once, not one snapshot
+    // per missed event.
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let proxy = Proxy::start(up.addr, &config("      history: 8\n")).await;
+    let mut watcher = Sse::connect(proxy.addr, "/doc", &[]).await;
+    let first = watcher.next_event(5 * SECOND).await.unwrap();
+    let epoch = first.id.unwrap().split('-').next().unwrap().to_string();
+    for v in 2..=4 {
+        up.set_json("/doc", &doc(v));
+        assert_eq!(watcher.next_event(5 * SECOND).await.unwrap().kind(), "patch");
+    }
+    let resume = format!("{epoch}-2");
+    let mut merge = Sse::connect(proxy.addr, "/doc?unpoll_format=merge-patch", &[("Last-Event-ID", &resume)]).await;
+    let ev = merge.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((ev.kind(), ev.json(), ev.id.unwrap()), ("snapshot", doc(4), format!("{epoch}-4")));
+    assert!(merge.next_event(Duration::from_millis(400)).await.is_none(), "one snapshot, then nothing until a change");
+    // From now on merge patches are computed for it.
+    up.set_json("/doc", &doc(5));
+    let ev = merge.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((ev.kind(), ev.json()), ("patch", json!({"v": 5})));
 }
 
 #[tokio::test]

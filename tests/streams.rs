@@ -46,6 +46,32 @@ async fn sse_sends_a_snapshot_then_patches() {
 }
 
 #[tokio::test]
+async fn a_format_gets_patches_from_its_first_subscriber_on() {
+    // Patches are computed only for formats someone subscribes in: a merge-patch subscriber
+    // joining a topic read only in JSON Patch so far gets its snapshot, then merge patches.
+    let up = Upstream::start().await;
+    up.set_json("/doc/1", &doc(1));
+    let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
+    let mut json_patch = Sse::connect(proxy.addr, "/doc/1", &[]).await;
+    assert_eq!(json_patch.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+    up.set_json("/doc/1", &doc(2));
+    assert_eq!(json_patch.next_event(5 * SECOND).await.unwrap().kind(), "patch");
+    let mut merge = Sse::connect(proxy.addr, "/doc/1?unpoll_format=merge-patch", &[]).await;
+    let snap = merge.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((snap.kind(), snap.json()), ("snapshot", doc(2)));
+    up.set_json("/doc/1", &doc(3));
+    let patch = merge.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((patch.kind(), patch.json()), ("patch", json!({"v": 3})));
+    assert_eq!(json_patch.next_event(5 * SECOND).await.unwrap().kind(), "patch");
+    // With the JSON Patch subscriber gone, the merge-patch one is still served patches.
+    drop(json_patch);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.set_json("/doc/1", &doc(4));
+    let patch = merge.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((patch.kind(), patch.json()), ("patch", json!({"v": 4})));
+}
+
+#[tokio::test]
 async fn websocket_sends_a_snapshot_then_patches_in_the_chosen_format() {
     let up = Upstream::start().await;
     let pad = "p".repeat(100);

@@ -15,6 +15,9 @@ pub struct Delta {
     pub json_patch: Option<Bytes>,
     /// RFC 7396 patch, or `None` when a snapshot must be sent instead.
     pub merge_patch: Option<Bytes>,
+    /// The patches left out because nobody subscribed in their format (see [`delta_for`]),
+    /// as opposed to patches that must not be sent (size gate, first document).
+    pub skipped: Wanted,
 }
 
 /// How deltas are computed for a stream.
@@ -34,6 +37,20 @@ impl Default for DiffOptions {
 }
 
 impl Delta {
+    /// A change sent whole in every format.
+    pub fn whole(snapshot: Bytes) -> Delta {
+        Delta { snapshot, json_patch: None, merge_patch: None, skipped: Wanted::NONE }
+    }
+
+    /// Whether this format's patch was left out only because nobody read that format.
+    pub fn skipped(&self, format: crate::config::Format) -> bool {
+        match format {
+            crate::config::Format::JsonPatch => self.skipped.json_patch,
+            crate::config::Format::MergePatch => self.skipped.merge_patch,
+            crate::config::Format::Snapshot => false,
+        }
+    }
+
     /// The data a subscriber in `format` is sent: its patch if it has one, else the snapshot.
     pub fn data(&self, format: crate::config::Format) -> &Bytes {
         use crate::config::Format;
@@ -50,28 +67,74 @@ impl Delta {
 /// snapshot) when it is larger than `max_patch_ratio` of the snapshot or the format cannot
 /// express it. Returns `None` when nothing changed.
 pub fn delta(from: Option<&Value>, to: &Value, options: &DiffOptions) -> Option<Delta> {
+    delta_for(from, to, options, Wanted { json_patch: true, merge_patch: true })
+}
+
+/// Which patches someone will read. A patch nobody subscribes to in that format is not
+/// computed (it is `None`, as a gated patch is): of a large document's delta, most of the time
+/// goes to the merge patch and to serialising.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wanted {
+    pub json_patch: bool,
+    pub merge_patch: bool,
+}
+
+impl Wanted {
+    pub const NONE: Wanted = Wanted { json_patch: false, merge_patch: false };
+}
+
+/// [`delta`], computing only the `wanted` patches. The snapshot is always there.
+pub fn delta_for(from: Option<&Value>, to: &Value, options: &DiffOptions, wanted: Wanted) -> Option<Delta> {
     let serialise = |v: &Value| Bytes::from(serde_json::to_vec(v).expect("a Value always serialises"));
     let Some(from) = from else {
-        return Some(Delta { snapshot: serialise(to), json_patch: None, merge_patch: None });
+        return Some(Delta::whole(serialise(to)));
     };
-    let ops = json_patch::diff_with(from, to, json_patch::Options { array_id: options.array_id.as_deref() });
-    if ops.is_empty() {
+    let ops = if wanted.json_patch {
+        let ops = json_patch::diff_with(from, to, json_patch::Options { array_id: options.array_id.as_deref() });
+        if ops.is_empty() {
+            return None;
+        }
+        Some(ops)
+    } else if from == to {
         return None;
-    }
+    } else {
+        None
+    };
     let snapshot = serialise(to);
     let gate = |patch: Value| {
         let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
         (bytes.len() as f64 <= snapshot.len() as f64 * options.max_patch_ratio).then(|| Bytes::from(bytes))
     };
-    let json_patch = gate(Value::Array(ops));
-    let merge_patch = merge_patch::diff(from, to).and_then(gate);
-    Some(Delta { snapshot, json_patch, merge_patch })
+    let json_patch = ops.and_then(|ops| gate(Value::Array(ops)));
+    let merge_patch = if wanted.merge_patch { merge_patch::diff(from, to).and_then(gate) } else { None };
+    let skipped = Wanted { json_patch: !wanted.json_patch, merge_patch: !wanted.merge_patch };
+    Some(Delta { snapshot, json_patch, merge_patch, skipped })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_wanted_patches_are_computed() {
+        let pad = "p".repeat(100); // so that the patches pass the size gate
+        let (a, b) = (json!({"a": 1, "pad": pad}), json!({"a": 2, "pad": pad}));
+        let options = DiffOptions::default();
+        let only = |json_patch, merge_patch| delta_for(Some(&a), &b, &options, Wanted { json_patch, merge_patch });
+        let d = only(true, false).unwrap();
+        assert!(d.json_patch.is_some() && d.merge_patch.is_none());
+        let d = only(false, true).unwrap();
+        assert!(d.json_patch.is_none());
+        assert_eq!(&d.merge_patch.unwrap()[..], br#"{"a":2}"#);
+        let d = only(false, false).unwrap();
+        assert!(d.json_patch.is_none() && d.merge_patch.is_none());
+        assert_eq!(d.snapshot, serde_json::to_vec(&b).unwrap());
+        // Equal documents are no change whatever is wanted.
+        for (j, m) in [(true, true), (true, false), (false, true), (false, false)] {
+            assert!(delta_for(Some(&a), &a, &options, Wanted { json_patch: j, merge_patch: m }).is_none());
+        }
+    }
 
     #[test]
     fn first_document_is_a_snapshot() {

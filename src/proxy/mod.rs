@@ -121,7 +121,7 @@ impl Gateway {
             topics: server.max_topics,
             per_topic: settings.max_subscribers,
         };
-        let sub = match self.hub.subscribe(key, poll, route, request.resume.as_ref(), limits) {
+        let sub = match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits) {
             Ok(sub) => sub,
             Err(refused) => {
                 self.metrics.rejected.with_label_values(&[refused.reason()]).inc();

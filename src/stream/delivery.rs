@@ -59,7 +59,13 @@ impl Delivery {
         let p = protocol.name();
         let gauge = metrics.subscribers.with_label_values(&[route, p]);
         gauge.inc();
-        let published = sub.topic.upgrade().map(|t| t.published.clone()).unwrap_or_default();
+        let published = match sub.topic.upgrade() {
+            Some(topic) => {
+                topic.formats[format.index()].fetch_add(1, Ordering::Relaxed);
+                topic.published.clone()
+            }
+            None => Arc::default(),
+        };
         Delivery {
             sub,
             protocol,
@@ -108,7 +114,7 @@ impl Delivery {
     fn resync(&mut self) -> Next {
         match self.sub.topic.upgrade() {
             Some(topic) => {
-                let (msgs, rx) = topic.open(None);
+                let (msgs, rx) = topic.open(None, self.format);
                 drop(topic);
                 self.sub.rx = rx;
                 self.encode_all(msgs)
@@ -167,5 +173,8 @@ fn next(bytes: Bytes, end: bool, going_away: Option<&'static str>) -> Next {
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.gauge.dec();
+        if let Some(topic) = self.sub.topic.upgrade() {
+            topic.formats[self.format.index()].fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }

@@ -136,6 +136,7 @@ mod tests {
             snapshot: Bytes::from_static(br#"{"a":2}"#),
             json_patch: json_patch.map(Bytes::from_static),
             merge_patch: Some(Bytes::from_static(br#"{"a":2}"#)),
+            skipped: Default::default(),
         };
         Event::new("ep", 7, delta, [0; 3])
     }

@@ -1,6 +1,7 @@
 //! The hub: one [`Topic`] per [`TopicKey`], created by its first subscriber.
 
 use super::topic::{Msg, ResumeId, Topic};
+use crate::config::Format;
 use crate::metrics::Metrics;
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::poll::poller;
@@ -86,6 +87,7 @@ impl Hub {
         request: PollRequest,
         route: &Arc<Route>,
         resume: Option<&ResumeId>,
+        format: Format,
         limits: Limits,
     ) -> Result<Subscription, Refused> {
         let topic = {
@@ -109,7 +111,7 @@ impl Hub {
             self.total.fetch_add(1, Ordering::SeqCst);
             topic.clone()
         };
-        let (initial, rx) = topic.open(resume);
+        let (initial, rx) = topic.open(resume, format);
         Ok(Subscription { topic: Arc::downgrade(&topic), initial, rx, total: self.total.clone() })
     }
 

@@ -1,7 +1,8 @@
 //! A topic: one shared poll's document, its history, and the channel that fans events out.
 
 use super::event::{ErrorEvent, Event};
-use crate::diff::{delta, Delta, DiffOptions};
+use crate::config::Format;
+use crate::diff::{delta_for, Delta, DiffOptions, Wanted};
 use crate::poll::fetch::Validators;
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::proxy::routing::Route;
@@ -73,6 +74,8 @@ pub struct Topic {
     /// The offsets of the latest event, per format, readable without the topic (see
     /// [`Event::offsets`]).
     pub published: Arc<[AtomicU64; 3]>,
+    /// Subscribers per format (see [`Format::index`]): patches nobody reads are not computed.
+    pub formats: [AtomicUsize; 3],
     /// Wakes the poller when the last subscriber leaves.
     pub(crate) wake: Notify,
 }
@@ -114,6 +117,7 @@ impl Topic {
             tx: broadcast::channel(queue).0,
             subscribers: AtomicUsize::new(0),
             published: Arc::default(),
+            formats: Default::default(),
             wake: Notify::new(),
         }
     }
@@ -186,7 +190,9 @@ impl Topic {
     /// only what it missed when `resume` names a version still in history; then the current
     /// error, if the upstream is failing. Taken under the state lock, so nothing published
     /// concurrently is lost or duplicated.
-    pub fn open(&self, resume: Option<&ResumeId>) -> (Vec<Msg>, broadcast::Receiver<Msg>) {
+    /// A resume that would need a patch nobody computed (no subscriber in `format` at the
+    /// time) gets the current snapshot instead: one message, not a snapshot per missed event.
+    pub fn open(&self, resume: Option<&ResumeId>, format: Format) -> (Vec<Msg>, broadcast::Receiver<Msg>) {
         let state = self.state();
         let rx = self.tx.subscribe();
         let mut initial = Vec::new();
@@ -195,7 +201,8 @@ impl Topic {
                 Some(r) if r.version == current.version => {}
                 Some(r)
                     if r.version < current.version
-                        && state.history.front().is_some_and(|oldest| oldest.version <= r.version + 1) =>
+                        && state.history.front().is_some_and(|oldest| oldest.version <= r.version + 1)
+                        && !state.history.iter().any(|e| e.version > r.version && e.delta.skipped(format)) =>
                 {
                     initial.extend(state.history.iter().filter(|e| e.version > r.version).cloned().map(Msg::Event));
                 }
@@ -254,13 +261,16 @@ impl Topic {
         let change = match &doc {
             Some(doc) => {
                 let options: DiffOptions = self.route().stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
-                delta(previous.as_deref(), doc, &options)
+                // A subscriber joining meanwhile gets this event as a snapshot, which is correct.
+                let wants = |f: Format| self.formats[f.index()].load(Ordering::Relaxed) > 0;
+                let wanted = Wanted { json_patch: wants(Format::JsonPatch), merge_patch: wants(Format::MergePatch) };
+                delta_for(previous.as_deref(), doc, &options, wanted)
             }
             None => {
                 // Not JSON: sent whole, as a JSON string.
                 let text = Value::String(String::from_utf8_lossy(&body).into_owned());
                 let snapshot = Bytes::from(serde_json::to_vec(&text).expect("a string serialises"));
-                Some(Delta { snapshot, json_patch: None, merge_patch: None })
+                Some(Delta::whole(snapshot))
             }
         };
         let mut state = self.state();
@@ -314,7 +324,7 @@ impl Topic {
 
 /// The same change, sent whole in every format.
 fn whole(delta: Delta) -> Delta {
-    Delta { snapshot: delta.snapshot, json_patch: None, merge_patch: None }
+    Delta::whole(delta.snapshot)
 }
 
 #[cfg(test)]
