@@ -72,7 +72,7 @@ async fn resuming_in_a_format_nobody_read_gets_one_snapshot() {
     let resume = format!("{epoch}-2");
     let mut merge = Sse::connect(proxy.addr, "/doc?unpoll_format=merge-patch", &[("Last-Event-ID", &resume)]).await;
     let ev = merge.next_event(5 * SECOND).await.unwrap();
-    assert_eq!((ev.kind(), ev.json(), ev.id.unwrap()), ("snapshot", doc(4), format!("{epoch}-4")));
+    assert_eq!((ev.kind(), ev.json(), ev.id.clone().unwrap()), ("snapshot", doc(4), format!("{epoch}-4")));
     assert!(merge.next_event(Duration::from_millis(400)).await.is_none(), "one snapshot, then nothing until a change");
     // From now on merge patches are computed for it.
     up.set_json("/doc", &doc(5));
