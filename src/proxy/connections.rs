@@ -6,9 +6,11 @@
 //! not yet counted is a new connection. The count is approximate by a connection or so around
 //! a descriptor that closes and is reused at once.
 //!
-//! A subscription's stream outlives pingora's handling of its request (it is served from its
-//! own task, see `stream::downstream`), so a connection is held by pingora and by any such
-//! stream, and counted until both have let it go.
+//! A subscription's stream outlives pingora's handling of its request: it is served from its
+//! own task on a duplicate of the descriptor (see `stream::downstream`), which the stream holds
+//! in the count until it ends. While pingora finishes the request, the connection is briefly
+//! counted under both descriptors. Each entry counts its holders, so a descriptor is only
+//! forgotten once everyone holding it has let go.
 
 use crate::metrics::Metrics;
 use crate::proxy::head_deadline::HeadDeadline;

@@ -28,8 +28,9 @@ pub enum Socket {
 pub fn lean(stream: Stream) -> (Socket, i32) {
     let fd = stream.id();
     if fd >= 0 {
-        // SAFETY: `fd` is the descriptor of `stream`, open for as long as `stream` lives, and
-        // the borrow ends before `stream` is dropped.
+        // SAFETY: for pingora's L4 streams (and our wrapper around them) the unique id is the
+        // socket's descriptor, open for as long as `stream` lives; the borrow ends before
+        // `stream` is dropped. The peer_addr check below refuses anything but a TCP socket.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         if let Ok(owned) = borrowed.try_clone_to_owned() {
             let std = std::net::TcpStream::from(owned);
