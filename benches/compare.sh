@@ -6,7 +6,8 @@
 # unpoll polls the bench upstream every second; nchan gets each change by POST from a second
 # bench upstream. Latency is receive time minus the time the document left the upstream (the
 # GET answer for unpoll, the POST for nchan). Environment: N (10000), PROTOCOL (sse), ROUNDS (2),
-# RATE (1), SIZE (1024), DURATION (10), WARMUP (2), THREADS (2: proxy threads / nginx workers).
+# RATE (1), SIZE (1024), DURATION (10), WARMUP (2), THREADS (2: proxy threads / nginx workers),
+# FORMAT (unpoll's format; FORMAT=snapshot sends the whole document, as nchan does).
 source "$(dirname "$0")/lib.sh"
 N="${N:-10000}"; RATE="${RATE:-1}"; SIZE="${SIZE:-1024}"; PROTOCOL="${PROTOCOL:-sse}"
 INTERVAL_MS="$(python3 -c "print(round(1000/float('$RATE')))")"
@@ -23,7 +24,7 @@ run_unpoll() {
   UPSTREAM="$POLLED" start_unpoll "${INTERVAL_MS}ms"
   # shellcheck disable=SC2046
   "$BIN/unpoll-bench" subscribe --url "http://$UNPOLL/doc" --server unpoll "${common[@]}" \
-    --upstream-stats "http://$POLLED/stats" $(pid_args "$UNPOLL_PID") | tee -a "$RESULTS"
+    --upstream-stats "http://$POLLED/stats" $(pid_args "$UNPOLL_PID") ${FORMAT:+--format "$FORMAT"} | tee -a "$RESULTS"
   stop "$UNPOLL_PID"
 }
 
