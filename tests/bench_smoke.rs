@@ -81,6 +81,7 @@ fn check(report: &Value) {
     assert!((0.85..=1.15).contains(&gets), "{text}");
     assert!(report["server_cpu_s"].as_f64().unwrap() > 0.0, "{text}");
     assert!(report["server_mem_kib_per_subscriber"].as_f64().is_some(), "{text}");
+    assert!(report["server_rss_kib_per_subscriber"].as_f64().is_some(), "{text}");
 }
 
 #[tokio::test]

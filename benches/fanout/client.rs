@@ -133,6 +133,7 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
         args: args.clone(),
     });
     let base_mem = procstat::pss_kib(&args.pids);
+    let base_rss = procstat::rss_kib(&args.pids);
     let base_cpu = procstat::cpu_seconds(&args.pids);
     let request = Rc::new(target.request(&args));
     let started = Instant::now();
@@ -161,6 +162,7 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
     let subscribe_cpu = procstat::cpu_seconds(&args.pids) - base_cpu;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let subscribed_mem = procstat::pss_kib(&args.pids);
+    let subscribed_rss = procstat::rss_kib(&args.pids);
 
     shared.phase.set(Phase::Warmup);
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
@@ -200,7 +202,7 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
         _ => None,
     };
     let intervals = window / args.interval;
-    let per_sub_kib = |mem: Option<f64>| match (mem, base_mem) {
+    let per_sub_kib = |mem: Option<f64>, base: Option<f64>| match (mem, base) {
         (Some(m), Some(b)) if shared.subscribed.get() > 0 => Some((m - b) / shared.subscribed.get() as f64),
         _ => None,
     };
@@ -236,8 +238,9 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
         "server_cpu_us_per_delivery": if args.pids.is_empty() || deliveries == 0 { None } else { Some(cpu * 1e6 / deliveries as f64) },
         "server_cpu_share": if args.pids.is_empty() { None } else { Some(cpu / window) },
         "server_mem_base_kib": base_mem,
-        "server_mem_kib_per_subscriber": per_sub_kib(subscribed_mem),
-        "server_mem_kib_per_subscriber_end": per_sub_kib(peak_mem),
+        "server_mem_kib_per_subscriber": per_sub_kib(subscribed_mem, base_mem),
+        "server_mem_kib_per_subscriber_end": per_sub_kib(peak_mem, base_mem),
+        "server_rss_kib_per_subscriber": per_sub_kib(subscribed_rss, base_rss),
         "load_tool_cpu_s": self1 - self0,
         "load_tool_cpu_share": (self1 - self0) / window,
     });
@@ -258,7 +261,7 @@ fn human(r: &serde_json::Value) -> String {
          window {} s: {} deliveries ({}/s), lost {}, out of order {}, behind at end {}, ended early {}, error events {}\n\
          latency ms: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n\
          upstream GETs per interval: {}\n\
-         server CPU: {} µs per delivery ({} of a core); memory: {} KiB per subscriber after subscribing, {} at the end\n\
+         server CPU: {} µs per delivery ({} of a core); memory (Pss): {} KiB per subscriber after subscribing, {} at the end (RSS: {})\n\
          load tool CPU: {} of a core",
         r["server"].as_str().unwrap_or(""),
         r["protocol"].as_str().unwrap_or(""),
@@ -285,6 +288,7 @@ fn human(r: &serde_json::Value) -> String {
         f(&r["server_cpu_share"], 3),
         f(&r["server_mem_kib_per_subscriber"], 2),
         f(&r["server_mem_kib_per_subscriber_end"], 2),
+        f(&r["server_rss_kib_per_subscriber"], 2),
         f(&r["load_tool_cpu_share"], 3),
     )
 }

@@ -24,13 +24,23 @@ fn process_cpu(pid: &str) -> f64 {
 
 /// Proportional set size in KiB, summed over the processes; None if one can't be read.
 pub fn pss_kib(pids: &[u32]) -> Option<f64> {
+    sum_kib(pids, "smaps_rollup", "Pss:")
+}
+
+/// Resident set size in KiB, summed over the processes (pages shared between nginx's
+/// processes are counted in each).
+pub fn rss_kib(pids: &[u32]) -> Option<f64> {
+    sum_kib(pids, "status", "VmRSS:")
+}
+
+fn sum_kib(pids: &[u32], file: &str, field: &str) -> Option<f64> {
     if pids.is_empty() {
         return None;
     }
     let mut total = 0.0;
     for pid in pids {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-        let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+        let line = text.lines().find(|l| l.starts_with(field))?;
         total += line.split_whitespace().nth(1)?.parse::<f64>().ok()?;
     }
     Some(total)
