@@ -19,14 +19,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The client's stream of an HTTP/1 session, or None (the session is left as it was) for
 /// other kinds of session.
 pub fn detach(session: &mut Session) -> Option<Stream> {
-    if !matches!(*session.downstream_session, HttpSession::H1(_)) {
-        return None;
-    }
     let mut placeholder = HttpSession::new_http1(Box::new(Detached));
     placeholder.set_keepalive(None);
     match std::mem::replace(&mut *session.downstream_session, placeholder) {
         HttpSession::H1(h1) => Some(h1.into_inner()),
-        _ => unreachable!("checked to be HTTP/1 above"),
+        other => {
+            *session.downstream_session = other;
+            None
+        }
     }
 }
 
