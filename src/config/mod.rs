@@ -8,6 +8,7 @@ pub mod reload;
 
 pub use duration::{format_duration, parse_duration};
 pub use model::*;
+pub(crate) use parse::same_socket;
 pub use parse::{parse_config, ConfigErrors, Problem};
 pub use pattern::Pattern;
 

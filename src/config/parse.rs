@@ -280,6 +280,17 @@ impl Walker {
         if let Some(v) = m.get("admin") {
             s.admin = self.address(v, &join(path, "admin"));
             ok &= s.admin.is_some();
+            // Pingora retries a port in use for a while instead of failing at once, so a
+            // shared address would leave one service answering the other's connections.
+            if let Some(admin) = &s.admin {
+                if let Some(i) = s.listen.iter().position(|l| same_socket(l, admin)) {
+                    self.problem(
+                        &join(path, "admin"),
+                        format!("`{admin}` is also a listen address (server.listen[{i}]); use another port"),
+                    );
+                    ok = false;
+                }
+            }
         }
         if let Some(v) = m.get("threads") {
             match self.count(v, &join(path, "threads"), 1, 256) {
@@ -596,6 +607,17 @@ fn show(v: &Value) -> String {
     }
 }
 
+/// Whether two listen addresses would take the same port (the same address, or the same
+/// port where either is a wildcard).
+pub(crate) fn same_socket(a: &str, b: &str) -> bool {
+    match (a.parse::<std::net::SocketAddr>(), b.parse::<std::net::SocketAddr>()) {
+        (Ok(a), Ok(b)) => {
+            a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,6 +723,23 @@ routes:
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "routes[0].upstream");
         assert!(errs[0].message.contains("unknown upstream `b`"));
+    }
+
+    #[test]
+    fn admin_may_not_share_a_listen_address() {
+        let routes = "upstreams: {a: {servers: ['127.0.0.1:1']}}\nroutes: [{match: /x, upstream: a}]\n";
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+        ] {
+            let text = format!("server: {{listen: ['127.0.0.1:7000', '{listen}'], admin: '{admin}'}}\n{routes}");
+            let errs = parse_config(&text).unwrap_err().0;
+            assert_eq!(errs[0].path, "server.admin", "{listen} / {admin}");
+            assert!(errs[0].message.contains("server.listen[1]"), "{}", errs[0].message);
+        }
+        let text = format!("server: {{listen: ['127.0.0.1:8080'], admin: '127.0.0.2:8080'}}\n{routes}");
+        assert!(parse_config(&text).is_ok(), "another address on the same port is fine");
     }
 
     #[test]

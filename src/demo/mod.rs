@@ -14,6 +14,10 @@ pub fn config(listen: &str, admin: &str, api: &str) -> Result<Config, ConfigErro
     let api_addr = api.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
         ConfigErrors(vec![Problem { path: "--api".into(), line: None, message: format!("`{api}` is not host:port") }])
     })?;
+    if crate::config::same_socket(listen, admin) {
+        let message = format!("`{admin}` is also the --listen address");
+        return Err(ConfigErrors(vec![Problem { path: "--admin".into(), line: None, message }]));
+    }
     config.server.listen = vec![listen.to_string()];
     config.server.admin = Some(admin.to_string());
     for upstream in config.upstreams.values_mut() {
@@ -37,5 +41,7 @@ mod tests {
         assert_eq!(c.server.listen, vec!["127.0.0.1:18080"]);
         assert_eq!(c.upstreams["legacy"].servers[0].port(), 13001);
         assert!(c.routes.iter().filter(|r| r.stream.is_some()).count() >= 3);
+        let same = super::config("127.0.0.1:18080", "127.0.0.1:18080", "127.0.0.1:13001").unwrap_err();
+        assert_eq!(same.0[0].path, "--admin");
     }
 }

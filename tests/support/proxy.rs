@@ -40,10 +40,11 @@ impl Proxy {
         // Ports are picked by binding port 0; if another process takes one first, unpoll
         // exits and we try again with new ports.
         for _ in 0..5 {
-            let (addr, admin): (SocketAddr, SocketAddr) = (
-                format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-                format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            );
+            let port = free_port();
+            // Two different ports: unpoll refuses an admin address that is also a listen one.
+            let admin_port = std::iter::repeat_with(free_port).find(|&p| p != port).unwrap();
+            let (addr, admin): (SocketAddr, SocketAddr) =
+                (format!("127.0.0.1:{port}").parse().unwrap(), format!("127.0.0.1:{admin_port}").parse().unwrap());
             let config = config_text(addr, admin, upstream, server_extra, body);
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("unpoll.yaml");
