@@ -6,7 +6,7 @@
 //! the server's on a shared machine; the report prints it.
 
 use crate::procstat;
-use crate::upstream::{find, now_us};
+use crate::wire::{find, now_us, read_head, split_url};
 use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -306,14 +306,6 @@ async fn upstream_stats(args: &Args) -> Option<u64> {
     json["gets"].as_u64()
 }
 
-fn split_url(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs: {url}"))?;
-    Ok(match rest.find('/') {
-        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
-        None => (rest.to_string(), "/".to_string()),
-    })
-}
-
 #[derive(Clone)]
 struct Target {
     addr: String,
@@ -364,22 +356,17 @@ async fn subscriber(
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     s.write_all(request).await.map_err(|e| format!("write: {}", e.kind()))?;
     let mut buf = Vec::with_capacity(2048);
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if read_more(&mut s, &mut buf).await? == 0 {
-            return Err("closed before the response head".into());
-        }
+    let head = match read_head(&mut s, &mut buf).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return Err("closed before the response head".into()),
+        Err(e) => return Err(format!("read: {}", e.kind())),
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     let status = head.split_whitespace().nth(1).unwrap_or("?").to_string();
     let expected = if target.protocol == Protocol::Ws { "101" } else { "200" };
     if status != expected {
         return Err(format!("status {status}"));
     }
     let chunked = head.contains("transfer-encoding: chunked");
-    buf.drain(..head_end);
     let mut decoded = Vec::with_capacity(2048);
     let mut chunk_state = Chunked::Size;
     let mut frag: Vec<u8> = Vec::new();

@@ -5,6 +5,7 @@
 mod client;
 mod procstat;
 mod upstream;
+mod wire;
 
 use clap::Parser;
 

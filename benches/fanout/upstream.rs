@@ -6,11 +6,12 @@
 //! machine measures delivery latency as its receive time minus `sent_us`. Each change sets one
 //! item's `value`, so a JSON Patch of a change is small while the document stays `--size` bytes.
 
+use crate::wire::{now_us, read_head, split_url};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -60,10 +61,6 @@ struct State {
     plain: bytes::Bytes,
 }
 
-pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
-
 fn items(seq: u64, count: usize) -> String {
     let changed = if count == 0 { usize::MAX } else { seq as usize % count };
     let mut out = String::from("[");
@@ -103,20 +100,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
 
+    let mut publisher = args.publish.as_deref().map(Publisher::new).transpose()?;
     if args.rate > 0.0 {
         let state = state.clone();
-        let publish = args.publish.clone();
         tokio::spawn(async move {
-            let mut publisher = publish.map(Publisher::new);
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             // The first document at once, so subscribers joining before the first change get it.
             if let Some(p) = publisher.as_mut() {
-                let doc = state.doc.load_full();
-                if let Err(e) = p.publish(render(&doc, now_us()).as_bytes()).await {
-                    eprintln!("publish failed: {e}");
-                }
+                p.publish(&state.doc.load_full()).await;
             }
             loop {
                 tick.tick().await;
@@ -124,10 +117,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 state.doc.store(Arc::new(Doc { seq, changed_us: now_us(), items: items(seq, count) }));
                 state.changes.fetch_add(1, Ordering::Relaxed);
                 if let Some(p) = publisher.as_mut() {
-                    let doc = state.doc.load_full();
-                    if let Err(e) = p.publish(render(&doc, now_us()).as_bytes()).await {
-                        eprintln!("publish failed: {e}");
-                    }
+                    p.publish(&state.doc.load_full()).await;
                 }
             }
         });
@@ -147,22 +137,9 @@ async fn connection(mut stream: TcpStream, state: &State) -> std::io::Result<()>
     let mut buf = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
     loop {
-        let end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > 64 * 1024 {
-                return Ok(());
-            }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        let Some(head) = read_head(&mut stream, &mut buf).await? else {
+            return Ok(());
         };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        buf.drain(..end);
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let close = head.contains("\r\nconnection: close");
         out.clear();
@@ -215,10 +192,6 @@ fn respond(out: &mut Vec<u8>, status: &str, etag: Option<&str>, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// POSTs documents over one kept-alive connection, reconnecting when it breaks.
 struct Publisher {
     addr: String,
@@ -227,21 +200,17 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn new(url: String) -> Publisher {
-        let rest = url.strip_prefix("http://").unwrap_or(&url);
-        let (addr, path) = match rest.find('/') {
-            Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
-            None => (rest.to_string(), "/".to_string()),
-        };
-        Publisher { addr, path, conn: None }
+    fn new(url: &str) -> anyhow::Result<Publisher> {
+        let (addr, path) = split_url(url)?;
+        Ok(Publisher { addr, path, conn: None })
     }
 
-    async fn publish(&mut self, body: &[u8]) -> std::io::Result<()> {
-        let result = self.try_publish(body).await;
-        if result.is_err() {
+    /// Publishes `doc`, stamped now; a failure is reported and the next publish reconnects.
+    async fn publish(&mut self, doc: &Doc) {
+        if let Err(e) = self.try_publish(render(doc, now_us()).as_bytes()).await {
+            eprintln!("publish failed: {e}");
             self.conn = None;
         }
-        result
     }
 
     async fn try_publish(&mut self, body: &[u8]) -> std::io::Result<()> {
@@ -262,18 +231,9 @@ impl Publisher {
         conn.write_all(&req).await?;
         // Read the response head and its content-length body.
         let mut buf = Vec::new();
-        let end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 2048];
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        let Some(head) = read_head(conn, &mut buf).await? else {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         if !(head.starts_with("http/1.1 20")) {
             return Err(std::io::Error::other(format!("publisher answered {}", head.lines().next().unwrap_or(""))));
         }
@@ -282,7 +242,7 @@ impl Publisher {
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        let mut have = buf.len() - end;
+        let mut have = buf.len();
         while have < len {
             let mut chunk = [0u8; 2048];
             let n = conn.read(&mut chunk).await?;

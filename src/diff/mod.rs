@@ -3,6 +3,7 @@
 pub mod json_patch;
 pub mod merge_patch;
 
+use crate::config::Format;
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -43,23 +44,26 @@ impl Delta {
     }
 
     /// Whether this format's patch was left out only because nobody read that format.
-    pub fn skipped(&self, format: crate::config::Format) -> bool {
+    pub fn skipped(&self, format: Format) -> bool {
         match format {
-            crate::config::Format::JsonPatch => self.skipped.json_patch,
-            crate::config::Format::MergePatch => self.skipped.merge_patch,
-            crate::config::Format::Snapshot => false,
+            Format::JsonPatch => self.skipped.json_patch,
+            Format::MergePatch => self.skipped.merge_patch,
+            Format::Snapshot => false,
         }
     }
 
-    /// The data a subscriber in `format` is sent: its patch if it has one, else the snapshot.
-    pub fn data(&self, format: crate::config::Format) -> &Bytes {
-        use crate::config::Format;
+    /// The patch a subscriber in `format` is sent, if there is one.
+    pub fn patch(&self, format: Format) -> Option<&Bytes> {
         match format {
             Format::JsonPatch => self.json_patch.as_ref(),
             Format::MergePatch => self.merge_patch.as_ref(),
             Format::Snapshot => None,
         }
-        .unwrap_or(&self.snapshot)
+    }
+
+    /// The data a subscriber in `format` is sent: its patch if it has one, else the snapshot.
+    pub fn data(&self, format: Format) -> &Bytes {
+        self.patch(format).unwrap_or(&self.snapshot)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 use crate::poll::key;
 use crate::stream::delivery::Delivery;
-use crate::stream::downstream::{self, Downstream, WriteFailed};
+use crate::stream::downstream::{self, Downstream};
 use crate::stream::encode::Protocol;
 use crate::stream::hub::Hub;
 use crate::stream::hub::Limits;
@@ -153,20 +153,10 @@ impl Gateway {
                 None => sse::serve(down, delivery, heartbeat, shutdown).await.map(|()| None),
                 Some(handshake) => {
                     let limits = ws::Limits { heartbeat, write_timeout, max_message };
-                    ws::serve(down, handshake, delivery, limits, shutdown).await.map(|ended| match ended {
-                        ws::Ended::Normal => None,
-                        ws::Ended::PingTimeout => Some("ping_timeout"),
-                        ws::Ended::WriteTimeout => Some("write_timeout"),
-                        ws::Ended::ProtocolError => Some("protocol_error"),
-                    })
+                    ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)
                 }
             };
-            let reason = match result {
-                Ok(reason) => reason,
-                Err(WriteFailed::Timeout) => Some("write_timeout"),
-                Err(WriteFailed::Error) => Some("write_error"),
-            };
-            if let Some(reason) = reason {
+            if let Some(reason) = result.unwrap_or_else(|failed| Some(failed.drop_reason())) {
                 metrics.dropped.with_label_values(&[route.label(), reason]).inc();
             }
         });

@@ -55,6 +55,16 @@ pub enum WriteFailed {
     Error,
 }
 
+impl WriteFailed {
+    /// The `reason` label of `unpoll_subscribers_dropped_total`.
+    pub fn drop_reason(self) -> &'static str {
+        match self {
+            WriteFailed::Timeout => "write_timeout",
+            WriteFailed::Error => "write_error",
+        }
+    }
+}
+
 pub struct Downstream {
     /// Keeps the connection counted; released before the stream closes (fields drop in order).
     _hold: Hold,

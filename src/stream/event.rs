@@ -52,12 +52,7 @@ impl Event {
     /// What a subscriber in `format` is sent for this event: a patch if the format has one,
     /// otherwise the whole document.
     pub fn kind(&self, format: Format) -> Kind {
-        let patch = match format {
-            Format::JsonPatch => self.delta.json_patch.is_some(),
-            Format::MergePatch => self.delta.merge_patch.is_some(),
-            Format::Snapshot => false,
-        };
-        if patch {
+        if self.delta.patch(format).is_some() {
             Kind::Patch
         } else {
             Kind::Snapshot
@@ -66,19 +61,13 @@ impl Event {
 
     /// The wire bytes of this event for one protocol and format, encoded on first use.
     /// `Format::Snapshot` gives the whole document, which is also what a new subscriber
-    /// of any format receives first.
+    /// of any format receives first. A format without a patch for this event shares the
+    /// snapshot's encoding.
     pub fn frame(&self, protocol: Protocol, format: Format) -> (Bytes, Kind) {
         let kind = self.kind(format);
+        let format = if kind == Kind::Snapshot { Format::Snapshot } else { format };
         let slot = &self.frames[protocol.index() * 3 + format.index()];
-        let bytes = slot.get_or_init(|| {
-            let data = match (kind, format) {
-                (Kind::Patch, Format::JsonPatch) => self.delta.json_patch.as_ref(),
-                (Kind::Patch, Format::MergePatch) => self.delta.merge_patch.as_ref(),
-                _ => None,
-            }
-            .unwrap_or(&self.delta.snapshot);
-            encode(protocol, Some(&self.id), kind.name(), data)
-        });
+        let bytes = slot.get_or_init(|| encode(protocol, Some(&self.id), kind.name(), self.delta.data(format)));
         (bytes.clone(), kind)
     }
 }
@@ -158,6 +147,8 @@ mod tests {
         let (bytes, kind) = e.frame(Protocol::Sse, Format::JsonPatch);
         assert_eq!(kind, Kind::Snapshot);
         assert_eq!(&bytes[..], &chunk(b"id: ep-7\nevent: snapshot\ndata: {\"a\":2}\n\n")[..]);
+        let (snapshot, _) = e.frame(Protocol::Sse, Format::Snapshot);
+        assert_eq!(bytes.as_ptr(), snapshot.as_ptr(), "a format without a patch shares the snapshot's encoding");
         assert_eq!(e.frame(Protocol::Sse, Format::MergePatch).1, Kind::Patch);
         assert_eq!(e.frame(Protocol::WebSocket, Format::Snapshot).1, Kind::Snapshot);
     }

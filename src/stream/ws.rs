@@ -24,14 +24,23 @@ pub struct Limits {
     pub max_message: usize,
 }
 
-/// Why a WebSocket stream ended, for metrics.
+/// Why a WebSocket stream ended (a failed write is a [`WriteFailed`] instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     Normal,
     PingTimeout,
-    /// The client accepted no bytes for `write_timeout`.
-    WriteTimeout,
     ProtocolError,
+}
+
+impl Ended {
+    /// The `reason` label of `unpoll_subscribers_dropped_total`, for streams the proxy ended.
+    pub fn drop_reason(self) -> Option<&'static str> {
+        match self {
+            Ended::Normal => None,
+            Ended::PingTimeout => Some("ping_timeout"),
+            Ended::ProtocolError => Some("protocol_error"),
+        }
+    }
 }
 
 /// Feeds raw client bytes to a server-side WebSocket reader, as a stream does, and returns how
@@ -130,18 +139,12 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Ended, WriteFailed> {
     let mut conn = Conn::new(limits.max_message);
-    let result = run(&mut down, handshake, &mut conn, delivery, limits.heartbeat, shutdown).await;
-    match result {
-        // The write that timed out may have sent part of a frame: a close frame after it would
-        // be read as that frame's payload, so the connection is closed without one (the client
-        // sees 1006).
-        Err(WriteFailed::Timeout) => Ok(Ended::WriteTimeout),
-        Err(e) => Err(e),
-        Ok(ended) => {
-            down.close().await;
-            Ok(ended)
-        }
-    }
+    // After a failed write the connection is dropped without a close frame: a write that timed
+    // out may have sent part of a frame, and a close frame after it would be read as that
+    // frame's payload (the client sees 1006).
+    let ended = run(&mut down, handshake, &mut conn, delivery, limits.heartbeat, shutdown).await?;
+    down.close().await;
+    Ok(ended)
 }
 
 async fn run(

@@ -1,0 +1,44 @@
+//! The little HTTP/1.1 both sides of the load tool need: URLs, response and request heads.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Microseconds since the Unix epoch: the clock `sent_us` and receive times are read from.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `http://host:port/path` as (`host:port`, `/path`).
+pub fn split_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs: {url}"))?;
+    Ok(match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    })
+}
+
+/// Reads from `s` into `buf` until it holds a whole head, then takes the head out of `buf`
+/// (what follows it stays) and returns it in lower case. None when the peer closed first or
+/// the head passed 64 KiB.
+pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    let end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return Ok(None);
+        }
+        buf.reserve(4096);
+        if s.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    buf.drain(..end);
+    Ok(Some(head))
+}
