@@ -24,12 +24,16 @@
 //! the scripted upstream, the launcher and the clients), `fuzz/` (cargo-fuzz targets and their
 //! seed corpora, which `tests/fuzz_corpus.rs` runs), `benches/` (criterion), `docs/`.
 
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod metrics;
 pub mod poll;
+pub mod pool;
 pub mod proxy;
 pub mod server;
+pub mod socket;
 pub mod stream;

@@ -20,6 +20,10 @@ pub struct Metrics {
     /// `unpoll_upstream_poll_waits_total{upstream}`: polls that waited for a free slot
     /// because `max_concurrent_polls` were in flight.
     pub poll_waits: IntCounterVec,
+    /// `unpoll_upstream_reuse_refused_total{upstream,reason}`: upstream connections not reused
+    /// because bytes waited on them (`stray_bytes`) or a response's framing was in doubt
+    /// (`doubtful_framing`); each also quarantines the server (see `pool`).
+    pub reuse_refused: IntCounterVec,
     /// `unpoll_events_sent_total{route,protocol,kind}`: kind is `snapshot`, `patch`, `error`.
     pub events: IntCounterVec,
     /// `unpoll_bytes_sent_total{route,protocol}`: event bytes written to subscribers.
@@ -70,6 +74,11 @@ impl Metrics {
                 "unpoll_upstream_poll_waits_total",
                 "Polls that waited for max_concurrent_polls",
                 &["upstream"],
+            ),
+            reuse_refused: counter_vec(
+                "unpoll_upstream_reuse_refused_total",
+                "Upstream connections not reused: stray bytes or doubtful framing",
+                &["upstream", "reason"],
             ),
             events: counter_vec(
                 "unpoll_events_sent_total",

@@ -56,6 +56,33 @@ pub struct UpstreamSettings {
     pub max_body: usize,
     /// `max_concurrent_polls`: polls of this upstream in flight at once; more wait their turn.
     pub max_concurrent_polls: usize,
+    /// `reuse`: which requests may share a pooled connection to one of the servers.
+    pub reuse: Reuse,
+}
+
+/// `upstreams.<name>.reuse`: which requests may be sent on a connection that carried another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Only requests with the same credentials (`Authorization`, `Cookie`; for a poll, the
+    /// headers of its topic key) share a connection: bytes a broken server leaves behind on a
+    /// connection can only reach the user they belong to.
+    PerCredential,
+    /// Any request may reuse any pooled connection: for servers known to frame their
+    /// responses exactly.
+    Shared,
+    /// A new connection for every request, closed after it.
+    Off,
+}
+
+impl Reuse {
+    pub fn parse(name: &str) -> Option<Reuse> {
+        match name {
+            "per_credential" => Some(Reuse::PerCredential),
+            "shared" => Some(Reuse::Shared),
+            "off" => Some(Reuse::Off),
+            _ => None,
+        }
+    }
 }
 
 /// `routes[i]:` — a path pattern and what to do with matching requests.

@@ -343,8 +343,11 @@ impl Walker {
     }
 
     fn upstream(&mut self, v: &Value, path: &str) -> Option<UpstreamSettings> {
-        let m =
-            self.mapping(v, path, &["servers", "connect_timeout", "timeout", "max_body", "max_concurrent_polls"])?;
+        let m = self.mapping(
+            v,
+            path,
+            &["servers", "connect_timeout", "timeout", "max_body", "max_concurrent_polls", "reuse"],
+        )?;
         let servers_path = join(path, "servers");
         let servers = match m.get("servers") {
             None => {
@@ -391,12 +394,26 @@ impl Walker {
             Some(v) => self.count(v, &join(path, "max_concurrent_polls"), 1, 100_000),
             None => Some(32),
         };
+        let reuse = match m.get("reuse") {
+            Some(v) => self.string(v, &join(path, "reuse")).and_then(|name| {
+                let reuse = Reuse::parse(&name);
+                if reuse.is_none() {
+                    self.problem(
+                        &join(path, "reuse"),
+                        format!("unknown reuse mode `{name}` (use per_credential, shared or off)"),
+                    );
+                }
+                reuse
+            }),
+            None => Some(Reuse::PerCredential),
+        };
         Some(UpstreamSettings {
             servers: servers?,
             connect_timeout: connect_timeout?,
             timeout: timeout?,
             max_body: max_body?,
             max_concurrent_polls: max_concurrent_polls?,
+            reuse: reuse?,
         })
     }
 
@@ -631,6 +648,7 @@ upstreams:
     servers: ["127.0.0.1:3000", "127.0.0.1:3001"]
     max_body: 1024
     max_concurrent_polls: 4
+    reuse: shared
 routes:
   - match: /orders/{id}
     upstream: legacy
@@ -667,6 +685,7 @@ routes:
         assert!(s.respect_cache_control);
         assert_eq!(c.upstreams["legacy"].max_body, 1024);
         assert_eq!(c.upstreams["legacy"].max_concurrent_polls, 4);
+        assert_eq!(c.upstreams["legacy"].reuse, Reuse::Shared);
         let public_defaults = c.routes[1].stream.as_ref().unwrap();
         assert_eq!((public_defaults.array_id.as_ref(), public_defaults.max_patch_ratio), (None, 0.5));
         assert!(!public_defaults.respect_cache_control);
@@ -687,6 +706,7 @@ upstreams:
     servers: []
   other:
     servers: ["http://x:1"]
+    reuse: sometimes
 routes:
   - match: orders
     upstream: nowhere
@@ -704,6 +724,7 @@ routes:
             "server.colour",
             "upstreams.legacy.servers",
             "upstreams.other.servers[0]",
+            "upstreams.other.reuse",
             "routes[0].match",
             "routes[0].stream.interval",
             "routes[0].stream.format",

@@ -1,12 +1,19 @@
-//! One upstream GET through pingora's pooled HTTP connector.
+//! One upstream GET through pingora's pooled HTTP connector, with the reuse checks of
+//! [`crate::pool`].
 
 use super::key::PollRequest;
+use crate::pool::{self, Distrust, Plan};
 use crate::proxy::routing::Upstream;
+use crate::socket::{self, Pending};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use prometheus::IntCounterVec;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 /// The validators of the last body, sent back as `If-None-Match` / `If-Modified-Since`.
@@ -34,20 +41,54 @@ pub enum Fetched {
 }
 
 const IDLE_POOL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pooled connections found closed (or with bytes waiting) before a new one is made.
+const MAX_STALE: usize = 4;
+/// Informational answers (`100`, `103 Early Hints`) skipped before a poll gives up.
+const MAX_INFORMATIONAL: usize = 8;
 
-/// Polls `request` on the next server of `upstream`.
+/// Polls `request` on the next server of `upstream`. Connections that cannot be trusted with
+/// another request are counted in `refused` (see [`crate::pool`]).
 pub async fn fetch(
     connector: &Connector,
     upstream: &Upstream,
     request: &PollRequest,
     validators: &Validators,
+    refused: &IntCounterVec,
 ) -> Fetched {
     let timeout = upstream.settings.timeout;
-    match tokio::time::timeout(timeout, fetch_inner(connector, upstream, request, validators)).await {
+    match tokio::time::timeout(timeout, fetch_inner(connector, upstream, request, validators, refused)).await {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => Fetched::Unreachable(e.to_string()),
         Err(_) => Fetched::TimedOut,
     }
+}
+
+/// A session to `addr` for a request on behalf of `identity`, and how it was planned. A pooled
+/// connection is used only if nothing waits on it; one with bytes waiting quarantines the
+/// server, and the request then gets a new connection.
+async fn connect(
+    connector: &Connector,
+    upstream: &Upstream,
+    addr: SocketAddr,
+    identity: u64,
+    refused: &IntCounterVec,
+) -> pingora::Result<(HttpSession, HttpPeer, Plan)> {
+    for _ in 0..MAX_STALE {
+        let plan = upstream.plan(addr, identity);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(upstream.settings.connect_timeout);
+        peer.group_key = plan.group_key;
+        let (session, reused) = connector.get_http_session(&peer).await?;
+        if !reused {
+            return Ok((session, peer, plan));
+        }
+        match pool::reusable(session.stream().map_or(Pending::Closed, socket::pending)) {
+            Ok(true) => return Ok((session, peer, plan)),
+            Ok(false) => {}
+            Err(why) => upstream.distrust(addr, why, refused),
+        }
+    }
+    Error::e_explain(ErrorType::ConnectError, "every pooled connection was stale")
 }
 
 async fn fetch_inner(
@@ -55,10 +96,10 @@ async fn fetch_inner(
     upstream: &Upstream,
     request: &PollRequest,
     validators: &Validators,
+    refused: &IntCounterVec,
 ) -> pingora::Result<Fetched> {
     let addr = upstream.pick();
-    let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(upstream.settings.connect_timeout);
+    let (mut session, peer, plan) = connect(connector, upstream, addr, request.identity, refused).await?;
     let mut req = RequestHeader::build("GET", request.target.as_bytes(), None)?;
     for (name, value) in &request.headers {
         req.append_header(name.clone(), value.clone())?;
@@ -74,13 +115,33 @@ async fn fetch_inner(
     if let Some(date) = &validators.last_modified {
         req.insert_header(http::header::IF_MODIFIED_SINCE, date)?;
     }
-    let (mut session, _reused) = connector.get_http_session(&peer).await?;
+    if plan.close {
+        req.insert_header(http::header::CONNECTION, "close")?;
+    }
     session.write_request_header(Box::new(req)).await?;
     session.finish_request_body().await?;
-    session.read_response_header().await?;
+    // Informational answers (100 Continue, 103 Early Hints) come before the response itself.
+    let mut informational = 0;
+    loop {
+        session.read_response_header().await?;
+        let status = session.response_header().expect("read above").status;
+        if !status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS {
+            break;
+        }
+        informational += 1;
+        if informational > MAX_INFORMATIONAL {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "too many informational responses");
+        }
+    }
     let resp = session.response_header().expect("read above");
     let status = resp.status.as_u16();
+    if status == 101 {
+        // Nobody asked to switch protocols; the connection is dropped, not reused.
+        return Ok(Fetched::Status { status, retry_after: None });
+    }
     let headers = resp.headers.clone();
+    let raw_head = session.as_http1().map(|h| h.get_headers_raw_bytes());
+    let doubtful = pool::doubtful_framing(resp.status, &headers, raw_head.as_deref());
     let text = |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let validators = Validators { etag: text(http::header::ETAG), last_modified: text(http::header::LAST_MODIFIED) };
     let json = text(http::header::CONTENT_TYPE).is_none_or(|ct| ct.contains("json"));
@@ -94,7 +155,14 @@ async fn fetch_inner(
         }
         body.extend_from_slice(&chunk);
     }
-    connector.release_http_session(session, &peer, Some(IDLE_POOL_TIMEOUT)).await;
+    // Bytes already waiting after the end of the response belong to no request.
+    let after = session.stream().map_or(Pending::Closed, socket::pending);
+    if after == Pending::Data || doubtful {
+        let why = if doubtful { Distrust::DoubtfulFraming } else { Distrust::StrayBytes };
+        upstream.distrust(addr, why, refused);
+    } else if after == Pending::Nothing && !plan.close {
+        connector.release_http_session(session, &peer, Some(IDLE_POOL_TIMEOUT)).await;
+    }
     Ok(match status {
         200..=299 => Fetched::Body { body: body.freeze(), validators, json, max_age },
         304 => Fetched::NotModified { max_age },

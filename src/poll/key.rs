@@ -31,6 +31,9 @@ pub struct PollRequest {
     pub target: String,
     /// `Host` and the `vary` headers, in a fixed order; nothing else.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whose pooled upstream connections the poll may use (see `pool::identity`): taken from
+    /// the hash of exactly the headers it sends.
+    pub identity: u64,
 }
 
 /// The `unpoll_*` parameters a subscriber gave.
@@ -97,8 +100,10 @@ pub fn derive(
             sent.push((HeaderName::from_bytes(name.as_bytes()).expect("validated header name"), v.clone()));
         }
     }
-    let key = TopicKey { route: route.to_string(), target: target.clone(), headers_hash: hasher.finalize().into() };
-    (key, PollRequest { target, headers: sent }, reserved)
+    let headers_hash: [u8; 32] = hasher.finalize().into();
+    let identity = u64::from_be_bytes(headers_hash[..8].try_into().expect("32 bytes"));
+    let key = TopicKey { route: route.to_string(), target: target.clone(), headers_hash };
+    (key, PollRequest { target, headers: sent, identity }, reserved)
 }
 
 /// Length-prefixed, so that no two different header lists hash the same input.

@@ -58,7 +58,8 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
             }
         };
         in_flight.inc();
-        let fetched = fetch(&hub.connector, &upstream, &topic.request, &topic.validators()).await;
+        let fetched =
+            fetch(&hub.connector, &upstream, &topic.request, &topic.validators(), &hub.metrics.reuse_refused).await;
         in_flight.dec();
         drop(permit);
         let (outcome, label, hint) = classify(fetched);

@@ -7,9 +7,11 @@ pub mod head_deadline;
 pub mod routing;
 pub mod subscribe;
 
-use crate::config::ServerSettings;
+use crate::config::{ServerSettings, CREDENTIAL_HEADERS};
 use crate::metrics::Metrics;
 use crate::poll::key;
+use crate::pool::{self, Distrust};
+use crate::socket;
 use crate::stream::delivery::Delivery;
 use crate::stream::downstream::{self, Downstream};
 use crate::stream::encode::Protocol;
@@ -20,10 +22,13 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use connections::Connections;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
 use routing::{Route, Runtime};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use subscribe::{Reject, SubscribeRequest};
 use tokio::sync::watch;
@@ -37,11 +42,19 @@ pub struct Gateway {
     pub connections: Arc<Connections>,
 }
 
-/// Per-request state: the route chosen in `request_filter`.
+/// Per-request state: the route chosen in `request_filter`, and the server and connection
+/// plan chosen in `upstream_peer`.
 #[derive(Default)]
 pub struct Ctx {
     route: Option<Arc<Route>>,
+    server: Option<SocketAddr>,
+    /// Ask for the upstream connection to be closed after this request (see [`crate::pool`]).
+    close: bool,
 }
+
+/// The error that sends a request on to another connection: the pooled one it was given had
+/// bytes waiting, or was closed. Nothing was sent on it, so any request may be retried.
+const STALE: ErrorType = ErrorType::Custom("stale pooled upstream connection");
 
 #[async_trait]
 impl ProxyHttp for Gateway {
@@ -96,11 +109,88 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
         let route = ctx.route.as_ref().expect("request_filter sets the route of every proxied request");
-        let mut peer = HttpPeer::new(route.upstream.pick(), false, String::new());
+        let server = route.upstream.pick();
+        // Requests with different credentials never share an upstream connection.
+        let identity = pool::identity(&session.req_header().headers, CREDENTIAL_HEADERS);
+        let plan = route.upstream.plan(server, identity);
+        let mut peer = HttpPeer::new(server, false, String::new());
         peer.options.connection_timeout = Some(route.upstream.settings.connect_timeout);
+        peer.group_key = plan.group_key;
+        ctx.server = Some(server);
+        ctx.close = plan.close;
         Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if ctx.close {
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
+    }
+
+    /// A pooled connection carries the request only if nothing waits on it (see [`crate::pool`]).
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if !reused {
+            return Ok(());
+        }
+        match pool::reusable(socket::pending_fd(fd)) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(why) => {
+                let (route, server) = (ctx.route.as_ref().expect("routed"), ctx.server.expect("picked"));
+                route.upstream.distrust(server, why, &self.metrics.reuse_refused);
+            }
+        }
+        Error::e_explain(STALE, "the pooled connection was closed or had bytes waiting")
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if pool::doubtful_framing(upstream_response.status, &upstream_response.headers, None) {
+            let (route, server) = (ctx.route.as_ref().expect("routed"), ctx.server.expect("picked"));
+            route.upstream.distrust(server, Distrust::DoubtfulFraming, &self.metrics.reuse_refused);
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let stale = e.etype() == &STALE;
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if stale {
+            // Nothing was sent on the stale connection: any method may go on to another.
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 }
 

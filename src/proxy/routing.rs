@@ -1,6 +1,8 @@
 //! The route table in force: compiled from a [`Config`] and read lock-free through arc-swap.
 
 use crate::config::{Config, RouteSettings, ServerSettings, StreamSettings, UpstreamSettings};
+use crate::pool::{self, Distrust, Plan, Quarantine};
+use prometheus::IntCounterVec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +16,8 @@ pub struct Upstream {
     next: AtomicUsize,
     /// One permit per poll in flight: `max_concurrent_polls`.
     pub polls: tokio::sync::Semaphore,
+    /// Servers whose connections are not reused for now (see [`crate::pool`]).
+    quarantine: Quarantine,
 }
 
 impl Upstream {
@@ -21,6 +25,28 @@ impl Upstream {
     pub fn pick(&self) -> SocketAddr {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.settings.servers[i % self.settings.servers.len()]
+    }
+
+    /// How a request made for `identity` (see [`pool::identity`]) gets its connection to `server`.
+    pub fn plan(&self, server: SocketAddr, identity: u64) -> Plan {
+        pool::plan(self.settings.reuse, self.quarantine.holds(server), identity)
+    }
+
+    /// Stops reusing connections to `server` for a while: it left bytes behind or framed a
+    /// response doubtfully. Counted in `refused` (`unpoll_upstream_reuse_refused_total`).
+    pub fn distrust(&self, server: SocketAddr, why: Distrust, refused: &IntCounterVec) {
+        refused.with_label_values(&[&self.name, why.label()]).inc();
+        if self.quarantine.begin(server) {
+            log::warn!(
+                "upstream {} server {server}: {} on a connection; its connections are not reused for {}s",
+                self.name,
+                match why {
+                    Distrust::StrayBytes => "bytes arrived outside any response",
+                    Distrust::DoubtfulFraming => "a response's framing is in doubt",
+                },
+                pool::QUARANTINE.as_secs()
+            );
+        }
     }
 }
 
@@ -57,6 +83,7 @@ impl Runtime {
                     settings: settings.clone(),
                     next: AtomicUsize::new(0),
                     polls: tokio::sync::Semaphore::new(settings.max_concurrent_polls),
+                    quarantine: Quarantine::default(),
                 };
                 (name.clone(), Arc::new(u))
             })

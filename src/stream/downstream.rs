@@ -7,7 +7,7 @@
 use crate::proxy::connections::Hold;
 use pingora::protocols::Stream;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -26,23 +26,16 @@ pub enum Socket {
 /// the same job, and pingora's object is dropped (tokio deregisters it before its descriptor
 /// closes; the socket stays open through the duplicate). Anything else is kept as it is.
 pub fn lean(stream: Stream) -> (Socket, i32) {
-    let fd = stream.id();
-    if fd >= 0 {
-        // SAFETY: for pingora's L4 streams (and our wrapper around them) the unique id is the
-        // socket's descriptor, open for as long as `stream` lives; the borrow ends before
-        // `stream` is dropped. The peer_addr check below refuses anything but a TCP socket.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        if let Ok(owned) = borrowed.try_clone_to_owned() {
-            let std = std::net::TcpStream::from(owned);
-            if std.peer_addr().is_ok() && std.set_nonblocking(true).is_ok() {
-                if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
-                    let id = tcp.as_raw_fd();
-                    drop(stream);
-                    return (Socket::Tcp(tcp), id);
-                }
+    if let Some(std) = crate::socket::duplicate_tcp(&stream) {
+        if std.set_nonblocking(true).is_ok() {
+            if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
+                let id = tcp.as_raw_fd();
+                drop(stream);
+                return (Socket::Tcp(tcp), id);
             }
         }
     }
+    let fd = stream.id();
     (Socket::Pingora(stream), fd)
 }
 

@@ -29,6 +29,8 @@ pub struct Seen {
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Which connection it came on: connections are numbered from 1 as they are accepted.
+    pub conn: usize,
 }
 
 impl Seen {
@@ -44,6 +46,15 @@ struct State {
     delay: Duration,
     in_flight: usize,
     max_in_flight: usize,
+    /// Requests with this `Authorization` get their response followed, after a delay, by stray
+    /// bytes: a whole second response carrying the same user's document.
+    stray: Option<(String, Vec<Duration>)>,
+    /// How many times stray bytes were written.
+    strays_sent: usize,
+    /// Served at `/whoami` (and `/api/whoami`): a counter that makes every answer new.
+    whoami: u64,
+    /// Connections accepted so far.
+    connections: usize,
 }
 
 pub struct Upstream {
@@ -66,7 +77,12 @@ impl Upstream {
         let tasks = self.tasks.clone();
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let conn = tokio::spawn(connection(stream, state.clone()));
+                let id = {
+                    let mut s = state.lock().unwrap();
+                    s.connections += 1;
+                    s.connections
+                };
+                let conn = tokio::spawn(connection(stream, state.clone(), id));
                 tasks.lock().unwrap().push(conn);
             }
         });
@@ -112,6 +128,23 @@ impl Upstream {
     /// Every answer waits this long first.
     pub fn set_delay(&self, delay: Duration) {
         self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Misbehaves like a broken legacy server: every response to a request whose
+    /// `Authorization` is `authorization` is followed, after the next of `delays` (in turn), by
+    /// stray bytes: a whole extra response with that user's `/whoami` document.
+    pub fn set_stray(&self, authorization: &str, delays: &[Duration]) {
+        self.state.lock().unwrap().stray = Some((authorization.to_string(), delays.to_vec()));
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// How many times stray bytes were written after a response.
+    pub fn strays_sent(&self) -> usize {
+        self.state.lock().unwrap().strays_sent
     }
 
     /// The most requests this upstream was answering at once.
@@ -166,12 +199,13 @@ fn bind(addr: SocketAddr) -> TcpListener {
     try_bind(addr).expect("bind test upstream")
 }
 
-async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>, id: usize) {
     let mut buf = Vec::new();
     loop {
-        let Some((seen, used)) = read_request(&mut stream, &mut buf).await else {
+        let Some((mut seen, used)) = read_request(&mut stream, &mut buf).await else {
             return;
         };
+        seen.conn = id;
         buf.drain(..used);
         let path = seen.target.split('?').next().unwrap_or("").to_string();
         let (canned, delay) = {
@@ -202,6 +236,32 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                 }
             },
             (None, "/slow-stream") => slow_stream(&mut stream).await,
+            (None, "/whoami" | "/api/whoami") => {
+                let user = seen.header("authorization").unwrap_or("").to_string();
+                let (n, stray) = {
+                    let mut s = state.lock().unwrap();
+                    s.whoami += 1;
+                    let stray = match &s.stray {
+                        Some((who, delays)) if *who == user && !delays.is_empty() => {
+                            Some(delays[s.whoami as usize % delays.len()])
+                        }
+                        _ => None,
+                    };
+                    (s.whoami, stray)
+                };
+                let body = serde_json::to_vec(&serde_json::json!({"user": user, "n": n})).unwrap();
+                let ok = write_response(&mut stream, 200, "application/json", &[], &body).await;
+                match stray {
+                    Some(delay) if ok => {
+                        tokio::time::sleep(delay).await;
+                        let extra = serde_json::json!({"user": user, "n": n, "stray": true});
+                        let extra = serde_json::to_vec(&extra).unwrap();
+                        state.lock().unwrap().strays_sent += 1;
+                        write_response(&mut stream, 200, "application/json", &[], &extra).await
+                    }
+                    _ => ok,
+                }
+            }
             (None, _) => {
                 let echo = serde_json::json!({
                     "method": seen.method,
@@ -270,7 +330,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen
                     body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
                     at = end;
                     if size == 0 {
-                        return Some((Seen { method, target, headers, body }, at));
+                        return Some((Seen { method, target, headers, body, conn: 0 }, at));
                     }
                 }
             }
@@ -280,7 +340,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen
                 }
             }
             let body = buf[head..head + len].to_vec();
-            return Some((Seen { method, target, headers, body }, head + len));
+            return Some((Seen { method, target, headers, body, conn: 0 }, head + len));
         }
         if !fill(stream, buf).await {
             return None;

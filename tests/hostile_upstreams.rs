@@ -1,0 +1,182 @@
+//! Hostile or broken upstreams: what a misbehaving legacy server must never be able to do
+//! through unpoll (see docs/security.md). Each test is named after the attack.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+const WHOAMI: &str = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /whoami\n    upstream: app\n    stream:\n      interval: 50ms\n  - match: /api/*\n    upstream: app\n";
+
+/// What one user saw: documents (stream states and plain answers) that were theirs, and ones
+/// that were somebody else's.
+#[derive(Default)]
+struct Tally {
+    own: AtomicUsize,
+    foreign: AtomicUsize,
+}
+
+impl Tally {
+    fn check(&self, me: &str, doc: &serde_json::Value) {
+        if doc["user"] == me {
+            self.own.fetch_add(1, Ordering::Relaxed);
+        } else {
+            eprintln!("{me:?} received {doc}");
+            self.foreign.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A plain GET of `/api/whoami` as `user`, on a connection of its own.
+async fn plain_whoami(proxy: &Proxy, user: &str) -> Option<serde_json::Value> {
+    let mut req = "GET /api/whoami HTTP/1.1\r\nHost: h\r\nConnection: close\r\n".to_string();
+    if !user.is_empty() {
+        req.push_str(&format!("Authorization: {user}\r\n"));
+    }
+    req.push_str("\r\n");
+    let resp = RawConn::send(proxy.addr, req.as_bytes()).await.read_to_end(5 * SECOND).await;
+    (resp.status == 200).then(|| serde_json::from_slice(&resp.body).ok()).flatten()
+}
+
+#[tokio::test]
+async fn stray_bytes_after_a_response_never_reach_another_user() {
+    let up = Upstream::start().await;
+    let alice = "Bearer alice";
+    up.set_stray(alice, &[Duration::from_millis(1), Duration::from_millis(10), Duration::from_millis(50)]);
+    let proxy = Arc::new(Proxy::start(up.addr, WHOAMI).await);
+    let users = [alice, "Bearer bob", "Bearer carol", ""];
+    let tallies: Vec<Arc<Tally>> = users.iter().map(|_| Arc::default()).collect();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut tasks = Vec::new();
+    for (user, tally) in users.iter().zip(&tallies) {
+        let (user, tally, proxy) = (user.to_string(), tally.clone(), proxy.clone());
+        // Plain proxied requests, one after another.
+        tasks.push(tokio::spawn({
+            let (user, tally, proxy) = (user.clone(), tally.clone(), proxy.clone());
+            async move {
+                while tokio::time::Instant::now() < until {
+                    if let Some(doc) = plain_whoami(&proxy, &user).await {
+                        tally.check(&user, &doc);
+                    }
+                }
+            }
+        }));
+        if user.is_empty() {
+            continue;
+        }
+        // A subscription, rebuilt from its events as a client would.
+        tasks.push(tokio::spawn(async move {
+            let mut sse = Sse::connect(proxy.addr, "/whoami", &[("Authorization", &user)]).await;
+            let mut doc = Doc::new("json-patch");
+            while tokio::time::Instant::now() < until {
+                let Some(ev) = sse.next_event(Duration::from_secs(1)).await else { continue };
+                if ev.kind() == "error" {
+                    continue;
+                }
+                doc.apply(ev.kind(), ev.json());
+                tally.check(&user, doc.value.as_ref().unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(up.strays_sent() > 50, "the upstream misbehaved only {} times", up.strays_sent());
+    let caught = proxy.metric("unpoll_upstream_reuse_refused_total", &[("reason", "stray_bytes")]).await;
+    eprintln!("caught {caught}");
+    let counts: Vec<(usize, usize)> =
+        tallies.iter().map(|t| (t.own.load(Ordering::Relaxed), t.foreign.load(Ordering::Relaxed))).collect();
+    eprintln!("{} strays; (own, foreign) documents per user {users:?}: {counts:?}", up.strays_sent());
+    for (user, (own, foreign)) in users.iter().zip(counts) {
+        assert_eq!(foreign, 0, "{user:?} received {foreign} documents of another user");
+        if *user != alice {
+            assert!(own > 100, "{user:?} was served only {own} documents");
+        }
+    }
+}
+
+/// Plain requests and polls of `/whoami` by each of `users` for `secs` seconds.
+async fn traffic(proxy: &Arc<Proxy>, users: &[&str], secs: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for user in users {
+        let (user, proxy) = (user.to_string(), proxy.clone());
+        let watcher = (!user.is_empty()).then(|| {
+            let (user, proxy) = (user.clone(), proxy.clone());
+            tokio::spawn(async move {
+                let mut s = Sse::connect(proxy.addr, "/whoami", &[("Authorization", &user)]).await;
+                while s.next_event(Duration::from_secs(30)).await.is_some() {}
+            })
+        });
+        tasks.push(tokio::spawn(async move {
+            while tokio::time::Instant::now() < until {
+                plain_whoami(&proxy, &user).await;
+            }
+            if let Some(w) = watcher {
+                w.abort();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// For each upstream connection, the set of `Authorization` values it carried.
+fn users_per_connection(up: &Upstream) -> std::collections::HashMap<usize, std::collections::HashSet<String>> {
+    let mut map: std::collections::HashMap<usize, std::collections::HashSet<String>> = Default::default();
+    for seen in up.seen("/whoami").into_iter().chain(up.seen("/api/whoami")) {
+        map.entry(seen.conn).or_default().insert(seen.header("authorization").unwrap_or("").to_string());
+    }
+    map
+}
+
+#[tokio::test]
+async fn pooled_connections_never_carry_two_users_credentials() {
+    let users = ["Bearer alice", "Bearer bob", ""];
+    for (reuse, shared_expected) in [("per_credential", false), ("shared", true)] {
+        let up = Upstream::start().await;
+        let config = WHOAMI.replace("    servers:", &format!("    reuse: {reuse}\n    servers:"));
+        let proxy = Arc::new(Proxy::start(up.addr, &config).await);
+        traffic(&proxy, &users, 3).await;
+        let map = users_per_connection(&up);
+        let requests: usize = up.count("/whoami") + up.count("/api/whoami");
+        let mixed = map.values().filter(|u| u.len() > 1).count();
+        eprintln!(
+            "reuse: {reuse}: {requests} requests on {} connections, {mixed} of them for several users",
+            map.len()
+        );
+        assert!(map.len() * 3 < requests, "reuse: {reuse}: connections were not reused");
+        assert_eq!(mixed > 0, shared_expected, "reuse: {reuse}: connections shared between users: {mixed}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_leaves_bytes_behind_loses_connection_reuse() {
+    let up = Upstream::start().await;
+    up.set_stray("Bearer alice", &[Duration::from_millis(1)]);
+    let config = WHOAMI.replace("    servers:", "    reuse: shared\n    servers:");
+    let proxy = Arc::new(Proxy::start(up.addr, &config).await);
+    let started = tokio::time::Instant::now();
+    let mut caught = 0.0;
+    while caught == 0.0 && started.elapsed() < Duration::from_secs(30) {
+        traffic(&proxy, &["Bearer alice", "Bearer bob"], 1).await;
+        caught = proxy.metric("unpoll_upstream_reuse_refused_total", &[("reason", "stray_bytes")]).await;
+    }
+    eprintln!("caught after {:?}", started.elapsed());
+    assert!(caught > 0.0, "stray bytes were never noticed on a pooled connection");
+    // Quarantined: every request now gets a connection of its own, closed after it.
+    let before = up.count("/api/whoami");
+    for _ in 0..10 {
+        let doc = plain_whoami(&proxy, "Bearer bob").await.expect("an answer");
+        assert_eq!(doc["user"], "Bearer bob");
+    }
+    let all: Vec<Seen> = up.seen("/whoami").into_iter().chain(up.seen("/api/whoami")).collect();
+    for seen in &up.seen("/api/whoami")[before..] {
+        let on_it = all.iter().filter(|s| s.conn == seen.conn).count();
+        assert_eq!(on_it, 1, "a request while quarantined shared its connection");
+    }
+    assert!(proxy.log().contains("its connections are not reused"), "the quarantine is logged");
+}
