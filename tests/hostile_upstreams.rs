@@ -180,3 +180,39 @@ async fn a_server_that_leaves_bytes_behind_loses_connection_reuse() {
     }
     assert!(proxy.log().contains("its connections are not reused"), "the quarantine is logged");
 }
+
+const DOC: &str = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc/{id}\n    upstream: app\n    stream:\n      interval: 100ms\n";
+
+/// A whole HTTP/1.1 200 response with a JSON body.
+fn json_response(body: &serde_json::Value) -> Vec<u8> {
+    let body = serde_json::to_vec(body).unwrap();
+    let mut out =
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len())
+            .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+#[tokio::test]
+async fn informational_responses_before_the_answer_do_not_kill_the_topic() {
+    let up = Upstream::start().await;
+    let mut answer = b"HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload\r\n\r\n".to_vec();
+    answer.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    answer.extend_from_slice(&json_response(&doc(1)));
+    let config = format!("{DOC}      linger: 100ms\n");
+    let proxy = Proxy::start_with(up.addr, "  max_topics: 5\n", &config).await;
+    // More topics than max_topics, one after another: a dead topic would stay and lock the rest out.
+    for id in 0..8 {
+        let path = format!("/doc/{id}");
+        up.set_raw(&path, answer.clone());
+        let mut sse = Sse::connect(proxy.addr, &path, &[]).await;
+        assert_eq!(sse.conn.status, 200, "topic {id}");
+        let ev = sse.next_event(5 * SECOND).await.expect("a first event");
+        assert_eq!((ev.kind(), ev.json()), ("snapshot", doc(1)), "topic {id}");
+        // A few more polls through the hints.
+        assert!(eventually(5 * SECOND, || async { up.count(&path) >= 3 }).await, "topic {id} stopped polling");
+        drop(sse);
+        assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_topics", &[]).await == 0.0 }).await);
+    }
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}

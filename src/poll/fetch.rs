@@ -38,6 +38,9 @@ pub enum Fetched {
     TimedOut,
     /// The body was larger than the upstream's `max_body`.
     TooLarge(usize),
+    /// Reading the answer failed inside the HTTP client itself (it panicked): the answer is
+    /// one it cannot read.
+    Unreadable,
 }
 
 const IDLE_POOL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -15,14 +15,34 @@
 //! `max_concurrent_polls` bounds the polls of all its topics together.
 
 use super::fetch::{fetch, Fetched};
+use crate::stream::event::ErrorEvent;
 use crate::stream::hub::Hub;
 use crate::stream::topic::{Applied, Outcome, Topic};
+use futures_util::FutureExt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
 /// The longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Runs a topic's poll loop; if it panics, the topic is retired: its subscribers are told
+/// (`internal_error`, and the streams end so that clients reconnect to a new topic) and it no
+/// longer counts against `max_topics`.
+pub async fn supervise(hub: Arc<Hub>, topic: Arc<Topic>, poll_loop: impl Future<Output = ()>) {
+    if AssertUnwindSafe(poll_loop).catch_unwind().await.is_err() {
+        log::error!("topic {} {}: its poll loop failed; the topic is retired", topic.key.route, topic.key.target);
+        hub.remove(&topic);
+        topic.close(ErrorEvent::going_away(
+            500,
+            "internal_error",
+            "the proxy could not poll this resource; reconnect to try again",
+            "internal error",
+        ));
+    }
+}
 
 /// Runs until the topic is idle for `linger`, the upstream refuses it for good, or shutdown.
 pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
@@ -58,8 +78,11 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
             }
         };
         in_flight.inc();
-        let fetched =
-            fetch(&hub.connector, &upstream, &topic.request, &topic.validators(), &hub.metrics.reuse_refused).await;
+        let validators = topic.validators();
+        let poll = fetch(&hub.connector, &upstream, &topic.request, &validators, &hub.metrics.reuse_refused);
+        // A panic inside the HTTP client (an answer it cannot read) is a failed poll, not a
+        // dead topic.
+        let fetched = AssertUnwindSafe(poll).catch_unwind().await.unwrap_or(Fetched::Unreadable);
         in_flight.dec();
         drop(permit);
         let (outcome, label, hint) = classify(fetched);
@@ -160,6 +183,10 @@ fn classify(fetched: Fetched) -> (Outcome, &'static str, Option<Duration>) {
             let message = "the upstream did not answer in time; retrying".to_string();
             (Outcome::Failed { status: 504, error: "upstream_timeout", message }, "timeout", None)
         }
+        Fetched::Unreadable => {
+            let message = "the upstream's answer could not be read; retrying".to_string();
+            (Outcome::Failed { status: 502, error: "upstream_unreadable", message }, "unreadable", None)
+        }
         Fetched::TooLarge(n) => {
             let message = format!("the upstream body exceeded the upstream's max_body ({n}+ bytes); retrying");
             (Outcome::Failed { status: 502, error: "upstream_body_too_large", message }, "too_large", None)
@@ -201,6 +228,46 @@ mod tests {
         assert_eq!(phase(i, 0.0), Duration::ZERO);
         assert_eq!(phase(i, 1.0), Duration::from_millis(100));
         assert!(phase(i, 0.37) < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_a_failed_poll_that_retries() {
+        let (outcome, label, _) = classify(Fetched::Unreadable);
+        assert_eq!(label, "unreadable");
+        assert!(matches!(outcome, Outcome::Failed { status: 502, error: "upstream_unreadable", .. }));
+    }
+
+    #[tokio::test]
+    async fn a_poll_loop_that_panics_retires_its_topic_and_tells_subscribers() {
+        use crate::config::Format;
+        use crate::proxy::routing::Runtime;
+        use crate::stream::hub::Limits;
+        use crate::stream::topic::Msg;
+        let config = crate::config::parse_config(
+            "upstreams: {a: {servers: ['127.0.0.1:9']}}\nroutes: [{match: /x, upstream: a, stream: {interval: 1h}}]\n",
+        )
+        .unwrap();
+        let runtime = Runtime::new(&config);
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let hub = Arc::new(Hub::new(Arc::default(), shutdown));
+        let route = runtime.routes[0].clone();
+        let settings = route.stream.clone().unwrap();
+        let (key, poll, _) = crate::poll::key::derive("/x", &settings, "/x", None, &Default::default());
+        let limits = Limits { subscribers: 10, topics: 10, per_topic: 10 };
+        let mut sub = hub.subscribe(key, poll, &route, None, Format::JsonPatch, limits).ok().unwrap();
+        let topic = sub.topic.upgrade().unwrap();
+        assert_eq!(hub.len(), 1);
+        supervise(hub.clone(), topic, async { panic!("a bug") }).await;
+        assert!(hub.is_empty(), "the topic no longer counts against max_topics");
+        loop {
+            match sub.rx.recv().await.expect("a message before the end") {
+                Msg::Error(e) if e.error == "internal_error" => {
+                    assert!(e.terminal && e.going_away.is_some(), "the stream ends");
+                    break;
+                }
+                _ => continue,
+            }
+        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl Hub {
                 let queue = route.stream.as_ref().map_or(1, |s| s.queue);
                 let topic = Arc::new(Topic::new(key, route.clone(), request, queue));
                 self.metrics.topics.inc();
-                tokio::spawn(poller::run(self.clone(), topic.clone()));
+                tokio::spawn(poller::supervise(self.clone(), topic.clone(), poller::run(self.clone(), topic.clone())));
                 topic
             });
             topic.join();

@@ -55,6 +55,8 @@ struct State {
     whoami: u64,
     /// Connections accepted so far.
     connections: usize,
+    /// Paths answered with these bytes exactly, framing and all.
+    raw: HashMap<String, Vec<u8>>,
 }
 
 pub struct Upstream {
@@ -123,6 +125,12 @@ impl Upstream {
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         self.state.lock().unwrap().canned.insert(path.to_string(), canned);
+    }
+
+    /// Answers `path` with exactly these bytes (a whole response, or several), for responses
+    /// no well-behaved server would send.
+    pub fn set_raw(&self, path: &str, bytes: impl Into<Vec<u8>>) {
+        self.state.lock().unwrap().raw.insert(path.to_string(), bytes.into());
     }
 
     /// Every answer waits this long first.
@@ -208,6 +216,14 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>, id: usize) 
         seen.conn = id;
         buf.drain(..used);
         let path = seen.target.split('?').next().unwrap_or("").to_string();
+        let raw = state.lock().unwrap().raw.get(&path).cloned();
+        if let Some(bytes) = raw {
+            state.lock().unwrap().seen.push(seen.clone());
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let (canned, delay) = {
             let mut s = state.lock().unwrap();
             s.seen.push(seen.clone());
