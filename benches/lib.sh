@@ -52,8 +52,9 @@ wait_http() { # wait_http host:port
   echo "nothing listens on $1" >&2; tail -20 "$WORK"/*.log >&2 2>/dev/null; exit 1
 }
 
-# start_unpoll INTERVAL: unpoll with one stream route /doc and a plain route for the rest;
-# sets UNPOLL (host:port) and UNPOLL_PID.
+# start_unpoll INTERVAL: unpoll with one stream route /doc and a plain route for the rest
+# (and the routes in EXTRA_ROUTES before it); sets UNPOLL and UNPOLL_ADMIN (host:port) and
+# UNPOLL_PID.
 start_unpoll() {
   local port admin
   port="$(free_port)"; admin="$(free_port)"
@@ -72,6 +73,8 @@ routes:
     stream:
       interval: $1
       max_subscribers: 20000
+      history: 64
+${EXTRA_ROUTES:-}
   - match: /*
     upstream: bench
 YAML
@@ -79,6 +82,7 @@ YAML
   UNPOLL_PID=$!
   PIDS+=("$UNPOLL_PID")
   UNPOLL="127.0.0.1:$port"
+  UNPOLL_ADMIN="127.0.0.1:$admin"
   wait_http "$UNPOLL"
 }
 

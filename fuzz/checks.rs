@@ -27,7 +27,7 @@ pub fn diff(data: &[u8]) {
     let [a, b] =
         <[Value; 2]>::try_from(pair).unwrap_or_else(|p| [p.first().cloned().unwrap_or(Value::Null), Value::Null]);
     for array_id in [None, Some("id".to_string())] {
-        let options = unpoll::diff::DiffOptions { array_id, max_patch_ratio: 1.0 };
+        let options = unpoll::diff::DiffOptions { array_id, max_patch_ratio: 1.0, ..Default::default() };
         let Some(delta) = unpoll::diff::delta(Some(&a), &b, &options) else {
             assert_eq!(a, b, "no delta for different documents");
             continue;

@@ -24,6 +24,19 @@ pub struct Metrics {
     /// because bytes waited on them (`stray_bytes`) or a response's framing was in doubt
     /// (`doubtful_framing`); each also quarantines the server (see `pool`).
     pub reuse_refused: IntCounterVec,
+    /// `unpoll_diff_waits_total{lane}`: diffs that waited because `server.diff_threads` of
+    /// their lane (`small`, or `large` for bodies of 256 KiB and more) were busy.
+    pub diff_waits: IntCounterVec,
+    /// `unpoll_diffs_running`: diffs running on the diff threads.
+    pub diffs_running: IntGauge,
+    /// `unpoll_diff_budget_exhausted_total{route}`: changes sent as a snapshot because their
+    /// JSON Patch diff used up `stream.diff_budget`.
+    pub diff_exhausted: IntCounterVec,
+    /// `unpoll_history_bytes{route}`: bytes the topics' resume histories hold (their patches).
+    pub history_bytes: IntGaugeVec,
+    /// `unpoll_history_trimmed_total{route}`: events dropped from a history early because it
+    /// was over `stream.max_history_bytes`.
+    pub history_trimmed: IntCounterVec,
     /// `unpoll_events_sent_total{route,protocol,kind}`: kind is `snapshot`, `patch`, `error`.
     pub events: IntCounterVec,
     /// `unpoll_bytes_sent_total{route,protocol}`: event bytes written to subscribers.
@@ -74,6 +87,24 @@ impl Metrics {
                 "unpoll_upstream_poll_waits_total",
                 "Polls that waited for max_concurrent_polls",
                 &["upstream"],
+            ),
+            diff_waits: counter_vec("unpoll_diff_waits_total", "Diffs that waited for a diff thread", &["lane"]),
+            diffs_running: {
+                let g =
+                    IntGauge::new("unpoll_diffs_running", "Diffs running on the diff threads").expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            diff_exhausted: counter_vec(
+                "unpoll_diff_budget_exhausted_total",
+                "Changes sent as a snapshot because the diff used up its budget",
+                &["route"],
+            ),
+            history_bytes: gauge_vec("unpoll_history_bytes", "Bytes held by resume histories", &["route"]),
+            history_trimmed: counter_vec(
+                "unpoll_history_trimmed_total",
+                "Events dropped from a history over max_history_bytes",
+                &["route"],
             ),
             reuse_refused: counter_vec(
                 "unpoll_upstream_reuse_refused_total",

@@ -67,7 +67,8 @@ fn edit_once(v: &mut Value, rng: &mut impl Rng) {
 
 fn check(a: &Value, b: &Value, options: &DiffOptions) -> Result<(), TestCaseError> {
     // RFC 6902, applied by the independent implementation.
-    let ops = ours::diff_with(a, b, ours::Options { array_id: options.array_id.as_deref() });
+    let limits = ours::Options { array_id: options.array_id.as_deref(), ..ours::Options::default() };
+    let ops = ours::diff_with(a, b, limits).expect("no limits");
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.clone())).unwrap();
     let mut doc = a.clone();
     json_patch::patch(&mut doc, &patch).map_err(|e| TestCaseError::fail(format!("{e}: {ops:?}")))?;
@@ -142,7 +143,7 @@ proptest! {
 
     #[test]
     fn identified_arrays((a, b) in identified_rows()) {
-        let by_id = DiffOptions { array_id: Some("id".into()), max_patch_ratio: 1.0 };
+        let by_id = DiffOptions { array_id: Some("id".into()), max_patch_ratio: 1.0, ..DiffOptions::default() };
         check(&a, &b, &by_id)?;
         check(&a, &b, &DiffOptions::default())?;
     }
@@ -150,6 +151,6 @@ proptest! {
     #[test]
     fn array_id_on_arbitrary_documents(a in json_value(), seed in any::<u64>()) {
         let b = edit(&a, seed);
-        check(&a, &b, &DiffOptions { array_id: Some("a".into()), max_patch_ratio: 1.0 })?;
+        check(&a, &b, &DiffOptions { array_id: Some("a".into()), max_patch_ratio: 1.0, ..DiffOptions::default() })?;
     }
 }

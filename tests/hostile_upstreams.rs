@@ -216,3 +216,130 @@ async fn informational_responses_before_the_answer_do_not_kill_the_topic() {
     }
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
+
+#[tokio::test]
+async fn a_document_that_is_expensive_to_diff_does_not_stall_the_proxy() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(0));
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /shuffled\n    upstream: app\n    stream:\n      interval: 200ms\n  - match: /doc\n    upstream: app\n    stream:\n      interval: 50ms\n  - match: /api/*\n    upstream: app\n";
+    let proxy = Proxy::start(up.addr, body).await;
+    // 2,000 rows of 100 fields, in a new order on every poll.
+    // Its subscriber only drains what it is sent: the test's own CPU goes to the checks below.
+    let mut hostile = Sse::connect(proxy.addr, "/shuffled?rows=2000&keys=100", &[]).await;
+    assert_eq!(hostile.conn.status, 200);
+    let hostile = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut sink = vec![0u8; 1 << 16];
+        while hostile.conn.stream.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let mut other = Sse::connect(proxy.addr, "/doc", &[]).await;
+    let first = other.next_event(5 * SECOND).await.unwrap();
+    let epoch = first.id.clone().unwrap().split('-').next().unwrap().to_string();
+    let mut latencies = Vec::new();
+    for v in 1..=20 {
+        up.set_json("/doc", &doc(v));
+        // Plain requests while the expensive topic polls.
+        let until = tokio::time::Instant::now() + Duration::from_millis(250);
+        while tokio::time::Instant::now() < until {
+            let started = tokio::time::Instant::now();
+            let resp = http_get(proxy.addr, "/api/x").await.expect("an answer");
+            assert_eq!(resp.status, 200);
+            latencies.push(started.elapsed());
+        }
+        let ev = other.next_event(10 * SECOND).await.expect("the other stream keeps getting events");
+        assert_eq!(ev.id, Some(format!("{epoch}-{}", v + 1)), "every version, in order");
+    }
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    eprintln!("{} plain requests: p50 {:?} p99 {:?} max {:?}", latencies.len(), p(0.5), p(0.99), p(1.0));
+    let exhausted = || async { proxy.metric("unpoll_diff_budget_exhausted_total", &[("route", "/shuffled")]).await };
+    assert!(
+        eventually(60 * SECOND, || async { exhausted().await >= 1.0 }).await,
+        "reordering every row costs more than the diff budget"
+    );
+    eprintln!("{} polls of the expensive document, {} diffs cut short", up.count("/shuffled"), exhausted().await);
+    // Timing belongs in benchmarks (benches/hostile.sh); this only catches a stalled proxy,
+    // which before diffs left the async workers took more than 5 s to answer at all.
+    assert!(p(0.99) < Duration::from_secs(2), "plain requests stalled: p99 {:?}", p(0.99));
+    hostile.abort();
+}
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Version `v` of a document of about `size` bytes in which only `v` changes.
+fn big_doc(v: u32, size: usize) -> serde_json::Value {
+    serde_json::json!({"v": v, "rows": (0..size / 40).map(|i| format!("row {i:06} of the big document")).collect::<Vec<_>>()})
+}
+
+#[tokio::test]
+async fn a_large_document_changing_a_little_keeps_history_small() {
+    const SIZE: usize = 512 * 1024;
+    let up = Upstream::start().await;
+    up.set_json("/doc/big", &big_doc(1, SIZE));
+    let config = format!("{DOC}      history: 64\n");
+    let proxy = Proxy::start(up.addr, &config).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc/big", &[]).await;
+    let first = sse.next_event(10 * SECOND).await.unwrap();
+    let epoch = first.id.clone().unwrap().split('-').next().unwrap().to_string();
+    let (mut ws, _) = ws_connect(proxy.addr, "/doc/big", &[], &[]).await.unwrap();
+    ws_event(&mut ws, 10 * SECOND).await;
+    // A few versions in, so that buffers and the allocator have settled.
+    let at = |v: u32| {
+        up.set_json("/doc/big", &big_doc(v, SIZE));
+        v
+    };
+    for v in 2..=5 {
+        at(v);
+        assert_eq!(sse.next_event(10 * SECOND).await.unwrap().kind(), "patch");
+        ws_event(&mut ws, 10 * SECOND).await;
+    }
+    let before = rss_kib(proxy.pid());
+    for v in 6..=90 {
+        at(v);
+        assert_eq!(sse.next_event(10 * SECOND).await.unwrap().id, Some(format!("{epoch}-{v}")));
+        ws_event(&mut ws, 10 * SECOND).await;
+    }
+    let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    let metrics = proxy.metrics().await;
+    let held = metric_value(&metrics, "unpoll_history_bytes", &[("route", "/doc/{id}")]).expect("the metric is there");
+    eprintln!("85 versions of a {SIZE}-byte document: RSS grew {grown} KiB; the history holds {held} bytes");
+    // 64 versions of history and a ring of 256: whole documents would be tens of MiB.
+    assert!(grown < 8 * 1024, "the process grew {grown} KiB");
+    assert!(held > 0.0 && held < 64.0 * 1024.0, "the history holds {held} bytes");
+    // The history still serves resumes with only what was missed, as patches.
+    let mut resumed = Sse::connect(proxy.addr, "/doc/big", &[("Last-Event-ID", &format!("{epoch}-80"))]).await;
+    for v in 81..=90 {
+        let ev = resumed.next_event(10 * SECOND).await.unwrap();
+        assert_eq!((ev.kind(), ev.id.clone()), ("patch", Some(format!("{epoch}-{v}"))));
+    }
+}
+
+#[tokio::test]
+async fn a_history_over_its_byte_budget_is_trimmed() {
+    let up = Upstream::start().await;
+    up.set_json("/doc/1", &doc(1));
+    let config = format!("{DOC}      history: 64\n      max_history_bytes: 2000\n");
+    let proxy = Proxy::start(up.addr, &config).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
+    let epoch = sse.next_event(5 * SECOND).await.unwrap().id.unwrap().split('-').next().unwrap().to_string();
+    for v in 2..=20 {
+        up.set_json("/doc/1", &doc(v));
+        assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "patch");
+    }
+    let held = proxy.metric("unpoll_history_bytes", &[("route", "/doc/{id}")]).await;
+    let trimmed = proxy.metric("unpoll_history_trimmed_total", &[("route", "/doc/{id}")]).await;
+    assert!(held > 0.0 && held <= 2000.0, "the history holds {held} bytes");
+    assert!(trimmed >= 10.0, "{trimmed} events trimmed");
+    // Version 5 left the history early: resuming from it gets the current snapshot.
+    let mut old = Sse::connect(proxy.addr, "/doc/1", &[("Last-Event-ID", &format!("{epoch}-5"))]).await;
+    let ev = old.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((ev.kind(), ev.json()), ("snapshot", doc(20)));
+    // The newest few are still there.
+    let mut recent = Sse::connect(proxy.addr, "/doc/1", &[("Last-Event-ID", &format!("{epoch}-19"))]).await;
+    assert_eq!(recent.next_event(5 * SECOND).await.unwrap().kind(), "patch");
+}

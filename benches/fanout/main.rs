@@ -4,6 +4,7 @@
 
 mod client;
 mod procstat;
+mod requests;
 mod upstream;
 mod wire;
 
@@ -16,11 +17,14 @@ enum Cmd {
     Upstream(upstream::Args),
     /// Open N SSE or WebSocket subscribers and report delivery, latency, CPU and memory.
     Subscribe(client::Args),
+    /// Send plain GETs at a fixed rate and report their latency.
+    Requests(requests::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cmd::parse() {
         Cmd::Upstream(args) => upstream::run(args),
         Cmd::Subscribe(args) => client::run(args),
+        Cmd::Requests(args) => requests::run(args),
     }
 }

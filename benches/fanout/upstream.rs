@@ -36,6 +36,13 @@ pub struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Rows of the document at `/shuffled`, served in a new random order on every request:
+    /// the most expensive document to diff (see benches/hostile.sh).
+    #[arg(long, default_value_t = 2000)]
+    shuffled_rows: usize,
+    /// String fields of each row at `/shuffled`.
+    #[arg(long, default_value_t = 100)]
+    shuffled_fields: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -59,6 +66,24 @@ struct State {
     not_modified: AtomicU64,
     changes: AtomicU64,
     plain: bytes::Bytes,
+    /// The rows of `/shuffled`, rendered once.
+    rows: Vec<String>,
+}
+
+/// `{"rows":[…]}` with `rows` in a new random order.
+fn shuffled(rows: &[String]) -> Vec<u8> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    rand::seq::SliceRandom::shuffle(&mut order[..], &mut rand::rng());
+    let mut out = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>() + 16);
+    out.extend_from_slice(b"{\"rows\":[");
+    for (n, i) in order.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(rows[i].as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn items(seq: u64, count: usize) -> String {
@@ -94,6 +119,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         not_modified: AtomicU64::new(0),
         changes: AtomicU64::new(0),
         plain: render(&Doc { seq: 0, changed_us: 0, items: items(0, count) }, 0).into(),
+        rows: (0..args.shuffled_rows)
+            .map(|i| {
+                let fields: String = (0..args.shuffled_fields).map(|k| format!(r#","f{k}":"value {i}-{k}""#)).collect();
+                format!(r#"{{"id":{i}{fields}}}"#)
+            })
+            .collect(),
     });
     let listener = TcpListener::bind(args.listen).await?;
     println!("{}", listener.local_addr()?);
@@ -156,6 +187,7 @@ async fn connection(mut stream: TcpStream, state: &State) -> std::io::Result<()>
                 respond(&mut out, "200 OK", None, body.as_bytes());
             }
             "/plain" => respond(&mut out, "200 OK", None, &state.plain),
+            "/shuffled" => respond(&mut out, "200 OK", None, &shuffled(&state.rows)),
             _ => {
                 state.gets.fetch_add(1, Ordering::Relaxed);
                 let doc = state.doc.load();

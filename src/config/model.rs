@@ -38,6 +38,8 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// `max_request_header`: largest request head (request line and headers), in bytes.
     pub max_request_header: usize,
+    /// `diff_threads`: parses and diffs of new bodies running at once, off the async workers.
+    pub diff_threads: usize,
     /// `upgrade_sock`: the Unix socket over which a new process (`run --upgrade`) takes over
     /// the listening sockets from this one on SIGQUIT.
     pub upgrade_sock: String,
@@ -150,6 +152,8 @@ pub struct StreamSettings {
     pub heartbeat: Duration,
     /// Events kept per topic for `Last-Event-ID` resume.
     pub history: usize,
+    /// Bytes the history may hold (its events' patches); the oldest events go first.
+    pub max_history_bytes: usize,
     pub linger: Duration,
     /// Events a subscriber may fall behind before it is resynchronised with a snapshot.
     pub queue: usize,
@@ -169,12 +173,18 @@ pub struct StreamSettings {
     pub array_id: Option<String>,
     /// A patch larger than this fraction of the snapshot is sent as a snapshot.
     pub max_patch_ratio: f64,
+    /// Work one JSON Patch diff may do; past it the change is sent as a snapshot.
+    pub diff_budget: usize,
 }
 
 impl StreamSettings {
     /// The diff options of this stream.
     pub fn diff_options(&self) -> crate::diff::DiffOptions {
-        crate::diff::DiffOptions { array_id: self.array_id.clone(), max_patch_ratio: self.max_patch_ratio }
+        crate::diff::DiffOptions {
+            array_id: self.array_id.clone(),
+            max_patch_ratio: self.max_patch_ratio,
+            budget: self.diff_budget,
+        }
     }
 }
 
@@ -191,6 +201,7 @@ impl Default for StreamSettings {
             vary: DEFAULT_VARY.iter().map(|s| s.to_string()).collect(),
             heartbeat: Duration::from_secs(15),
             history: 64,
+            max_history_bytes: 1024 * 1024,
             linger: Duration::from_secs(5),
             queue: 256,
             queue_bytes: 1024 * 1024,
@@ -201,6 +212,7 @@ impl Default for StreamSettings {
             respect_cache_control: false,
             array_id: None,
             max_patch_ratio: 0.5,
+            diff_budget: crate::diff::DEFAULT_BUDGET,
         }
     }
 }
@@ -211,6 +223,7 @@ impl Default for ServerSettings {
             listen: vec!["0.0.0.0:8080".into()],
             admin: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            diff_threads: std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             grace_period: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             max_connections: 100_000,

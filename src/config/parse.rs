@@ -205,6 +205,7 @@ impl Walker {
                 "max_request_header",
                 "max_connections",
                 "header_timeout",
+                "diff_threads",
             ],
         )?;
         let mut s_limits = {
@@ -290,6 +291,12 @@ impl Walker {
                     );
                     ok = false;
                 }
+            }
+        }
+        if let Some(v) = m.get("diff_threads") {
+            match self.count(v, &join(path, "diff_threads"), 1, 256) {
+                Some(n) => s.diff_threads = n,
+                None => ok = false,
             }
         }
         if let Some(v) = m.get("threads") {
@@ -470,7 +477,9 @@ impl Walker {
     }
 
     fn stream(&mut self, v: &Value, path: &str) -> Option<StreamSettings> {
-        const KEYS: [&str; 17] = [
+        const KEYS: [&str; 19] = [
+            "diff_budget",
+            "max_history_bytes",
             "max_subscribers",
             "origins",
             "allow_missing_origin",
@@ -526,6 +535,8 @@ impl Walker {
             }
             ok.then_some(Some(list))
         });
+        set!("max_history_bytes", max_history_bytes, |w: &mut Walker, v, p: &str| w.count(v, p, 0, 1 << 34));
+        set!("diff_budget", diff_budget, |w: &mut Walker, v, p: &str| w.count(v, p, 1000, 1 << 40));
         set!("queue_bytes", queue_bytes, |w: &mut Walker, v, p: &str| w.count(v, p, 1024, 1 << 30));
         set!("max_backoff", max_backoff, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(10)));
         set!("respect_cache_control", respect_cache_control, |w: &mut Walker, v, p: &str| w.boolean(v, p));

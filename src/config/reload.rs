@@ -45,6 +45,9 @@ pub fn restart_needed(running: &ServerSettings, new: &ServerSettings) -> Option<
     if running.threads != new.threads {
         changed.push("server.threads");
     }
+    if running.diff_threads != new.diff_threads {
+        changed.push("server.diff_threads");
+    }
     if running.grace_period != new.grace_period {
         changed.push("server.grace_period");
     }

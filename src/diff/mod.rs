@@ -19,6 +19,8 @@ pub struct Delta {
     /// The patches left out because nobody subscribed in their format (see [`delta_for`]),
     /// as opposed to patches that must not be sent (size gate, first document).
     pub skipped: Wanted,
+    /// The JSON Patch was given up because the diff used its whole work budget.
+    pub cut_short: bool,
 }
 
 /// How deltas are computed for a stream.
@@ -29,18 +31,24 @@ pub struct DiffOptions {
     /// A patch larger than this fraction of the snapshot is sent as a snapshot
     /// (`stream.max_patch_ratio`).
     pub max_patch_ratio: f64,
+    /// Work one JSON Patch diff may do before the change is sent as a snapshot instead
+    /// (`stream.diff_budget`; see [`json_patch::Options::budget`]).
+    pub budget: usize,
 }
+
+/// The default `stream.diff_budget`: some tens of milliseconds of work.
+pub const DEFAULT_BUDGET: usize = 2_000_000;
 
 impl Default for DiffOptions {
     fn default() -> Self {
-        DiffOptions { array_id: None, max_patch_ratio: 0.5 }
+        DiffOptions { array_id: None, max_patch_ratio: 0.5, budget: DEFAULT_BUDGET }
     }
 }
 
 impl Delta {
     /// A change sent whole in every format.
     pub fn whole(snapshot: Bytes) -> Delta {
-        Delta { snapshot, json_patch: None, merge_patch: None, skipped: Wanted::NONE }
+        Delta { snapshot, json_patch: None, merge_patch: None, skipped: Wanted::NONE, cut_short: false }
     }
 
     /// Whether this format's patch was left out only because nobody read that format.
@@ -87,32 +95,42 @@ impl Wanted {
     pub const NONE: Wanted = Wanted { json_patch: false, merge_patch: false };
 }
 
-/// [`delta`], computing only the `wanted` patches. The snapshot is always there.
+/// [`delta`], computing only the `wanted` patches. The snapshot is always there. The JSON
+/// Patch search stops (and the change goes out as a snapshot) once the patch is sure to fail
+/// the size gate, or once it has used `options.budget`.
 pub fn delta_for(from: Option<&Value>, to: &Value, options: &DiffOptions, wanted: Wanted) -> Option<Delta> {
     let serialise = |v: &Value| Bytes::from(serde_json::to_vec(v).expect("a Value always serialises"));
     let Some(from) = from else {
         return Some(Delta::whole(serialise(to)));
     };
-    let ops = if wanted.json_patch {
-        let ops = json_patch::diff_with(from, to, json_patch::Options { array_id: options.array_id.as_deref() });
-        if ops.is_empty() {
-            return None;
-        }
-        Some(ops)
-    } else if from == to {
+    // Stops at the first difference, so it costs little when something changed.
+    if from == to {
         return None;
+    }
+    let snapshot = serialise(to);
+    let max_bytes = (snapshot.len() as f64 * options.max_patch_ratio) as usize;
+    let mut cut_short = false;
+    let ops = if wanted.json_patch {
+        let limits = json_patch::Options { array_id: options.array_id.as_deref(), budget: options.budget, max_bytes };
+        match json_patch::diff_with(from, to, limits) {
+            Ok(ops) => Some(ops),
+            Err(json_patch::Stopped::TooLarge) => None,
+            Err(json_patch::Stopped::Budget) => {
+                cut_short = true;
+                None
+            }
+        }
     } else {
         None
     };
-    let snapshot = serialise(to);
     let gate = |patch: Value| {
         let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
-        (bytes.len() as f64 <= snapshot.len() as f64 * options.max_patch_ratio).then(|| Bytes::from(bytes))
+        (bytes.len() <= max_bytes).then(|| Bytes::from(bytes))
     };
     let json_patch = ops.and_then(|ops| gate(Value::Array(ops)));
     let merge_patch = if wanted.merge_patch { merge_patch::diff(from, to).and_then(gate) } else { None };
     let skipped = Wanted { json_patch: !wanted.json_patch, merge_patch: !wanted.merge_patch };
-    Some(Delta { snapshot, json_patch, merge_patch, skipped })
+    Some(Delta { snapshot, json_patch, merge_patch, skipped, cut_short })
 }
 
 #[cfg(test)]
@@ -166,6 +184,28 @@ mod tests {
         let d = delta(Some(&json!({"a": 1, "b": 2, "c": 3})), &json!({"x": 1}), &DiffOptions::default()).unwrap();
         assert!(d.json_patch.is_none(), "4 operations are larger than {{\"x\":1}}");
         assert!(d.merge_patch.is_none());
+    }
+
+    #[test]
+    fn a_diff_past_its_budget_is_a_snapshot() {
+        let rows = |order: &mut dyn Iterator<Item = usize>| {
+            Value::Array(order.map(|i| json!({"id": i, "name": format!("row {i}")})).collect())
+        };
+        let a = json!({"rows": rows(&mut (0..2000))});
+        let b = json!({"rows": rows(&mut (0..2000).rev())});
+        let tight = DiffOptions { budget: 10_000, max_patch_ratio: 1.0, ..DiffOptions::default() };
+        let d = delta(Some(&a), &b, &tight).unwrap();
+        assert!(d.cut_short && d.json_patch.is_none(), "the reversed array costs more than the budget");
+        assert_eq!(d.snapshot, serde_json::to_vec(&b).unwrap());
+        assert!(delta(Some(&a), &a.clone(), &tight).is_none(), "no change is still no change");
+        let roomy = DiffOptions { budget: usize::MAX, max_patch_ratio: 1.0, ..DiffOptions::default() };
+        let full = delta(Some(&a), &b, &roomy).unwrap();
+        assert!(!full.cut_short);
+        // One changed row is cheap whatever the budget.
+        let mut c = a.clone();
+        c["rows"][1000]["name"] = json!("renamed");
+        let small = delta(Some(&a), &c, &tight).unwrap();
+        assert!(!small.cut_short && small.json_patch.is_some());
     }
 
     #[test]

@@ -14,10 +14,11 @@
 //! A topic has one loop, so it never has more than one poll in flight; the upstream's
 //! `max_concurrent_polls` bounds the polls of all its topics together.
 
-use super::fetch::{fetch, Fetched};
+use super::fetch::{fetch, Fetched, Validators};
 use crate::stream::event::ErrorEvent;
 use crate::stream::hub::Hub;
 use crate::stream::topic::{Applied, Outcome, Topic};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -85,8 +86,20 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
         let fetched = AssertUnwindSafe(poll).catch_unwind().await.unwrap_or(Fetched::Unreadable);
         in_flight.dec();
         drop(permit);
-        let (outcome, label, hint) = classify(fetched);
-        let applied = topic.apply(outcome);
+        let (polled, label, hint) = classify(fetched);
+        let applied = match polled {
+            Polled::Body { body, validators, json } => match topic.prepare(body, validators, json) {
+                Ok(job) => {
+                    let diffed = hub.compute.run(job.body.len(), move || job.run()).await;
+                    if diffed.change.as_ref().is_some_and(|d| d.cut_short) {
+                        hub.metrics.diff_exhausted.with_label_values(&[&route]).inc();
+                    }
+                    topic.commit(diffed)
+                }
+                Err(settled) => settled,
+            },
+            Polled::Settled(outcome) => topic.apply(outcome),
+        };
         let label = match (applied, label) {
             (Applied::Unchanged, "changed") => "unchanged",
             (Applied::Equivalent, _) => "equivalent",
@@ -151,12 +164,18 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
     }
 }
 
+/// What one poll brought: a body to diff, or an outcome settled at once.
+enum Polled {
+    Body { body: Bytes, validators: Validators, json: bool },
+    Settled(Outcome),
+}
+
 /// The outcome, its metric label, and a scheduling hint: `Retry-After` for failures,
 /// `max-age` for successes.
-fn classify(fetched: Fetched) -> (Outcome, &'static str, Option<Duration>) {
-    match fetched {
+fn classify(fetched: Fetched) -> (Polled, &'static str, Option<Duration>) {
+    let (outcome, label, hint) = match fetched {
         Fetched::Body { body, validators, json, max_age } => {
-            (Outcome::Body { body, validators, json }, "changed", max_age)
+            return (Polled::Body { body, validators, json }, "changed", max_age)
         }
         Fetched::NotModified { max_age } => (Outcome::Unchanged, "not_modified", max_age),
         Fetched::Status { status: status @ (401 | 403 | 404 | 410), .. } => {
@@ -191,7 +210,8 @@ fn classify(fetched: Fetched) -> (Outcome, &'static str, Option<Duration>) {
             let message = format!("the upstream body exceeded the upstream's max_body ({n}+ bytes); retrying");
             (Outcome::Failed { status: 502, error: "upstream_body_too_large", message }, "too_large", None)
         }
-    }
+    };
+    (Polled::Settled(outcome), label, hint)
 }
 
 /// Exponential backoff from the interval after `failures` failed polls, capped at
@@ -234,7 +254,7 @@ mod tests {
     fn an_unreadable_answer_is_a_failed_poll_that_retries() {
         let (outcome, label, _) = classify(Fetched::Unreadable);
         assert_eq!(label, "unreadable");
-        assert!(matches!(outcome, Outcome::Failed { status: 502, error: "upstream_unreadable", .. }));
+        assert!(matches!(outcome, Polled::Settled(Outcome::Failed { status: 502, error: "upstream_unreadable", .. })));
     }
 
     #[tokio::test]
@@ -249,7 +269,7 @@ mod tests {
         .unwrap();
         let runtime = Runtime::new(&config);
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let hub = Arc::new(Hub::new(Arc::default(), shutdown));
+        let hub = Arc::new(Hub::new(Arc::default(), shutdown, 1));
         let route = runtime.routes[0].clone();
         let settings = route.stream.clone().unwrap();
         let (key, poll, _) = crate::poll::key::derive("/x", &settings, "/x", None, &Default::default());

@@ -85,11 +85,14 @@ impl Delivery {
     /// The subscriber's first bytes: what [`Subscription::initial`] holds, in one buffer.
     pub fn initial(&mut self) -> Next {
         let msgs = std::mem::take(&mut self.sub.initial);
-        self.encode_all(msgs)
+        match self.encode_all(&msgs) {
+            Some(next) => next,
+            None => self.resync(),
+        }
     }
 
     /// Waits for the next message and encodes it, resynchronising a subscriber that is past
-    /// its queue limits.
+    /// its queue limits, or that needs the whole document of a version already superseded.
     pub async fn next(&mut self) -> Next {
         let newest = self.published[self.format.index()].load(Ordering::Acquire);
         if newest.saturating_sub(self.delivered) > self.queue_bytes {
@@ -97,10 +100,10 @@ impl Delivery {
             return self.resync();
         }
         match self.sub.rx.recv().await {
-            Ok(msg) => {
-                let (bytes, end, going_away) = self.encode(&msg);
-                next(bytes, end, going_away)
-            }
+            Ok(msg) => match self.encode_all(std::slice::from_ref(&msg)) {
+                Some(next) => next,
+                None => self.resync(),
+            },
             Err(RecvError::Lagged(_)) => {
                 self.lagged_events.inc();
                 self.resync()
@@ -112,55 +115,73 @@ impl Delivery {
     /// A new position at the head of the ring and the current snapshot, taken together under
     /// the topic's lock: nothing published meanwhile is both in the snapshot and queued.
     fn resync(&mut self) -> Next {
-        match self.sub.topic.upgrade() {
-            Some(topic) => {
-                let (msgs, rx) = topic.open(None, self.format);
-                drop(topic);
-                self.sub.rx = rx;
-                self.encode_all(msgs)
+        // The current version is superseded between taking it and encoding it only if the
+        // poller publishes in that instant; trying again takes the newer one.
+        for _ in 0..RESYNC_TRIES {
+            let Some(topic) = self.sub.topic.upgrade() else {
+                return Next::Closed;
+            };
+            let (msgs, rx) = topic.open(None, self.format);
+            drop(topic);
+            self.sub.rx = rx;
+            if let Some(next) = self.encode_all(&msgs) {
+                return next;
             }
-            None => Next::Closed,
         }
+        Next::Closed
     }
 
-    /// Several messages (a subscriber's start, a resynchronisation) in one buffer.
-    fn encode_all(&mut self, msgs: Vec<Msg>) -> Next {
-        if let [msg] = msgs.as_slice() {
-            let (bytes, end, going_away) = self.encode(msg);
-            return next(bytes, end, going_away);
+    /// Messages (one, or a subscriber's start or resynchronisation) in one buffer; `None`
+    /// when one of them needs a whole document that was released.
+    fn encode_all(&mut self, msgs: &[Msg]) -> Option<Next> {
+        let mut frames = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            frames.push(self.frame(msg)?);
         }
-        let mut out = BytesMut::new();
         let (mut end, mut going_away) = (false, None);
-        for msg in &msgs {
-            let (bytes, terminal, away) = self.encode(msg);
-            out.extend_from_slice(&bytes);
+        for (_, kind, terminal, away, offset) in &frames {
+            self.events[*kind as usize].inc();
+            self.delivered = offset.unwrap_or(self.delivered);
             end |= terminal;
-            going_away = going_away.or(away);
+            going_away = going_away.or(*away);
         }
-        next(out.freeze(), end, going_away)
+        let bytes = match frames.as_slice() {
+            [(bytes, ..)] => bytes.clone(),
+            _ => {
+                let mut out = BytesMut::new();
+                for (bytes, ..) in &frames {
+                    out.extend_from_slice(bytes);
+                }
+                out.freeze()
+            }
+        };
+        self.bytes.inc_by(bytes.len() as u64);
+        Some(next(bytes, end, going_away))
     }
 
-    /// The wire bytes of one message: the event's shared encoding, no copy per subscriber.
-    /// Also whether the stream ends after it, and why if the proxy is going away.
-    fn encode(&mut self, msg: &Msg) -> (Bytes, bool, Option<&'static str>) {
-        let (bytes, kind, end, going_away) = match msg {
+    /// The wire bytes of one message (the event's shared encoding, no copy per subscriber),
+    /// its kind, whether the stream ends after it (and why, if the proxy is going away), and
+    /// the offset it brings the subscriber to.
+    fn frame(&self, msg: &Msg) -> Option<Frame> {
+        Some(match msg {
             Msg::Event(e) => {
-                self.delivered = e.offsets[self.format.index()];
-                let (bytes, kind) = e.frame(self.protocol, self.format);
-                (bytes, kind, false, None)
+                let (bytes, kind) = e.frame(self.protocol, self.format)?;
+                (bytes, kind, false, None, Some(e.offsets[self.format.index()]))
             }
             Msg::Snapshot(e) => {
-                self.delivered = e.offsets[self.format.index()];
-                let (bytes, kind) = e.frame(self.protocol, Format::Snapshot);
-                (bytes, kind, false, None)
+                let (bytes, kind) = e.frame(self.protocol, Format::Snapshot)?;
+                (bytes, kind, false, None, Some(e.offsets[self.format.index()]))
             }
-            Msg::Error(e) => (e.frame(self.protocol), Kind::Error, e.terminal, e.going_away),
-        };
-        self.events[kind as usize].inc();
-        self.bytes.inc_by(bytes.len() as u64);
-        (bytes, end, going_away)
+            Msg::Error(e) => (e.frame(self.protocol), Kind::Error, e.terminal, e.going_away, None),
+        })
     }
 }
+
+/// See [`Delivery::frame`].
+type Frame = (Bytes, Kind, bool, Option<&'static str>, Option<u64>);
+
+/// How many times a resynchronisation takes the current version before giving up.
+const RESYNC_TRIES: usize = 4;
 
 fn next(bytes: Bytes, end: bool, going_away: Option<&'static str>) -> Next {
     if end {

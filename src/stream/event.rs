@@ -4,6 +4,7 @@
 use super::encode::{encode, Protocol};
 use crate::config::Format;
 use crate::diff::Delta;
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use serde_json::json;
 use std::sync::OnceLock;
@@ -26,17 +27,31 @@ impl Kind {
     }
 }
 
-/// One version of a topic's document.
+/// One version of a topic's document. Its patches stay for as long as it is in the topic's
+/// history; the whole document (and its encodings) only until a newer version supersedes it
+/// ([`Event::release`]): history costs the size of its patches, not a document per version.
 #[derive(Debug)]
 pub struct Event {
     /// `<epoch>-<version>`.
     pub id: String,
     pub version: u64,
-    pub delta: Delta,
+    json_patch: Option<Bytes>,
+    merge_patch: Option<Bytes>,
+    /// The patches left out because nobody read their format (see [`Delta::skipped`]).
+    skipped: crate::diff::Wanted,
     /// Per format, the data bytes of every event of the topic up to and including this one:
     /// how far behind a subscriber is, in bytes, is the difference of two offsets.
     pub offsets: [u64; 3],
-    frames: [OnceLock<Bytes>; 6],
+    /// Encodings of the patches, per protocol and patch format.
+    patch_frames: [OnceLock<Bytes>; 4],
+    whole: ArcSwapOption<Whole>,
+}
+
+/// The whole document of a version and its encodings, one per protocol.
+#[derive(Debug)]
+struct Whole {
+    snapshot: Bytes,
+    frames: [OnceLock<Bytes>; 2],
 }
 
 impl Event {
@@ -46,29 +61,69 @@ impl Event {
         for format in Format::ALL {
             offsets[format.index()] += delta.data(format).len() as u64;
         }
-        Event { id: format!("{epoch}-{version}"), version, delta, offsets, frames: Default::default() }
-    }
-
-    /// What a subscriber in `format` is sent for this event: a patch if the format has one,
-    /// otherwise the whole document.
-    pub fn kind(&self, format: Format) -> Kind {
-        if self.delta.patch(format).is_some() {
-            Kind::Patch
-        } else {
-            Kind::Snapshot
+        let Delta { snapshot, json_patch, merge_patch, skipped, .. } = delta;
+        Event {
+            id: format!("{epoch}-{version}"),
+            version,
+            json_patch,
+            merge_patch,
+            skipped,
+            offsets,
+            patch_frames: Default::default(),
+            whole: ArcSwapOption::from_pointee(Whole { snapshot, frames: Default::default() }),
         }
     }
 
-    /// The wire bytes of this event for one protocol and format, encoded on first use.
-    /// `Format::Snapshot` gives the whole document, which is also what a new subscriber
-    /// of any format receives first. A format without a patch for this event shares the
-    /// snapshot's encoding.
-    pub fn frame(&self, protocol: Protocol, format: Format) -> (Bytes, Kind) {
-        let kind = self.kind(format);
-        let format = if kind == Kind::Snapshot { Format::Snapshot } else { format };
-        let slot = &self.frames[protocol.index() * 3 + format.index()];
-        let bytes = slot.get_or_init(|| encode(protocol, Some(&self.id), kind.name(), self.delta.data(format)));
-        (bytes.clone(), kind)
+    /// The patch a subscriber in `format` is sent for this event, if there is one.
+    pub fn patch(&self, format: Format) -> Option<&Bytes> {
+        match format {
+            Format::JsonPatch => self.json_patch.as_ref(),
+            Format::MergePatch => self.merge_patch.as_ref(),
+            Format::Snapshot => None,
+        }
+    }
+
+    /// Whether `format`'s patch was left out only because nobody read that format.
+    pub fn skipped(&self, format: Format) -> bool {
+        match format {
+            Format::JsonPatch => self.skipped.json_patch,
+            Format::MergePatch => self.skipped.merge_patch,
+            Format::Snapshot => false,
+        }
+    }
+
+    /// The whole document, unless a newer version has superseded this one.
+    pub fn snapshot(&self) -> Option<Bytes> {
+        self.whole.load().as_ref().map(|w| w.snapshot.clone())
+    }
+
+    /// Lets the whole document go: a newer version is current. Subscribers that still need it
+    /// (a snapshot of this version) are resynchronised with the current one instead.
+    pub fn release(&self) {
+        self.whole.store(None);
+    }
+
+    /// The bytes this event holds once released, for the history's byte budget: its patches,
+    /// and their encodings for both protocols.
+    pub fn retained_bytes(&self) -> usize {
+        let patches = self.json_patch.as_ref().map_or(0, Bytes::len) + self.merge_patch.as_ref().map_or(0, Bytes::len);
+        3 * patches + self.id.len() + std::mem::size_of::<Event>()
+    }
+
+    /// The wire bytes of this event for one protocol and format, encoded on first use: the
+    /// patch if the format has one, otherwise the whole document (`Format::Snapshot` always
+    /// gives it, which is also what a new subscriber of any format receives first). `None`
+    /// when the whole document is needed but was released.
+    pub fn frame(&self, protocol: Protocol, format: Format) -> Option<(Bytes, Kind)> {
+        if let Some(patch) = self.patch(format) {
+            let slot = &self.patch_frames[protocol.index() * 2 + format.index()];
+            let bytes = slot.get_or_init(|| encode(protocol, Some(&self.id), Kind::Patch.name(), patch));
+            return Some((bytes.clone(), Kind::Patch));
+        }
+        let whole = self.whole.load_full()?;
+        let slot = &whole.frames[protocol.index()];
+        let bytes = slot.get_or_init(|| encode(protocol, Some(&self.id), Kind::Snapshot.name(), &whole.snapshot));
+        Some((bytes.clone(), Kind::Snapshot))
     }
 }
 
@@ -126,6 +181,7 @@ mod tests {
             json_patch: json_patch.map(Bytes::from_static),
             merge_patch: Some(Bytes::from_static(br#"{"a":2}"#)),
             skipped: Default::default(),
+            cut_short: false,
         };
         Event::new("ep", 7, delta, [0; 3])
     }
@@ -133,8 +189,8 @@ mod tests {
     #[test]
     fn encodes_once_and_shares_bytes() {
         let e = event(Some(br#"[{"op":"replace","path":"/a","value":2}]"#));
-        let (a, kind) = e.frame(Protocol::Sse, Format::JsonPatch);
-        let (b, _) = e.frame(Protocol::Sse, Format::JsonPatch);
+        let (a, kind) = e.frame(Protocol::Sse, Format::JsonPatch).unwrap();
+        let (b, _) = e.frame(Protocol::Sse, Format::JsonPatch).unwrap();
         assert_eq!(kind, Kind::Patch);
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same allocation goes to every subscriber");
         let block = b"id: ep-7\nevent: patch\ndata: [{\"op\":\"replace\",\"path\":\"/a\",\"value\":2}]\n\n";
@@ -144,13 +200,24 @@ mod tests {
     #[test]
     fn gated_patch_goes_out_as_snapshot() {
         let e = event(None);
-        let (bytes, kind) = e.frame(Protocol::Sse, Format::JsonPatch);
+        let (bytes, kind) = e.frame(Protocol::Sse, Format::JsonPatch).unwrap();
         assert_eq!(kind, Kind::Snapshot);
         assert_eq!(&bytes[..], &chunk(b"id: ep-7\nevent: snapshot\ndata: {\"a\":2}\n\n")[..]);
-        let (snapshot, _) = e.frame(Protocol::Sse, Format::Snapshot);
+        let (snapshot, _) = e.frame(Protocol::Sse, Format::Snapshot).unwrap();
         assert_eq!(bytes.as_ptr(), snapshot.as_ptr(), "a format without a patch shares the snapshot's encoding");
-        assert_eq!(e.frame(Protocol::Sse, Format::MergePatch).1, Kind::Patch);
-        assert_eq!(e.frame(Protocol::WebSocket, Format::Snapshot).1, Kind::Snapshot);
+        assert_eq!(e.frame(Protocol::Sse, Format::MergePatch).unwrap().1, Kind::Patch);
+        assert_eq!(e.frame(Protocol::WebSocket, Format::Snapshot).unwrap().1, Kind::Snapshot);
+    }
+
+    #[test]
+    fn a_released_event_keeps_only_its_patches() {
+        let e = event(None);
+        e.release();
+        assert_eq!(e.snapshot(), None);
+        assert!(e.frame(Protocol::Sse, Format::Snapshot).is_none(), "the whole document is gone");
+        assert!(e.frame(Protocol::Sse, Format::JsonPatch).is_none(), "this format had no patch");
+        assert_eq!(e.frame(Protocol::WebSocket, Format::MergePatch).unwrap().1, Kind::Patch);
+        assert!(e.retained_bytes() < 400, "{}", e.retained_bytes());
     }
 
     #[test]

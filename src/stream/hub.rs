@@ -1,8 +1,9 @@
 //! The hub: one [`Topic`] per [`TopicKey`], created by its first subscriber.
 
-use super::topic::{Msg, ResumeId, Topic};
+use super::topic::{Msg, ResumeId, Topic, TopicMetrics};
 use crate::config::Format;
 use crate::metrics::Metrics;
+use crate::poll::compute::Compute;
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::poll::poller;
 use crate::proxy::routing::{Route, Runtime};
@@ -19,6 +20,8 @@ pub struct Hub {
     /// Open subscriptions, all topics together.
     total: Arc<AtomicUsize>,
     pub connector: Connector,
+    /// The diff threads (`server.diff_threads`).
+    pub compute: Compute,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -71,8 +74,16 @@ impl Refused {
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Hub {
-        Hub { topics: Mutex::default(), total: Arc::default(), connector: Connector::new(None), metrics, shutdown }
+    /// A hub whose topics diff on at most `diff_threads` threads at once.
+    pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>, diff_threads: usize) -> Hub {
+        Hub {
+            topics: Mutex::default(),
+            total: Arc::default(),
+            connector: Connector::new(None),
+            compute: Compute::new(diff_threads, &metrics),
+            metrics,
+            shutdown,
+        }
     }
 
     fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, Arc<Topic>>> {
@@ -102,7 +113,11 @@ impl Hub {
             }
             let topic = topics.entry(key.clone()).or_insert_with(|| {
                 let queue = route.stream.as_ref().map_or(1, |s| s.queue);
-                let topic = Arc::new(Topic::new(key, route.clone(), request, queue));
+                let metrics = TopicMetrics {
+                    history_bytes: self.metrics.history_bytes.with_label_values(&[&key.route]),
+                    history_trimmed: self.metrics.history_trimmed.with_label_values(&[&key.route]),
+                };
+                let topic = Arc::new(Topic::new(key, route.clone(), request, queue, metrics));
                 self.metrics.topics.inc();
                 tokio::spawn(poller::supervise(self.clone(), topic.clone(), poller::run(self.clone(), topic.clone())));
                 topic

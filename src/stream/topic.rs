@@ -2,12 +2,14 @@
 
 use super::event::{ErrorEvent, Event};
 use crate::config::Format;
-use crate::diff::{delta_for, Delta, DiffOptions, Wanted};
+use crate::diff::{Delta, DiffOptions, Wanted};
+use crate::poll::compute::{DiffJob, Diffed};
 use crate::poll::fetch::Validators;
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::proxy::routing::Route;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use prometheus::{IntCounter, IntGauge};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +52,8 @@ impl ResumeId {
 struct State {
     current: Option<Arc<Event>>,
     history: VecDeque<Arc<Event>>,
+    /// What the history holds, by [`Event::retained_bytes`].
+    history_bytes: usize,
     error: Option<Arc<ErrorEvent>>,
     /// The last JSON document, shared so that the poller can diff against it unlocked.
     doc: Option<Arc<Value>>,
@@ -78,12 +82,20 @@ pub struct Topic {
     pub formats: [AtomicUsize; 3],
     /// Wakes the poller when the last subscriber leaves.
     pub(crate) wake: Notify,
+    /// `unpoll_history_bytes{route}`, this topic's share of it, and
+    /// `unpoll_history_trimmed_total{route}`.
+    history_gauge: IntGauge,
+    trimmed: IntCounter,
 }
 
-/// What the poller learned from one poll.
+/// A topic's own metrics, resolved once.
+pub struct TopicMetrics {
+    pub history_bytes: IntGauge,
+    pub history_trimmed: IntCounter,
+}
+
+/// What the poller learned from one poll, when it brought no new body.
 pub enum Outcome {
-    /// A body to compare with the last one.
-    Body { body: Bytes, validators: Validators, json: bool },
     /// Nothing changed (304).
     Unchanged,
     /// The upstream failed; subscribers are told and the poller retries.
@@ -105,7 +117,7 @@ pub enum Applied {
 }
 
 impl Topic {
-    pub fn new(key: TopicKey, route: Arc<Route>, request: PollRequest, queue: usize) -> Topic {
+    pub fn new(key: TopicKey, route: Arc<Route>, request: PollRequest, queue: usize, metrics: TopicMetrics) -> Topic {
         let epoch = format!("{:08x}", rand::random::<u32>());
         Topic {
             key,
@@ -119,6 +131,8 @@ impl Topic {
             published: Arc::default(),
             formats: Default::default(),
             wake: Notify::new(),
+            history_gauge: metrics.history_bytes,
+            trimmed: metrics.history_trimmed,
         }
     }
 
@@ -199,10 +213,17 @@ impl Topic {
         if let Some(current) = &state.current {
             match resume.filter(|r| r.epoch == self.epoch) {
                 Some(r) if r.version == current.version => {}
+                // Only what was missed, as patches: history keeps no whole documents, so a missed
+                // version without a patch in this format (a snapshot format, a patch too large
+                // or never computed) means the current snapshot instead.
                 Some(r)
                     if r.version < current.version
                         && state.history.front().is_some_and(|oldest| oldest.version <= r.version + 1)
-                        && !state.history.iter().any(|e| e.version > r.version && e.delta.skipped(format)) =>
+                        && state
+                            .history
+                            .iter()
+                            .filter(|e| e.version > r.version)
+                            .all(|e| e.patch(format).is_some()) =>
                 {
                     initial.extend(state.history.iter().filter(|e| e.version > r.version).cloned().map(Msg::Event));
                 }
@@ -215,11 +236,10 @@ impl Topic {
         (initial, rx)
     }
 
-    /// Applies one poll's outcome: diffs, publishes, and records errors. Only the topic's
-    /// poller calls this, one poll at a time.
+    /// Applies one poll's outcome other than a new body (see [`Topic::prepare`]): publishes
+    /// and records errors. Only the topic's poller calls this, one poll at a time.
     pub fn apply(&self, outcome: Outcome) -> Applied {
         match outcome {
-            Outcome::Body { body, validators, json } => self.apply_body(body, validators, json),
             Outcome::Unchanged => {
                 let mut state = self.state();
                 self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed)
@@ -244,35 +264,29 @@ impl Topic {
         }
     }
 
-    /// The document cannot change between the steps below (one poller): the bytes are
-    /// compared under the lock, the body is parsed and diffed without it (a large document
-    /// takes milliseconds, and subscribers joining or resynchronising must not wait for that),
-    /// and the result is published under it again.
-    fn apply_body(&self, body: Bytes, validators: Validators, json: bool) -> Applied {
+    /// The first step with a new body: the same bytes as last time are settled at once;
+    /// anything else becomes a [`DiffJob`] to run off the async workers, and then to
+    /// [`Topic::commit`]. The document cannot change in between (one poller): subscribers
+    /// joining or resynchronising meanwhile never wait for the diff.
+    pub fn prepare(&self, body: Bytes, validators: Validators, json: bool) -> Result<DiffJob, Applied> {
         let previous = {
             let mut state = self.state();
             state.validators = validators;
             if state.last_body.as_ref() == Some(&body) {
-                return self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed);
+                return Err(self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed));
             }
             state.doc.clone()
         };
-        let doc = if json { serde_json::from_slice::<Value>(&body).ok().map(Arc::new) } else { None };
-        let change = match &doc {
-            Some(doc) => {
-                let options: DiffOptions = self.route().stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
-                // A subscriber joining meanwhile gets this event as a snapshot, which is correct.
-                let wants = |f: Format| self.formats[f.index()].load(Ordering::Relaxed) > 0;
-                let wanted = Wanted { json_patch: wants(Format::JsonPatch), merge_patch: wants(Format::MergePatch) };
-                delta_for(previous.as_deref(), doc, &options, wanted)
-            }
-            None => {
-                // Not JSON: sent whole, as a JSON string.
-                let text = Value::String(String::from_utf8_lossy(&body).into_owned());
-                let snapshot = Bytes::from(serde_json::to_vec(&text).expect("a string serialises"));
-                Some(Delta::whole(snapshot))
-            }
-        };
+        let options: DiffOptions = self.route().stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
+        // A subscriber joining meanwhile gets this event as a snapshot, which is correct.
+        let wants = |f: Format| self.formats[f.index()].load(Ordering::Relaxed) > 0;
+        let wanted = Wanted { json_patch: wants(Format::JsonPatch), merge_patch: wants(Format::MergePatch) };
+        Ok(DiffJob { body, json, previous, options, wanted })
+    }
+
+    /// Publishes what a [`DiffJob`] found.
+    pub fn commit(&self, diffed: Diffed) -> Applied {
+        let Diffed { body, doc, change } = diffed;
         let mut state = self.state();
         let state = &mut *state;
         state.last_body = Some(body);
@@ -300,8 +314,8 @@ impl Topic {
     }
 
     fn republish(&self, state: &mut State) {
-        if let Some(current) = state.current.clone() {
-            self.publish(state, whole(current.delta.clone()));
+        if let Some(snapshot) = state.current.as_ref().and_then(|c| c.snapshot()) {
+            self.publish(state, Delta::whole(snapshot));
         }
     }
 
@@ -312,13 +326,32 @@ impl Topic {
         for (slot, offset) in self.published.iter().zip(event.offsets) {
             slot.store(offset, Ordering::Release);
         }
-        state.current = Some(event.clone());
-        let limit = self.route().stream.as_ref().map_or(0, |s| s.history);
+        if let Some(previous) = state.current.replace(event.clone()) {
+            previous.release();
+        }
+        let (count, bytes) = self.route().stream.as_ref().map_or((0, 0), |s| (s.history, s.max_history_bytes));
+        let size = event.retained_bytes();
         state.history.push_back(event.clone());
-        while state.history.len() > limit {
-            state.history.pop_front();
+        state.history_bytes += size;
+        self.history_gauge.add(size as i64);
+        while state.history.len() > count || state.history_bytes > bytes {
+            if state.history.len() <= count {
+                // Dropped for the byte budget, not the count: say so.
+                self.trimmed.inc();
+            }
+            let Some(oldest) = state.history.pop_front() else { break };
+            let size = oldest.retained_bytes();
+            state.history_bytes -= size;
+            self.history_gauge.sub(size as i64);
         }
         let _ = self.tx.send(Msg::Event(event));
+    }
+}
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        let held = self.state.get_mut().map_or(0, |s| s.history_bytes);
+        self.history_gauge.sub(held as i64);
     }
 }
 

@@ -252,6 +252,10 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>, id: usize) 
                 }
             },
             (None, "/slow-stream") => slow_stream(&mut stream).await,
+            (None, "/shuffled") => {
+                let body = shuffled(&seen.target);
+                write_response(&mut stream, 200, "application/json", &[], &body).await
+            }
             (None, "/whoami" | "/api/whoami") => {
                 let user = seen.header("authorization").unwrap_or("").to_string();
                 let (n, stray) = {
@@ -384,6 +388,33 @@ async fn write_response(stream: &mut TcpStream, status: u16, ct: &str, extra: &[
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
     stream.write_all(&out).await.is_ok()
+}
+
+/// `/shuffled?rows=R&keys=K`: `{"rows": [...]}` with R objects of K string fields each, in a new
+/// random order on every request: the most expensive kind of document to diff.
+fn shuffled(target: &str) -> Vec<u8> {
+    use rand::seq::SliceRandom;
+    let param = |name: &str| {
+        target
+            .split_once('?')
+            .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok()))
+    };
+    let (rows, keys): (usize, usize) = (param("rows").unwrap_or(2000), param("keys").unwrap_or(10));
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.shuffle(&mut rand::rng());
+    let mut out = b"{\"rows\":[".to_vec();
+    for (n, i) in order.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"id\":{i}").as_bytes());
+        for k in 0..keys {
+            out.extend_from_slice(format!(",\"k{k}\":\"value {i}-{k}\"").as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// A chunked body sent in three parts, 150 ms apart.
