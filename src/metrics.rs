@@ -10,6 +10,8 @@ pub struct Metrics {
     pub subscribers: IntGaugeVec,
     /// `unpoll_topics`: topics with a running poller.
     pub topics: IntGauge,
+    /// `unpoll_topic_creators`: client addresses with topics that count against them.
+    pub topic_creators: IntGauge,
     /// `unpoll_connections`: open downstream connections on the proxy listener.
     pub connections: IntGauge,
     /// `unpoll_upstream_polls_total{route,outcome}`: outcome is `changed`, `unchanged`,
@@ -77,7 +79,11 @@ impl Metrics {
         registry.register(Box::new(topics.clone())).expect("unique metric");
         let connections = IntGauge::new("unpoll_connections", "Open downstream connections").expect("valid metric");
         registry.register(Box::new(connections.clone())).expect("unique metric");
+        let topic_creators =
+            IntGauge::new("unpoll_topic_creators", "Clients with topics counted against them").expect("valid metric");
+        registry.register(Box::new(topic_creators.clone())).expect("unique metric");
         Metrics {
+            topic_creators,
             subscribers: gauge_vec("unpoll_subscribers", "Open subscriptions", &["route", "protocol"]),
             topics,
             connections,

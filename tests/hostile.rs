@@ -272,3 +272,61 @@ async fn slow_request_heads_are_cut_off_but_streams_outlive_header_timeout() {
     // Normal requests are unaffected.
     assert_eq!(http_get(proxy.addr, "/api/x").await.unwrap().status, 200);
 }
+
+#[tokio::test]
+async fn one_client_cannot_fill_the_topic_table() {
+    let up = Upstream::start().await;
+    up.set_json("/t", &doc(1));
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /t\n    upstream: app\n    stream:\n      interval: 100ms\n      linger: 5s\n      linger_unshared: 300ms\n";
+    let proxy = Proxy::start_with(up.addr, "  max_topics_per_client: 5\n  trusted_proxies: [127.0.0.3]\n", body).await;
+    let (a, b, edge): (std::net::IpAddr, std::net::IpAddr, std::net::IpAddr) =
+        ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+    let open = |from, path: String, xff: Option<&'static str>| {
+        let addr = proxy.addr;
+        async move {
+            let headers: Vec<(&str, &str)> = xff.map(|x| ("X-Forwarded-For", x)).into_iter().collect();
+            Sse::connect_from(from, addr, &path, &headers).await
+        }
+    };
+    // Client a holds five variants of one resource: five topics, its quota.
+    let mut held = Vec::new();
+    for v in 0..5 {
+        let mut s = open(a, format!("/t?v={v}"), None).await;
+        assert_eq!(s.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+        held.push(s);
+    }
+    let sixth = open(a, "/t?v=5".to_string(), None).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!((sixth.status, sixth.json()["error"].as_str()), (429, Some("too_many_topics_for_client")));
+    assert_eq!(sixth.header("retry-after"), Some("5"));
+    // Joining a topic that exists is not making one; other clients are not locked out.
+    assert_eq!(open(a, "/t?v=0".to_string(), None).await.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+    assert_eq!(open(b, "/t?v=5".to_string(), None).await.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+    // Behind a trusted proxy, the forwarded address is the client; elsewhere it is ignored.
+    for v in 0..5 {
+        let mut s = open(edge, format!("/t?e={v}"), Some("198.51.100.1")).await;
+        assert_eq!(s.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+        held.push(s);
+    }
+    let over = open(edge, "/t?e=5".to_string(), Some("198.51.100.1")).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!(over.status, 429, "the forwarded client is at its quota");
+    let other = open(edge, "/t?e=6".to_string(), Some("198.51.100.2")).await.next_event(5 * SECOND).await;
+    assert_eq!(other.unwrap().kind(), "snapshot", "another client behind the same proxy");
+    let spoofed = open(a, "/t?s=1".to_string(), Some("203.0.113.50")).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!(spoofed.status, 429, "an untrusted peer cannot claim another address");
+    assert_eq!(proxy.metric("unpoll_requests_rejected_total", &[("reason", "too_many_topics_for_client")]).await, 3.0);
+    // Subscribe-and-close churn: topics that never had a second subscriber stop polling after
+    // linger_unshared, not linger, and stop counting against their maker; a shared one stays.
+    drop(held);
+    let topics = || async { proxy.metric("unpoll_topics", &[]).await };
+    assert!(eventually(3 * SECOND, || async { topics().await == 1.0 }).await, "{} topics left", topics().await);
+    for round in 0..3 {
+        for v in 0..5 {
+            let mut s = open(a, format!("/t?churn={round}-{v}"), None).await;
+            assert_eq!(s.conn.status, 200, "round {round}");
+            s.next_event(5 * SECOND).await.unwrap();
+        }
+        assert!(eventually(3 * SECOND, || async { topics().await == 1.0 }).await, "round {round}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(topics().await, 1.0, "the topic two subscriptions shared lingers its full 5 s");
+}

@@ -32,6 +32,11 @@ pub struct ServerSettings {
     pub max_subscribers: usize,
     /// `max_topics`: topics (shared polls), all routes together.
     pub max_topics: usize,
+    /// `max_topics_per_client`: topics one client address may have made that still count
+    /// against it (see `stream.linger_unshared`).
+    pub max_topics_per_client: usize,
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
     /// `websocket_max_message`: largest message (and frame) a WebSocket client may send.
     pub websocket_max_message: usize,
     /// `header_timeout`: the longest a client may take to send a whole request head.
@@ -155,6 +160,11 @@ pub struct StreamSettings {
     /// Bytes the history may hold (its events' patches); the oldest events go first.
     pub max_history_bytes: usize,
     pub linger: Duration,
+    /// The linger of a topic that never had a second subscriber; also how long an idle topic
+    /// still counts against the client that made it.
+    pub linger_unshared: Duration,
+    /// The query parameters that make a topic (and are sent upstream); `None` keeps all.
+    pub query_params: Option<Vec<String>>,
     /// Events a subscriber may fall behind before it is resynchronised with a snapshot.
     pub queue: usize,
     /// Bytes of events a subscriber may fall behind before it is resynchronised.
@@ -189,6 +199,9 @@ impl StreamSettings {
 }
 
 pub const DEFAULT_VARY: [&str; 2] = ["authorization", "cookie"];
+/// Query parameters starting with this prefix belong to unpoll: they are stripped before the
+/// upstream request and never part of a topic.
+pub const RESERVED_QUERY_PREFIX: &str = "unpoll_";
 /// Headers that carry credentials: never sent upstream by a `share: public` poll.
 pub const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
 
@@ -203,6 +216,8 @@ impl Default for StreamSettings {
             history: 64,
             max_history_bytes: 1024 * 1024,
             linger: Duration::from_secs(5),
+            linger_unshared: Duration::from_secs(1),
+            query_params: None,
             queue: 256,
             queue_bytes: 1024 * 1024,
             max_subscribers: 10_000,
@@ -229,10 +244,45 @@ impl Default for ServerSettings {
             max_connections: 100_000,
             max_subscribers: 100_000,
             max_topics: 10_000,
+            max_topics_per_client: 64,
+            trusted_proxies: Vec::new(),
             websocket_max_message: 64 * 1024,
             upgrade_sock: "/tmp/unpoll_upgrade.sock".into(),
             max_request_header: 16 * 1024,
             header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An address range in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse().ok()?, None),
+        };
+        let max = if matches!(addr, std::net::IpAddr::V4(_)) { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let bits = |a: u128, b: u128, width: u32| {
+            let shift = width - self.prefix as u32;
+            shift >= width || (a >> shift) == (b >> shift)
+        };
+        match (self.addr, ip) {
+            (V4(a), V4(b)) => bits(u32::from(a) as u128, u32::from(b) as u128, 32),
+            (V6(a), V6(b)) => bits(u128::from(a), u128::from(b), 128),
+            (V4(a), V6(b)) => b.to_ipv4_mapped().is_some_and(|b| bits(u32::from(a) as u128, u32::from(b) as u128, 32)),
+            (V6(_), V4(_)) => false,
         }
     }
 }

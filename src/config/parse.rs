@@ -206,6 +206,8 @@ impl Walker {
                 "max_connections",
                 "header_timeout",
                 "diff_threads",
+                "max_topics_per_client",
+                "trusted_proxies",
             ],
         )?;
         let mut s_limits = {
@@ -291,6 +293,32 @@ impl Walker {
                     );
                     ok = false;
                 }
+            }
+        }
+        if let Some(v) = m.get("max_topics_per_client") {
+            match self.count(v, &join(path, "max_topics_per_client"), 1, 10_000_000) {
+                Some(n) => s.max_topics_per_client = n,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = m.get("trusted_proxies") {
+            let p = join(path, "trusted_proxies");
+            match self.strings(v, &p) {
+                Some(list) => {
+                    for (i, text) in list.iter().enumerate() {
+                        match Cidr::parse(text) {
+                            Some(c) => s.trusted_proxies.push(c),
+                            None => {
+                                self.problem(
+                                    &format!("{p}[{i}]"),
+                                    format!("`{text}` is not an address or a range such as `10.0.0.0/8`"),
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                None => ok = false,
             }
         }
         if let Some(v) = m.get("diff_threads") {
@@ -477,7 +505,9 @@ impl Walker {
     }
 
     fn stream(&mut self, v: &Value, path: &str) -> Option<StreamSettings> {
-        const KEYS: [&str; 19] = [
+        const KEYS: [&str; 21] = [
+            "linger_unshared",
+            "query_params",
             "diff_budget",
             "max_history_bytes",
             "max_subscribers",
@@ -516,6 +546,21 @@ impl Walker {
         set!("interval", interval, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(10)));
         set!("heartbeat", heartbeat, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(100)));
         set!("linger", linger, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(0)));
+        set!("linger_unshared", linger_unshared, |w: &mut Walker, v, p: &str| w.duration(v, p, ms(0)));
+        set!("query_params", query_params, |w: &mut Walker, v, p: &str| {
+            let names = w.strings(v, p)?;
+            let mut ok = true;
+            for (i, name) in names.iter().enumerate() {
+                if name.is_empty() || name.starts_with(RESERVED_QUERY_PREFIX) || name.contains(['&', '=']) {
+                    w.problem(
+                        &format!("{p}[{i}]"),
+                        format!("`{name}` is not a query parameter name a route can keep (unpoll_* are unpoll's own)"),
+                    );
+                    ok = false;
+                }
+            }
+            ok.then_some(Some(names))
+        });
         set!("history", history, |w: &mut Walker, v, p: &str| w.count(v, p, 0, 100_000));
         set!("queue", queue, |w: &mut Walker, v, p: &str| w.count(v, p, 1, 1_000_000));
         set!("max_subscribers", max_subscribers, |w: &mut Walker, v, p: &str| w.count(v, p, 1, 10_000_000));

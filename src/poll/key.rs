@@ -6,13 +6,13 @@
 //! not part of the key, so a reload that points a route at other servers keeps its topics. The poller sends exactly
 //! those headers and no others, so nothing outside the key can change the upstream's answer.
 
-use crate::config::{Share, StreamSettings, CREDENTIAL_HEADERS};
+use crate::config::{Share, StreamSettings, CREDENTIAL_HEADERS, RESERVED_QUERY_PREFIX};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
 /// Query parameters starting with this prefix belong to unpoll: they are stripped before the
 /// upstream request and never part of a key.
-pub const RESERVED_PREFIX: &str = "unpoll_";
+pub const RESERVED_PREFIX: &str = RESERVED_QUERY_PREFIX;
 
 /// Identity of a shared poll.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,8 +44,9 @@ pub struct Reserved {
 }
 
 /// Splits a query into the upstream's normalised part (parameters sorted stably by name,
-/// `unpoll_*` removed) and the reserved parameters.
-pub fn split_query(query: Option<&str>) -> (Option<String>, Reserved) {
+/// `unpoll_*` removed, and, with `keep`, only the parameters it names) and the reserved
+/// parameters.
+pub fn split_query(query: Option<&str>, keep: Option<&[String]>) -> (Option<String>, Reserved) {
     let mut reserved = Reserved::default();
     let mut kept: Vec<&str> = Vec::new();
     for param in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -57,7 +58,7 @@ pub fn split_query(query: Option<&str>) -> (Option<String>, Reserved) {
                 "last_event_id" => reserved.last_event_id = Some(value),
                 _ => {}
             }
-        } else {
+        } else if keep.is_none_or(|names| names.iter().any(|n| n == name)) {
             kept.push(param);
         }
     }
@@ -74,7 +75,7 @@ pub fn derive(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> (TopicKey, PollRequest, Reserved) {
-    let (query, reserved) = split_query(query);
+    let (query, reserved) = split_query(query, settings.query_params.as_deref());
     let target = match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
@@ -223,8 +224,21 @@ mod tests {
     }
 
     #[test]
+    fn only_the_listed_query_parameters_make_a_topic() {
+        let s = StreamSettings { query_params: Some(vec!["page".into()]), ..Default::default() };
+        let (a, req) = key(&s, Some("page=2&_=1712345&x=y"), &[]);
+        let (b, _) = key(&s, Some("page=2&_=999"), &[]);
+        assert_eq!(a, b, "unlisted parameters neither split topics nor reach the upstream");
+        assert_eq!(req.target, "/orders/1?page=2");
+        assert_ne!(a, key(&s, Some("page=3"), &[]).0);
+        let (_, none) = key(&s, Some("cachebust=1"), &[]);
+        assert_eq!(none.target, "/orders/1");
+    }
+
+    #[test]
     fn reserved_params_are_read() {
-        let (_, r) = split_query(Some("x=1&unpoll_format=merge-patch&unpoll_last_event_id=ab%2Dc-4&unpoll_future=1"));
+        let (_, r) =
+            split_query(Some("x=1&unpoll_format=merge-patch&unpoll_last_event_id=ab%2Dc-4&unpoll_future=1"), None);
         assert_eq!(r.format.as_deref(), Some("merge-patch"));
         assert_eq!(r.last_event_id.as_deref(), Some("ab-c-4"));
         assert_eq!(percent_decode("a%2"), "a%2");

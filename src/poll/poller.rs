@@ -1,5 +1,6 @@
 //! The poll loop of one topic: poll at once, then every `interval`; back off while the
-//! upstream fails; stop `linger` after the last subscriber leaves.
+//! upstream fails; stop `linger` after the last subscriber leaves (`linger_unshared` if it
+//! never had a second one).
 //!
 //! Scheduling, in order of precedence:
 //! - a failing upstream is polled after an exponential backoff from the interval (doubling,
@@ -129,12 +130,22 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
         let mut scheduled_for = current;
         // Wait for the next poll, watching for the last subscriber to leave.
         loop {
-            let idle_deadline = topic.idle_since().map(|t| t + settings.linger);
-            if idle_deadline.is_some_and(|d| d <= Instant::now()) && hub.remove_if_idle(&topic) {
+            let idle_since = topic.idle_since();
+            // A topic nobody shared (one client subscribing and leaving, perhaps on purpose)
+            // stops sooner, and an idle topic soon stops counting against its maker.
+            let linger = if topic.shared() { settings.linger } else { settings.linger.min(settings.linger_unshared) };
+            let idle_deadline = idle_since.map(|t| t + linger);
+            let now = Instant::now();
+            if idle_deadline.is_some_and(|d| d <= now) && hub.remove_if_idle(&topic) {
                 log::debug!("topic {} {} stops: no subscribers", route, topic.key.target);
                 return;
             }
-            let until = idle_deadline.map_or(next_poll, |d| d.min(next_poll));
+            let uncount_at = idle_since.filter(|_| topic.counted()).map(|t| t + settings.linger_unshared);
+            if uncount_at.is_some_and(|d| d <= now) {
+                hub.uncount(&topic);
+            }
+            let until =
+                [idle_deadline, uncount_at.filter(|d| *d > now)].into_iter().flatten().fold(next_poll, Instant::min);
             tokio::select! {
                 _ = sleep_until(until) => {}
                 _ = topic.wake.notified() => {}
@@ -273,8 +284,8 @@ mod tests {
         let route = runtime.routes[0].clone();
         let settings = route.stream.clone().unwrap();
         let (key, poll, _) = crate::poll::key::derive("/x", &settings, "/x", None, &Default::default());
-        let limits = Limits { subscribers: 10, topics: 10, per_topic: 10 };
-        let mut sub = hub.subscribe(key, poll, &route, None, Format::JsonPatch, limits).ok().unwrap();
+        let limits = Limits { subscribers: 10, topics: 10, per_topic: 10, per_client: 10 };
+        let mut sub = hub.subscribe(key, poll, &route, None, Format::JsonPatch, limits, None).ok().unwrap();
         let topic = sub.topic.upgrade().unwrap();
         assert_eq!(hub.len(), 1);
         supervise(hub.clone(), topic, async { panic!("a bug") }).await;

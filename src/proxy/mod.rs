@@ -1,6 +1,7 @@
 //! The pingora [`ProxyHttp`] implementation: decide and dispatch only. A request is either a
 //! subscription (served here, on the same port) or proxied unchanged to its route's upstream.
 
+pub mod client;
 pub mod connections;
 pub mod detach;
 pub mod head_deadline;
@@ -16,7 +17,7 @@ use crate::stream::delivery::Delivery;
 use crate::stream::downstream::{self, Downstream};
 use crate::stream::encode::Protocol;
 use crate::stream::hub::Hub;
-use crate::stream::hub::Limits;
+use crate::stream::hub::{Limits, Refused};
 use crate::stream::{sse, ws};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -210,13 +211,29 @@ impl Gateway {
             subscribers: server.max_subscribers,
             topics: server.max_topics,
             per_topic: settings.max_subscribers,
+            per_client: server.max_topics_per_client,
         };
-        let sub = match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits) {
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
+            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+            client::client_address(peer.ip(), forwarded, &server.trusted_proxies)
+        });
+        let sub = match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits, client) {
             Ok(sub) => sub,
             Err(refused) => {
                 self.metrics.rejected.with_label_values(&[refused.reason()]).inc();
-                let message = "the proxy is at its subscription limit; retry later".to_string();
-                return respond(session, &Reject { status: 503, reason: refused.reason(), message }).await;
+                let reject = match refused {
+                    Refused::TooManyTopicsForClient => Reject {
+                        status: 429,
+                        reason: refused.reason(),
+                        message: "this client has opened too many different streams; retry later".to_string(),
+                    },
+                    _ => Reject {
+                        status: 503,
+                        reason: refused.reason(),
+                        message: "the proxy is at its subscription limit; retry later".to_string(),
+                    },
+                };
+                return respond(session, &reject).await;
             }
         };
         let handshake = (request.protocol == Protocol::WebSocket).then(|| {
@@ -270,7 +287,7 @@ async fn respond(session: &mut Session, reject: &Reject) -> pingora::Result<()> 
     if reject.status == 426 {
         resp.insert_header("sec-websocket-version", "13")?;
     }
-    if reject.status == 503 {
+    if reject.status == 503 || reject.status == 429 {
         resp.insert_header("retry-after", "5")?;
     }
     session.write_response_header(Box::new(resp), false).await?;

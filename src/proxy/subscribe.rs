@@ -79,7 +79,7 @@ fn check_origin(headers: &HeaderMap, settings: &StreamSettings) -> Result<(), Re
 fn validate(req: &RequestHeader, settings: &StreamSettings, websocket: bool) -> Result<SubscribeRequest, Reject> {
     let headers = &req.headers;
     check_origin(headers, settings)?;
-    let (_, reserved) = split_query(req.uri.query());
+    let (_, reserved) = split_query(req.uri.query(), None);
     let mut format = match reserved.format.as_deref() {
         None => settings.format,
         Some(name) => Format::parse(name).ok_or_else(|| {

@@ -10,13 +10,22 @@ use crate::proxy::routing::{Route, Runtime};
 use crate::stream::event::ErrorEvent;
 use pingora::connectors::http::Connector;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{broadcast, watch};
 
+/// The live topics, and who made them.
+#[derive(Default)]
+struct Table {
+    topics: HashMap<TopicKey, Arc<Topic>>,
+    /// Per client address, the topics it made that still count against it.
+    creators: HashMap<IpAddr, usize>,
+}
+
 /// All live topics.
 pub struct Hub {
-    topics: Mutex<HashMap<TopicKey, Arc<Topic>>>,
+    table: Mutex<Table>,
     /// Open subscriptions, all topics together.
     total: Arc<AtomicUsize>,
     pub connector: Connector,
@@ -52,6 +61,8 @@ pub struct Limits {
     pub topics: usize,
     /// The route's `stream.max_subscribers`, per topic.
     pub per_topic: usize,
+    /// `server.max_topics_per_client`.
+    pub per_client: usize,
 }
 
 /// Why a subscription was refused.
@@ -60,6 +71,8 @@ pub enum Refused {
     TooManySubscribers,
     TooManyTopics,
     TopicFull,
+    /// The client has made `max_topics_per_client` topics that still count.
+    TooManyTopicsForClient,
 }
 
 impl Refused {
@@ -69,6 +82,7 @@ impl Refused {
             Refused::TooManySubscribers => "too_many_subscribers",
             Refused::TooManyTopics => "too_many_topics",
             Refused::TopicFull => "topic_full",
+            Refused::TooManyTopicsForClient => "too_many_topics_for_client",
         }
     }
 }
@@ -77,7 +91,7 @@ impl Hub {
     /// A hub whose topics diff on at most `diff_threads` threads at once.
     pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>, diff_threads: usize) -> Hub {
         Hub {
-            topics: Mutex::default(),
+            table: Mutex::default(),
             total: Arc::default(),
             connector: Connector::new(None),
             compute: Compute::new(diff_threads, &metrics),
@@ -86,12 +100,14 @@ impl Hub {
         }
     }
 
-    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<TopicKey, Arc<Topic>>> {
-        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the topic for `key`, creating it (and polling at once) if it does not exist.
+    /// Joins the topic for `key`, creating it (and polling at once) if it does not exist, on
+    /// behalf of `client` (see `proxy::client`), against whom a new topic counts.
     /// Must be called inside a tokio runtime: a new topic spawns its poller.
+    #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         self: &Arc<Self>,
         key: TopicKey,
@@ -100,24 +116,33 @@ impl Hub {
         resume: Option<&ResumeId>,
         format: Format,
         limits: Limits,
+        client: Option<IpAddr>,
     ) -> Result<Subscription, Refused> {
         let topic = {
-            let mut topics = self.topics();
+            let mut table = self.table();
+            let table = &mut *table;
             if self.total.load(Ordering::SeqCst) >= limits.subscribers {
                 return Err(Refused::TooManySubscribers);
             }
-            match topics.get(&key) {
+            match table.topics.get(&key) {
                 Some(t) if t.subscribers() >= limits.per_topic => return Err(Refused::TopicFull),
-                None if topics.len() >= limits.topics => return Err(Refused::TooManyTopics),
+                None if table.topics.len() >= limits.topics => return Err(Refused::TooManyTopics),
+                None if client.is_some_and(|c| table.creators.get(&c).is_some_and(|n| *n >= limits.per_client)) => {
+                    return Err(Refused::TooManyTopicsForClient)
+                }
                 _ => {}
             }
-            let topic = topics.entry(key.clone()).or_insert_with(|| {
+            let topic = table.topics.entry(key.clone()).or_insert_with(|| {
                 let queue = route.stream.as_ref().map_or(1, |s| s.queue);
                 let metrics = TopicMetrics {
                     history_bytes: self.metrics.history_bytes.with_label_values(&[&key.route]),
                     history_trimmed: self.metrics.history_trimmed.with_label_values(&[&key.route]),
                 };
-                let topic = Arc::new(Topic::new(key, route.clone(), request, queue, metrics));
+                let topic = Arc::new(Topic::new(key, route.clone(), request, queue, metrics, client));
+                if let Some(c) = client {
+                    *table.creators.entry(c).or_insert(0) += 1;
+                    self.metrics.topic_creators.set(table.creators.len() as i64);
+                }
                 self.metrics.topics.inc();
                 tokio::spawn(poller::supervise(self.clone(), topic.clone(), poller::run(self.clone(), topic.clone())));
                 topic
@@ -132,25 +157,43 @@ impl Hub {
 
     /// Removes a topic if it still has no subscribers. Returns whether it was removed.
     pub fn remove_if_idle(&self, topic: &Arc<Topic>) -> bool {
-        let mut topics = self.topics();
+        let mut table = self.table();
         if topic.subscribers() > 0 {
             return false;
         }
-        self.remove_locked(&mut topics, topic);
+        self.remove_locked(&mut table, topic);
         true
     }
 
     /// Removes a topic whatever its subscribers (terminal upstream status, shutdown).
     pub fn remove(&self, topic: &Arc<Topic>) {
-        let mut topics = self.topics();
-        self.remove_locked(&mut topics, topic);
+        let mut table = self.table();
+        self.remove_locked(&mut table, topic);
     }
 
-    fn remove_locked(&self, topics: &mut HashMap<TopicKey, Arc<Topic>>, topic: &Arc<Topic>) {
-        if topics.get(&topic.key).is_some_and(|t| Arc::ptr_eq(t, topic)) {
-            topics.remove(&topic.key);
+    fn remove_locked(&self, table: &mut Table, topic: &Arc<Topic>) {
+        if table.topics.get(&topic.key).is_some_and(|t| Arc::ptr_eq(t, topic)) {
+            table.topics.remove(&topic.key);
             self.metrics.topics.dec();
         }
+        self.uncount_locked(table, topic);
+    }
+
+    /// Stops counting `topic` against the client that made it (it has been idle a while).
+    pub fn uncount(&self, topic: &Topic) {
+        let mut table = self.table();
+        self.uncount_locked(&mut table, topic);
+    }
+
+    fn uncount_locked(&self, table: &mut Table, topic: &Topic) {
+        let Some(client) = topic.take_creator() else { return };
+        if let Some(n) = table.creators.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                table.creators.remove(&client);
+            }
+        }
+        self.metrics.topic_creators.set(table.creators.len() as i64);
     }
 
     /// Brings live topics in line with a reloaded configuration. A topic whose route is gone
@@ -158,7 +201,7 @@ impl Hub {
     /// subscribers resubscribe under the new rules. Every other topic follows its new route
     /// (upstream and its servers, interval, limits, diff options) without a disconnection.
     pub fn reconcile(&self, runtime: &Runtime) {
-        let topics: Vec<Arc<Topic>> = self.topics().values().cloned().collect();
+        let topics: Vec<Arc<Topic>> = self.table().topics.values().cloned().collect();
         for topic in topics {
             let old = topic.route();
             let closing = match runtime.routes.iter().find(|r| r.label() == topic.key.route) {
@@ -186,7 +229,7 @@ impl Hub {
 
     /// Number of live topics.
     pub fn len(&self) -> usize {
-        self.topics().len()
+        self.table().topics.len()
     }
 
     pub fn is_empty(&self) -> bool {

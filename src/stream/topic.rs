@@ -12,6 +12,7 @@ use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
 use serde_json::Value;
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, Notify};
@@ -75,6 +76,11 @@ pub struct Topic {
     state: Mutex<State>,
     tx: broadcast::Sender<Msg>,
     subscribers: AtomicUsize,
+    /// Subscriptions it has had, all together: a topic that never had a second one lingers
+    /// only `linger_unshared`.
+    joins: AtomicUsize,
+    /// The client that made it, while the topic still counts against it.
+    creator: Mutex<Option<IpAddr>>,
     /// The offsets of the latest event, per format, readable without the topic (see
     /// [`Event::offsets`]).
     pub published: Arc<[AtomicU64; 3]>,
@@ -117,7 +123,14 @@ pub enum Applied {
 }
 
 impl Topic {
-    pub fn new(key: TopicKey, route: Arc<Route>, request: PollRequest, queue: usize, metrics: TopicMetrics) -> Topic {
+    pub fn new(
+        key: TopicKey,
+        route: Arc<Route>,
+        request: PollRequest,
+        queue: usize,
+        metrics: TopicMetrics,
+        creator: Option<IpAddr>,
+    ) -> Topic {
         let epoch = format!("{:08x}", rand::random::<u32>());
         Topic {
             key,
@@ -128,6 +141,8 @@ impl Topic {
             state: Mutex::new(State::default()),
             tx: broadcast::channel(queue).0,
             subscribers: AtomicUsize::new(0),
+            joins: AtomicUsize::new(0),
+            creator: Mutex::new(creator),
             published: Arc::default(),
             formats: Default::default(),
             wake: Notify::new(),
@@ -171,9 +186,25 @@ impl Topic {
         self.subscribers.load(Ordering::SeqCst)
     }
 
+    /// Whether it ever had more than one subscription.
+    pub fn shared(&self) -> bool {
+        self.joins.load(Ordering::Relaxed) > 1
+    }
+
+    /// Whether it still counts against the client that made it.
+    pub fn counted(&self) -> bool {
+        self.creator.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The client it counts against, which it no longer does. Called under the hub's lock.
+    pub(crate) fn take_creator(&self) -> Option<IpAddr> {
+        self.creator.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// Counts a new subscriber. Called under the hub's lock.
     pub(crate) fn join(&self) {
         self.subscribers.fetch_add(1, Ordering::SeqCst);
+        self.joins.fetch_add(1, Ordering::Relaxed);
         self.state().idle_since = None;
     }
 

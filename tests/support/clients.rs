@@ -64,7 +64,18 @@ pub struct RawConn {
 impl RawConn {
     /// Sends `request` as is and reads the response head.
     pub async fn send(addr: SocketAddr, request: &[u8]) -> RawConn {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        RawConn::send_on(TcpStream::connect(addr).await.expect("connect"), request).await
+    }
+
+    /// Like [`RawConn::send`], from the local address `from` (any of 127.0.0.0/8 works on
+    /// loopback): another client, as far as the proxy can tell.
+    pub async fn send_from(from: std::net::IpAddr, addr: SocketAddr, request: &[u8]) -> RawConn {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        RawConn::send_on(socket.connect(addr).await.expect("connect"), request).await
+    }
+
+    async fn send_on(mut stream: TcpStream, request: &[u8]) -> RawConn {
         stream.write_all(request).await.unwrap();
         let mut conn = RawConn {
             stream,
@@ -212,12 +223,21 @@ pub struct Sse {
 impl Sse {
     /// Subscribes to `path` with `Accept: text/event-stream` and extra header lines.
     pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        Sse { conn: RawConn::send(addr, &Sse::request(addr, path, headers)).await }
+    }
+
+    /// Like [`Sse::connect`], from the local address `from` (see [`RawConn::send_from`]).
+    pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        Sse { conn: RawConn::send_from(from, addr, &Sse::request(addr, path, headers)).await }
+    }
+
+    fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        Sse { conn: RawConn::send(addr, req.as_bytes()).await }
+        req.into_bytes()
     }
 
     /// The next block, comments included; `None` on timeout or end of stream.
