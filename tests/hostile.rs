@@ -330,3 +330,66 @@ async fn one_client_cannot_fill_the_topic_table() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(topics().await, 1.0, "the topic two subscriptions shared lingers its full 5 s");
 }
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn unfinished_huge_request_heads_are_refused_as_they_arrive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(up.addr, "  header_timeout: 30s\n", PLAIN).await;
+    let before = rss_kib(proxy.pid());
+    // 300 clients, each sending 1 MiB of one header line and never finishing the head.
+    let line = format!("X-Big: {}", "b".repeat(64 * 1024));
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        let line = line.clone();
+        let addr = proxy.addr;
+        clients.push(tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = c.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n").await;
+            let mut sent = 0;
+            while sent < 1 << 20 {
+                if c.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+                sent += line.len();
+            }
+            // The proxy must have closed the connection long before header_timeout.
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.is_ok()
+        }));
+    }
+    for c in clients {
+        assert!(c.await.unwrap(), "a connection stayed open with an unfinished head");
+    }
+    let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    let refused = proxy.metric("unpoll_requests_rejected_total", &[("reason", "header_too_large")]).await;
+    eprintln!("{refused} of 300 heads refused; RSS grew {grown} KiB");
+    assert_eq!(refused, 300.0);
+    // Pingora alone buffers up to 1 MiB of each: some 300 MiB.
+    assert!(grown < 64 * 1024, "the proxy grew {grown} KiB holding unfinished heads");
+    assert_eq!(up.count("/api/x"), 0);
+    assert_eq!(http_get(proxy.addr, "/api/x").await.unwrap().status, 200, "the proxy still serves");
+}
+
+#[tokio::test]
+async fn request_heads_ending_in_bare_line_feeds_are_not_cut_off() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(up.addr, "  header_timeout: 1s\n", PLAIN).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Lines ending in LF alone; the body follows after the head deadline would have passed.
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(b"POST /api/x HTTP/1.1\nHost: h\nContent-Length: 5\nConnection: close\n\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.write_all(b"hello").await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(5 * SECOND, c.read_to_end(&mut resp)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"body\":\"hello\""), "the body arrived whole: {text}");
+}

@@ -13,7 +13,7 @@
 //! forgotten once everyone holding it has let go.
 
 use crate::metrics::Metrics;
-use crate::proxy::head_deadline::HeadDeadline;
+use crate::proxy::head_deadline::{HeadDeadline, HeadLimits};
 use crate::proxy::routing::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -92,12 +92,15 @@ pub struct Limited<A> {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
     connections: Arc<Connections>,
+    /// `unpoll_requests_rejected_total{reason="header_too_large"}`.
+    too_large: prometheus::IntCounter,
 }
 
 impl<A> Limited<A> {
     pub fn new(inner: A, runtime: Arc<ArcSwap<Runtime>>, connections: Arc<Connections>) -> Limited<A> {
         let metrics = connections.metrics.clone();
-        Limited { inner: Arc::new(inner), runtime, metrics, connections }
+        let too_large = metrics.rejected.with_label_values(&["header_too_large"]);
+        Limited { inner: Arc::new(inner), runtime, metrics, connections, too_large }
     }
 }
 
@@ -111,7 +114,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             let _ = stream.shutdown().await;
             return None;
         }
-        let stream = HeadDeadline::arm(stream, self.runtime.load().server.header_timeout);
+        let server = &self.runtime.load().server;
+        let limits = HeadLimits {
+            timeout: server.header_timeout,
+            max_bytes: server.max_request_header,
+            refused: self.too_large.clone(),
+        };
+        let stream = HeadDeadline::arm(stream, &limits);
         let reused = self.inner.process_new(stream, shutdown).await;
         if reused.is_none() {
             self.connections.release(id);

@@ -1,14 +1,23 @@
-//! Slowloris protection: a stream wrapper whose reads fail once `server.header_timeout` has
-//! passed without a whole request head (up to its blank line) having arrived. Pingora's own
-//! read timeout restarts with every read, so a client sending a byte at a time could otherwise
-//! hold a connection for ever. The deadline is re-armed for each request on a keep-alive
-//! connection (so an idle keep-alive connection is also closed after `header_timeout`) and
-//! cleared once the head is in: request bodies and streams are not limited by it.
+//! The request head's guard: a stream wrapper that watches each request head as it arrives.
+//!
+//! - **Deadline (slowloris).** Reads fail once `server.header_timeout` has passed without a
+//!   whole head (up to its blank line). Pingora's own read timeout restarts with every read, so
+//!   a client sending a byte at a time could otherwise hold a connection for ever.
+//! - **Size.** Pingora buffers a head up to 1 MiB before anything looks at it; here a head
+//!   longer than `server.max_request_header` is answered `431` and the connection closed as
+//!   soon as the limit is passed, so an unfinished head never costs more than the limit.
+//!
+//! A head ends at its first empty line, whether lines end in CRLF or in a bare LF (as the
+//! HTTP parser accepts both); empty lines before the request line are skipped, as RFC 9112
+//! allows. The guard is re-armed for each request on a keep-alive connection (so an idle
+//! keep-alive connection is also closed after `header_timeout`) and stands down once the head
+//! is in: request bodies and streams are not limited by it.
 
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
 use pingora::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, IO};
+use prometheus::IntCounter;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -18,61 +27,112 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-const HEAD_END: &[u8; 4] = b"\r\n\r\n";
+/// The answer to a head over the limit; the connection closes after it.
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: 90\r\nconnection: close\r\n\r\n{\"error\":\"header_too_large\",\"message\":\"the request head is larger than the proxy accepts\"}";
+
+/// What bounds each request head.
+#[derive(Debug, Clone)]
+pub struct HeadLimits {
+    /// `server.header_timeout`.
+    pub timeout: Duration,
+    /// `server.max_request_header`, in bytes.
+    pub max_bytes: usize,
+    /// Counts heads refused for their size (`unpoll_requests_rejected_total{reason="header_too_large"}`).
+    pub refused: IntCounter,
+}
 
 #[derive(Debug)]
 pub struct HeadDeadline {
     inner: Stream,
     /// Armed while a request head is being read.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// How much of `\r\n\r\n` the bytes read so far end with.
-    matched: usize,
+    scan: Scan,
+    max_bytes: usize,
+    refused: Option<IntCounter>,
+    /// The head passed `max_bytes`: it was answered 431 and every read fails.
+    too_large: bool,
 }
 
 impl HeadDeadline {
     /// Wraps `stream` (or re-arms it, if it is already wrapped) for the next request head.
-    pub fn arm(stream: Stream, timeout: Duration) -> Stream {
+    pub fn arm(stream: Stream, limits: &HeadLimits) -> Stream {
         let mut wrapped = if stream.as_any().is::<HeadDeadline>() {
             stream.into_any().downcast::<HeadDeadline>().expect("checked above")
         } else {
-            Box::new(HeadDeadline { inner: stream, deadline: None, matched: 0 })
+            Box::new(HeadDeadline {
+                inner: stream,
+                deadline: None,
+                scan: Scan::default(),
+                max_bytes: 0,
+                refused: None,
+                too_large: false,
+            })
         };
-        wrapped.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
-        wrapped.matched = 0;
+        wrapped.deadline = Some(Box::pin(tokio::time::sleep(limits.timeout)));
+        wrapped.scan = Scan::default();
+        wrapped.max_bytes = limits.max_bytes;
+        wrapped.refused = Some(limits.refused.clone());
         wrapped
     }
 
-    /// Scans newly read bytes for the end of the head.
-    fn saw(&mut self, bytes: &[u8]) {
-        let (matched, done) = scan(self.matched, bytes);
-        self.matched = matched;
-        if done {
-            self.deadline = None;
+    /// Answers 431, best effort (the socket takes a small answer at once), and reads what the
+    /// client already sent, so that closing does not reset the connection before the answer is
+    /// read.
+    fn refuse(&mut self, cx: &mut Context<'_>) {
+        if let Some(refused) = self.refused.take() {
+            refused.inc();
+        }
+        let _ = Pin::new(&mut self.inner).poll_write(cx, TOO_LARGE);
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        let mut scratch = [0u8; 4096];
+        for _ in 0..16 {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                _ => break,
+            }
         }
     }
 }
 
-/// Continues matching `\r\n\r\n` over `bytes`, `matched` bytes of it having been seen at the
-/// end of the previous read. Returns the new state and whether the head has ended.
-fn scan(mut matched: usize, bytes: &[u8]) -> (usize, bool) {
-    for &b in bytes {
-        matched = if b == HEAD_END[matched] {
-            matched + 1
-        } else if b == b'\r' {
-            1
-        } else {
-            0
-        };
-        if matched == HEAD_END.len() {
-            return (0, true);
+/// How far a head has been read: whether the request line has begun, the length of the
+/// current line (not counting CR), and the head's bytes so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Scan {
+    started: bool,
+    line: usize,
+    bytes: usize,
+}
+
+impl Scan {
+    /// Continues over `bytes`. Returns how many of them belong to the head when it ends in
+    /// them, else `None`.
+    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            self.bytes += 1;
+            match b {
+                b'\n' if self.started && self.line == 0 => return Some(i + 1),
+                b'\n' => self.line = 0,
+                b'\r' => {}
+                _ => {
+                    self.started = true;
+                    self.line += 1;
+                }
+            }
         }
+        None
     }
-    (matched, false)
 }
 
 impl AsyncRead for HeadDeadline {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.too_large {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head larger than max_request_header",
+            )));
+        }
         if let Some(deadline) = this.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")));
@@ -81,8 +141,17 @@ impl AsyncRead for HeadDeadline {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if this.deadline.is_some() && matches!(result, Poll::Ready(Ok(()))) {
-            let new = buf.filled()[before..].to_vec();
-            this.saw(&new);
+            let ended = this.scan.feed(&buf.filled()[before..]);
+            if this.scan.bytes > this.max_bytes {
+                this.refuse(cx);
+                this.too_large = true;
+            }
+            if this.too_large {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large")));
+            }
+            if ended.is_some() {
+                this.deadline = None;
+            }
         }
         result
     }
@@ -169,17 +238,36 @@ fn _is_io(s: HeadDeadline) -> Box<dyn IO> {
 
 #[cfg(test)]
 mod tests {
-    use super::scan;
+    use super::Scan;
+
+    fn feed_all(parts: &[&[u8]]) -> Option<(usize, usize)> {
+        let mut scan = Scan::default();
+        parts.iter().enumerate().find_map(|(i, p)| scan.feed(p).map(|n| (i, n)))
+    }
 
     #[test]
     fn finds_the_end_of_the_head_across_reads() {
-        assert_eq!(scan(0, b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody"), (0, true));
-        let (m, done) = scan(0, b"GET / HTTP/1.1\r\nHost: h\r");
-        assert_eq!((m, done), (1, false));
-        assert_eq!(scan(m, b"\n\r\n"), (0, true));
-        let (m, _) = scan(0, b"a\r\n\r");
-        assert_eq!(scan(m, b"x\r\n"), (2, false), "a broken run starts over");
-        assert_eq!(scan(0, b"\r\r\n\r\n"), (0, true));
-        assert_eq!(scan(0, b"\n\n"), (0, false), "only CRLF CRLF ends a head");
+        assert_eq!(feed_all(&[b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody"]), Some((0, 27)));
+        assert_eq!(feed_all(&[b"GET / HTTP/1.1\r\nHost: h\r", b"\n\r", b"\nrest"]), Some((2, 1)));
+        assert_eq!(feed_all(&[b"a\r\n\rx\r\n"]), None, "a CR inside a line does not end it");
+        assert_eq!(feed_all(&[b"GET / HTTP/1.1\nHost: h\n\n"]), Some((0, 24)), "bare LF line ends");
+        assert_eq!(feed_all(&[b"GET / HTTP/1.1\r\nHost: h\n\r\n"]), Some((0, 26)), "mixed");
+        assert_eq!(feed_all(&[b"\r\n\nGET / HTTP/1.1\r\n\r\n"]), Some((0, 21)), "leading empty lines are skipped");
+    }
+
+    #[test]
+    fn the_refusal_is_a_complete_response() {
+        let text = std::str::from_utf8(super::TOO_LARGE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(body).unwrap()["error"], "header_too_large");
+    }
+
+    #[test]
+    fn counts_the_head_bytes() {
+        let mut scan = Scan::default();
+        assert_eq!(scan.feed(b"GET / HTTP/1.1\r\nX: "), None);
+        assert_eq!(scan.bytes, 19);
+        assert_eq!(scan.feed(b"y\r\n\r\nbody"), Some(5));
     }
 }

@@ -70,15 +70,6 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         // An owned reference, not a guard: it is held across the awaits below.
         let runtime = self.runtime.load_full();
-        let head = head_size(session.req_header());
-        if head > runtime.server.max_request_header {
-            self.metrics.rejected.with_label_values(&["header_too_large"]).inc();
-            let message =
-                format!("the request head is {head} bytes; the limit is {}", runtime.server.max_request_header);
-            session.set_keepalive(None);
-            respond(session, &Reject { status: 431, reason: "header_too_large", message }).await?;
-            return Ok(true);
-        }
         let path = session.req_header().uri.path().to_string();
         let Some(route) = runtime.route(&path).cloned() else {
             self.metrics.requests.with_label_values(&["", "no_route"]).inc();
@@ -269,12 +260,6 @@ impl Gateway {
         });
         Ok(())
     }
-}
-
-/// The size of a request head as sent: request line and `name: value` lines.
-fn head_size(req: &pingora::http::RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.raw_path().len() + 12;
-    line + req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + 2
 }
 
 /// Answers with a small JSON error body; clients never see internals.
