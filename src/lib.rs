@@ -35,5 +35,5 @@ pub mod poll;
 pub mod pool;
 pub mod proxy;
 pub mod server;
-pub mod socket;
 pub mod stream;
+pub mod sys;

@@ -59,6 +59,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log_level).parse_env("RUST_LOG").format_timestamp_millis().init();
+    // Before the configuration is read: the default max_connections follows the limit.
+    let open_files = unpoll::sys::raise_open_files_limit();
     match cli.command {
         Command::Check { config } => match unpoll::config::load_file(&config) {
             Ok(c) => {
@@ -73,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config: path, no_watch, upgrade } => {
             let config = unpoll::config::load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             log::info!("serving on {:?}, admin on {:?}", config.server.listen, config.server.admin);
+            log::info!("open-files limit {open_files:?}; max_connections {}", config.server.max_connections);
             let reload = unpoll::server::ReloadFrom { path, watch: !no_watch };
             let start = unpoll::server::Start { reload: Some(reload), upgrade };
             unpoll::server::build(&config, start, |_| {}).run_forever()

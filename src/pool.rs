@@ -11,13 +11,13 @@
 //!   the same credentials (pingora's `group_key`): whatever a server leaves behind can only
 //!   reach the user it was meant for;
 //! - right before a pooled connection carries a request, the kernel is asked whether anything
-//!   waits on it ([`crate::socket::pending`]); a connection with bytes waiting is dropped;
+//!   waits on it ([`crate::sys::pending`]); a connection with bytes waiting is dropped;
 //! - a response whose framing is in doubt ([`doubtful_framing`]) is not followed by reuse;
 //! - a server caught leaving bytes behind is quarantined for [`QUARANTINE`]: every request to
 //!   it gets a new connection, closed after it.
 
 use crate::config::Reuse;
-use crate::socket::Pending;
+use crate::sys::Pending;
 use http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

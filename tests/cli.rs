@@ -68,3 +68,25 @@ fn run_refuses_an_invalid_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("upstreams"));
 }
+
+#[test]
+fn check_refuses_more_connections_than_the_open_files_limit_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.yaml");
+    let routes = "upstreams:\n  app:\n    servers: ['127.0.0.1:1']\nroutes:\n  - match: /*\n    upstream: app\n";
+    std::fs::write(&path, format!("server:\n  max_connections: 5000\n{routes}")).unwrap();
+    let check = |path: &std::path::Path| {
+        let out = Command::new("sh")
+            .args(["-c", "ulimit -n 1000 && exec \"$0\" check -c \"$1\"", env!("CARGO_BIN_EXE_unpoll")])
+            .arg(path)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (ok, err) = check(&path);
+    assert!(!ok);
+    assert!(err.contains("server.max_connections: 5000 is more than this process can hold open"), "{err}");
+    assert!(err.contains("open-files limit is 1000"), "{err}");
+    std::fs::write(&path, format!("server:\n  max_connections: 600\n{routes}")).unwrap();
+    assert!(check(&path).0, "600 fits in 1000");
+}

@@ -393,3 +393,31 @@ async fn request_heads_ending_in_bare_line_feeds_are_not_cut_off() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"body\":\"hello\""), "the body arrived whole: {text}");
 }
+
+#[tokio::test]
+async fn running_out_of_descriptors_is_a_503_and_the_admin_listener_still_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    // An open-files limit of 1000: by default, max_connections keeps 320 of them for the rest.
+    let proxy = Proxy::start_with_open_files(up.addr, "", PLAIN, 1000).await;
+    let mut held = Vec::new();
+    for _ in 0..680 {
+        let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        c.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        held.push(c);
+    }
+    assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 680.0 }).await);
+    let refused =
+        RawConn::send(proxy.addr, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n").await.read_to_end(5 * SECOND).await;
+    assert_eq!((refused.status, refused.json()["error"].as_str()), (503, Some("too_many_connections")));
+    // The admin listener answers, and a reload (which opens the file) applies.
+    assert_eq!(http_get(proxy.admin, "/healthz").await.map(|r| r.status), Some(200));
+    proxy.write_config(up.addr, "", &format!("{PLAIN}  - match: /more/*\n    upstream: app\n"));
+    assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_config_generation", &[]).await == 2.0 }).await);
+    drop(held);
+    assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 0.0 }).await);
+    assert_eq!(http_get(proxy.addr, "/more/x").await.unwrap().status, 200);
+}

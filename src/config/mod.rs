@@ -1,6 +1,7 @@
 //! Configuration: the model, the YAML parser that validates it, and durations and patterns.
 
 mod duration;
+pub mod host;
 mod model;
 mod parse;
 mod pattern;

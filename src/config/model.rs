@@ -26,7 +26,8 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// `write_timeout`: a stream client that accepts no bytes for this long is dropped.
     pub write_timeout: Duration,
-    /// `max_connections`: open connections on the proxy listener (subscriptions included).
+    /// `max_connections`: open connections on the proxy listener (subscriptions included). By
+    /// default what the open-files limit leaves (see [`super::host`]).
     pub max_connections: usize,
     /// `max_subscribers`: open subscriptions, all routes together.
     pub max_subscribers: usize,
@@ -241,7 +242,7 @@ impl Default for ServerSettings {
             diff_threads: std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             grace_period: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
-            max_connections: 100_000,
+            max_connections: super::host::default_max_connections(super::host::open_files_limit()),
             max_subscribers: 100_000,
             max_topics: 10_000,
             max_topics_per_client: 64,

@@ -258,8 +258,24 @@ impl Walker {
             }
         }
         if let Some(v) = m.get("max_connections") {
-            match self.count(v, &join(path, "max_connections"), 1, 10_000_000) {
-                Some(n) => s.max_connections = n,
+            let p = join(path, "max_connections");
+            match self.count(v, &p, 1, 10_000_000) {
+                Some(n) => match super::host::open_files_limit() {
+                    Some(limit) if n as u64 > super::host::connection_ceiling(limit) => {
+                        self.problem(
+                            &p,
+                            format!(
+                                "{n} is more than this process can hold open: its open-files limit is {limit}, of which \
+                                 {} are kept for upstream connections, the admin listener and files (at most {}; raise \
+                                 the limit, e.g. LimitNOFILE= or ulimit -n, or lower max_connections)",
+                                super::host::reserved(limit),
+                                super::host::connection_ceiling(limit)
+                            ),
+                        );
+                        ok = false;
+                    }
+                    _ => s.max_connections = n,
+                },
                 None => ok = false,
             }
         }

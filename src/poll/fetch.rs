@@ -4,7 +4,7 @@
 use super::key::PollRequest;
 use crate::pool::{self, Distrust, Plan};
 use crate::proxy::routing::Upstream;
-use crate::socket::{self, Pending};
+use crate::sys::{self, Pending};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use pingora::connectors::http::Connector;
@@ -85,7 +85,7 @@ async fn connect(
         if !reused {
             return Ok((session, peer, plan));
         }
-        match pool::reusable(session.stream().map_or(Pending::Closed, socket::pending)) {
+        match pool::reusable(session.stream().map_or(Pending::Closed, sys::pending)) {
             Ok(true) => return Ok((session, peer, plan)),
             Ok(false) => {}
             Err(why) => upstream.distrust(addr, why, refused),
@@ -159,7 +159,7 @@ async fn fetch_inner(
         body.extend_from_slice(&chunk);
     }
     // Bytes already waiting after the end of the response belong to no request.
-    let after = session.stream().map_or(Pending::Closed, socket::pending);
+    let after = session.stream().map_or(Pending::Closed, sys::pending);
     if after == Pending::Data || doubtful {
         let why = if doubtful { Distrust::DoubtfulFraming } else { Distrust::StrayBytes };
         upstream.distrust(addr, why, refused);

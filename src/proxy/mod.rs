@@ -12,13 +12,13 @@ use crate::config::{ServerSettings, CREDENTIAL_HEADERS};
 use crate::metrics::Metrics;
 use crate::poll::key;
 use crate::pool::{self, Distrust};
-use crate::socket;
 use crate::stream::delivery::Delivery;
 use crate::stream::downstream::{self, Downstream};
 use crate::stream::encode::Protocol;
 use crate::stream::hub::Hub;
 use crate::stream::hub::{Limits, Refused};
 use crate::stream::{sse, ws};
+use crate::sys;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -140,7 +140,7 @@ impl ProxyHttp for Gateway {
         if !reused {
             return Ok(());
         }
-        match pool::reusable(socket::pending_fd(fd)) {
+        match pool::reusable(sys::pending_fd(fd)) {
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(why) => {

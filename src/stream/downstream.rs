@@ -26,7 +26,7 @@ pub enum Socket {
 /// the same job, and pingora's object is dropped (tokio deregisters it before its descriptor
 /// closes; the socket stays open through the duplicate). Anything else is kept as it is.
 pub fn lean(stream: Stream) -> (Socket, i32) {
-    if let Some(std) = crate::socket::duplicate_tcp(&stream) {
+    if let Some(std) = crate::sys::duplicate_tcp(&stream) {
         if std.set_nonblocking(true).is_ok() {
             if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
                 let id = tcp.as_raw_fd();

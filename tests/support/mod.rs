@@ -6,7 +6,7 @@ mod proxy;
 mod upstream;
 
 pub use clients::*;
-pub use proxy::{config_text, Proxy};
+pub use proxy::{config_text, unpoll_command, Proxy};
 pub use upstream::{Seen, Upstream};
 
 use serde_json::Value;

@@ -37,6 +37,21 @@ impl Proxy {
 
     /// Like [`Proxy::start_with`], with more arguments after `run -c FILE`.
     pub async fn start_args(upstream: SocketAddr, server_extra: &str, body: &str, args: &[&str]) -> Proxy {
+        Proxy::start_full(upstream, server_extra, body, args, None).await
+    }
+
+    /// Like [`Proxy::start_with`], in a process whose open-files limit is `limit`.
+    pub async fn start_with_open_files(upstream: SocketAddr, server_extra: &str, body: &str, limit: u32) -> Proxy {
+        Proxy::start_full(upstream, server_extra, body, &[], Some(limit)).await
+    }
+
+    async fn start_full(
+        upstream: SocketAddr,
+        server_extra: &str,
+        body: &str,
+        args: &[&str],
+        open_files: Option<u32>,
+    ) -> Proxy {
         // Ports are picked by binding port 0; if another process takes one first, unpoll
         // exits and we try again with new ports.
         for _ in 0..5 {
@@ -50,7 +65,7 @@ impl Proxy {
             let path = dir.path().join("unpoll.yaml");
             std::fs::write(&path, config).unwrap();
             let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_unpoll"))
+            let child = unpoll_command(open_files)
                 .args(["--log-level", "info", "run", "-c"])
                 .arg(&path)
                 .args(args)
@@ -156,6 +171,19 @@ impl Drop for Proxy {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("--- unpoll log ---\n{}", self.log());
+        }
+    }
+}
+
+/// The `unpoll` binary, run with an open-files limit of `open_files` when given (through the
+/// shell's `ulimit`, which lowers both the soft and the hard limit).
+pub fn unpoll_command(open_files: Option<u32>) -> Command {
+    match open_files {
+        None => Command::new(env!("CARGO_BIN_EXE_unpoll")),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_unpoll")]);
+            c
         }
     }
 }

@@ -1,9 +1,10 @@
-//! System calls on the descriptor of a socket that a live pingora stream owns: the crate's one
-//! place with `unsafe` (the crate denies it everywhere else).
+//! The system calls libc alone offers: the crate's one place with `unsafe` (the crate denies it
+//! everywhere else). Each call's safety argument is beside it.
 //!
-//! Pingora's L4 streams (and our wrappers around them) report their socket's descriptor as
-//! their unique id. Each function here borrows the stream that owns the descriptor for the
-//! whole call, so the descriptor is open and names that socket throughout.
+//! Most are calls on the descriptor of a socket that a live pingora stream owns. Pingora's L4
+//! streams (and our wrappers around them) report their socket's descriptor as their unique id;
+//! each function here borrows the stream that owns the descriptor for the whole call, so the
+//! descriptor is open and names that socket throughout.
 
 #![allow(unsafe_code)]
 
@@ -62,6 +63,25 @@ pub fn duplicate_tcp(stream: &Stream) -> Option<std::net::TcpStream> {
     let std = std::net::TcpStream::from(borrowed.try_clone_to_owned().ok()?);
     // Anything but a connected TCP socket (a Unix socket, say) has no TCP peer address.
     std.peer_addr().is_ok().then_some(std)
+}
+
+/// Raises this process's soft open-files limit to its hard limit, as servers that hold one
+/// descriptor per client do (Go's runtime does it for every program). Returns the limit now
+/// in force, if it could be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct into `limit`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads `raised`, which lives across the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Some(limit.rlim_cur as u64)
 }
 
 #[cfg(test)]
