@@ -47,8 +47,9 @@ pub fn diff(data: &[u8]) {
     }
 }
 
-/// A raw HTTP/1.1 request head: deciding whether it is a subscription, validating it and
-/// deriving its topic key never panic, and a reserved parameter never reaches the upstream.
+/// A raw HTTP/1.1 request head: normalising its path, deciding whether it is a subscription,
+/// validating it and deriving its topic key never panic, the normal path has no dot segment,
+/// and a reserved parameter never reaches the upstream.
 pub fn client_request(data: &[u8]) {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
@@ -59,6 +60,11 @@ pub fn client_request(data: &[u8]) {
         let _ = head.append_header(h.name.to_string(), h.value);
     }
     let settings = unpoll::config::StreamSettings::default();
+    // The canonical path: stable once normalised, and never with a dot segment left.
+    if let Ok(normal) = unpoll::proxy::path::normalise(head.uri.path()) {
+        assert_eq!(unpoll::proxy::path::normalise(&normal).as_deref(), Ok(&*normal), "normalising is idempotent");
+        assert!(normal.split('/').all(|s| s != "." && s != ".."), "a dot segment survived: {normal}");
+    }
     let _ = unpoll::proxy::subscribe::classify(&head, &settings);
     let (_, poll, _) = unpoll::poll::key::derive("/r", &settings, head.uri.path(), head.uri.query(), &head.headers);
     let query = poll.target.split_once('?').map_or("", |(_, q)| q);

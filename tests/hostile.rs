@@ -421,3 +421,47 @@ async fn running_out_of_descriptors_is_a_503_and_the_admin_listener_still_answer
     assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 0.0 }).await);
     assert_eq!(http_get(proxy.addr, "/more/x").await.unwrap().status, 200);
 }
+
+#[tokio::test]
+async fn dot_segments_and_encoded_slashes_cannot_leave_an_allowlisted_prefix() {
+    let up = Upstream::start().await;
+    up.set_json("/doc/a", &doc(1));
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc/{id}\n    upstream: app\n    stream: {}\n  - match: /public/*\n    upstream: app\n";
+    let proxy = Proxy::start(up.addr, body).await;
+    let get = |target: &'static str| {
+        let addr = proxy.addr;
+        async move {
+            let req = format!("GET {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+            RawConn::send(addr, req.as_bytes()).await.read_to_end(5 * SECOND).await
+        }
+    };
+    for target in [
+        "/public/../admin/secret",
+        "/public/%2e%2e/admin/secret",
+        "/public/%2E%2E/admin/secret",
+        "/public/.%2e/admin/secret",
+        "/public/..%2Fadmin/secret",
+        "/public/..%2fadmin/secret",
+        "/public/%2e%2e%2fadmin/secret",
+        "/public/..;/admin/secret",
+        "/public/%252e%252e/admin/secret",
+        "/public/..%5Cadmin/secret",
+    ] {
+        let resp = get(target).await;
+        assert!(matches!(resp.status, 400 | 404), "{target}: {}", resp.status);
+    }
+    let seen: Vec<String> = up.seen_all().into_iter().map(|s| s.target).collect();
+    assert!(seen.is_empty(), "the upstream was asked for {seen:?}");
+    // Paths that stay inside are sent normalised.
+    assert_eq!(get("/public/a/./b/../c").await.status, 200);
+    assert_eq!(get("/public/%7Euser?q=%2e").await.status, 200);
+    let targets: Vec<String> = up.seen_all().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, vec!["/public/a/c", "/public/~user?q=%2e"]);
+    // And topics are keyed by the normalised path: one topic for both spellings.
+    let mut plain = Sse::connect(proxy.addr, "/doc/a", &[]).await;
+    let mut escaped = Sse::connect(proxy.addr, "/doc/%61", &[]).await;
+    assert_eq!(plain.next_event(5 * SECOND).await.unwrap().json(), doc(1));
+    assert_eq!(escaped.next_event(5 * SECOND).await.unwrap().json(), doc(1));
+    assert_eq!(proxy.metric("unpoll_topics", &[]).await, 1.0);
+    assert!(proxy.metric("unpoll_requests_rejected_total", &[("reason", "bad_path")]).await >= 4.0);
+}

@@ -5,6 +5,7 @@ pub mod client;
 pub mod connections;
 pub mod detach;
 pub mod head_deadline;
+pub mod path;
 pub mod routing;
 pub mod subscribe;
 
@@ -70,7 +71,25 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         // An owned reference, not a guard: it is held across the awaits below.
         let runtime = self.runtime.load_full();
-        let path = session.req_header().uri.path().to_string();
+        // One canonical path for routing, the upstream and topic keys (see `path`).
+        let path = match path::normalise(session.req_header().uri.path()) {
+            Ok(p) => p.into_owned(),
+            Err(path::BadPath(why)) => {
+                self.metrics.rejected.with_label_values(&["bad_path"]).inc();
+                let reject = Reject { status: 400, reason: "bad_path", message: format!("{why}: refused") };
+                respond(session, &reject).await?;
+                return Ok(true);
+            }
+        };
+        if path != session.req_header().uri.path() {
+            let target = match session.req_header().uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            let uri =
+                target.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "path", e))?;
+            session.req_header_mut().set_uri(uri);
+        }
         let Some(route) = runtime.route(&path).cloned() else {
             self.metrics.requests.with_label_values(&["", "no_route"]).inc();
             let reject = Reject { status: 404, reason: "no_route", message: format!("no route matches {path}") };

@@ -166,6 +166,11 @@ impl Upstream {
         state.seen.iter().filter(|s| s.target.split('?').next() == Some(path)).cloned().collect()
     }
 
+    /// Every request received, in order.
+    pub fn seen_all(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
     pub fn count(&self, path: &str) -> usize {
         self.seen(path).len()
     }
