@@ -146,3 +146,19 @@ async fn public_routes_share_one_poll_and_send_no_credentials() {
         assert_eq!(seen.header("cookie"), None);
     }
 }
+
+#[tokio::test]
+async fn a_vary_list_adds_to_the_credentials_never_replaces_them() {
+    // The route varies on a tenant header: two users of one tenant must still not share.
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, &config("      interval: 200ms\n      vary: [x-tenant]\n")).await;
+    let mut alice = Sse::connect(proxy.addr, "/board", &[("X-Tenant", "t1"), ("Authorization", "Bearer alice")]).await;
+    let mut bob = Sse::connect(proxy.addr, "/board", &[("X-Tenant", "t1"), ("Cookie", "session=bob")]).await;
+    let a = alice.next_event(5 * SECOND).await.unwrap().json();
+    let b = bob.next_event(5 * SECOND).await.unwrap().json();
+    assert_eq!(a["headers"]["authorization"], "Bearer alice", "alice's poll carries her credentials");
+    assert_eq!(b["headers"]["cookie"], "session=bob", "bob's poll carries his");
+    assert!(a["headers"].get("cookie").is_none() && b["headers"].get("authorization").is_none());
+    assert_eq!((a["headers"]["x-tenant"].as_str(), b["headers"]["x-tenant"].as_str()), (Some("t1"), Some("t1")));
+    assert_eq!(proxy.metric("unpoll_topics", &[]).await, 2.0, "one topic per user, not per tenant");
+}

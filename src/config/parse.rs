@@ -659,6 +659,15 @@ impl Walker {
                             vary.push(lower);
                         }
                     }
+                    // On a credentialed route the list adds to the credentials; it never
+                    // replaces them (a route that wants none says `share: public`).
+                    if s.share == Share::Credentials {
+                        for c in CREDENTIAL_HEADERS.iter().rev() {
+                            if !vary.iter().any(|v| v == c) {
+                                vary.insert(0, c.to_string());
+                            }
+                        }
+                    }
                     s.vary = vary;
                 }
                 None => ok = false,
@@ -747,7 +756,7 @@ routes:
         let s = c.routes[0].stream.as_ref().unwrap();
         assert_eq!(s.interval, Duration::from_millis(250));
         assert_eq!(s.format, Format::MergePatch);
-        assert_eq!(s.vary, vec!["authorization", "x-tenant"]);
+        assert_eq!(s.vary, vec!["cookie", "authorization", "x-tenant"], "vary adds to the credentials");
         assert_eq!(s.heartbeat, Duration::from_secs(15));
         assert_eq!(s.history, 64);
         assert_eq!(s.linger, Duration::from_secs(5));

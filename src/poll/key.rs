@@ -81,6 +81,11 @@ pub fn derive(
         None => path.to_string(),
     };
     let mut names: Vec<&str> = vec!["host"];
+    // A credentialed route always varies on the credentials, whatever `vary` lists (the
+    // configuration already adds them; this is defence in depth).
+    if settings.share == Share::Credentials {
+        names.extend(CREDENTIAL_HEADERS);
+    }
     for name in &settings.vary {
         let credential = CREDENTIAL_HEADERS.contains(&name.as_str());
         // Validation already refuses this combination; the check here is defence in depth.
@@ -169,6 +174,16 @@ mod tests {
         }
         let (alice_again, _) = key(&s, None, &[("authorization", "Bearer alice"), ("host", "h"), ("x-other", "1")]);
         assert_eq!(alice, alice_again, "headers outside vary do not split topics");
+    }
+
+    #[test]
+    fn a_vary_list_never_drops_the_credentials() {
+        let s = StreamSettings { vary: vec!["x-tenant".into()], ..Default::default() };
+        let (alice, req) = key(&s, None, &[("host", "h"), ("x-tenant", "t1"), ("authorization", "Bearer alice")]);
+        let (bob, _) = key(&s, None, &[("host", "h"), ("x-tenant", "t1"), ("authorization", "Bearer bob")]);
+        assert_ne!(alice, bob, "two users of one tenant do not share");
+        let names: Vec<_> = req.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["authorization", "host", "x-tenant"]);
     }
 
     #[test]
