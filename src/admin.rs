@@ -1,36 +1,192 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+//!
+//! unpoll serves it itself rather than as a pingora service: pingora stops accepting on its
+//! listeners the moment a SIGTERM shutdown begins, and a load balancer asking `/readyz` during
+//! the grace period must be told `503 draining`, not refused. It answers until the process
+//! exits. Its socket is opened with `SO_REUSEPORT`, so that a process started with `--upgrade`
+//! listens beside the old one (the kernel shares connections between them until the old one
+//! exits); anything else already listening on the port is an error.
 
 use crate::metrics::Metrics;
 use async_trait::async_trait;
-use http::Response;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
-use std::sync::Arc;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use socket2::{Domain, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
 
+/// Admin connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Largest request head the admin listener reads.
+const MAX_HEAD: usize = 8192;
+/// How long an admin connection may take to send a request, or stay idle between two.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// What the admin endpoints answer.
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Set once shutdown (SIGTERM, or SIGQUIT after an upgrade hand-over) has begun.
-    pub draining: tokio::sync::watch::Receiver<bool>,
+    pub draining: watch::Receiver<bool>,
 }
 
-#[async_trait]
-impl ServeHttp for Admin {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let (status, content_type, body) = match session.req_header().uri.path() {
+impl Admin {
+    /// Status, content type and body for a `GET` of `path`.
+    pub fn answer(&self, path: &str) -> (u16, &'static str, Vec<u8>) {
+        match path {
             "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
             "/readyz" if *self.draining.borrow() => (503, "text/plain", b"draining\n".to_vec()),
             "/readyz" => (200, "text/plain", b"ready\n".to_vec()),
             _ => (404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n".to_vec()),
+        }
+    }
+}
+
+/// Opens the admin listener on `addr`. With `upgrade`, the process being replaced still
+/// listens there, and the port is shared with it; otherwise a port in use is an error.
+pub fn bind(addr: &str, upgrade: bool) -> io::Result<std::net::TcpListener> {
+    let addr: SocketAddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "the address resolves to nothing"))?;
+    let socket = |reuse_port: bool| -> io::Result<Socket> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(reuse_port)?;
+        Ok(s)
+    };
+    if !upgrade {
+        // A socket that does not share the port fails where anyone listens, even with it shared.
+        socket(false)?.bind(&addr.into())?;
+    }
+    let s = socket(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// The admin listener as a background service: it ignores pingora's shutdown, so it answers
+/// (`/readyz`: `503 draining`) until the process exits.
+pub struct AdminService {
+    listener: Mutex<Option<std::net::TcpListener>>,
+    admin: Arc<Admin>,
+}
+
+impl AdminService {
+    pub fn new(listener: std::net::TcpListener, admin: Admin) -> AdminService {
+        AdminService { listener: Mutex::new(Some(listener)), admin: Arc::new(admin) }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(std) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let listener = match tokio::net::TcpListener::from_std(std) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("the admin listener could not start: {e}");
+                return;
+            }
         };
-        Response::builder()
-            .status(status)
-            .header("content-type", content_type)
-            // Which process answered: lets a supervisor (or a test) tell this instance from
-            // another one that holds the same port.
-            .header("x-unpoll-pid", std::process::id())
-            .header("content-length", body.len())
-            .body(body)
-            .expect("static response parts are valid")
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+            let admin = self.admin.clone();
+            tokio::spawn(async move {
+                let _ = serve(stream, &admin).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+/// Answers requests on one keep-alive connection.
+async fn serve(mut stream: TcpStream, admin: &Admin) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let Some((path, close, used)) = tokio::time::timeout(IDLE, read_head(&mut stream, &mut buf)).await?? else {
+            return Ok(());
+        };
+        buf.drain(..used);
+        let (status, content_type, body) = admin.answer(&path);
+        let reason = match status {
+            200 => "OK",
+            404 => "Not Found",
+            _ => "Service Unavailable",
+        };
+        let head = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-unpoll-pid: {}\r\n{}\r\n",
+            body.len(),
+            std::process::id(),
+            if close { "connection: close\r\n" } else { "" }
+        );
+        let mut response = head.into_bytes();
+        response.extend_from_slice(&body);
+        stream.write_all(&response).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one request head: its path, whether the client asked to close, and its length.
+/// `None` when the client closed, sent a head too large or a request with a body.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<(String, bool, usize)>> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(used)) => {
+                let has_body = req.headers.iter().any(|h| {
+                    (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+                        || h.name.eq_ignore_ascii_case("transfer-encoding")
+                });
+                if has_body {
+                    return Ok(None);
+                }
+                let close = req.version == Some(0)
+                    || req
+                        .headers
+                        .iter()
+                        .any(|h| h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close"));
+                let path = req.path.unwrap_or("/").split('?').next().unwrap_or("/").to_string();
+                return Ok(Some((path, close, used)));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            _ => return Ok(None),
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_someone_listens_on_is_refused_unless_upgrading() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        assert!(bind(&addr, false).is_err(), "another listener holds it");
+        let ours = bind("127.0.0.1:0", false).unwrap();
+        let addr = ours.local_addr().unwrap().to_string();
+        assert!(bind(&addr, true).is_ok(), "an upgrade listens beside the old process");
+        assert!(bind(&addr, false).is_err());
     }
 }

@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             log::info!("open-files limit {open_files:?}; max_connections {}", config.server.max_connections);
             let reload = unpoll::server::ReloadFrom { path, watch: !no_watch };
             let start = unpoll::server::Start { reload: Some(reload), upgrade };
-            unpoll::server::build(&config, start, |_| {}).run_forever()
+            unpoll::server::build(&config, start, |_| {})?.run_forever()
         }
         Command::Demo { listen, admin, api } => {
             let config = unpoll::demo::config(&listen, &admin, &api).context("building the demo configuration")?;
@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
             println!("  metrics     http://{admin}/metrics");
             println!("  legacy API  http://{api}/api/departures (polled by unpoll)");
             let start = unpoll::server::Start::default();
-            unpoll::server::build(&config, start, |server| unpoll::demo::add_api(server, &api)).run_forever()
+            unpoll::server::build(&config, start, |server| unpoll::demo::add_api(server, &api))?.run_forever()
         }
     }
 }

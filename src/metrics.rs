@@ -15,7 +15,7 @@ pub struct Metrics {
     /// `unpoll_connections`: open downstream connections on the proxy listener.
     pub connections: IntGauge,
     /// `unpoll_upstream_polls_total{route,outcome}`: outcome is `changed`, `unchanged`,
-    /// `equivalent` (new bytes, same JSON), `not_modified`, `error_status`, `terminal_status`, `unreachable`, `timeout`, `too_large`, `unreadable`.
+    /// `equivalent` (new bytes, same JSON), `not_modified`, `error_status`, `terminal_status`, `unreachable`, `timeout`, `too_large`, `unreadable`, `too_deep`, `bad_encoding`.
     pub polls: IntCounterVec,
     /// `unpoll_upstream_polls_in_flight{upstream}`: polls waiting for their answer.
     pub polls_in_flight: IntGaugeVec,

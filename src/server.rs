@@ -1,7 +1,7 @@
 //! Assembling the pingora server: the proxy listener, the admin listener, and the relay that
 //! hands pingora's shutdown signal to every stream and poller.
 
-use crate::admin::Admin;
+use crate::admin::{self, Admin, AdminService};
 use crate::config::reload::Reloader;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -49,9 +49,16 @@ pub struct ReloadFrom {
     pub watch: bool,
 }
 
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot listen on the admin address {addr}: {source}")]
+    Admin { addr: String, source: std::io::Error },
+}
+
 /// Builds the server for `config`. With `reload`, the file is reloaded live. `extra` may add
 /// services (the demo's sample API).
-pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> Server {
+pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> Result<Server, BuildError> {
     let Start { reload, upgrade } = start;
     let mut conf = ServerConf {
         threads: config.server.threads,
@@ -96,11 +103,11 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     }
     server.add_service(proxy);
     if let Some(addr) = &config.server.admin {
-        let mut admin = Service::new("unpoll admin".to_string(), Admin { metrics, draining: rx.clone() });
-        admin.add_tcp(addr);
-        server.add_service(admin);
+        let listener = admin::bind(addr, upgrade).map_err(|source| BuildError::Admin { addr: addr.clone(), source })?;
+        let admin = Admin { metrics, draining: rx.clone() };
+        server.add_service(background_service("admin", AdminService::new(listener, admin)));
     }
     server.add_service(background_service("shutdown relay", ShutdownRelay { tx }));
     extra(&mut server);
-    server
+    Ok(server)
 }

@@ -465,3 +465,15 @@ async fn dot_segments_and_encoded_slashes_cannot_leave_an_allowlisted_prefix() {
     assert_eq!(proxy.metric("unpoll_topics", &[]).await, 1.0);
     assert!(proxy.metric("unpoll_requests_rejected_total", &[("reason", "bad_path")]).await >= 4.0);
 }
+
+#[tokio::test]
+async fn a_websocket_upgrade_with_two_keys_is_refused() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n";
+    let proxy = Proxy::start(up.addr, body).await;
+    let request = "GET /doc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n";
+    let resp = RawConn::send(proxy.addr, request.as_bytes()).await.read_to_end(5 * SECOND).await;
+    assert_eq!((resp.status, resp.json()["error"].as_str()), (400, Some("bad_upgrade")));
+    assert_eq!(up.count("/doc"), 0);
+}

@@ -343,3 +343,74 @@ async fn a_history_over_its_byte_budget_is_trimmed() {
     let mut recent = Sse::connect(proxy.addr, "/doc/1", &[("Last-Event-ID", &format!("{epoch}-19"))]).await;
     assert_eq!(recent.next_event(5 * SECOND).await.unwrap().kind(), "patch");
 }
+
+/// The first event (skipping comments) of a new SSE subscription to `path`.
+async fn first_event(proxy: &Proxy, path: &str) -> SseEvent {
+    let mut sse = Sse::connect(proxy.addr, path, &[]).await;
+    sse.next_event(5 * SECOND).await.expect("an event")
+}
+
+#[tokio::test]
+async fn a_304_to_a_poll_that_asked_nothing_is_an_error_not_silence() {
+    let up = Upstream::start().await;
+    up.set_raw("/doc/1", b"HTTP/1.1 304 Not Modified\r\n\r\n".to_vec());
+    let proxy = Proxy::start(up.addr, DOC).await;
+    let ev = first_event(&proxy, "/doc/1").await;
+    assert_eq!(ev.kind(), "error");
+    let data = ev.json();
+    assert_eq!((data["status"].as_u64(), data["retrying"].as_bool()), (Some(304), Some(true)), "{data}");
+}
+
+#[tokio::test]
+async fn json_nested_too_deep_to_parse_is_an_error_event() {
+    let up = Upstream::start().await;
+    up.set("/doc/1", 200, "application/json", format!("{}{}", "[".repeat(300), "]".repeat(300)));
+    let proxy = Proxy::start(up.addr, DOC).await;
+    let ev = first_event(&proxy, "/doc/1").await;
+    assert_eq!((ev.kind(), ev.json()["error"].as_str()), ("error", Some("upstream_body_too_deep")));
+    assert!(proxy.metric("unpoll_upstream_polls_total", &[("outcome", "too_deep")]).await >= 1.0);
+}
+
+#[tokio::test]
+async fn compressed_bodies_are_asked_for_uncompressed_and_decoded_if_they_come() {
+    use std::io::Write;
+    let up = Upstream::start().await;
+    let json = serde_json::to_vec(&doc(7)).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&json).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&gz);
+    up.set_raw("/doc/1", answer);
+    up.set_raw(
+        "/doc/2",
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: zstd\r\ncontent-length: 2\r\n\r\n{}"
+            .to_vec(),
+    );
+    let proxy = Proxy::start(up.addr, DOC).await;
+    let ev = first_event(&proxy, "/doc/1").await;
+    assert_eq!((ev.kind(), ev.json()), ("snapshot", doc(7)), "the JSON, not the gzip bytes as text");
+    assert_eq!(up.seen("/doc/1")[0].header("accept-encoding"), Some("identity"));
+    let ev = first_event(&proxy, "/doc/2").await;
+    assert_eq!((ev.kind(), ev.json()["error"].as_str()), ("error", Some("upstream_encoding")));
+}
+
+#[tokio::test]
+async fn sse_to_an_http_1_0_client_is_not_chunked() {
+    let up = Upstream::start().await;
+    up.set_json("/doc/1", &doc(1));
+    let proxy = Proxy::start(up.addr, DOC).await;
+    let mut conn = RawConn::send(proxy.addr, b"GET /doc/1 HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n").await;
+    assert_eq!(conn.status, 200);
+    assert_eq!(conn.header("transfer-encoding"), None, "HTTP/1.0 has no chunked coding");
+    assert!(conn.read_until(5 * SECOND, |b| String::from_utf8_lossy(b).contains("event: snapshot")).await);
+    up.set_json("/doc/1", &doc(2));
+    assert!(conn.read_until(5 * SECOND, |b| String::from_utf8_lossy(b).contains("event: patch")).await);
+    let body = String::from_utf8_lossy(&conn.body).to_string();
+    assert!(body.starts_with("retry: 2000\n\nid: "), "the events themselves, without chunk sizes: {body:?}");
+    assert!(!body.contains('\r'), "no chunk framing: {body:?}");
+}

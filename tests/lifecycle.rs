@@ -73,8 +73,7 @@ async fn readyz_reports_draining_once_shutdown_begins() {
     let up = Upstream::start().await;
     let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /*\n    upstream: app\n";
     let mut proxy = Proxy::start_with(up.addr, "  grace_period: 3s\n", body).await;
-    // One keep-alive connection to the admin listener, which stops accepting new ones on
-    // shutdown but answers on those it has.
+    // One keep-alive connection to the admin listener.
     let mut admin = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
     let ask = b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n";
     let mut buf = vec![0u8; 512];
@@ -88,5 +87,11 @@ async fn readyz_reports_draining_once_shutdown_begins() {
     let n = admin.read(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(text.starts_with("HTTP/1.1 503") && text.ends_with("draining\n"), "{text}");
+    // New connections too, through the grace period: a load balancer is told, not refused.
+    for _ in 0..5 {
+        let r = http_get(proxy.admin, "/readyz").await.expect("the admin listener answers during the grace period");
+        assert_eq!((r.status, r.body.as_slice()), (503, &b"draining\n"[..]));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert!(proxy.terminate(Duration::from_secs(10)).await.is_some());
 }

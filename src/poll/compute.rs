@@ -33,10 +33,29 @@ pub struct Diffed {
     pub change: Option<Delta>,
 }
 
+/// JSON nested deeper than this is refused: serde_json's parser stops at 128 levels (it
+/// recurses), and a body it cannot parse is not to be passed off as text.
+pub const MAX_DEPTH: usize = 127;
+
+/// A body that is neither JSON unpoll can parse nor text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+}
+
 impl DiffJob {
     /// Parses and diffs. Pure CPU work: run it through [`Compute::run`].
-    pub fn run(self) -> Diffed {
-        let doc = if self.json { serde_json::from_slice::<Value>(&self.body).ok().map(Arc::new) } else { None };
+    pub fn run(self) -> Result<Diffed, BodyError> {
+        let doc = if self.json {
+            match serde_json::from_slice::<Value>(&self.body) {
+                Ok(doc) => Some(Arc::new(doc)),
+                Err(_) if depth(&self.body) > MAX_DEPTH => return Err(BodyError::TooDeep),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
         let change = match &doc {
             Some(doc) => delta_for(self.previous.as_deref(), doc, &self.options, self.wanted),
             None => {
@@ -45,8 +64,35 @@ impl DiffJob {
                 Some(Delta::whole(Bytes::from(serde_json::to_vec(&text).expect("a string serialises"))))
             }
         };
-        Diffed { body: self.body, doc, change }
+        Ok(Diffed { body: self.body, doc, change })
     }
+}
+
+/// How deeply arrays and objects nest in JSON text (strings skipped), for a body that failed
+/// to parse.
+fn depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Bodies this large or larger are diffed in the large lane.
@@ -101,6 +147,28 @@ impl Compute {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(body: &str) -> DiffJob {
+        DiffJob {
+            body: Bytes::from(body.to_string()),
+            json: true,
+            previous: None,
+            options: DiffOptions::default(),
+            wanted: Wanted::NONE,
+        }
+    }
+
+    #[test]
+    fn json_too_deep_to_parse_is_an_error_not_text() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(job(&deep).run().err(), Some(BodyError::TooDeep));
+        let fine = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(job(&fine).run().unwrap().doc.is_some());
+        // Brackets inside strings do not count; broken JSON is still text.
+        let text = format!("{{\"a\":\"{}\"", "[".repeat(300));
+        let diffed = job(&text).run().unwrap();
+        assert!(diffed.doc.is_none() && diffed.change.is_some());
+    }
 
     #[tokio::test]
     async fn runs_off_the_async_workers_and_bounds_concurrency() {

@@ -41,6 +41,9 @@ pub enum Fetched {
     /// Reading the answer failed inside the HTTP client itself (it panicked): the answer is
     /// one it cannot read.
     Unreadable,
+    /// The body came in a content coding unpoll does not decode (it asks for `identity`, and
+    /// decodes gzip, deflate and br within `max_body`).
+    BadEncoding(String),
 }
 
 const IDLE_POOL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -98,9 +101,10 @@ async fn fetch_inner(
     connector: &Connector,
     upstream: &Upstream,
     request: &PollRequest,
-    validators: &Validators,
+    request_validators: &Validators,
     refused: &IntCounterVec,
 ) -> pingora::Result<Fetched> {
+    let validators = request_validators;
     let addr = upstream.pick();
     let (mut session, peer, plan) = connect(connector, upstream, addr, request.identity, refused).await?;
     let mut req = RequestHeader::build("GET", request.target.as_bytes(), None)?;
@@ -111,6 +115,8 @@ async fn fetch_inner(
         req.insert_header(http::header::HOST, addr.to_string())?;
     }
     req.insert_header(http::header::ACCEPT, "application/json")?;
+    // Diffs work on the JSON itself, so ask for it uncompressed (and decode it if it comes anyway).
+    req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
     req.insert_header(http::header::USER_AGENT, concat!("unpoll/", env!("CARGO_PKG_VERSION")))?;
     if let Some(etag) = &validators.etag {
         req.insert_header(http::header::IF_NONE_MATCH, etag)?;
@@ -166,11 +172,47 @@ async fn fetch_inner(
     } else if after == Pending::Nothing && !plan.close {
         connector.release_http_session(session, &peer, Some(IDLE_POOL_TIMEOUT)).await;
     }
+    let asked_conditionally = request_validators.etag.is_some() || request_validators.last_modified.is_some();
     Ok(match status {
-        200..=299 => Fetched::Body { body: body.freeze(), validators, json, max_age },
-        304 => Fetched::NotModified { max_age },
+        200..=299 => match decode(body.freeze(), headers.get(http::header::CONTENT_ENCODING), max_body) {
+            Ok(body) => Fetched::Body { body, validators, json, max_age },
+            Err(Decoded::TooLarge(n)) => Fetched::TooLarge(n),
+            Err(Decoded::Unknown(coding)) => Fetched::BadEncoding(coding),
+        },
+        // A 304 to a poll that sent no validator says nothing: an error, not silence.
+        304 if asked_conditionally => Fetched::NotModified { max_age },
         status => Fetched::Status { status, retry_after },
     })
+}
+
+/// Why a body could not be decoded.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    /// Decoded, it is larger than `max_body` (so much is read, no more).
+    TooLarge(usize),
+    /// A content coding that is not decoded here, or a body that does not decode.
+    Unknown(String),
+}
+
+/// `body` without its content coding (`gzip`, `x-gzip`, `deflate`, `br`; `identity` and none
+/// leave it as it is), decoded into at most `max_body` bytes.
+fn decode(body: Bytes, coding: Option<&http::HeaderValue>, max_body: usize) -> Result<Bytes, Decoded> {
+    use std::io::Read;
+    let coding = coding.and_then(|v| v.to_str().ok()).unwrap_or("identity").trim().to_ascii_lowercase();
+    let mut reader: Box<dyn Read> = match coding.as_str() {
+        "" | "identity" => return Ok(body),
+        "gzip" | "x-gzip" => Box::new(flate2::read::GzDecoder::new(&body[..])),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
+        "br" => Box::new(brotli::Decompressor::new(&body[..], 4096)),
+        other => return Err(Decoded::Unknown(other.to_string())),
+    };
+    let mut out = Vec::new();
+    let read = (&mut reader).take(max_body as u64 + 1).read_to_end(&mut out);
+    match read {
+        Ok(n) if n > max_body => Err(Decoded::TooLarge(n)),
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(_) => Err(Decoded::Unknown(format!("{coding} (corrupt)"))),
+    }
 }
 
 /// `Cache-Control: max-age=N` (ignored with `no-cache` or `no-store`).
@@ -203,6 +245,24 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_are_decoded_within_max_body() {
+        use std::io::Write;
+        let json = br#"{"a":[1,2,3]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        let gz = Bytes::from(gz.finish().unwrap());
+        let coding = |c: &str| http::HeaderValue::from_str(c).unwrap();
+        assert_eq!(decode(gz.clone(), Some(&coding("gzip")), 1024).unwrap(), &json[..]);
+        let mut br = Vec::new();
+        brotli::CompressorWriter::new(&mut br, 4096, 5, 22).write_all(json).unwrap();
+        assert_eq!(decode(Bytes::from(br), Some(&coding("br")), 1024).unwrap(), &json[..]);
+        assert_eq!(decode(Bytes::from_static(json), None, 1024).unwrap(), &json[..]);
+        assert_eq!(decode(gz.clone(), Some(&coding("gzip")), 5), Err(Decoded::TooLarge(6)));
+        assert_eq!(decode(gz.clone(), Some(&coding("zstd")), 1024), Err(Decoded::Unknown("zstd".into())));
+        assert!(matches!(decode(Bytes::from_static(b"nope"), Some(&coding("gzip")), 1024), Err(Decoded::Unknown(_))));
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

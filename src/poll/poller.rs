@@ -15,6 +15,7 @@
 //! A topic has one loop, so it never has more than one poll in flight; the upstream's
 //! `max_concurrent_polls` bounds the polls of all its topics together.
 
+use super::compute::{BodyError, MAX_DEPTH};
 use super::fetch::{fetch, Fetched, Validators};
 use crate::stream::event::ErrorEvent;
 use crate::stream::hub::Hub;
@@ -87,16 +88,22 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
         let fetched = AssertUnwindSafe(poll).catch_unwind().await.unwrap_or(Fetched::Unreadable);
         in_flight.dec();
         drop(permit);
-        let (polled, label, hint) = classify(fetched);
+        let (polled, mut label, hint) = classify(fetched);
         let applied = match polled {
             Polled::Body { body, validators, json } => match topic.prepare(body, validators, json) {
-                Ok(job) => {
-                    let diffed = hub.compute.run(job.body.len(), move || job.run()).await;
-                    if diffed.change.as_ref().is_some_and(|d| d.cut_short) {
-                        hub.metrics.diff_exhausted.with_label_values(&[&route]).inc();
+                Ok(job) => match hub.compute.run(job.body.len(), move || job.run()).await {
+                    Ok(diffed) => {
+                        if diffed.change.as_ref().is_some_and(|d| d.cut_short) {
+                            hub.metrics.diff_exhausted.with_label_values(&[&route]).inc();
+                        }
+                        topic.commit(diffed)
                     }
-                    topic.commit(diffed)
-                }
+                    Err(BodyError::TooDeep) => {
+                        label = "too_deep";
+                        let message = format!("the upstream's JSON nests deeper than {MAX_DEPTH} levels; retrying");
+                        topic.apply(Outcome::Failed { status: 502, error: "upstream_body_too_deep", message })
+                    }
+                },
                 Err(settled) => settled,
             },
             Polled::Settled(outcome) => topic.apply(outcome),
@@ -212,6 +219,10 @@ fn classify(fetched: Fetched) -> (Polled, &'static str, Option<Duration>) {
         Fetched::TimedOut => {
             let message = "the upstream did not answer in time; retrying".to_string();
             (Outcome::Failed { status: 504, error: "upstream_timeout", message }, "timeout", None)
+        }
+        Fetched::BadEncoding(coding) => {
+            let message = format!("the upstream's body came in a coding unpoll cannot read ({coding}); retrying");
+            (Outcome::Failed { status: 502, error: "upstream_encoding", message }, "bad_encoding", None)
         }
         Fetched::Unreadable => {
             let message = "the upstream's answer could not be read; retrying".to_string();

@@ -216,6 +216,8 @@ impl Gateway {
         let write_timeout = server.write_timeout;
         let settings = route.stream.clone().expect("subscriptions exist only on stream routes");
         let req = session.req_header();
+        // HTTP/1.0 knows no chunked bodies: its SSE stream ends by closing.
+        let http10 = req.version == http::Version::HTTP_10;
         let (key, poll, _) = key::derive(route.label(), &settings, req.uri.path(), req.uri.query(), &req.headers);
         let limits = Limits {
             subscribers: server.max_subscribers,
@@ -267,7 +269,7 @@ impl Gateway {
         let (heartbeat, max_message) = (settings.heartbeat, server.websocket_max_message);
         tokio::spawn(async move {
             let result = match handshake {
-                None => sse::serve(down, delivery, heartbeat, shutdown).await.map(|()| None),
+                None => sse::serve(down, delivery, heartbeat, http10, shutdown).await.map(|()| None),
                 Some(handshake) => {
                     let limits = ws::Limits { heartbeat, write_timeout, max_message };
                     ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)

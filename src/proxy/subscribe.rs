@@ -109,6 +109,9 @@ fn validate(req: &RequestHeader, settings: &StreamSettings, websocket: bool) -> 
     if header(headers, "sec-websocket-version").map(str::trim) != Some("13") {
         return Err(reject(426, "bad_upgrade", "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)"));
     }
+    if headers.get_all("sec-websocket-key").iter().count() > 1 {
+        return Err(reject(400, "bad_upgrade", "exactly one Sec-WebSocket-Key, please"));
+    }
     let key = header(headers, "sec-websocket-key").map(str::trim).unwrap_or("");
     if !valid_ws_key(key) {
         return Err(reject(400, "bad_upgrade", "Sec-WebSocket-Key must be 16 bytes in base64"));
@@ -259,5 +262,8 @@ mod tests {
         let mut short = WS.to_vec();
         short[3] = ("sec-websocket-key", "c2hvcnQ=");
         assert_eq!(classify_default(&req("/x", &short)).unwrap().unwrap_err().status, 400);
+        let mut two = WS.to_vec();
+        two.push(("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert_eq!(classify_default(&req("/x", &two)).unwrap().unwrap_err().reason, "bad_upgrade", "two keys");
     }
 }

@@ -53,6 +53,29 @@ pub fn chunk(data: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// `bytes` (one or more whole chunks, as [`chunk`] makes them) without their chunk framing: the
+/// body of a close-delimited response, for HTTP/1.0 clients, which know no chunks. One chunk
+/// is a slice of the same bytes.
+pub fn unchunk(bytes: &Bytes) -> Bytes {
+    let mut parts = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(line) = bytes[at..].windows(2).position(|w| w == b"\r\n") else { break };
+        let size = std::str::from_utf8(&bytes[at..at + line]).ok().and_then(|h| usize::from_str_radix(h, 16).ok());
+        let Some(size) = size else { break };
+        let start = at + line + 2;
+        if start + size + 2 > bytes.len() {
+            break;
+        }
+        parts.push(bytes.slice(start..start + size));
+        at = start + size + 2;
+    }
+    match parts.as_slice() {
+        [one] => one.clone(),
+        _ => parts.concat().into(),
+    }
+}
+
 /// The SSE comment sent as a heartbeat (`: keep-alive`), as a chunk.
 pub const SSE_KEEPALIVE: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
 
@@ -125,6 +148,17 @@ mod tests {
         assert_eq!(SSE_PREAMBLE, &chunk(b"retry: 2000\n\n")[..]);
         let big = vec![b'x'; 300];
         assert!(chunk(&big).starts_with(b"12c\r\nxxx"));
+    }
+
+    #[test]
+    fn unchunking_gives_back_the_data() {
+        let one = chunk(b"id: 1\nevent: patch\ndata: []\n\n");
+        let body = unchunk(&one);
+        assert_eq!(&body[..], b"id: 1\nevent: patch\ndata: []\n\n");
+        assert!(std::ptr::eq(body.as_ptr(), one[4..].as_ptr()), "one chunk is a slice, not a copy");
+        let mut two = one.to_vec();
+        two.extend_from_slice(SSE_KEEPALIVE);
+        assert_eq!(&unchunk(&Bytes::from(two))[..], b"id: 1\nevent: patch\ndata: []\n\n: keep-alive\n\n");
     }
 
     #[test]

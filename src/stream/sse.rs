@@ -3,31 +3,43 @@
 
 use super::delivery::{Delivery, Next};
 use super::downstream::{Downstream, WriteFailed};
-use super::encode::{SSE_END, SSE_KEEPALIVE, SSE_PREAMBLE};
-use bytes::BytesMut;
+use super::encode::{unchunk, SSE_END, SSE_KEEPALIVE, SSE_PREAMBLE};
+use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The response head of every SSE stream.
+/// The response head of an SSE stream to an HTTP/1.1 client.
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
 transfer-encoding: chunked\r\nx-accel-buffering: no\r\n\r\n";
 
-/// Serves one SSE subscriber until the topic ends, the client leaves, or shutdown.
+/// The head for an HTTP/1.0 client, which knows no chunks: the body ends when the connection
+/// closes.
+const HEAD_HTTP10: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+connection: close\r\nx-accel-buffering: no\r\n\r\n";
+
+/// Serves one SSE subscriber until the topic ends, the client leaves, or shutdown. Events come
+/// framed as HTTP chunks; for an HTTP/1.0 client (`http10`) the framing is taken off and the
+/// response is delimited by closing the connection.
 pub async fn serve(
     mut down: Downstream,
     mut delivery: Delivery,
     heartbeat: Duration,
+    http10: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WriteFailed> {
+    let body = |b: Bytes| if http10 { unchunk(&b) } else { b };
+    let keepalive = body(Bytes::from_static(SSE_KEEPALIVE));
     // The head, the retry preamble and the subscriber's first events in one write.
     let (initial, ended) = match delivery.initial() {
         Next::Write(b) => (b, false),
         Next::End(b, _) => (b, true),
-        Next::Closed => (bytes::Bytes::new(), true),
+        Next::Closed => (Bytes::new(), true),
     };
-    let mut first = Vec::with_capacity(HEAD.len() + SSE_PREAMBLE.len() + initial.len());
-    first.extend_from_slice(HEAD);
-    first.extend_from_slice(SSE_PREAMBLE);
+    let (head, preamble, initial) =
+        (if http10 { HEAD_HTTP10 } else { HEAD }, body(Bytes::from_static(SSE_PREAMBLE)), body(initial));
+    let mut first = Vec::with_capacity(head.len() + preamble.len() + initial.len());
+    first.extend_from_slice(head);
+    first.extend_from_slice(&preamble);
     first.extend_from_slice(&initial);
     down.write(&first).await?;
     drop((first, initial));
@@ -41,20 +53,22 @@ pub async fn serve(
             tokio::select! {
                 _ = &mut stopping => break,
                 next = delivery.next() => match next {
-                    Next::Write(b) => down.write(&b).await?,
+                    Next::Write(b) => down.write(&body(b)).await?,
                     Next::End(b, _) => {
-                        down.write(&b).await?;
+                        down.write(&body(b)).await?;
                         break;
                     }
                     Next::Closed => break,
                 },
-                _ = tick.tick() => down.write(SSE_KEEPALIVE).await?,
+                _ = tick.tick() => down.write(&keepalive).await?,
                 // The client sends nothing on an SSE stream: any read result means it left.
                 _ = down.read(&mut input) => return Ok(()),
             }
         }
     }
-    down.write(SSE_END).await?;
+    if !http10 {
+        down.write(SSE_END).await?;
+    }
     down.close().await;
     Ok(())
 }
