@@ -134,6 +134,14 @@ impl Delivery {
     /// Messages (one, or a subscriber's start or resynchronisation) in one buffer; `None`
     /// when one of them needs a whole document that was released.
     fn encode_all(&mut self, msgs: &[Msg]) -> Option<Next> {
+        // The usual case, one event: no buffer at all.
+        if let [msg] = msgs {
+            let (bytes, kind, end, going_away, offset) = self.frame(msg)?;
+            self.events[kind as usize].inc();
+            self.delivered = offset.unwrap_or(self.delivered);
+            self.bytes.inc_by(bytes.len() as u64);
+            return Some(next(bytes, end, going_away));
+        }
         let mut frames = Vec::with_capacity(msgs.len());
         for msg in msgs {
             frames.push(self.frame(msg)?);
@@ -145,16 +153,11 @@ impl Delivery {
             end |= terminal;
             going_away = going_away.or(*away);
         }
-        let bytes = match frames.as_slice() {
-            [(bytes, ..)] => bytes.clone(),
-            _ => {
-                let mut out = BytesMut::new();
-                for (bytes, ..) in &frames {
-                    out.extend_from_slice(bytes);
-                }
-                out.freeze()
-            }
-        };
+        let mut out = BytesMut::new();
+        for (bytes, ..) in &frames {
+            out.extend_from_slice(bytes);
+        }
+        let bytes = out.freeze();
         self.bytes.inc_by(bytes.len() as u64);
         Some(next(bytes, end, going_away))
     }
