@@ -192,12 +192,7 @@ async fn connections_over_max_connections_get_503_until_one_closes() {
     // Three keep-alive connections, each having made a request and staying open.
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        c.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-        held.push(c);
+        held.push(held_connection(proxy.addr).await);
     }
     assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 3.0 }).await);
     // Read by its Content-Length, so a wrong length would cut the JSON short.
@@ -331,12 +326,6 @@ async fn one_client_cannot_fill_the_topic_table() {
     assert_eq!(topics().await, 1.0, "the topic two subscriptions shared lingers its full 5 s");
 }
 
-/// The resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn unfinished_huge_request_heads_are_refused_as_they_arrive() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -396,18 +385,12 @@ async fn request_heads_ending_in_bare_line_feeds_are_not_cut_off() {
 
 #[tokio::test]
 async fn running_out_of_descriptors_is_a_503_and_the_admin_listener_still_answers() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
     // An open-files limit of 1000: by default, max_connections keeps 320 of them for the rest.
     let proxy = Proxy::start_with_open_files(up.addr, "", PLAIN, 1000).await;
     let mut held = Vec::new();
     for _ in 0..680 {
-        let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        c.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
-        held.push(c);
+        held.push(held_connection(proxy.addr).await);
     }
     assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 680.0 }).await);
     let refused =

@@ -264,13 +264,6 @@ async fn a_document_that_is_expensive_to_diff_does_not_stall_the_proxy() {
     hostile.abort();
 }
 
-/// The resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Version `v` of a document of about `size` bytes in which only `v` changes.
 fn big_doc(v: u32, size: usize) -> serde_json::Value {
     serde_json::json!({"v": v, "rows": (0..size / 40).map(|i| format!("row {i:06} of the big document")).collect::<Vec<_>>()})
