@@ -7,18 +7,26 @@
 //! # Layout
 //!
 //! - [`config`]: the YAML configuration: model, validation (every problem with its key path),
-//!   durations and route patterns, and live reload ([`config::reload`]: file watch and SIGHUP,
-//!   validated off to the side, swapped atomically, restart-only changes refused).
-//! - [`proxy`]: the pingora `ProxyHttp` implementation. It routes each request and either
-//!   serves it as a subscription or lets pingora proxy it unchanged.
+//!   durations and route patterns, what the host allows ([`config::host`]: the open-files
+//!   limit behind `max_connections`), and live reload ([`config::reload`]: file watch and
+//!   SIGHUP, validated off to the side, swapped atomically, restart-only changes refused).
+//! - [`proxy`]: the pingora `ProxyHttp` implementation. It normalises the path
+//!   ([`proxy::path`]), routes each request and either serves it as a subscription or lets
+//!   pingora proxy it unchanged; who the client is for per-client limits ([`proxy::client`]);
+//!   the connection limit and the request-head guard (deadline and size).
+//! - [`pool`]: which requests may share a pooled upstream connection, and the checks that keep
+//!   a broken upstream's stray bytes from reaching another request.
 //! - [`poll`]: which subscribers share a poll ([`poll::key`], the security-critical part), the
-//!   upstream GET, and the poll loop with backoff and linger.
-//! - [`diff`]: pure JSON diffing into RFC 6902 and RFC 7396 patches, with the size gate.
+//!   upstream GET, the poll loop with backoff and linger, and the diff threads
+//!   ([`poll::compute`]) that parse and diff off the async workers.
+//! - [`diff`]: pure JSON diffing into RFC 6902 and RFC 7396 patches, with the size gate and the
+//!   work budget.
 //! - [`stream`]: the hub of topics, history for resume, event encoding (once per protocol and
 //!   format), and the SSE and WebSocket handlers.
-//! - [`metrics`]: every Prometheus metric; [`admin`] serves them.
+//! - [`metrics`]: every Prometheus metric; [`admin`] serves them on a listener of its own.
 //! - [`server`]: assembles the pingora server (and the graceful-upgrade hand-over);
-//!   [`demo`]: the self-contained demo.
+//!   [`demo`]: the self-contained demo; [`sys`]: the system calls that need `unsafe`, the only
+//!   place that may use it.
 //!
 //! Outside `src/`: `tests/` (integration tests against the real binary; `tests/support/` has
 //! the scripted upstream, the launcher and the clients), `fuzz/` (cargo-fuzz targets and their

@@ -16,9 +16,6 @@ pub struct Delta {
     pub json_patch: Option<Bytes>,
     /// RFC 7396 patch, or `None` when a snapshot must be sent instead.
     pub merge_patch: Option<Bytes>,
-    /// The patches left out because nobody subscribed in their format (see [`delta_for`]),
-    /// as opposed to patches that must not be sent (size gate, first document).
-    pub skipped: Wanted,
     /// The JSON Patch was given up because the diff used its whole work budget.
     pub cut_short: bool,
 }
@@ -48,16 +45,7 @@ impl Default for DiffOptions {
 impl Delta {
     /// A change sent whole in every format.
     pub fn whole(snapshot: Bytes) -> Delta {
-        Delta { snapshot, json_patch: None, merge_patch: None, skipped: Wanted::NONE, cut_short: false }
-    }
-
-    /// Whether this format's patch was left out only because nobody read that format.
-    pub fn skipped(&self, format: Format) -> bool {
-        match format {
-            Format::JsonPatch => self.skipped.json_patch,
-            Format::MergePatch => self.skipped.merge_patch,
-            Format::Snapshot => false,
-        }
+        Delta { snapshot, json_patch: None, merge_patch: None, cut_short: false }
     }
 
     /// The patch a subscriber in `format` is sent, if there is one.
@@ -129,8 +117,7 @@ pub fn delta_for(from: Option<&Value>, to: &Value, options: &DiffOptions, wanted
     };
     let json_patch = ops.and_then(|ops| gate(Value::Array(ops)));
     let merge_patch = if wanted.merge_patch { merge_patch::diff(from, to).and_then(gate) } else { None };
-    let skipped = Wanted { json_patch: !wanted.json_patch, merge_patch: !wanted.merge_patch };
-    Some(Delta { snapshot, json_patch, merge_patch, skipped, cut_short })
+    Some(Delta { snapshot, json_patch, merge_patch, cut_short })
 }
 
 #[cfg(test)]

@@ -37,8 +37,6 @@ pub struct Event {
     pub version: u64,
     json_patch: Option<Bytes>,
     merge_patch: Option<Bytes>,
-    /// The patches left out because nobody read their format (see [`Delta::skipped`]).
-    skipped: crate::diff::Wanted,
     /// Per format, the data bytes of every event of the topic up to and including this one:
     /// how far behind a subscriber is, in bytes, is the difference of two offsets.
     pub offsets: [u64; 3],
@@ -61,13 +59,12 @@ impl Event {
         for format in Format::ALL {
             offsets[format.index()] += delta.data(format).len() as u64;
         }
-        let Delta { snapshot, json_patch, merge_patch, skipped, .. } = delta;
+        let Delta { snapshot, json_patch, merge_patch, .. } = delta;
         Event {
             id: format!("{epoch}-{version}"),
             version,
             json_patch,
             merge_patch,
-            skipped,
             offsets,
             patch_frames: Default::default(),
             whole: ArcSwapOption::from_pointee(Whole { snapshot, frames: Default::default() }),
@@ -80,15 +77,6 @@ impl Event {
             Format::JsonPatch => self.json_patch.as_ref(),
             Format::MergePatch => self.merge_patch.as_ref(),
             Format::Snapshot => None,
-        }
-    }
-
-    /// Whether `format`'s patch was left out only because nobody read that format.
-    pub fn skipped(&self, format: Format) -> bool {
-        match format {
-            Format::JsonPatch => self.skipped.json_patch,
-            Format::MergePatch => self.skipped.merge_patch,
-            Format::Snapshot => false,
         }
     }
 
@@ -180,7 +168,6 @@ mod tests {
             snapshot: Bytes::from_static(br#"{"a":2}"#),
             json_patch: json_patch.map(Bytes::from_static),
             merge_patch: Some(Bytes::from_static(br#"{"a":2}"#)),
-            skipped: Default::default(),
             cut_short: false,
         };
         Event::new("ep", 7, delta, [0; 3])
