@@ -74,22 +74,25 @@ fn main() -> anyhow::Result<()> {
         },
         Command::Run { config: path, no_watch, upgrade } => {
             let config = unpoll::config::load_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            log::info!("serving on {:?}, admin on {:?}", config.server.listen, config.server.admin);
-            log::info!("open-files limit {open_files:?}; max_connections {}", config.server.max_connections);
             let reload = unpoll::server::ReloadFrom { path, watch: !no_watch };
             let start = unpoll::server::Start { reload: Some(reload), upgrade };
-            unpoll::server::build(&config, start, |_| {})?.run_forever()
+            let server = unpoll::server::build(&config, start, |_| {})?;
+            log::info!("serving on {:?}, admin on {:?}", config.server.listen, config.server.admin);
+            log::info!("open-files limit {open_files:?}; max_connections {}", config.server.max_connections);
+            server.run_forever()
         }
         Command::Demo { listen, admin, api } => {
             let config = unpoll::demo::config(&listen, &admin, &api).context("building the demo configuration")?;
+            unpoll::server::check_free(&api)?;
+            let start = unpoll::server::Start::default();
+            let server = unpoll::server::build(&config, start, |server| unpoll::demo::add_api(server, &api))?;
             println!("unpoll demo");
             println!("  open        http://{listen}/            (live page: SSE and WebSocket)");
             println!("  stream      curl -N -H 'Accept: text/event-stream' http://{listen}/api/departures");
             println!("  per-user    curl -N -H 'Accept: text/event-stream' -H 'Authorization: Bearer alice' http://{listen}/api/me/notifications");
             println!("  metrics     http://{admin}/metrics");
             println!("  legacy API  http://{api}/api/departures (polled by unpoll)");
-            let start = unpoll::server::Start::default();
-            unpoll::server::build(&config, start, |server| unpoll::demo::add_api(server, &api))?.run_forever()
+            server.run_forever()
         }
     }
 }

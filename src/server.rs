@@ -54,12 +54,36 @@ pub struct ReloadFrom {
 pub enum BuildError {
     #[error("cannot listen on the admin address {addr}: {source}")]
     Admin { addr: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+/// Fails if something already listens on `addr` (or it cannot be bound at all). Pingora binds
+/// its listeners only once it runs, and a port in use makes it retry for half a minute and
+/// then panic in a service thread while the process carries on: so every listener is tried
+/// here first, before anything is announced.
+pub fn check_free(addr: &str) -> Result<(), BuildError> {
+    let fail = |source| BuildError::Listen { addr: addr.to_string(), source };
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(addr).map_err(fail)?.next().ok_or_else(|| {
+        fail(std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the address resolves to nothing"))
+    })?;
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(resolved), socket2::Type::STREAM, None).map_err(fail)?;
+    // As pingora binds: connections lingering in TIME_WAIT do not make the port taken.
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&resolved.into()).map_err(fail)
 }
 
 /// Builds the server for `config`. With `reload`, the file is reloaded live. `extra` may add
 /// services (the demo's sample API).
 pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> Result<Server, BuildError> {
     let Start { reload, upgrade } = start;
+    if !upgrade {
+        // In an upgrade the running process still holds these, and hands them over.
+        for addr in &config.server.listen {
+            check_free(addr)?;
+        }
+    }
     let mut conf = ServerConf {
         threads: config.server.threads,
         upgrade_sock: config.server.upgrade_sock.clone(),

@@ -90,3 +90,54 @@ fn check_refuses_more_connections_than_the_open_files_limit_allows() {
     std::fs::write(&path, format!("server:\n  max_connections: 600\n{routes}")).unwrap();
     assert!(check(&path).0, "600 fits in 1000");
 }
+
+/// Runs unpoll with `args` and waits at most 10 s for it to exit: its status and stderr, or
+/// `None` (after killing it) if it kept running.
+fn run_until_exit(args: &[&str]) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unpoll"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+            return Some((status, text));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error_not_a_healthy_looking_zombie() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = "upstreams:\n  app:\n    servers: ['127.0.0.1:1']\nroutes:\n  - match: /*\n    upstream: app\n";
+    for (listen, admin) in [(taken_addr.clone(), free()), (free(), taken_addr.clone())] {
+        let path = dir.path().join("unpoll.yaml");
+        std::fs::write(&path, format!("server:\n  listen: ['{listen}']\n  admin: '{admin}'\n{routes}")).unwrap();
+        let (status, err) =
+            run_until_exit(&["run", "-c", path.to_str().unwrap()]).expect("unpoll kept running with a port in use");
+        assert!(!status.success(), "{err}");
+        assert!(err.contains("cannot listen on") && err.contains(&taken_addr), "{err}");
+        assert!(!err.contains("serving on"), "it announced serving: {err}");
+    }
+    // The demo prints its URLs only once it holds them.
+    for flag in ["--listen", "--admin", "--api"] {
+        let (a, b, c) = (free(), free(), free());
+        let mut args = vec!["demo", "--listen", &a, "--admin", &b, "--api", &c];
+        let at = args.iter().position(|a| *a == flag).unwrap();
+        args[at + 1] = &taken_addr;
+        let (status, out) = run_until_exit(&args).expect("the demo kept running with a port in use");
+        assert!(!status.success() && out.contains(&taken_addr), "{flag}: {out}");
+        assert!(!out.contains("open        http://"), "{flag}: the demo printed its URLs: {out}");
+    }
+}
