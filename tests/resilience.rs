@@ -236,3 +236,32 @@ async fn sigterm_closes_streams_cleanly_and_exits_within_the_grace_period() {
     assert!(status.success(), "{status:?}");
     assert!(took <= Duration::from_millis(2500), "exit took {took:?} with a 2 s grace period");
 }
+
+#[tokio::test]
+async fn error_events_tell_clients_no_internals_and_the_log_tells_the_operator_once() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let proxy = Proxy::start(up.addr, &config("      max_backoff: 200ms\n")).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+    up.stop();
+    let ev = sse.next_event(5 * SECOND).await.unwrap();
+    assert_eq!(ev.kind(), "error");
+    let data = ev.json();
+    assert_eq!(data["error"], "upstream_unreachable");
+    assert_eq!(data["message"], "the upstream could not be reached; retrying");
+    let text = ev.data.unwrap();
+    for internal in ["127.0.0.1", &up.addr.port().to_string(), "os error", "Connect", "addr"] {
+        assert!(!text.contains(internal), "`{internal}` in what a client sees: {text}");
+    }
+    // Several failed polls later (every 200 ms at most), the operator has one line with the detail.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(proxy.metric("unpoll_upstream_polls_total", &[("outcome", "unreachable")]).await >= 4.0);
+    let log = proxy.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("is failing")).collect();
+    assert_eq!(lines.len(), 1, "one warning per outage: {lines:?}");
+    assert!(lines[0].contains("WARN") && lines[0].contains(&up.addr.to_string()), "{}", lines[0]);
+    up.restart().await;
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+    assert!(eventually(2 * SECOND, || async { proxy.log().contains("answers again") }).await);
+}

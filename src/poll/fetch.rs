@@ -32,7 +32,7 @@ pub enum Fetched {
     NotModified { max_age: Option<Duration> },
     /// Any other status, with its `Retry-After` if it gave one.
     Status { status: u16, retry_after: Option<Duration> },
-    /// Connection refused or reset, protocol error.
+    /// Connection refused or reset, protocol error, with the detail (for the log only).
     Unreachable(String),
     /// The poll took longer than the upstream's `timeout`.
     TimedOut,
@@ -62,11 +62,22 @@ pub async fn fetch(
     refused: &IntCounterVec,
 ) -> Fetched {
     let timeout = upstream.settings.timeout;
-    match tokio::time::timeout(timeout, fetch_inner(connector, upstream, request, validators, refused)).await {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => Fetched::Unreachable(e.to_string()),
-        Err(_) => Fetched::TimedOut,
+    let addr = upstream.pick();
+    let fetched =
+        match tokio::time::timeout(timeout, fetch_inner(connector, upstream, addr, request, validators, refused)).await
+        {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => Fetched::Unreachable(e.to_string()),
+            Err(_) => Fetched::TimedOut,
+        };
+    // The details go to the log, once per outage of the server; clients are told in plain words.
+    match &fetched {
+        Fetched::Unreachable(detail) => upstream.failing(addr, detail),
+        Fetched::TimedOut => upstream.failing(addr, &format!("no answer within {timeout:?}")),
+        Fetched::Status { status, .. } if *status >= 500 => upstream.failing(addr, &format!("it answered {status}")),
+        _ => upstream.answering(addr),
     }
+    fetched
 }
 
 /// A session to `addr` for a request on behalf of `identity`, and how it was planned. A pooled
@@ -100,12 +111,12 @@ async fn connect(
 async fn fetch_inner(
     connector: &Connector,
     upstream: &Upstream,
+    addr: SocketAddr,
     request: &PollRequest,
     request_validators: &Validators,
     refused: &IntCounterVec,
 ) -> pingora::Result<Fetched> {
     let validators = request_validators;
-    let addr = upstream.pick();
     let (mut session, peer, plan) = connect(connector, upstream, addr, request.identity, refused).await?;
     let mut req = RequestHeader::build("GET", request.target.as_bytes(), None)?;
     for (name, value) in &request.headers {

@@ -101,7 +101,8 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
                     Err(BodyError::TooDeep) => {
                         label = "too_deep";
                         let message = format!("the upstream's JSON nests deeper than {MAX_DEPTH} levels; retrying");
-                        topic.apply(Outcome::Failed { status: 502, error: "upstream_body_too_deep", message })
+                        let detail = Some(format!("JSON nested deeper than {MAX_DEPTH} levels"));
+                        topic.apply(Outcome::Failed { status: 502, error: "upstream_body_too_deep", message, detail })
                     }
                 },
                 Err(settled) => settled,
@@ -210,27 +211,31 @@ fn classify(fetched: Fetched) -> (Polled, &'static str, Option<Duration>) {
             let message = format!("the upstream answered {status}; retrying");
             // Retry-After is honoured on 429 and 503, as RFC 9110 defines it for them.
             let hint = retry_after.filter(|_| status == 429 || status == 503);
-            (Outcome::Failed { status, error, message }, "error_status", hint)
+            (Outcome::Failed { status, error, message, detail: None }, "error_status", hint)
         }
-        Fetched::Unreachable(e) => {
-            let message = format!("the upstream could not be reached ({e}); retrying");
-            (Outcome::Failed { status: 502, error: "upstream_unreachable", message }, "unreachable", None)
+        Fetched::Unreachable(_) => {
+            // The detail (addresses, OS errors) is logged by `fetch`, never sent to clients.
+            let message = "the upstream could not be reached; retrying".to_string();
+            (Outcome::Failed { status: 502, error: "upstream_unreachable", message, detail: None }, "unreachable", None)
         }
         Fetched::TimedOut => {
             let message = "the upstream did not answer in time; retrying".to_string();
-            (Outcome::Failed { status: 504, error: "upstream_timeout", message }, "timeout", None)
+            (Outcome::Failed { status: 504, error: "upstream_timeout", message, detail: None }, "timeout", None)
         }
         Fetched::BadEncoding(coding) => {
-            let message = format!("the upstream's body came in a coding unpoll cannot read ({coding}); retrying");
-            (Outcome::Failed { status: 502, error: "upstream_encoding", message }, "bad_encoding", None)
+            let message = "the upstream's answer came in an encoding the proxy cannot read; retrying".to_string();
+            let detail = Some(format!("a content coding that is not decoded: {coding}"));
+            (Outcome::Failed { status: 502, error: "upstream_encoding", message, detail }, "bad_encoding", None)
         }
         Fetched::Unreadable => {
             let message = "the upstream's answer could not be read; retrying".to_string();
-            (Outcome::Failed { status: 502, error: "upstream_unreadable", message }, "unreadable", None)
+            let detail = Some("the HTTP client failed reading the answer (see the panic above)".to_string());
+            (Outcome::Failed { status: 502, error: "upstream_unreadable", message, detail }, "unreadable", None)
         }
         Fetched::TooLarge(n) => {
-            let message = format!("the upstream body exceeded the upstream's max_body ({n}+ bytes); retrying");
-            (Outcome::Failed { status: 502, error: "upstream_body_too_large", message }, "too_large", None)
+            let message = "the upstream's answer is larger than the proxy accepts; retrying".to_string();
+            let detail = Some(format!("a body over the upstream's max_body ({n}+ bytes)"));
+            (Outcome::Failed { status: 502, error: "upstream_body_too_large", message, detail }, "too_large", None)
         }
     };
     (Polled::Settled(outcome), label, hint)

@@ -18,6 +18,8 @@ pub struct Upstream {
     pub polls: tokio::sync::Semaphore,
     /// Servers whose connections are not reused for now (see [`crate::pool`]).
     quarantine: Quarantine,
+    /// Servers whose polls fail, so that an outage is logged once, and its end.
+    failing: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl Upstream {
@@ -25,6 +27,21 @@ impl Upstream {
     pub fn pick(&self) -> SocketAddr {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.settings.servers[i % self.settings.servers.len()]
+    }
+
+    /// A poll of `server` failed for a reason of the server's (unreachable, no answer, 5xx):
+    /// logged at `warn` when it begins an outage, with the detail clients are not shown.
+    pub fn failing(&self, server: SocketAddr, detail: &str) {
+        if self.failing.lock().unwrap_or_else(|e| e.into_inner()).insert(server) {
+            log::warn!("upstream {} server {server} is failing: {detail}; its topics retry with backoff", self.name);
+        }
+    }
+
+    /// A poll of `server` was answered: the end of its outage, if it had one, is logged.
+    pub fn answering(&self, server: SocketAddr) {
+        if self.failing.lock().unwrap_or_else(|e| e.into_inner()).remove(&server) {
+            log::info!("upstream {} server {server} answers again", self.name);
+        }
     }
 
     /// How a request made for `identity` (see [`pool::identity`]) gets its connection to `server`.
@@ -84,6 +101,7 @@ impl Runtime {
                     next: AtomicUsize::new(0),
                     polls: tokio::sync::Semaphore::new(settings.max_concurrent_polls),
                     quarantine: Quarantine::default(),
+                    failing: Default::default(),
                 };
                 (name.clone(), Arc::new(u))
             })

@@ -104,8 +104,9 @@ pub struct TopicMetrics {
 pub enum Outcome {
     /// Nothing changed (304).
     Unchanged,
-    /// The upstream failed; subscribers are told and the poller retries.
-    Failed { status: u16, error: &'static str, message: String },
+    /// The upstream failed; subscribers are told (`message`, plain words) and the poller
+    /// retries. `detail`, for the operator, is logged when this failure begins.
+    Failed { status: u16, error: &'static str, message: String, detail: Option<String> },
     /// The upstream refused the resource for good; subscribers are told and the streams end.
     Terminal { status: u16, error: &'static str },
 }
@@ -275,10 +276,13 @@ impl Topic {
                 let mut state = self.state();
                 self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed)
             }
-            Outcome::Failed { status, error, message } => {
+            Outcome::Failed { status, error, message, detail } => {
                 let mut state = self.state();
-                // The same failure again is not repeated to subscribers.
+                // The same failure again is not repeated to subscribers (nor logged).
                 if !state.error.as_ref().is_some_and(|e| e.status == status && e.error == error) {
+                    if let Some(detail) = detail {
+                        log::warn!("route {}: {error}: {detail}; retrying with backoff", self.key.route);
+                    }
                     let e = Arc::new(ErrorEvent::new(status, error, &message, false));
                     state.error = Some(e.clone());
                     let _ = self.tx.send(Msg::Error(e));
