@@ -265,3 +265,38 @@ async fn error_events_tell_clients_no_internals_and_the_log_tells_the_operator_o
     assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
     assert!(eventually(2 * SECOND, || async { proxy.log().contains("answers again") }).await);
 }
+
+#[tokio::test]
+async fn a_lone_subscriber_reconnecting_within_linger_gets_only_what_it_missed() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let proxy = Proxy::start(up.addr, &config("      linger: 3s\n")).await;
+    for (protocol, format) in [("sse", "json-patch"), ("ws", "merge-patch")] {
+        let path = format!("/doc?unpoll_format={format}&p={protocol}");
+        // The only subscriber, reading for a while (longer than linger), then dropped.
+        let mut sse = Sse::connect(proxy.addr, &path, &[]).await;
+        let first = sse.next_event(5 * SECOND).await.unwrap();
+        let epoch = first.id.unwrap().split('-').next().unwrap().to_string();
+        up.set_json("/doc", &doc(2));
+        let second = sse.next_event(5 * SECOND).await.unwrap();
+        assert_eq!((second.kind(), second.id.clone()), ("patch", Some(format!("{epoch}-2"))));
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        drop(sse);
+        // It misses a change while away.
+        up.set_json("/doc", &doc(3));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let missed = format!("{epoch}-2");
+        let (kind, id) = if protocol == "sse" {
+            let mut again = Sse::connect(proxy.addr, &path, &[("Last-Event-ID", &missed)]).await;
+            let ev = again.next_event(5 * SECOND).await.unwrap();
+            (ev.kind().to_string(), ev.id.unwrap())
+        } else {
+            let resume = format!("{path}&unpoll_last_event_id={missed}");
+            let (mut ws, _) = ws_connect(proxy.addr, &resume, &["unpoll.merge-patch"], &[]).await.unwrap();
+            let ev = ws_event(&mut ws, 5 * SECOND).await;
+            (ev["event"].as_str().unwrap().to_string(), ev["id"].as_str().unwrap().to_string())
+        };
+        assert_eq!((kind.as_str(), id), ("patch", format!("{epoch}-3")), "{protocol} {format}: only the missed change");
+        up.set_json("/doc", &doc(1));
+    }
+}

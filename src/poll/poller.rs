@@ -139,9 +139,13 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
         // Wait for the next poll, watching for the last subscriber to leave.
         loop {
             let idle_since = topic.idle_since();
-            // A topic nobody shared (one client subscribing and leaving, perhaps on purpose)
-            // stops sooner, and an idle topic soon stops counting against its maker.
-            let linger = if topic.shared() { settings.linger } else { settings.linger.min(settings.linger_unshared) };
+            // A topic nobody shared, whose one subscriber left soon after it came (a client
+            // opening and closing streams, perhaps on purpose), stops sooner; a subscriber who
+            // stayed a while gets the whole linger to reconnect in. An idle topic soon stops
+            // counting against its maker either way.
+            let brief = idle_since.is_some_and(|t| t.duration_since(topic.created) < settings.linger);
+            let linger =
+                if topic.shared() || !brief { settings.linger } else { settings.linger.min(settings.linger_unshared) };
             let idle_deadline = idle_since.map(|t| t + linger);
             let now = Instant::now();
             if idle_deadline.is_some_and(|d| d <= now) && hub.remove_if_idle(&topic) {

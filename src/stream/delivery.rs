@@ -61,7 +61,7 @@ impl Delivery {
         gauge.inc();
         let published = match sub.topic.upgrade() {
             Some(topic) => {
-                topic.formats[format.index()].fetch_add(1, Ordering::Relaxed);
+                topic.reading(format);
                 topic.published.clone()
             }
             None => Arc::default(),
@@ -198,7 +198,7 @@ impl Drop for Delivery {
     fn drop(&mut self) {
         self.gauge.dec();
         if let Some(topic) = self.sub.topic.upgrade() {
-            topic.formats[self.format.index()].fetch_sub(1, Ordering::Relaxed);
+            topic.stopped_reading(self.format);
         }
     }
 }

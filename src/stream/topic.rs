@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
@@ -61,6 +62,9 @@ struct State {
     last_body: Option<Bytes>,
     validators: Validators,
     idle_since: Option<Instant>,
+    /// Per format, when its last subscriber left: its patches are still computed for `linger`
+    /// after, so that the subscriber reconnecting gets only what it missed.
+    format_left: [Option<Instant>; 3],
 }
 
 /// One shared poll. Held by the hub's map and by its poller; stream handlers hold only a
@@ -71,6 +75,8 @@ pub struct Topic {
     route: ArcSwap<Route>,
     pub request: PollRequest,
     pub epoch: String,
+    /// When its first subscriber came.
+    pub created: Instant,
     /// Set when the topic was closed from outside (route removed or changed): its poller stops.
     closed: AtomicBool,
     state: Mutex<State>,
@@ -85,7 +91,7 @@ pub struct Topic {
     /// [`Event::offsets`]).
     pub published: Arc<[AtomicU64; 3]>,
     /// Subscribers per format (see [`Format::index`]): patches nobody reads are not computed.
-    pub formats: [AtomicUsize; 3],
+    formats: [AtomicUsize; 3],
     /// Wakes the poller when the last subscriber leaves.
     pub(crate) wake: Notify,
     /// `unpoll_history_bytes{route}`, this topic's share of it, and
@@ -138,6 +144,7 @@ impl Topic {
             route: ArcSwap::new(route),
             request,
             epoch,
+            created: Instant::now(),
             closed: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             tx: broadcast::channel(queue).0,
@@ -214,6 +221,19 @@ impl Topic {
         if self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.state().idle_since = Some(Instant::now());
             self.wake.notify_one();
+        }
+    }
+
+    /// Counts a subscriber reading `format`.
+    pub fn reading(&self, format: Format) {
+        self.formats[format.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a subscriber of `format` out; the format's patches go on being computed for
+    /// `linger` after its last one left.
+    pub fn stopped_reading(&self, format: Format) {
+        if self.formats[format.index()].fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.state().format_left[format.index()] = Some(Instant::now());
         }
     }
 
@@ -304,17 +324,21 @@ impl Topic {
     /// [`Topic::commit`]. The document cannot change in between (one poller): subscribers
     /// joining or resynchronising meanwhile never wait for the diff.
     pub fn prepare(&self, body: Bytes, validators: Validators, json: bool) -> Result<DiffJob, Applied> {
-        let previous = {
+        let (previous, recently) = {
             let mut state = self.state();
             state.validators = validators;
             if state.last_body.as_ref() == Some(&body) {
                 return Err(self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed));
             }
-            state.doc.clone()
+            let route = self.route();
+            let linger = route.stream.as_ref().map_or(Duration::ZERO, |s| s.linger);
+            let recently = state.format_left.map(|left| left.is_some_and(|t| t.elapsed() < linger));
+            (state.doc.clone(), recently)
         };
         let options: DiffOptions = self.route().stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
-        // A subscriber joining meanwhile gets this event as a snapshot, which is correct.
-        let wants = |f: Format| self.formats[f.index()].load(Ordering::Relaxed) > 0;
+        // Formats someone reads, or read within `linger`. A subscriber joining meanwhile gets
+        // this event as a snapshot, which is correct.
+        let wants = |f: Format| self.formats[f.index()].load(Ordering::Relaxed) > 0 || recently[f.index()];
         let wanted = Wanted { json_patch: wants(Format::JsonPatch), merge_patch: wants(Format::MergePatch) };
         Ok(DiffJob { body, json, previous, options, wanted })
     }
