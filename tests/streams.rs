@@ -328,3 +328,23 @@ async fn a_subscriber_that_falls_behind_is_resynchronised_and_converges() {
     assert!(proxy.metric("unpoll_subscriber_lagged_total", &[]).await >= 1.0, "the client never lagged: {kinds:?}");
     assert!(kinds.len() < 60, "missed events were skipped, not replayed ({} events)", kinds.len());
 }
+
+#[tokio::test]
+async fn the_readmes_example_shows_a_snapshot_then_a_patch() {
+    let up = Upstream::start().await;
+    up.set("/orders/42", 200, "application/json", r#"{"id":42,"status":"packed"}"#);
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /orders/{id}\n    upstream: app\n    stream:\n      interval: 100ms\n";
+    let proxy = Proxy::start(up.addr, body).await;
+    let mut sse = Sse::connect(proxy.addr, "/orders/42", &[]).await;
+    let snapshot = sse.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((snapshot.kind(), snapshot.data.as_deref()), ("snapshot", Some(r#"{"id":42,"status":"packed"}"#)));
+    up.set("/orders/42", 200, "application/json", r#"{"id":42,"status":"shipped"}"#);
+    let patch = sse.next_event(5 * SECOND).await.unwrap();
+    assert_eq!(
+        (patch.kind(), patch.data.as_deref()),
+        ("patch", Some(r#"[{"op":"replace","path":"/status","value":"shipped"}]"#)),
+        "as the README shows it"
+    );
+    let readme = include_str!("../README.md");
+    assert!(readme.contains(r#"data: [{"op":"replace","path":"/status","value":"shipped"}]"#));
+}

@@ -182,8 +182,10 @@ pub struct StreamSettings {
     pub respect_cache_control: bool,
     /// Match array elements that are objects by this field when diffing.
     pub array_id: Option<String>,
-    /// A patch larger than this fraction of the snapshot is sent as a snapshot.
+    /// A patch larger than this fraction of the snapshot is sent as a snapshot...
     pub max_patch_ratio: f64,
+    /// ...unless it is at most this many bytes.
+    pub patch_floor: usize,
     /// Work one JSON Patch diff may do; past it the change is sent as a snapshot.
     pub diff_budget: usize,
 }
@@ -194,6 +196,7 @@ impl StreamSettings {
         crate::diff::DiffOptions {
             array_id: self.array_id.clone(),
             max_patch_ratio: self.max_patch_ratio,
+            patch_floor: self.patch_floor,
             budget: self.diff_budget,
         }
     }
@@ -227,7 +230,8 @@ impl Default for StreamSettings {
             max_backoff: Duration::from_secs(30),
             respect_cache_control: false,
             array_id: None,
-            max_patch_ratio: 0.5,
+            max_patch_ratio: 1.0,
+            patch_floor: crate::diff::DEFAULT_PATCH_FLOOR,
             diff_budget: crate::diff::DEFAULT_BUDGET,
         }
     }

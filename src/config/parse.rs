@@ -521,7 +521,8 @@ impl Walker {
     }
 
     fn stream(&mut self, v: &Value, path: &str) -> Option<StreamSettings> {
-        const KEYS: [&str; 21] = [
+        const KEYS: [&str; 22] = [
+            "patch_floor",
             "linger_unshared",
             "query_params",
             "diff_budget",
@@ -596,6 +597,7 @@ impl Walker {
             }
             ok.then_some(Some(list))
         });
+        set!("patch_floor", patch_floor, |w: &mut Walker, v, p: &str| w.count(v, p, 0, 1 << 20));
         set!("max_history_bytes", max_history_bytes, |w: &mut Walker, v, p: &str| w.count(v, p, 0, 1 << 34));
         set!("diff_budget", diff_budget, |w: &mut Walker, v, p: &str| w.count(v, p, 1000, 1 << 40));
         set!("queue_bytes", queue_bytes, |w: &mut Walker, v, p: &str| w.count(v, p, 1024, 1 << 30));
@@ -768,7 +770,7 @@ routes:
         assert_eq!(c.upstreams["legacy"].max_concurrent_polls, 4);
         assert_eq!(c.upstreams["legacy"].reuse, Reuse::Shared);
         let public_defaults = c.routes[1].stream.as_ref().unwrap();
-        assert_eq!((public_defaults.array_id.as_ref(), public_defaults.max_patch_ratio), (None, 0.5));
+        assert_eq!((public_defaults.array_id.as_ref(), public_defaults.max_patch_ratio), (None, 1.0));
         assert!(!public_defaults.respect_cache_control);
         let public = c.routes[1].stream.as_ref().unwrap();
         assert_eq!(public.share, Share::Public);

@@ -26,19 +26,26 @@ pub struct DiffOptions {
     /// Match array elements that are objects by this field (`stream.array_id`).
     pub array_id: Option<String>,
     /// A patch larger than this fraction of the snapshot is sent as a snapshot
-    /// (`stream.max_patch_ratio`).
+    /// (`stream.max_patch_ratio`)...
     pub max_patch_ratio: f64,
+    /// ...unless it is at most this many bytes (`stream.patch_floor`): a small document's
+    /// change still shows as a patch.
+    pub patch_floor: usize,
     /// Work one JSON Patch diff may do before the change is sent as a snapshot instead
     /// (`stream.diff_budget`; see [`json_patch::Options::budget`]).
     pub budget: usize,
 }
+
+/// The default `stream.patch_floor`, in bytes: a change of one or two fields of a small
+/// document (`[{"op":"replace","path":"/status","value":"shipped"}]` is 53).
+pub const DEFAULT_PATCH_FLOOR: usize = 64;
 
 /// The default `stream.diff_budget`: some tens of milliseconds of work.
 pub const DEFAULT_BUDGET: usize = 2_000_000;
 
 impl Default for DiffOptions {
     fn default() -> Self {
-        DiffOptions { array_id: None, max_patch_ratio: 0.5, budget: DEFAULT_BUDGET }
+        DiffOptions { array_id: None, max_patch_ratio: 1.0, patch_floor: DEFAULT_PATCH_FLOOR, budget: DEFAULT_BUDGET }
     }
 }
 
@@ -64,7 +71,8 @@ impl Delta {
 }
 
 /// Computes both patches from `from` to `to`. A patch is dropped (the change goes out as a
-/// snapshot) when it is larger than `max_patch_ratio` of the snapshot or the format cannot
+/// snapshot) when it is larger than `max_patch_ratio` of the snapshot (and than `patch_floor`
+/// bytes) or the format cannot
 /// express it. Returns `None` when nothing changed.
 pub fn delta(from: Option<&Value>, to: &Value, options: &DiffOptions) -> Option<Delta> {
     delta_for(from, to, options, Wanted { json_patch: true, merge_patch: true })
@@ -96,7 +104,7 @@ pub fn delta_for(from: Option<&Value>, to: &Value, options: &DiffOptions, wanted
         return None;
     }
     let snapshot = serialise(to);
-    let max_bytes = (snapshot.len() as f64 * options.max_patch_ratio) as usize;
+    let max_bytes = ((snapshot.len() as f64 * options.max_patch_ratio) as usize).max(options.patch_floor);
     let mut cut_short = false;
     let ops = if wanted.json_patch {
         let limits = json_patch::Options { array_id: options.array_id.as_deref(), budget: options.budget, max_bytes };
@@ -168,9 +176,22 @@ mod tests {
 
     #[test]
     fn patch_larger_than_snapshot_is_dropped() {
-        let d = delta(Some(&json!({"a": 1, "b": 2, "c": 3})), &json!({"x": 1}), &DiffOptions::default()).unwrap();
-        assert!(d.json_patch.is_none(), "4 operations are larger than {{\"x\":1}}");
-        assert!(d.merge_patch.is_none());
+        let big = "x".repeat(80);
+        let d = delta(Some(&json!({"a": 1, "b": 2, "c": &big})), &json!({"x": 1}), &DiffOptions::default()).unwrap();
+        assert!(d.json_patch.is_none(), "4 operations are larger than {{\"x\":1}} and than the floor");
+        assert_eq!(&d.merge_patch.unwrap()[..], br#"{"a":null,"b":null,"c":null,"x":1}"#, "under the floor");
+    }
+
+    #[test]
+    fn a_small_documents_change_is_a_patch() {
+        // The README's example: the patch (53 bytes) is longer than the document (28), but
+        // under the floor, so users see what changed.
+        let (a, b) = (json!({"id": 42, "status": "packed"}), json!({"id": 42, "status": "shipped"}));
+        let d = delta(Some(&a), &b, &DiffOptions::default()).unwrap();
+        assert_eq!(&d.json_patch.unwrap()[..], br#"[{"op":"replace","path":"/status","value":"shipped"}]"#);
+        assert_eq!(&d.merge_patch.unwrap()[..], br#"{"status":"shipped"}"#);
+        let no_floor = DiffOptions { patch_floor: 0, ..DiffOptions::default() };
+        assert!(delta(Some(&a), &b, &no_floor).unwrap().json_patch.is_none());
     }
 
     #[test]
@@ -200,10 +221,13 @@ mod tests {
         let pad = "0123456789abcdef0123456789abcdef";
         let (a, b) = (json!({"a": 1, "pad": pad}), json!({"a": 2, "pad": pad}));
         // Snapshot 50 bytes; the JSON Patch is 40, more than half; the merge patch is 7.
-        let half = delta(Some(&a), &b, &DiffOptions::default()).unwrap();
-        assert!(half.json_patch.is_none());
-        assert!(half.merge_patch.is_some());
-        let whole = DiffOptions { max_patch_ratio: 1.0, ..DiffOptions::default() };
-        assert!(delta(Some(&a), &b, &whole).unwrap().json_patch.is_some());
+        let half = DiffOptions { max_patch_ratio: 0.5, patch_floor: 0, ..DiffOptions::default() };
+        let d = delta(Some(&a), &b, &half).unwrap();
+        assert!(d.json_patch.is_none());
+        assert!(d.merge_patch.is_some());
+        assert!(
+            delta(Some(&a), &b, &DiffOptions::default()).unwrap().json_patch.is_some(),
+            "not larger than the snapshot"
+        );
     }
 }
