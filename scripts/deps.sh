@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs what building unpoll needs beyond Rust: cmake (pingora builds zlib-ng with it).
+# Installs what building and testing unpoll needs beyond Rust, from Debian's packages, when it is
+# missing: cmake (pingora builds zlib-ng with it) and chromium (the demo page's browser test).
 set -euo pipefail
-if command -v cmake >/dev/null 2>&1; then
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+[ -x "${UNPOLL_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "installing cmake (needed to build pingora)..." >&2
+echo "installing ${missing[*]}..." >&2
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq cmake >/dev/null
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

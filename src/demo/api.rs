@@ -12,6 +12,9 @@ use std::time::Instant;
 pub struct LegacyApi {
     started: Instant,
     requests: AtomicU64,
+    /// GETs of the departures board, which unpoll polls: the page compares them with what
+    /// polling tabs would have made.
+    board_requests: AtomicU64,
 }
 
 const DESTINATIONS: [&str; 8] =
@@ -20,7 +23,7 @@ const STATUSES: [&str; 4] = ["on time", "boarding", "delayed", "departed"];
 
 impl LegacyApi {
     pub fn new() -> LegacyApi {
-        LegacyApi { started: Instant::now(), requests: AtomicU64::new(0) }
+        LegacyApi { started: Instant::now(), requests: AtomicU64::new(0), board_requests: AtomicU64::new(0) }
     }
 
     /// Seconds since start: the clock every document is computed from.
@@ -28,11 +31,11 @@ impl LegacyApi {
         self.started.elapsed().as_secs()
     }
 
-    fn departures(&self) -> Value {
+    /// The trains on the board now: a new one joins every 4 s; six are shown.
+    fn trains(&self) -> Vec<Value> {
         let t = self.tick();
-        // A new train joins the board every 4 s; each shows 6 rows.
         let first = t / 4;
-        let rows: Vec<Value> = (first..first + 6)
+        (first..first + 6)
             .map(|n| {
                 let age = t.saturating_sub(n * 4);
                 let delay = (n * 7 + t / 3) % 5 * ((n % 3 == 0) as u64);
@@ -45,8 +48,20 @@ impl LegacyApi {
                     "status": STATUSES[((age / 5) % 4) as usize],
                 })
             })
-            .collect();
-        json!({"station": "Centraal", "departures": rows})
+            .collect()
+    }
+
+    /// The board as a list, in order of departure.
+    fn departures(&self) -> Value {
+        json!({"station": "Centraal", "departures": self.trains()})
+    }
+
+    /// The same trains keyed by their id: a shape RFC 7396 merge patches can change one train
+    /// at a time (they replace arrays whole).
+    fn platforms(&self) -> Value {
+        let trains: serde_json::Map<String, Value> =
+            self.trains().into_iter().map(|t| (t["train"].as_str().unwrap_or("").to_string(), t)).collect();
+        json!({"station": "Centraal", "trains": trains})
     }
 
     fn notifications(&self, user: &str) -> Value {
@@ -101,12 +116,23 @@ impl ServeHttp for LegacyApi {
         match path.as_str() {
             "/" | "/index.html" => reply(200, "text/html; charset=utf-8", include_bytes!("page.html").to_vec()),
             "/favicon.ico" => reply(204, "image/x-icon", Vec::new()),
-            "/api/departures" => json_reply(200, self.departures()),
+            "/api/departures" => {
+                self.board_requests.fetch_add(1, Ordering::Relaxed);
+                json_reply(200, self.departures())
+            }
+            "/api/trains" => json_reply(200, self.platforms()),
             "/api/me/notifications" => match user {
                 Some(user) => json_reply(200, self.notifications(&user)),
                 None => json_reply(401, json!({"error": "send Authorization: Bearer <name>"})),
             },
-            "/api/stats" => json_reply(200, json!({"requests": n, "uptime_s": self.tick()})),
+            "/api/stats" => json_reply(
+                200,
+                json!({
+                    "requests": n,
+                    "departures_requests": self.board_requests.load(Ordering::Relaxed),
+                    "uptime_s": self.tick(),
+                }),
+            ),
             p => match p.strip_prefix("/api/orders/") {
                 Some(id) if !id.is_empty() && !id.contains('/') => json_reply(200, self.order(id)),
                 _ => json_reply(404, json!({"error": "not found"})),
