@@ -1,7 +1,56 @@
 //! Every metric name and label in one place. All names start with `unpoll_`; counters end
-//! in `_total`.
+//! in `_total`, after their unit. Every family is there from the start: [`Metrics::prepare`]
+//! creates, at 0, each label set the configuration and the fixed lists below allow, so that
+//! `rate()` and `absent()` work before the first event.
 
+use crate::config::Config;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// `outcome` of `unpoll_upstream_polls_total`.
+pub const POLL_OUTCOMES: [&str; 12] = [
+    "changed",
+    "unchanged",
+    "equivalent",
+    "not_modified",
+    "error_status",
+    "terminal_status",
+    "unreachable",
+    "timeout",
+    "too_large",
+    "unreadable",
+    "too_deep",
+    "bad_encoding",
+];
+/// `reason` of `unpoll_requests_rejected_total`.
+pub const REJECT_REASONS: [&str; 11] = [
+    "unknown_format",
+    "bad_last_event_id",
+    "bad_upgrade",
+    "origin_not_allowed",
+    "bad_path",
+    "header_too_large",
+    "too_many_connections",
+    "too_many_subscribers",
+    "too_many_topics",
+    "topic_full",
+    "too_many_topics_for_client",
+];
+/// `reason` of `unpoll_subscribers_dropped_total`.
+pub const DROP_REASONS: [&str; 4] = ["ping_timeout", "write_timeout", "write_error", "protocol_error"];
+/// `result` of `unpoll_config_reloads_total`.
+pub const RELOAD_RESULTS: [&str; 3] = ["applied", "invalid", "rejected"];
+/// `protocol` of the per-subscriber families.
+pub const PROTOCOLS: [&str; 2] = ["sse", "websocket"];
+/// `kind` of `unpoll_events_sent_total`.
+pub const EVENT_KINDS: [&str; 3] = ["snapshot", "patch", "error"];
+/// `reason` of `unpoll_subscriber_lagged_total`.
+pub const LAG_REASONS: [&str; 2] = ["events", "bytes"];
+/// `reason` of `unpoll_upstream_reuse_refused_total`.
+pub const REUSE_REASONS: [&str; 2] = ["stray_bytes", "doubtful_framing"];
+/// `lane` of `unpoll_diff_waits_total`.
+pub const LANES: [&str; 2] = ["small", "large"];
+/// `kind` of `unpoll_http_requests_total`, for a route (`no_route` has the route `""`).
+pub const REQUEST_KINDS: [&str; 2] = ["proxy", "subscribe"];
 
 /// The proxy's metrics, registered in their own registry and served on the admin listener.
 pub struct Metrics {
@@ -41,7 +90,7 @@ pub struct Metrics {
     pub history_trimmed: IntCounterVec,
     /// `unpoll_events_sent_total{route,protocol,kind}`: kind is `snapshot`, `patch`, `error`.
     pub events: IntCounterVec,
-    /// `unpoll_bytes_sent_total{route,protocol}`: event bytes written to subscribers.
+    /// `unpoll_sent_bytes_total{route,protocol}`: event bytes written to subscribers.
     pub bytes: IntCounterVec,
     /// `unpoll_subscriber_lagged_total{route,reason}`: subscribers that fell more than `queue`
     /// events (reason `events`) or `queue_bytes` bytes (`bytes`) behind and were
@@ -122,7 +171,7 @@ impl Metrics {
                 "Events sent to subscribers",
                 &["route", "protocol", "kind"],
             ),
-            bytes: counter_vec("unpoll_bytes_sent_total", "Event bytes sent to subscribers", &["route", "protocol"]),
+            bytes: counter_vec("unpoll_sent_bytes_total", "Event bytes sent to subscribers", &["route", "protocol"]),
             lagged: counter_vec(
                 "unpoll_subscriber_lagged_total",
                 "Subscribers resynchronised after falling behind",
@@ -144,6 +193,57 @@ impl Metrics {
             },
             requests: counter_vec("unpoll_http_requests_total", "Requests by route and kind", &["route", "kind"]),
             registry,
+        }
+    }
+
+    /// Creates, at 0, every label set of `config`'s routes and upstreams and of the fixed
+    /// lists, so that each family is exported before anything has happened. Called at start
+    /// and after each applied reload (label sets of removed routes stay).
+    pub fn prepare(&self, config: &Config) {
+        for reason in REJECT_REASONS {
+            self.rejected.with_label_values(&[reason]);
+        }
+        for result in RELOAD_RESULTS {
+            self.reloads.with_label_values(&[result]);
+        }
+        for lane in LANES {
+            self.diff_waits.with_label_values(&[lane]);
+        }
+        self.requests.with_label_values(&["", "no_route"]);
+        for name in config.upstreams.keys() {
+            self.polls_in_flight.with_label_values(&[name]);
+            self.poll_waits.with_label_values(&[name]);
+            for reason in REUSE_REASONS {
+                self.reuse_refused.with_label_values(&[name, reason]);
+            }
+        }
+        for route in &config.routes {
+            let label = route.pattern.as_str();
+            for kind in REQUEST_KINDS {
+                self.requests.with_label_values(&[label, kind]);
+            }
+            if route.stream.is_none() {
+                continue;
+            }
+            for protocol in PROTOCOLS {
+                self.subscribers.with_label_values(&[label, protocol]);
+                self.bytes.with_label_values(&[label, protocol]);
+                for kind in EVENT_KINDS {
+                    self.events.with_label_values(&[label, protocol, kind]);
+                }
+            }
+            for outcome in POLL_OUTCOMES {
+                self.polls.with_label_values(&[label, outcome]);
+            }
+            for reason in LAG_REASONS {
+                self.lagged.with_label_values(&[label, reason]);
+            }
+            for reason in DROP_REASONS {
+                self.dropped.with_label_values(&[label, reason]);
+            }
+            self.diff_exhausted.with_label_values(&[label]);
+            self.history_bytes.with_label_values(&[label]);
+            self.history_trimmed.with_label_values(&[label]);
         }
     }
 

@@ -98,6 +98,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
 
     let (tx, rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
+    metrics.prepare(config);
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
     let hub = Arc::new(Hub::new(metrics.clone(), rx.clone(), config.server.diff_threads));
     if let Some(from) = reload {

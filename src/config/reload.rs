@@ -81,6 +81,7 @@ impl Reloader {
             return Err(ReloadError::NeedsRestart(what));
         }
         let next = Arc::new(Runtime::new(&config));
+        self.metrics.prepare(&config);
         self.runtime.store(next.clone());
         self.hub.reconcile(&next);
         Ok(())

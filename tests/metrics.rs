@@ -1,0 +1,49 @@
+//! The metrics an operator alerts on: every family exported from the start, at 0.
+
+mod support;
+
+use support::*;
+
+#[tokio::test]
+async fn every_metric_family_is_there_from_the_start() {
+    let up = Upstream::start().await;
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n  - match: /*\n    upstream: app\n";
+    let proxy = Proxy::start(up.addr, body).await;
+    let text = proxy.metrics().await;
+    let at_zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(metric_value(&text, name, labels), Some(0.0), "{name} {labels:?} is missing, or not 0");
+    };
+    for (protocol, kind) in [("sse", "snapshot"), ("websocket", "patch"), ("sse", "error")] {
+        at_zero("unpoll_events_sent_total", &[("route", "/doc"), ("protocol", protocol), ("kind", kind)]);
+    }
+    at_zero("unpoll_sent_bytes_total", &[("route", "/doc"), ("protocol", "websocket")]);
+    at_zero("unpoll_subscribers", &[("route", "/doc"), ("protocol", "sse")]);
+    for outcome in ["changed", "unreachable", "timeout", "too_deep"] {
+        at_zero("unpoll_upstream_polls_total", &[("route", "/doc"), ("outcome", outcome)]);
+    }
+    for reason in ["bad_path", "too_many_connections", "too_many_topics_for_client", "header_too_large"] {
+        at_zero("unpoll_requests_rejected_total", &[("reason", reason)]);
+    }
+    for result in ["applied", "invalid", "rejected"] {
+        at_zero("unpoll_config_reloads_total", &[("result", result)]);
+    }
+    at_zero("unpoll_subscribers_dropped_total", &[("route", "/doc"), ("reason", "ping_timeout")]);
+    at_zero("unpoll_subscriber_lagged_total", &[("route", "/doc"), ("reason", "bytes")]);
+    at_zero("unpoll_http_requests_total", &[("route", "/*"), ("kind", "proxy")]);
+    at_zero("unpoll_http_requests_total", &[("route", ""), ("kind", "no_route")]);
+    at_zero("unpoll_upstream_reuse_refused_total", &[("upstream", "app"), ("reason", "stray_bytes")]);
+    at_zero("unpoll_upstream_poll_waits_total", &[("upstream", "app")]);
+    at_zero("unpoll_diff_waits_total", &[("lane", "large")]);
+    at_zero("unpoll_diff_budget_exhausted_total", &[("route", "/doc")]);
+    at_zero("unpoll_history_trimmed_total", &[("route", "/doc")]);
+    assert!(!text.contains("unpoll_bytes_sent_total"), "renamed to unpoll_sent_bytes_total");
+    // A route added by a reload has its label sets from then on.
+    proxy.write_config(
+        up.addr,
+        "",
+        &body.replace("  - match: /*", "  - match: /more\n    upstream: app\n    stream: {}\n  - match: /*"),
+    );
+    assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_config_generation", &[]).await == 2.0 }).await);
+    let text = proxy.metrics().await;
+    assert_eq!(metric_value(&text, "unpoll_events_sent_total", &[("route", "/more"), ("kind", "patch")]), Some(0.0));
+}
