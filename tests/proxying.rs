@@ -126,3 +126,26 @@ async fn several_servers_are_used_round_robin() {
     }
     assert_eq!((a.count("/rr"), b.count("/rr")), (3, 3));
 }
+
+#[tokio::test]
+async fn proxied_requests_carry_forwarding_headers_a_client_cannot_forge() {
+    let up = Upstream::start().await;
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /*\n    upstream: app\n";
+    let forged = "GET /echo HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nVia: 1.1 cdn\r\nConnection: close\r\n\r\n";
+    // From a client: its own claims are replaced by what the proxy saw.
+    let proxy = Proxy::start(up.addr, body).await;
+    let seen = RawConn::send(proxy.addr, forged.as_bytes()).await.read_to_end(5 * SECOND).await.json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "app.example");
+    assert_eq!(h["via"], "1.1 cdn, 1.1 unpoll");
+    drop(proxy);
+    // From a trusted proxy: its chain is kept and extended.
+    let proxy = Proxy::start_with(up.addr, "  trusted_proxies: [127.0.0.0/8]\n", body).await;
+    let seen = RawConn::send(proxy.addr, forged.as_bytes()).await.read_to_end(5 * SECOND).await.json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["via"], "1.1 cdn, 1.1 unpoll");
+}

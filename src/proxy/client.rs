@@ -1,5 +1,6 @@
-//! Who a client is, for per-client limits: its address, or, behind a proxy listed in
-//! `server.trusted_proxies`, the address that proxy forwarded. Pure: no I/O.
+//! Who a client is, for per-client limits and for the upstream: its address, or, behind a proxy
+//! listed in `server.trusted_proxies`, the address that proxy forwarded; and the forwarding
+//! headers a proxied request carries. Pure: no I/O.
 
 use crate::config::Cidr;
 use std::net::{IpAddr, Ipv6Addr};
@@ -19,6 +20,39 @@ pub fn client_address<'a>(peer: IpAddr, forwarded: impl Iterator<Item = &'a str>
         }
     }
     counted(client)
+}
+
+/// The forwarding headers of a proxied request, as they are sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarding {
+    pub forwarded_for: String,
+    pub forwarded_proto: String,
+    pub forwarded_host: Option<String>,
+    pub via: String,
+}
+
+/// What a request from `peer` carries upstream. A trusted peer's `X-Forwarded-For`,
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` are kept (the peer's address appended to the
+/// first); anyone else's are replaced, so that a client cannot pass for another address or
+/// scheme. `Via` always gets unpoll's hop appended (RFC 9110 §7.6.3).
+pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> Forwarding {
+    let trusted = trusted.iter().any(|c| c.contains(peer));
+    let joined = |name: &str| {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    let kept = |name: &str| if trusted { joined(name) } else { None };
+    let forwarded_for = match kept("x-forwarded-for") {
+        Some(chain) => format!("{chain}, {peer}"),
+        None => peer.to_string(),
+    };
+    let forwarded_proto = kept("x-forwarded-proto").unwrap_or_else(|| "http".to_string());
+    let forwarded_host = kept("x-forwarded-host").or_else(|| joined("host"));
+    let via = match joined("via") {
+        Some(before) => format!("{before}, 1.1 unpoll"),
+        None => "1.1 unpoll".to_string(),
+    };
+    Forwarding { forwarded_for, forwarded_proto, forwarded_host, via }
 }
 
 /// One `X-Forwarded-For` entry: an address, perhaps with a port (`1.2.3.4:5`, `[::1]:5`).
@@ -71,6 +105,25 @@ mod tests {
         // Everyone trusted: the first hop. Nothing usable: the peer.
         assert_eq!(client_address(ip("10.0.0.1"), ["10.9.9.9"].into_iter(), &trusted), ip("10.9.9.9"));
         assert_eq!(client_address(ip("10.0.0.1"), ["garbage"].into_iter(), &trusted), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn forwarding_headers_are_trusted_only_from_trusted_proxies() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        h.insert("host", "app.example".parse().unwrap());
+        h.insert("via", "1.1 cdn".parse().unwrap());
+        let from_client = forwarding(ip("203.0.113.9"), &h, &trusted);
+        assert_eq!(from_client.forwarded_for, "203.0.113.9", "a client's own X-Forwarded-For is replaced");
+        assert_eq!(from_client.forwarded_proto, "http");
+        assert_eq!(from_client.forwarded_host.as_deref(), Some("app.example"));
+        assert_eq!(from_client.via, "1.1 cdn, 1.1 unpoll");
+        let from_proxy = forwarding(ip("10.1.1.1"), &h, &trusted);
+        assert_eq!(from_proxy.forwarded_for, "6.6.6.6, 10.1.1.1");
+        assert_eq!(from_proxy.forwarded_proto, "https");
+        assert_eq!(forwarding(ip("10.1.1.1"), &http::HeaderMap::new(), &trusted).via, "1.1 unpoll");
     }
 
     #[test]

@@ -134,12 +134,27 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
+    /// Adds the forwarding headers (see [`client::forwarding`]) and, when the connection plan
+    /// says so, `Connection: close`.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let trusted = &self.runtime.load().server.trusted_proxies;
+            let f = client::forwarding(peer, &upstream_request.headers, trusted);
+            upstream_request.insert_header("x-forwarded-for", f.forwarded_for)?;
+            upstream_request.insert_header("x-forwarded-proto", f.forwarded_proto)?;
+            match f.forwarded_host {
+                Some(host) => upstream_request.insert_header("x-forwarded-host", host)?,
+                None => {
+                    upstream_request.remove_header("x-forwarded-host");
+                }
+            }
+            upstream_request.insert_header(http::header::VIA, f.via)?;
+        }
         if ctx.close {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
         }
