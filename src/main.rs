@@ -4,17 +4,51 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// The version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("UNPOLL_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "unpoll", version, about = "Turns REST poll endpoints into pushed WebSocket and SSE streams")]
+#[command(
+    name = "unpoll",
+    version = VERSION,
+    about = "Turns REST poll endpoints into pushed WebSocket and SSE streams",
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Serve with this configuration file: `unpoll -c FILE` is `unpoll run -c FILE`, as
+    /// pingora and nginx take it.
+    #[arg(short = 'c', long = "conf", value_name = "FILE")]
+    conf: Option<PathBuf>,
+    /// With -c: test the configuration and exit, like `unpoll check` (and `nginx -t`).
+    #[arg(short = 't', long = "test", requires = "conf")]
+    test: bool,
+    /// With -c: take the listening sockets over from a running unpoll, like `run --upgrade`.
+    #[arg(short = 'u', long = "upgrade", requires = "conf", conflicts_with = "test")]
+    upgrade: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
-#[derive(Subcommand)]
+impl Cli {
+    /// The command to run: a subcommand, or what the top-level flags stand for.
+    fn command(&self) -> Option<Command> {
+        if let Some(c) = &self.command {
+            return Some(c.clone());
+        }
+        let config = self.conf.clone()?;
+        Some(if self.test {
+            Command::Check { config }
+        } else {
+            Command::Run { config, no_watch: false, upgrade: self.upgrade }
+        })
+    }
+}
+
+#[derive(Subcommand, Clone, Debug, PartialEq)]
 enum Command {
     /// Serve with a configuration file. The file is reloaded when it changes and on SIGHUP;
     /// a file with problems, or one that changes listen addresses, is refused and the running
@@ -58,10 +92,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let Some(command) = cli.command() else {
+        // Not reached: clap prints the help when nothing is given.
+        anyhow::bail!("give a command, or -c FILE (see unpoll --help)");
+    };
     env_logger::Builder::new().parse_filters(&cli.log_level).parse_env("RUST_LOG").format_timestamp_millis().init();
     // Before the configuration is read: the default max_connections follows the limit.
     let open_files = unpoll::sys::raise_open_files_limit();
-    match cli.command {
+    match command {
         Command::Check { config } => match unpoll::config::load_file(&config) {
             Ok(c) => {
                 println!("{}: ok ({} upstream(s), {} route(s))", config.display(), c.upstreams.len(), c.routes.len());
@@ -94,5 +132,28 @@ fn main() -> anyhow::Result<()> {
             println!("  legacy API  http://{api}/api/departures (polled by unpoll)");
             server.run_forever()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Option<Command> {
+        Cli::try_parse_from(args).ok()?.command()
+    }
+
+    #[test]
+    fn pingora_and_nginx_habits_are_understood() {
+        let file = PathBuf::from("u.yaml");
+        let run = |upgrade| Some(Command::Run { config: file.clone(), no_watch: false, upgrade });
+        assert_eq!(parse(&["unpoll", "-c", "u.yaml"]), run(false));
+        assert_eq!(parse(&["unpoll", "-c", "u.yaml", "-u"]), run(true));
+        assert_eq!(parse(&["unpoll", "--conf", "u.yaml", "--upgrade"]), run(true));
+        assert_eq!(parse(&["unpoll", "-t", "-c", "u.yaml"]), Some(Command::Check { config: file.clone() }));
+        assert_eq!(parse(&["unpoll", "run", "-c", "u.yaml", "--upgrade"]), run(true));
+        assert!(Cli::try_parse_from(["unpoll", "-t"]).is_err(), "-t needs -c");
+        assert!(Cli::try_parse_from(["unpoll", "-t", "-u", "-c", "u.yaml"]).is_err());
+        assert!(Cli::try_parse_from(["unpoll", "-c", "u.yaml", "check", "-c", "v.yaml"]).is_err());
     }
 }

@@ -141,3 +141,23 @@ fn a_port_in_use_is_a_clear_error_not_a_healthy_looking_zombie() {
         assert!(!out.contains("open        http://"), "{flag}: the demo printed its URLs: {out}");
     }
 }
+
+#[test]
+fn nginx_and_pingora_habits_work_at_the_top_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "upstreams:\n  app:\n    servers: ['127.0.0.1:1']\nroutes:\n  - match: /*\n    upstream: app\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "upstreams: {}\n").unwrap();
+    let out = unpoll(&["-t", "-c", good.to_str().unwrap()]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(": ok"), "{out:?}");
+    assert!(!unpoll(&["-t", "-c", bad.to_str().unwrap()]).status.success());
+    let version = String::from_utf8(unpoll(&["--version"]).stdout).unwrap();
+    let commit = version.split("(commit ").nth(1).and_then(|c| c.strip_suffix(")\n")).unwrap_or("");
+    assert!(version.starts_with(&format!("unpoll {}", env!("CARGO_PKG_VERSION"))), "{version}");
+    assert!(commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
+}
