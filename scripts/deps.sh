@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing unpoll needs beyond Rust, from Debian's packages, when it is
-# missing: cmake (pingora builds zlib-ng with it) and chromium (the demo page's browser test).
+# missing: cmake (pingora builds zlib-ng with it), chromium (the demo page's browser test) and
+# systemd's systemd-analyze (the test that rates deploy/unpoll.service).
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 [ -x "${UNPOLL_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -25,8 +25,8 @@
 //!   format), and the SSE and WebSocket handlers.
 //! - [`metrics`]: every Prometheus metric; [`admin`] serves them on a listener of its own.
 //! - [`server`]: assembles the pingora server (and the graceful-upgrade hand-over);
-//!   [`demo`]: the self-contained demo; [`sys`]: the system calls that need `unsafe`, the only
-//!   place that may use it.
+//!   [`demo`]: the self-contained demo; [`systemd`]: readiness for `Type=notify` units;
+//!   [`sys`]: the system calls that need `unsafe`, the only place that may use it.
 //!
 //! Outside `src/`: `tests/` (integration tests against the real binary; `tests/support/` has
 //! the scripted upstream, the launcher and the clients), `fuzz/` (cargo-fuzz targets and their
@@ -45,3 +45,4 @@ pub mod proxy;
 pub mod server;
 pub mod stream;
 pub mod sys;
+pub mod systemd;

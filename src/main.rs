@@ -12,7 +12,6 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("UNPO
     name = "unpoll",
     version = VERSION,
     about = "Turns REST poll endpoints into pushed WebSocket and SSE streams",
-    args_conflicts_with_subcommands = true,
     arg_required_else_help = true
 )]
 struct Cli {
@@ -34,17 +33,18 @@ struct Cli {
 }
 
 impl Cli {
-    /// The command to run: a subcommand, or what the top-level flags stand for.
-    fn command(&self) -> Option<Command> {
-        if let Some(c) = &self.command {
-            return Some(c.clone());
+    /// The command to run: a subcommand, or what the top-level flags stand for (not both).
+    fn command(&self) -> Result<Command, &'static str> {
+        match (&self.command, &self.conf) {
+            (Some(_), Some(_)) => Err("-c, -t and -u stand for a command: give them or a command, not both"),
+            (Some(c), None) => Ok(c.clone()),
+            (None, Some(config)) => Ok(if self.test {
+                Command::Check { config: config.clone() }
+            } else {
+                Command::Run { config: config.clone(), no_watch: false, upgrade: self.upgrade }
+            }),
+            (None, None) => Err("give a command, or -c FILE (see unpoll --help)"),
         }
-        let config = self.conf.clone()?;
-        Some(if self.test {
-            Command::Check { config }
-        } else {
-            Command::Run { config, no_watch: false, upgrade: self.upgrade }
-        })
     }
 }
 
@@ -92,10 +92,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Some(command) = cli.command() else {
-        // Not reached: clap prints the help when nothing is given.
-        anyhow::bail!("give a command, or -c FILE (see unpoll --help)");
-    };
+    let command = cli.command().map_err(anyhow::Error::msg)?;
     env_logger::Builder::new().parse_filters(&cli.log_level).parse_env("RUST_LOG").format_timestamp_millis().init();
     // Before the configuration is read: the default max_connections follows the limit.
     let open_files = unpoll::sys::raise_open_files_limit();
@@ -140,7 +137,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Option<Command> {
-        Cli::try_parse_from(args).ok()?.command()
+        Cli::try_parse_from(args).ok()?.command().ok()
     }
 
     #[test]
@@ -154,6 +151,11 @@ mod tests {
         assert_eq!(parse(&["unpoll", "run", "-c", "u.yaml", "--upgrade"]), run(true));
         assert!(Cli::try_parse_from(["unpoll", "-t"]).is_err(), "-t needs -c");
         assert!(Cli::try_parse_from(["unpoll", "-t", "-u", "-c", "u.yaml"]).is_err());
-        assert!(Cli::try_parse_from(["unpoll", "-c", "u.yaml", "check", "-c", "v.yaml"]).is_err());
+        assert_eq!(parse(&["unpoll", "-c", "u.yaml", "check", "-c", "v.yaml"]), None, "flags and a command");
+        assert_eq!(
+            parse(&["unpoll", "--log-level", "debug", "run", "-c", "u.yaml"]),
+            Some(Command::Run { config: file.clone(), no_watch: false, upgrade: false }),
+            "global options before the command"
+        );
     }
 }

@@ -133,6 +133,8 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
         server.add_service(background_service("admin", AdminService::new(listener, admin)));
     }
     server.add_service(background_service("shutdown relay", ShutdownRelay { tx }));
+    let readiness = crate::systemd::Readiness { listen: config.server.listen.clone(), upgrade };
+    server.add_service(background_service("readiness", readiness));
     extra(&mut server);
     Ok(server)
 }

@@ -95,3 +95,24 @@ async fn readyz_reports_draining_once_shutdown_begins() {
     }
     assert!(proxy.terminate(Duration::from_secs(10)).await.is_some());
 }
+
+#[tokio::test]
+async fn systemd_is_told_when_unpoll_is_ready_and_when_it_stops() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /*\n    upstream: app\n";
+    let mut proxy =
+        Proxy::start_with_env(up.addr, "  grace_period: 2s\n", body, &[("NOTIFY_SOCKET", path.to_str().unwrap())])
+            .await;
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert_eq!(http_get(proxy.addr, "/x").await.map(|r| r.status), Some(200), "ready means serving");
+    proxy.signal("TERM");
+    let n = socket.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(proxy.terminate(Duration::from_secs(10)).await.is_some());
+}

@@ -37,12 +37,17 @@ impl Proxy {
 
     /// Like [`Proxy::start_with`], with more arguments after `run -c FILE`.
     pub async fn start_args(upstream: SocketAddr, server_extra: &str, body: &str, args: &[&str]) -> Proxy {
-        Proxy::start_full(upstream, server_extra, body, args, None).await
+        Proxy::start_full(upstream, server_extra, body, args, None, &[]).await
     }
 
     /// Like [`Proxy::start_with`], in a process whose open-files limit is `limit`.
     pub async fn start_with_open_files(upstream: SocketAddr, server_extra: &str, body: &str, limit: u32) -> Proxy {
-        Proxy::start_full(upstream, server_extra, body, &[], Some(limit)).await
+        Proxy::start_full(upstream, server_extra, body, &[], Some(limit), &[]).await
+    }
+
+    /// Like [`Proxy::start_with`], with more environment variables.
+    pub async fn start_with_env(upstream: SocketAddr, server_extra: &str, body: &str, env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_full(upstream, server_extra, body, &[], None, env).await
     }
 
     async fn start_full(
@@ -51,6 +56,7 @@ impl Proxy {
         body: &str,
         args: &[&str],
         open_files: Option<u32>,
+        env: &[(&str, &str)],
     ) -> Proxy {
         // Ports are picked by binding port 0; if another process takes one first, unpoll
         // exits and we try again with new ports.
@@ -66,6 +72,7 @@ impl Proxy {
             std::fs::write(&path, config).unwrap();
             let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
             let child = unpoll_command(open_files)
+                .envs(env.iter().copied())
                 .args(["--log-level", "info", "run", "-c"])
                 .arg(&path)
                 .args(args)
