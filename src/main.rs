@@ -93,7 +93,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command().map_err(anyhow::Error::msg)?;
-    env_logger::Builder::new().parse_filters(&cli.log_level).parse_env("RUST_LOG").format_timestamp_millis().init();
+    // Pingora's own lines (a dozen at every start and stop) only from warn up, unless asked for
+    // by a more verbose level or by RUST_LOG.
+    let quiet = ["error", "warn", "info"].contains(&cli.log_level.as_str());
+    let filters = if quiet {
+        format!("{},pingora_core=warn,pingora_proxy=warn,pingora_pool=warn", cli.log_level)
+    } else {
+        cli.log_level.clone()
+    };
+    env_logger::Builder::new().parse_filters(&filters).parse_env("RUST_LOG").format_timestamp_millis().init();
     // Before the configuration is read: the default max_connections follows the limit.
     let open_files = unpoll::sys::raise_open_files_limit();
     match command {

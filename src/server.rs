@@ -20,8 +20,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Forwards pingora's SIGTERM shutdown to our own watch channel.
+/// Forwards pingora's shutdown to our own watch channel, then ends the process as soon as
+/// nothing is left to drain: pingora would sleep the whole grace period however idle it is.
 struct ShutdownRelay {
     tx: watch::Sender<bool>,
+    connections: Arc<Connections>,
+    grace_period: std::time::Duration,
 }
 
 #[async_trait]
@@ -30,6 +34,17 @@ impl BackgroundService for ShutdownRelay {
         let _ = shutdown.changed().await;
         log::info!("shutting down: closing streams");
         let _ = self.tx.send(true);
+        // Streams close at once; plain requests in flight finish; keep-alive connections are
+        // closed by pingora after their request. Pingora ends the process at the grace period
+        // in any case.
+        let deadline = tokio::time::Instant::now() + self.grace_period;
+        while tokio::time::Instant::now() < deadline {
+            if self.connections.count() == 0 {
+                log::info!("nothing left to drain: exiting");
+                std::process::exit(0);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -121,7 +136,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     };
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
-    let limited = Limited::new(http, runtime, connections);
+    let limited = Limited::new(http, runtime, connections.clone());
     let mut proxy = Service::new("unpoll proxy".to_string(), limited);
     for addr in &config.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, 1460)));
@@ -132,7 +147,8 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
         let admin = Admin { metrics, draining: rx.clone() };
         server.add_service(background_service("admin", AdminService::new(listener, admin)));
     }
-    server.add_service(background_service("shutdown relay", ShutdownRelay { tx }));
+    let relay = ShutdownRelay { tx, connections, grace_period: config.server.grace_period };
+    server.add_service(background_service("shutdown relay", relay));
     let readiness = crate::systemd::Readiness { listen: config.server.listen.clone(), upgrade };
     server.add_service(background_service("readiness", readiness));
     extra(&mut server);

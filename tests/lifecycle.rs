@@ -72,7 +72,11 @@ async fn readyz_reports_draining_once_shutdown_begins() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
     let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /*\n    upstream: app\n";
-    let mut proxy = Proxy::start_with(up.addr, "  grace_period: 3s\n", body).await;
+    let mut proxy = Proxy::start_with(up.addr, "  grace_period: 5s\n", body).await;
+    // A plain request still in flight keeps the proxy draining (an idle one exits at once).
+    up.set_delay(Duration::from_millis(3000));
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move { http_get(addr, "/slow").await });
     // One keep-alive connection to the admin listener.
     let mut admin = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
     let ask = b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n";
@@ -87,12 +91,13 @@ async fn readyz_reports_draining_once_shutdown_begins() {
     let n = admin.read(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(text.starts_with("HTTP/1.1 503") && text.ends_with("draining\n"), "{text}");
-    // New connections too, through the grace period: a load balancer is told, not refused.
+    // New connections too, while it drains: a load balancer is told, not refused.
     for _ in 0..5 {
-        let r = http_get(proxy.admin, "/readyz").await.expect("the admin listener answers during the grace period");
+        let r = http_get(proxy.admin, "/readyz").await.expect("the admin listener answers while draining");
         assert_eq!((r.status, r.body.as_slice()), (503, &b"draining\n"[..]));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    assert_eq!(slow.await.unwrap().map(|r| r.status), Some(200));
     assert!(proxy.terminate(Duration::from_secs(10)).await.is_some());
 }
 
@@ -115,4 +120,30 @@ async fn systemd_is_told_when_unpoll_is_ready_and_when_it_stops() {
     let n = socket.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(proxy.terminate(Duration::from_secs(10)).await.is_some());
+}
+
+#[tokio::test]
+async fn shutdown_ends_as_soon_as_nothing_is_left_to_drain() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &json!({"v": 1}));
+    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n  - match: /*\n    upstream: app\n";
+    // Idle: out at once, not after the 10 s grace period.
+    let mut idle = Proxy::start_with(up.addr, "  grace_period: 10s\n", body).await;
+    let (status, took) = idle.terminate(Duration::from_secs(5)).await.expect("an idle proxy exits at once");
+    assert!(status.success() && took < Duration::from_secs(2), "{status:?} after {took:?}");
+    let log = idle.log();
+    assert!(!log.lines().any(|l| l.contains("INFO  pingora")), "pingora's info lines are quiet:\n{log}");
+    // Busy: a stream (closed at once) and a plain request in flight (finished first).
+    let mut busy = Proxy::start_with(up.addr, "  grace_period: 10s\n", body).await;
+    let mut sse = Sse::connect(busy.addr, "/doc", &[]).await;
+    sse.next_event(5 * SECOND).await.unwrap();
+    up.set_delay(Duration::from_millis(1500));
+    let addr = busy.addr;
+    let slow = tokio::spawn(async move { http_get(addr, "/slow").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, took) = busy.terminate(Duration::from_secs(8)).await.expect("exits once the request is done");
+    assert!(status.success(), "{status:?}");
+    assert!(took > Duration::from_millis(900) && took < Duration::from_secs(4), "exited after {took:?}");
+    assert_eq!(slow.await.unwrap().map(|r| r.status), Some(200), "the request in flight was answered");
+    assert!(sse.next_event(SECOND).await.is_none() && sse.conn.finished, "the stream ended cleanly");
 }

@@ -41,6 +41,11 @@ impl Connections {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many connections are open (streams included).
+    pub fn count(&self) -> usize {
+        self.open().len()
+    }
+
     /// Counts a new connection if there is room (or admits one already counted).
     fn admit(&self, id: i32, max: usize) -> bool {
         let mut open = self.open();
