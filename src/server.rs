@@ -32,6 +32,7 @@ struct ShutdownRelay {
 impl BackgroundService for ShutdownRelay {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
+        let _ = crate::systemd::notify("STOPPING=1");
         log::info!("shutting down: closing streams");
         let _ = self.tx.send(true);
         // Streams close at once; plain requests in flight finish; keep-alive connections are

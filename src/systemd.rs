@@ -32,7 +32,7 @@ pub fn notify(state: &str) -> io::Result<bool> {
 }
 
 /// A background service that reports readiness once every listen address accepts
-/// connections, and the beginning of shutdown.
+/// connections. (`STOPPING=1` is sent where shutdown is handled: `server::ShutdownRelay`.)
 pub struct Readiness {
     /// The proxy's listen addresses.
     pub listen: Vec<String>,
@@ -64,7 +64,5 @@ impl BackgroundService for Readiness {
         if let Err(e) = notify(&ready) {
             log::warn!("could not tell systemd that unpoll is ready: {e}");
         }
-        let _ = shutdown.changed().await;
-        let _ = notify("STOPPING=1");
     }
 }
