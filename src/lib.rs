@@ -7,9 +7,12 @@
 //! # Layout
 //!
 //! - [`config`]: the YAML configuration: model, validation (every problem with its key path),
-//!   durations and route patterns, what the host allows ([`config::host`]: the open-files
-//!   limit behind `max_connections`), and live reload ([`config::reload`]: file watch and
-//!   SIGHUP, validated off to the side, swapped atomically, restart-only changes refused).
+//!   durations and route patterns, and what the host allows ([`config::host`]: the open-files
+//!   limit behind `max_connections`). It imports nothing else of the crate.
+//! - [`route_table`]: the routes and upstreams in force, compiled from a configuration and read
+//!   lock-free (arc-swap); server selection and each upstream's connection-reuse state.
+//! - [`reload`]: live reload: file watch and SIGHUP, validated off to the side, swapped
+//!   atomically, restart-only changes refused.
 //! - [`proxy`]: the pingora `ProxyHttp` implementation. It normalises the path
 //!   ([`proxy::path`]), routes each request and either serves it as a subscription or lets
 //!   pingora proxy it unchanged; who the client is for per-client limits ([`proxy::client`]);
@@ -42,6 +45,8 @@ pub mod metrics;
 pub mod poll;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
+pub mod route_table;
 pub mod server;
 pub mod stream;
 pub mod sys;

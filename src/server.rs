@@ -2,12 +2,12 @@
 //! hands pingora's shutdown signal to every stream and poller.
 
 use crate::admin::{self, Admin, AdminService};
-use crate::config::reload::Reloader;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::connections::{Connections, Limited};
-use crate::proxy::routing::Runtime;
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
+use crate::route_table::RouteTable;
 use crate::stream::hub::Hub;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -115,13 +115,13 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     let (tx, rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     metrics.prepare(config);
-    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
+    let table = Arc::new(ArcSwap::from_pointee(RouteTable::new(config)));
     let hub = Arc::new(Hub::new(metrics.clone(), rx.clone(), config.server.diff_threads));
     if let Some(from) = reload {
         let reloader = Reloader {
             path: from.path,
             watch: from.watch,
-            runtime: runtime.clone(),
+            table: table.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
         };
@@ -129,7 +129,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     }
     let connections = Connections::new(metrics.clone());
     let gateway = Gateway {
-        runtime: runtime.clone(),
+        table: table.clone(),
         hub,
         metrics: metrics.clone(),
         shutdown: rx.clone(),
@@ -137,7 +137,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     };
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
-    let limited = Limited::new(http, runtime, connections.clone());
+    let limited = Limited::new(http, table, connections.clone());
     let mut proxy = Service::new("unpoll proxy".to_string(), limited);
     for addr in &config.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, 1460)));

@@ -5,7 +5,6 @@ pub mod host;
 mod model;
 mod parse;
 mod pattern;
-pub mod reload;
 
 pub use duration::{format_duration, parse_duration};
 pub use model::*;

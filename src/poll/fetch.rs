@@ -3,7 +3,7 @@
 
 use super::key::PollRequest;
 use crate::pool::{self, Distrust, Plan};
-use crate::proxy::routing::Upstream;
+use crate::route_table::Upstream;
 use crate::sys::{self, Pending};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;

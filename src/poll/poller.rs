@@ -291,17 +291,17 @@ mod tests {
     #[tokio::test]
     async fn a_poll_loop_that_panics_retires_its_topic_and_tells_subscribers() {
         use crate::config::Format;
-        use crate::proxy::routing::Runtime;
+        use crate::route_table::RouteTable;
         use crate::stream::hub::Limits;
         use crate::stream::topic::Msg;
         let config = crate::config::parse_config(
             "upstreams: {a: {servers: ['127.0.0.1:9']}}\nroutes: [{match: /x, upstream: a, stream: {interval: 1h}}]\n",
         )
         .unwrap();
-        let runtime = Runtime::new(&config);
+        let table = RouteTable::new(&config);
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let hub = Arc::new(Hub::new(Arc::default(), shutdown, 1));
-        let route = runtime.routes[0].clone();
+        let route = table.routes[0].clone();
         let settings = route.stream.clone().unwrap();
         let (key, poll, _) = crate::poll::key::derive("/x", &settings, "/x", None, &Default::default());
         let limits = Limits { subscribers: 10, topics: 10, per_topic: 10, per_client: 10 };

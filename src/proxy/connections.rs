@@ -14,7 +14,7 @@
 
 use crate::metrics::Metrics;
 use crate::proxy::head_deadline::{HeadDeadline, HeadLimits};
-use crate::proxy::routing::Runtime;
+use crate::route_table::RouteTable;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -94,7 +94,7 @@ impl Drop for Hold {
 /// Wraps a server app with the connection limit.
 pub struct Limited<A> {
     pub inner: Arc<A>,
-    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub table: Arc<ArcSwap<RouteTable>>,
     pub metrics: Arc<Metrics>,
     connections: Arc<Connections>,
     /// `unpoll_requests_rejected_total{reason="header_too_large"}`.
@@ -102,10 +102,10 @@ pub struct Limited<A> {
 }
 
 impl<A> Limited<A> {
-    pub fn new(inner: A, runtime: Arc<ArcSwap<Runtime>>, connections: Arc<Connections>) -> Limited<A> {
+    pub fn new(inner: A, table: Arc<ArcSwap<RouteTable>>, connections: Arc<Connections>) -> Limited<A> {
         let metrics = connections.metrics.clone();
         let too_large = metrics.rejected.with_label_values(&["header_too_large"]);
-        Limited { inner: Arc::new(inner), runtime, metrics, connections, too_large }
+        Limited { inner: Arc::new(inner), table, metrics, connections, too_large }
     }
 }
 
@@ -113,13 +113,13 @@ impl<A> Limited<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let id = stream.id();
-        if !self.connections.admit(id, self.runtime.load().server.max_connections) {
+        if !self.connections.admit(id, self.table.load().server.max_connections) {
             self.metrics.rejected.with_label_values(&["too_many_connections"]).inc();
             let _ = stream.write_all(REFUSAL).await;
             let _ = stream.shutdown().await;
             return None;
         }
-        let server = &self.runtime.load().server;
+        let server = &self.table.load().server;
         let limits = HeadLimits {
             timeout: server.header_timeout,
             max_bytes: server.max_request_header,

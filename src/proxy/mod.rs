@@ -6,13 +6,14 @@ pub mod connections;
 pub mod detach;
 pub mod head_deadline;
 pub mod path;
-pub mod routing;
+
 pub mod subscribe;
 
 use crate::config::{ServerSettings, CREDENTIAL_HEADERS};
 use crate::metrics::Metrics;
 use crate::poll::key;
 use crate::pool::{self, Distrust};
+use crate::route_table::{Route, RouteTable};
 use crate::stream::delivery::Delivery;
 use crate::stream::downstream::{self, Downstream};
 use crate::stream::encode::Protocol;
@@ -29,7 +30,6 @@ use pingora::protocols::Digest;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
-use routing::{Route, Runtime};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use subscribe::{Reject, SubscribeRequest};
@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 /// The proxy: routes, the hub of topics, metrics, and the shutdown signal every stream watches.
 pub struct Gateway {
-    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub table: Arc<ArcSwap<RouteTable>>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
@@ -70,7 +70,7 @@ impl ProxyHttp for Gateway {
     /// and lets everything else go upstream (`Ok(false)`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         // An owned reference, not a guard: it is held across the awaits below.
-        let runtime = self.runtime.load_full();
+        let table = self.table.load_full();
         // One canonical path for routing, the upstream and topic keys (see `path`).
         let path = match path::normalise(session.req_header().uri.path()) {
             Ok(p) => p.into_owned(),
@@ -90,7 +90,7 @@ impl ProxyHttp for Gateway {
                 target.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "path", e))?;
             session.req_header_mut().set_uri(uri);
         }
-        let Some(route) = runtime.route(&path).cloned() else {
+        let Some(route) = table.route(&path).cloned() else {
             self.metrics.requests.with_label_values(&["", "no_route"]).inc();
             let reject = Reject { status: 404, reason: "no_route", message: format!("no route matches {path}") };
             respond(session, &reject).await?;
@@ -107,8 +107,8 @@ impl ProxyHttp for Gateway {
                 }
                 Some(Ok(request)) => {
                     self.metrics.requests.with_label_values(&[route.label(), "subscribe"]).inc();
-                    let server = runtime.server.clone();
-                    drop(runtime);
+                    let server = table.server.clone();
+                    drop(table);
                     if let Err(e) = self.serve_subscription(session, &route, request, &server).await {
                         log::debug!("stream on {} ended: {e}", route.label());
                     }
@@ -143,7 +143,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let trusted = &self.runtime.load().server.trusted_proxies;
+            let trusted = &self.table.load().server.trusted_proxies;
             let f = client::forwarding(peer, &upstream_request.headers, trusted);
             upstream_request.insert_header("x-forwarded-for", f.forwarded_for)?;
             upstream_request.insert_header("x-forwarded-proto", f.forwarded_proto)?;

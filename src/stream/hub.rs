@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use crate::poll::compute::Compute;
 use crate::poll::key::{PollRequest, TopicKey};
 use crate::poll::poller;
-use crate::proxy::routing::{Route, Runtime};
+use crate::route_table::{Route, RouteTable};
 use crate::stream::event::ErrorEvent;
 use pingora::connectors::http::Connector;
 use std::collections::HashMap;
@@ -200,11 +200,11 @@ impl Hub {
     /// is closed; so is one whose sharing rules changed (`share` or `vary`), so that its
     /// subscribers resubscribe under the new rules. Every other topic follows its new route
     /// (upstream and its servers, interval, limits, diff options) without a disconnection.
-    pub fn reconcile(&self, runtime: &Runtime) {
+    pub fn reconcile(&self, table: &RouteTable) {
         let topics: Vec<Arc<Topic>> = self.table().topics.values().cloned().collect();
         for topic in topics {
             let old = topic.route();
-            let closing = match runtime.routes.iter().find(|r| r.label() == topic.key.route) {
+            let closing = match table.routes.iter().find(|r| r.label() == topic.key.route) {
                 Some(new) if same_key(&old, new) => {
                     topic.set_route(new.clone());
                     continue;

@@ -6,7 +6,7 @@ use crate::diff::{Delta, DiffOptions, Wanted};
 use crate::poll::compute::{DiffJob, Diffed};
 use crate::poll::fetch::Validators;
 use crate::poll::key::{PollRequest, TopicKey};
-use crate::proxy::routing::Route;
+use crate::route_table::Route;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};

@@ -84,13 +84,13 @@ impl Route {
 
 /// Everything a request needs to be routed, as one immutable value.
 #[derive(Debug)]
-pub struct Runtime {
+pub struct RouteTable {
     pub server: ServerSettings,
     pub routes: Vec<Arc<Route>>,
 }
 
-impl Runtime {
-    pub fn new(config: &Config) -> Runtime {
+impl RouteTable {
+    pub fn new(config: &Config) -> RouteTable {
         let upstreams: HashMap<_, _> = config
             .upstreams
             .iter()
@@ -117,7 +117,7 @@ impl Runtime {
                 })
             })
             .collect();
-        Runtime { server: config.server.clone(), routes }
+        RouteTable { server: config.server.clone(), routes }
     }
 
     /// The first route whose pattern matches `path`.
@@ -136,7 +136,7 @@ mod tests {
             "upstreams: {a: {servers: ['127.0.0.1:1', '127.0.0.1:2']}}\nroutes:\n  - {match: '/x/{id}', upstream: a, stream: {}}\n  - {match: /*, upstream: a}\n",
         )
         .unwrap();
-        let rt = Runtime::new(&config);
+        let rt = RouteTable::new(&config);
         assert!(rt.route("/x/1").unwrap().stream.is_some());
         assert!(rt.route("/x/1/2").unwrap().stream.is_none());
         let u = &rt.routes[0].upstream;

@@ -2,9 +2,9 @@
 //! validated off to the side, and swapped in atomically; anything wrong keeps the running
 //! configuration.
 
-use super::{parse_config, Config, ServerSettings};
+use crate::config::{parse_config, Config, ConfigErrors, ServerSettings};
 use crate::metrics::Metrics;
-use crate::proxy::routing::Runtime;
+use crate::route_table::RouteTable;
 use crate::stream::hub::Hub;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -27,7 +27,7 @@ pub enum ReloadError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("{0}")]
-    Invalid(super::ConfigErrors),
+    Invalid(ConfigErrors),
     #[error("{0}; restart unpoll to change it (nothing in this file was applied)")]
     NeedsRestart(String),
 }
@@ -62,7 +62,7 @@ pub struct Reloader {
     pub path: PathBuf,
     /// Watch the file (else reload on SIGHUP only).
     pub watch: bool,
-    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub table: Arc<ArcSwap<RouteTable>>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
 }
@@ -76,13 +76,13 @@ impl Reloader {
     /// Parses, validates and applies `text`; on any problem the running configuration stays.
     pub fn apply(&self, text: &str) -> Result<(), ReloadError> {
         let config: Config = parse_config(text).map_err(ReloadError::Invalid)?;
-        let running = self.runtime.load();
+        let running = self.table.load();
         if let Some(what) = restart_needed(&running.server, &config.server) {
             return Err(ReloadError::NeedsRestart(what));
         }
-        let next = Arc::new(Runtime::new(&config));
+        let next = Arc::new(RouteTable::new(&config));
         self.metrics.prepare(&config);
-        self.runtime.store(next.clone());
+        self.table.store(next.clone());
         self.hub.reconcile(&next);
         Ok(())
     }
