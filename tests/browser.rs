@@ -112,7 +112,7 @@ async fn every_panel_of_the_demo_shows_patches_in_a_real_browser() {
         next_id += 1;
         (next_id, Message::text(json!({"id": next_id, "method": method, "params": params}).to_string()))
     };
-    let (_, enable) = call("RouteTable.enable", json!({}));
+    let (_, enable) = call("Runtime.enable", json!({}));
     tab.send(enable).await.unwrap();
     let mut problems: Vec<String> = Vec::new();
     let mut seen = Value::Null;
@@ -122,7 +122,7 @@ async fn every_panel_of_the_demo_shows_patches_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let expression = "JSON.stringify({seen: window.unpollDemo && window.unpollDemo.seen, \
             charts: document.querySelectorAll('#bytes-chart polyline, #requests-chart polyline').length})";
-        let (id, ask) = call("RouteTable.evaluate", json!({"expression": expression, "returnByValue": true}));
+        let (id, ask) = call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true}));
         tab.send(ask).await.unwrap();
         // Read until the answer, noting script errors the page reports meanwhile.
         loop {
@@ -133,8 +133,8 @@ async fn every_panel_of_the_demo_shows_patches_in_a_real_browser() {
             };
             let msg: Value = serde_json::from_str(&text).unwrap();
             match msg["method"].as_str() {
-                Some("RouteTable.exceptionThrown") => problems.push(msg["params"]["exceptionDetails"].to_string()),
-                Some("RouteTable.consoleAPICalled") if msg["params"]["type"] == "error" => {
+                Some("Runtime.exceptionThrown") => problems.push(msg["params"]["exceptionDetails"].to_string()),
+                Some("Runtime.consoleAPICalled") if msg["params"]["type"] == "error" => {
                     problems.push(msg["params"]["args"].to_string())
                 }
                 _ => {}
