@@ -4,7 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
 use unpoll::config::StreamSettings;
-use unpoll::stream::encode::{encode, Protocol};
+use unpoll::wire::encode::{encode, Protocol};
 
 /// A document of about `bytes` bytes: an array of small records.
 fn document(bytes: usize) -> Value {
@@ -76,7 +76,7 @@ fn topic_key(c: &mut Criterion) {
     headers.insert("user-agent", "Mozilla/5.0".parse().unwrap());
     c.bench_function("TopicKey derivation", |b| {
         b.iter(|| {
-            unpoll::poll::key::derive(
+            unpoll::topic::key::derive(
                 "/orders/{id}",
                 &settings,
                 "/orders/42",

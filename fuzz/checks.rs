@@ -66,7 +66,7 @@ pub fn client_request(data: &[u8]) {
         assert!(normal.split('/').all(|s| s != "." && s != ".."), "a dot segment survived: {normal}");
     }
     let _ = unpoll::proxy::subscribe::classify(&head, &settings);
-    let (_, poll, _) = unpoll::poll::key::derive("/r", &settings, head.uri.path(), head.uri.query(), &head.headers);
+    let (_, poll, _) = unpoll::topic::key::derive("/r", &settings, head.uri.path(), head.uri.query(), &head.headers);
     let query = poll.target.split_once('?').map_or("", |(_, q)| q);
     for param in query.split('&') {
         let name = param.split_once('=').map_or(param, |(n, _)| n);
@@ -85,7 +85,7 @@ pub fn websocket_input(data: &[u8]) {
 /// An event id as clients send it back: parses or not, and a parsed one prints back the same.
 pub fn resume_id(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Some(id) = unpoll::stream::topic::ResumeId::parse(text) {
-        assert_eq!(unpoll::stream::topic::ResumeId::parse(&format!("{}-{}", id.epoch, id.version)), Some(id));
+    if let Some(id) = unpoll::wire::event::ResumeId::parse(text) {
+        assert_eq!(unpoll::wire::event::ResumeId::parse(&format!("{}-{}", id.epoch, id.version)), Some(id));
     }
 }

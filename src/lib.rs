@@ -6,30 +6,56 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the YAML configuration: model, validation (every problem with its key path),
-//!   durations and route patterns, and what the host allows ([`config::host`]: the open-files
-//!   limit behind `max_connections`). It imports nothing else of the crate.
-//! - [`route_table`]: the routes and upstreams in force, compiled from a configuration and read
-//!   lock-free (arc-swap); server selection and each upstream's connection-reuse state.
+//! One room per stage of the flow. Imports point one way: each room uses only rooms below it
+//! in this table (read from the code's `use crate::` lines):
+//!
+//! ```text
+//! server       admin config metrics proxy reload route_table systemd topic
+//! proxy        config metrics pool route_table stream sys topic wire
+//! stream       config metrics sys topic wire
+//! reload       config metrics route_table topic
+//! topic        config diff metrics pool route_table sys wire
+//! wire         config diff
+//! diff         config
+//! route_table  config pool
+//! pool         config sys
+//! admin        metrics
+//! metrics      config
+//! demo         config
+//! config, sys, systemd: nothing of the crate
+//! ```
+//!
+//! - [`server`]: assembles the pingora server, the admin listener and reload (and the
+//!   graceful-upgrade hand-over). [`main`](../unpoll/index.html) is a thin CLI over it.
+//! - [`proxy`]: the pingora `ProxyHttp` implementation: decides and dispatches. It normalises
+//!   the path ([`proxy::path`]), routes each request and either serves it as a subscription
+//!   ([`proxy::subscribe`] classifies, [`proxy::detach`] takes the socket out of pingora) or
+//!   lets pingora proxy it unchanged; who the client is for per-client limits
+//!   ([`proxy::client`]); the connection limit and the request-head guard.
+//! - [`stream`]: delivery to one subscriber: its queue and counters ([`stream::delivery`]),
+//!   the SSE and WebSocket handlers, and the lean socket they write to.
+//! - [`topic`]: the shared poll. Which subscribers share one ([`topic::key`], the
+//!   security-critical part), the [`topic::hub`] of live topics, each topic's document and
+//!   history ([`topic::state`]), where its events come from ([`topic::feed`]: its own poll
+//!   loop, [`topic::poller`], which fetches with [`topic::fetch`]; cluster mode plugs in
+//!   there), and the diff threads ([`topic::compute`]).
 //! - [`reload`]: live reload: file watch and SIGHUP, validated off to the side, swapped
-//!   atomically, restart-only changes refused.
-//! - [`proxy`]: the pingora `ProxyHttp` implementation. It normalises the path
-//!   ([`proxy::path`]), routes each request and either serves it as a subscription or lets
-//!   pingora proxy it unchanged; who the client is for per-client limits ([`proxy::client`]);
-//!   the connection limit and the request-head guard (deadline and size).
-//! - [`pool`]: which requests may share a pooled upstream connection, and the checks that keep
-//!   a broken upstream's stray bytes from reaching another request.
-//! - [`poll`]: which subscribers share a poll ([`poll::key`], the security-critical part), the
-//!   upstream GET, the poll loop with backoff and linger, and the diff threads
-//!   ([`poll::compute`]) that parse and diff off the async workers.
-//! - [`diff`]: pure JSON diffing into RFC 6902 and RFC 7396 patches, with the size gate and the
-//!   work budget.
-//! - [`stream`]: the hub of topics, history for resume, event encoding (once per protocol and
-//!   format), and the SSE and WebSocket handlers.
+//!   atomically (the route table, then the live topics), restart-only changes refused.
+//! - [`wire`]: events and their encodings, made once per protocol and format.
+//! - [`diff`]: pure JSON diffing into RFC 6902 and RFC 7396 patches, with the size gate and
+//!   the work budget.
+//! - [`route_table`]: the routes and upstreams in force, compiled from a configuration and
+//!   read lock-free (arc-swap); server selection and each upstream's connection-reuse state.
+//! - [`pool`]: which requests may share a pooled upstream connection, and the checks that
+//!   keep a broken upstream's stray bytes from reaching another request.
 //! - [`metrics`]: every Prometheus metric; [`admin`] serves them on a listener of its own.
-//! - [`server`]: assembles the pingora server (and the graceful-upgrade hand-over);
-//!   [`demo`]: the self-contained demo; [`systemd`]: readiness for `Type=notify` units;
-//!   [`sys`]: the system calls that need `unsafe`, the only place that may use it.
+//! - [`config`]: the YAML configuration: model, validation (every problem with its key path),
+//!   durations and route patterns, and what the host allows ([`config::host`]). It imports
+//!   nothing else of the crate.
+//! - [`sys`]: the system calls that need `unsafe`, the only place that may use it;
+//!   [`systemd`]: readiness for `Type=notify` units; [`demo`]: the self-contained demo.
+//!
+//! `docs/architecture.md` follows one request and one event through these rooms.
 //!
 //! Outside `src/`: `tests/` (integration tests against the real binary; `tests/support/` has
 //! the scripted upstream, the launcher and the clients), `fuzz/` (cargo-fuzz targets and their
@@ -42,7 +68,6 @@ pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod metrics;
-pub mod poll;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
@@ -51,3 +76,5 @@ pub mod server;
 pub mod stream;
 pub mod sys;
 pub mod systemd;
+pub mod topic;
+pub mod wire;

@@ -5,7 +5,7 @@
 use crate::config::{parse_config, Config, ConfigErrors, ServerSettings};
 use crate::metrics::Metrics;
 use crate::route_table::RouteTable;
-use crate::stream::hub::Hub;
+use crate::topic::hub::Hub;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;

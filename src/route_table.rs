@@ -82,6 +82,29 @@ impl Route {
     }
 }
 
+/// A stream route: a route whose stream settings are there, which is what a topic follows.
+#[derive(Debug, Clone)]
+pub struct StreamRoute {
+    pub route: Arc<Route>,
+    pub stream: Arc<StreamSettings>,
+}
+
+impl StreamRoute {
+    /// `route` as a stream route, if it is one.
+    pub fn of(route: &Arc<Route>) -> Option<StreamRoute> {
+        Some(StreamRoute { route: route.clone(), stream: route.stream.clone()? })
+    }
+
+    /// The route's label in metrics and logs.
+    pub fn label(&self) -> &str {
+        self.route.label()
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.route.upstream
+    }
+}
+
 /// Everything a request needs to be routed, as one immutable value.
 #[derive(Debug)]
 pub struct RouteTable {

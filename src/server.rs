@@ -8,7 +8,8 @@ use crate::proxy::connections::{Connections, Limited};
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::route_table::RouteTable;
-use crate::stream::hub::Hub;
+use crate::topic::hub::Hub;
+use crate::topic::poller::Poller;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -116,7 +117,8 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     let metrics = Arc::new(Metrics::new());
     metrics.prepare(config);
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::new(config)));
-    let hub = Arc::new(Hub::new(metrics.clone(), rx.clone(), config.server.diff_threads));
+    let poller = Poller::new(metrics.clone(), rx.clone(), config.server.diff_threads);
+    let hub = Arc::new(Hub::new(metrics.clone(), Arc::new(poller)));
     if let Some(from) = reload {
         let reloader = Reloader {
             path: from.path,

@@ -190,18 +190,11 @@ pub struct StreamSettings {
     pub diff_budget: usize,
 }
 
-impl StreamSettings {
-    /// The diff options of this stream.
-    pub fn diff_options(&self) -> crate::diff::DiffOptions {
-        crate::diff::DiffOptions {
-            array_id: self.array_id.clone(),
-            max_patch_ratio: self.max_patch_ratio,
-            patch_floor: self.patch_floor,
-            budget: self.diff_budget,
-        }
-    }
-}
-
+/// The default `stream.patch_floor`, in bytes: a change of one or two fields of a small
+/// document (`[{"op":"replace","path":"/status","value":"shipped"}]` is 53).
+pub const DEFAULT_PATCH_FLOOR: usize = 64;
+/// The default `stream.diff_budget`: some tens of milliseconds of work.
+pub const DEFAULT_DIFF_BUDGET: usize = 2_000_000;
 pub const DEFAULT_VARY: [&str; 2] = ["authorization", "cookie"];
 /// Query parameters starting with this prefix belong to unpoll: they are stripped before the
 /// upstream request and never part of a topic.
@@ -231,8 +224,8 @@ impl Default for StreamSettings {
             respect_cache_control: false,
             array_id: None,
             max_patch_ratio: 1.0,
-            patch_floor: crate::diff::DEFAULT_PATCH_FLOOR,
-            diff_budget: crate::diff::DEFAULT_BUDGET,
+            patch_floor: DEFAULT_PATCH_FLOOR,
+            diff_budget: DEFAULT_DIFF_BUDGET,
         }
     }
 }

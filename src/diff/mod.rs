@@ -3,7 +3,7 @@
 pub mod json_patch;
 pub mod merge_patch;
 
-use crate::config::Format;
+use crate::config::{Format, StreamSettings, DEFAULT_DIFF_BUDGET, DEFAULT_PATCH_FLOOR};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -36,16 +36,26 @@ pub struct DiffOptions {
     pub budget: usize,
 }
 
-/// The default `stream.patch_floor`, in bytes: a change of one or two fields of a small
-/// document (`[{"op":"replace","path":"/status","value":"shipped"}]` is 53).
-pub const DEFAULT_PATCH_FLOOR: usize = 64;
-
-/// The default `stream.diff_budget`: some tens of milliseconds of work.
-pub const DEFAULT_BUDGET: usize = 2_000_000;
-
 impl Default for DiffOptions {
     fn default() -> Self {
-        DiffOptions { array_id: None, max_patch_ratio: 1.0, patch_floor: DEFAULT_PATCH_FLOOR, budget: DEFAULT_BUDGET }
+        DiffOptions {
+            array_id: None,
+            max_patch_ratio: 1.0,
+            patch_floor: DEFAULT_PATCH_FLOOR,
+            budget: DEFAULT_DIFF_BUDGET,
+        }
+    }
+}
+
+impl DiffOptions {
+    /// The diff options of a stream route.
+    pub fn of(settings: &StreamSettings) -> DiffOptions {
+        DiffOptions {
+            array_id: settings.array_id.clone(),
+            max_patch_ratio: settings.max_patch_ratio,
+            patch_floor: settings.patch_floor,
+            budget: settings.diff_budget,
+        }
     }
 }
 

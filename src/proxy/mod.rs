@@ -11,16 +11,16 @@ pub mod subscribe;
 
 use crate::config::{ServerSettings, CREDENTIAL_HEADERS};
 use crate::metrics::Metrics;
-use crate::poll::key;
 use crate::pool::{self, Distrust};
-use crate::route_table::{Route, RouteTable};
+use crate::route_table::{Route, RouteTable, StreamRoute};
 use crate::stream::delivery::Delivery;
 use crate::stream::downstream::{self, Downstream};
-use crate::stream::encode::Protocol;
-use crate::stream::hub::Hub;
-use crate::stream::hub::{Limits, Refused};
 use crate::stream::{sse, ws};
 use crate::sys;
+use crate::topic::hub::Hub;
+use crate::topic::hub::{Limits, Refused};
+use crate::topic::key;
+use crate::wire::encode::Protocol;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -97,8 +97,8 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(route.clone());
-        if let Some(settings) = &route.stream {
-            match subscribe::classify(session.req_header(), settings) {
+        if let Some(stream_route) = StreamRoute::of(&route) {
+            match subscribe::classify(session.req_header(), &stream_route.stream) {
                 None => {}
                 Some(Err(reject)) => {
                     self.metrics.rejected.with_label_values(&[reject.reason]).inc();
@@ -109,7 +109,7 @@ impl ProxyHttp for Gateway {
                     self.metrics.requests.with_label_values(&[route.label(), "subscribe"]).inc();
                     let server = table.server.clone();
                     drop(table);
-                    if let Err(e) = self.serve_subscription(session, &route, request, &server).await {
+                    if let Err(e) = self.serve_subscription(session, &stream_route, request, &server).await {
                         log::debug!("stream on {} ended: {e}", route.label());
                     }
                     return Ok(true);
@@ -224,16 +224,16 @@ impl Gateway {
     async fn serve_subscription(
         &self,
         session: &mut Session,
-        route: &Arc<Route>,
+        route: &StreamRoute,
         request: SubscribeRequest,
         server: &ServerSettings,
     ) -> pingora::Result<()> {
         let write_timeout = server.write_timeout;
-        let settings = route.stream.clone().expect("subscriptions exist only on stream routes");
+        let settings = &route.stream;
         let req = session.req_header();
         // HTTP/1.0 knows no chunked bodies: its SSE stream ends by closing.
         let http10 = req.version == http::Version::HTTP_10;
-        let (key, poll, _) = key::derive(route.label(), &settings, req.uri.path(), req.uri.query(), &req.headers);
+        let (key, poll, _) = key::derive(route.label(), settings, req.uri.path(), req.uri.query(), &req.headers);
         let limits = Limits {
             subscribers: server.max_subscribers,
             topics: server.max_topics,
@@ -267,8 +267,7 @@ impl Gateway {
             let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
             ws::handshake_response(key, request.subprotocol)
         });
-        let delivery =
-            Delivery::new(sub, request.protocol, request.format, settings.queue_bytes, route.label(), &self.metrics);
+        let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics);
         let Some(stream) = detach::detach(session) else {
             let reject =
                 Reject { status: 400, reason: "bad_request", message: "streams are served over HTTP/1.1".to_string() };
@@ -276,7 +275,7 @@ impl Gateway {
         };
         // The stream is served from its own task, so pingora's state for this request is freed.
         let (stream, id) = downstream::lean(stream);
-        let hold = self.connections.hold(id);
+        let hold = Box::new(self.connections.hold(id));
         let down = Downstream::new(stream, hold, write_timeout);
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();

@@ -1,9 +1,9 @@
 //! Deciding whether a request is a subscription, and validating it. Pure: no I/O.
 
 use crate::config::{Format, StreamSettings};
-use crate::poll::key::split_query;
-use crate::stream::encode::Protocol;
-use crate::stream::topic::ResumeId;
+use crate::topic::key::split_query;
+use crate::wire::encode::Protocol;
+use crate::wire::event::ResumeId;
 use http::{HeaderMap, Method, Version};
 use pingora::http::RequestHeader;
 

@@ -7,12 +7,12 @@
 //! current snapshot, so a slow client never makes the proxy hold more for it and converges
 //! without replaying every step.
 
-use super::encode::Protocol;
-use super::event::Kind;
-use super::hub::Subscription;
-use super::topic::Msg;
 use crate::config::Format;
 use crate::metrics::Metrics;
+use crate::topic::hub::Subscription;
+use crate::wire::encode::Protocol;
+use crate::wire::event::Kind;
+use crate::wire::event::Msg;
 use bytes::{Bytes, BytesMut};
 use prometheus::{IntCounter, IntGauge};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,28 +48,15 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(
-        sub: Subscription,
-        protocol: Protocol,
-        format: Format,
-        queue_bytes: usize,
-        route: &str,
-        metrics: &Metrics,
-    ) -> Delivery {
+    pub fn new(sub: Subscription, protocol: Protocol, queue_bytes: usize, route: &str, metrics: &Metrics) -> Delivery {
         let p = protocol.name();
         let gauge = metrics.subscribers.with_label_values(&[route, p]);
         gauge.inc();
-        let published = match sub.topic.upgrade() {
-            Some(topic) => {
-                topic.reading(format);
-                topic.published.clone()
-            }
-            None => Arc::default(),
-        };
+        let published = sub.topic.upgrade().map_or_else(Arc::default, |topic| topic.published.clone());
         Delivery {
+            format: sub.format,
             sub,
             protocol,
-            format,
             queue_bytes: queue_bytes as u64,
             published,
             delivered: 0,
@@ -197,8 +184,5 @@ fn next(bytes: Bytes, end: bool, going_away: Option<&'static str>) -> Next {
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.gauge.dec();
-        if let Some(topic) = self.sub.topic.upgrade() {
-            topic.stopped_reading(self.format);
-        }
     }
 }

@@ -4,7 +4,6 @@
 //! open stream holds only its socket, its place in the topic's queue and a small task.
 //! Responses are written here as raw HTTP/1.1.
 
-use crate::proxy::connections::Hold;
 use pingora::protocols::Stream;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -59,14 +58,15 @@ impl WriteFailed {
 }
 
 pub struct Downstream {
-    /// Keeps the connection counted; released before the stream closes (fields drop in order).
-    _hold: Hold,
+    /// Whatever keeps the connection counted (the connection limit's hold): released before
+    /// the stream closes (fields drop in order).
+    _hold: Box<dyn Send + Sync>,
     stream: Socket,
     write_timeout: Duration,
 }
 
 impl Downstream {
-    pub fn new(stream: Socket, hold: Hold, write_timeout: Duration) -> Downstream {
+    pub fn new(stream: Socket, hold: Box<dyn Send + Sync>, write_timeout: Duration) -> Downstream {
         Downstream { _hold: hold, stream, write_timeout }
     }
 

@@ -1,10 +1,7 @@
-//! Fan-out: the hub of topics, event encoding, and the SSE and WebSocket stream handlers.
+//! Delivery to subscribers: each one's queue and counters ([`delivery`]), the SSE and
+//! WebSocket handlers, and the client's socket once taken out of pingora ([`downstream`]).
 
 pub mod delivery;
 pub mod downstream;
-pub mod encode;
-pub mod event;
-pub mod hub;
 pub mod sse;
-pub mod topic;
 pub mod ws;

@@ -3,7 +3,7 @@
 
 use super::delivery::{Delivery, Next};
 use super::downstream::{Downstream, WriteFailed};
-use super::encode::{unchunk, SSE_END, SSE_KEEPALIVE, SSE_PREAMBLE};
+use crate::wire::encode::{unchunk, SSE_END, SSE_KEEPALIVE, SSE_PREAMBLE};
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 use tokio::sync::watch;

@@ -6,6 +6,7 @@ use crate::pool::{self, Distrust, Plan};
 use crate::route_table::Upstream;
 use crate::sys::{self, Pending};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use http::HeaderMap;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -51,6 +52,42 @@ const IDLE_POOL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_STALE: usize = 4;
 /// Informational answers (`100`, `103 Early Hints`) skipped before a poll gives up.
 const MAX_INFORMATIONAL: usize = 8;
+
+/// How a poll loop fetches: over HTTP ([`HttpFetch`]), or from a script in the poll loop's
+/// own tests.
+pub trait Fetch: Send + Sync {
+    /// Polls `request` on `upstream`, conditionally on `validators`.
+    fn fetch<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+        request: &'a PollRequest,
+        validators: &'a Validators,
+    ) -> BoxFuture<'a, Fetched>;
+}
+
+/// Polls through pingora's pooled HTTP connector ([`fetch`]).
+pub struct HttpFetch {
+    connector: Connector,
+    /// `unpoll_upstream_reuse_refused_total`.
+    refused: IntCounterVec,
+}
+
+impl HttpFetch {
+    pub fn new(refused: IntCounterVec) -> HttpFetch {
+        HttpFetch { connector: Connector::new(None), refused }
+    }
+}
+
+impl Fetch for HttpFetch {
+    fn fetch<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+        request: &'a PollRequest,
+        validators: &'a Validators,
+    ) -> BoxFuture<'a, Fetched> {
+        Box::pin(fetch(&self.connector, upstream, request, validators, &self.refused))
+    }
+}
 
 /// Polls `request` on the next server of `upstream`. Connections that cannot be trusted with
 /// another request are counted in `refused` (see [`crate::pool`]).

@@ -7,7 +7,38 @@ use crate::diff::Delta;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use serde_json::json;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+/// What a subscriber's queue carries.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// A new version, sent as a patch where the subscriber's format has one.
+    Event(Arc<Event>),
+    /// A version sent whole (first event, resynchronisation).
+    Snapshot(Arc<Event>),
+    Error(Arc<ErrorEvent>),
+}
+
+/// A resume point given by a client: `<epoch>-<version>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeId {
+    pub epoch: String,
+    pub version: u64,
+}
+
+impl ResumeId {
+    /// Parses an event id: an alphanumeric epoch, `-`, and a decimal version.
+    pub fn parse(id: &str) -> Option<ResumeId> {
+        let (epoch, version) = id.trim().split_once('-')?;
+        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        if version.is_empty() || version.len() > 20 || !version.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(ResumeId { epoch: epoch.to_string(), version: version.parse().ok()? })
+    }
+}
 
 /// What a subscriber receives for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +192,15 @@ impl ErrorEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::encode::chunk;
+    use crate::wire::encode::chunk;
+
+    #[test]
+    fn resume_ids_parse() {
+        assert_eq!(ResumeId::parse("9f2c-12"), Some(ResumeId { epoch: "9f2c".into(), version: 12 }));
+        for bad in ["", "12", "-1", "x-", "x-1.5", "x--1", "a-b-3", "x-+1", "é-1", "x-99999999999999999999999"] {
+            assert_eq!(ResumeId::parse(bad), None, "{bad}");
+        }
+    }
 
     fn event(json_patch: Option<&'static [u8]>) -> Event {
         let delta = Delta {

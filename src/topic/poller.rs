@@ -15,57 +15,70 @@
 //! A topic has one loop, so it never has more than one poll in flight; the upstream's
 //! `max_concurrent_polls` bounds the polls of all its topics together.
 
-use super::compute::{BodyError, MAX_DEPTH};
-use super::fetch::{fetch, Fetched, Validators};
-use crate::stream::event::ErrorEvent;
-use crate::stream::hub::Hub;
-use crate::stream::topic::{Applied, Outcome, Topic};
+use super::compute::{BodyError, Compute, MAX_DEPTH};
+use super::feed::{Feed, Retire, Stopped};
+use super::fetch::{Fetch, Fetched, HttpFetch, Validators};
+use super::state::{Applied, Outcome, Topic};
+use crate::metrics::Metrics;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
 /// The longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
-/// Runs a topic's poll loop; if it panics, the topic is retired: its subscribers are told
-/// (`internal_error`, and the streams end so that clients reconnect to a new topic) and it no
-/// longer counts against `max_topics`.
-pub async fn supervise(hub: Arc<Hub>, topic: Arc<Topic>, poll_loop: impl Future<Output = ()>) {
-    if AssertUnwindSafe(poll_loop).catch_unwind().await.is_err() {
-        log::error!("topic {} {}: its poll loop failed; the topic is retired", topic.key.route, topic.key.target);
-        hub.remove(&topic);
-        topic.close(ErrorEvent::going_away(
-            500,
-            "internal_error",
-            "the proxy could not poll this resource; reconnect to try again",
-            "internal error",
-        ));
+/// A topic's own poll loop, as its [`Feed`]: what every loop needs from around it.
+pub struct Poller {
+    pub fetch: Arc<dyn Fetch>,
+    /// The diff threads (`server.diff_threads`).
+    pub compute: Compute,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Poller {
+    /// Polls over HTTP and diffs on at most `diff_threads` threads at once.
+    pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>, diff_threads: usize) -> Poller {
+        Poller {
+            fetch: Arc::new(HttpFetch::new(metrics.reuse_refused.clone())),
+            compute: Compute::new(diff_threads, &metrics),
+            metrics,
+            shutdown,
+        }
     }
 }
 
-/// Runs until the topic is idle for `linger`, the upstream refuses it for good, or shutdown.
-pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
+impl Feed for Poller {
+    fn run(self: Arc<Self>, topic: Arc<Topic>, retire: Arc<dyn Retire>) -> BoxFuture<'static, Stopped> {
+        Box::pin(async move { run(&self, &topic, &*retire).await })
+    }
+}
+
+/// Runs until the topic is idle for `linger` (and `retire` removed it), the upstream refuses
+/// it for good, the topic is closed, or shutdown; says which.
+pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire) -> Stopped {
     let route = topic.key.route.clone();
-    let mut shutdown = hub.shutdown.clone();
+    let metrics = &poller.metrics;
+    let mut shutdown = poller.shutdown.clone();
     let mut failures: u32 = 0;
     let mut first = true;
     log::debug!("topic {} {} starts (epoch {})", route, topic.key.target, topic.epoch);
     loop {
         if topic.is_closed() {
-            hub.remove(&topic);
-            return;
+            return Stopped::Closed;
         }
         // The route as the configuration has it now: a reload changes interval, upstream
         // servers, limits and diff options of live topics.
         let current = topic.route();
-        let settings = current.stream.clone().expect("topics exist only on stream routes");
-        let upstream = current.upstream.clone();
-        let in_flight = hub.metrics.polls_in_flight.with_label_values(&[&upstream.name]);
-        let waits = hub.metrics.poll_waits.with_label_values(&[&upstream.name]);
+        let settings = &current.stream;
+        let upstream = current.upstream();
+        let in_flight = metrics.polls_in_flight.with_label_values(&[&upstream.name]);
+        let waits = metrics.poll_waits.with_label_values(&[&upstream.name]);
         let started = Instant::now();
         let permit = match upstream.polls.try_acquire() {
             Ok(p) => p,
@@ -73,16 +86,13 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
                 waits.inc();
                 tokio::select! {
                     p = upstream.polls.acquire() => p.expect("the semaphore is never closed"),
-                    _ = shutdown.changed() => {
-                        hub.remove(&topic);
-                        return;
-                    }
+                    _ = shutdown.changed() => return Stopped::Shutdown,
                 }
             }
         };
         in_flight.inc();
         let validators = topic.validators();
-        let poll = fetch(&hub.connector, &upstream, &topic.request, &validators, &hub.metrics.reuse_refused);
+        let poll = poller.fetch.fetch(upstream, &topic.request, &validators);
         // A panic inside the HTTP client (an answer it cannot read) is a failed poll, not a
         // dead topic.
         let fetched = AssertUnwindSafe(poll).catch_unwind().await.unwrap_or(Fetched::Unreadable);
@@ -91,10 +101,10 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
         let (polled, mut label, hint) = classify(fetched);
         let applied = match polled {
             Polled::Body { body, validators, json } => match topic.prepare(body, validators, json) {
-                Ok(job) => match hub.compute.run(job.body.len(), move || job.run()).await {
+                Ok(job) => match poller.compute.run(job.body.len(), move || job.run()).await {
                     Ok(diffed) => {
                         if diffed.change.as_ref().is_some_and(|d| d.cut_short) {
-                            hub.metrics.diff_exhausted.with_label_values(&[&route]).inc();
+                            metrics.diff_exhausted.with_label_values(&[&route]).inc();
                         }
                         topic.commit(diffed)
                     }
@@ -114,10 +124,9 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
             (Applied::Equivalent, _) => "equivalent",
             (_, l) => l,
         };
-        hub.metrics.polls.with_label_values(&[&route, label]).inc();
+        metrics.polls.with_label_values(&[&route, label]).inc();
         if applied == Applied::Terminal {
-            hub.remove(&topic);
-            break;
+            return Stopped::Terminal;
         }
         let mut delay = if applied == Applied::Failed {
             failures = failures.saturating_add(1);
@@ -135,7 +144,7 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
             first = false;
         }
         let mut next_poll = started + delay;
-        let mut scheduled_for = current;
+        let mut scheduled_for = current.clone();
         // Wait for the next poll, watching for the last subscriber to leave.
         loop {
             let idle_since = topic.idle_since();
@@ -148,35 +157,29 @@ pub async fn run(hub: Arc<Hub>, topic: Arc<Topic>) {
                 if topic.shared() || !brief { settings.linger } else { settings.linger.min(settings.linger_unshared) };
             let idle_deadline = idle_since.map(|t| t + linger);
             let now = Instant::now();
-            if idle_deadline.is_some_and(|d| d <= now) && hub.remove_if_idle(&topic) {
+            if idle_deadline.is_some_and(|d| d <= now) && retire.retire_if_idle(topic) {
                 log::debug!("topic {} {} stops: no subscribers", route, topic.key.target);
-                return;
+                return Stopped::Idle;
             }
             let uncount_at = idle_since.filter(|_| topic.counted()).map(|t| t + settings.linger_unshared);
             if uncount_at.is_some_and(|d| d <= now) {
-                hub.uncount(&topic);
+                retire.uncount(topic);
             }
             let until =
                 [idle_deadline, uncount_at.filter(|d| *d > now)].into_iter().flatten().fold(next_poll, Instant::min);
             tokio::select! {
                 _ = sleep_until(until) => {}
                 _ = topic.wake.notified() => {}
-                _ = shutdown.changed() => {
-                    hub.remove(&topic);
-                    return;
-                }
+                _ = shutdown.changed() => return Stopped::Shutdown,
             }
             if topic.is_closed() {
-                hub.remove(&topic);
-                return;
+                return Stopped::Closed;
             }
             // A reload changed the route: a healthy topic moves to the new interval at once.
             let latest = topic.route();
             if !Arc::ptr_eq(&latest, &scheduled_for) {
                 if applied != Applied::Failed {
-                    if let Some(s) = &latest.stream {
-                        next_poll = started + s.interval;
-                    }
+                    next_poll = started + latest.stream.interval;
                 }
                 scheduled_for = latest;
             }
@@ -286,39 +289,6 @@ mod tests {
         let (outcome, label, _) = classify(Fetched::Unreadable);
         assert_eq!(label, "unreadable");
         assert!(matches!(outcome, Polled::Settled(Outcome::Failed { status: 502, error: "upstream_unreadable", .. })));
-    }
-
-    #[tokio::test]
-    async fn a_poll_loop_that_panics_retires_its_topic_and_tells_subscribers() {
-        use crate::config::Format;
-        use crate::route_table::RouteTable;
-        use crate::stream::hub::Limits;
-        use crate::stream::topic::Msg;
-        let config = crate::config::parse_config(
-            "upstreams: {a: {servers: ['127.0.0.1:9']}}\nroutes: [{match: /x, upstream: a, stream: {interval: 1h}}]\n",
-        )
-        .unwrap();
-        let table = RouteTable::new(&config);
-        let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let hub = Arc::new(Hub::new(Arc::default(), shutdown, 1));
-        let route = table.routes[0].clone();
-        let settings = route.stream.clone().unwrap();
-        let (key, poll, _) = crate::poll::key::derive("/x", &settings, "/x", None, &Default::default());
-        let limits = Limits { subscribers: 10, topics: 10, per_topic: 10, per_client: 10 };
-        let mut sub = hub.subscribe(key, poll, &route, None, Format::JsonPatch, limits, None).ok().unwrap();
-        let topic = sub.topic.upgrade().unwrap();
-        assert_eq!(hub.len(), 1);
-        supervise(hub.clone(), topic, async { panic!("a bug") }).await;
-        assert!(hub.is_empty(), "the topic no longer counts against max_topics");
-        loop {
-            match sub.rx.recv().await.expect("a message before the end") {
-                Msg::Error(e) if e.error == "internal_error" => {
-                    assert!(e.terminal && e.going_away.is_some(), "the stream ends");
-                    break;
-                }
-                _ => continue,
-            }
-        }
     }
 
     #[test]

@@ -1,19 +1,18 @@
 //! The hub: one [`Topic`] per [`TopicKey`], created by its first subscriber.
 
-use super::topic::{Msg, ResumeId, Topic, TopicMetrics};
+use super::feed::{self, Feed, Retire, Stopped};
+use super::key::{PollRequest, TopicKey};
+use super::state::{Topic, TopicMetrics};
 use crate::config::Format;
 use crate::metrics::Metrics;
-use crate::poll::compute::Compute;
-use crate::poll::key::{PollRequest, TopicKey};
-use crate::poll::poller;
-use crate::route_table::{Route, RouteTable};
-use crate::stream::event::ErrorEvent;
-use pingora::connectors::http::Connector;
+use crate::route_table::{RouteTable, StreamRoute};
+use crate::wire::event::ErrorEvent;
+use crate::wire::event::{Msg, ResumeId};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 /// The live topics, and who made them.
 #[derive(Default)]
@@ -28,16 +27,16 @@ pub struct Hub {
     table: Mutex<Table>,
     /// Open subscriptions, all topics together.
     total: Arc<AtomicUsize>,
-    pub connector: Connector,
-    /// The diff threads (`server.diff_threads`).
-    pub compute: Compute,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: watch::Receiver<bool>,
+    /// Where each new topic's events come from (its own poll loop, in one process).
+    feed: Arc<dyn Feed>,
+    metrics: Arc<Metrics>,
 }
 
 /// A subscriber's end of a topic. Dropping it counts the subscriber out.
 pub struct Subscription {
     pub topic: Weak<Topic>,
+    /// The format it reads, counted in the topic while it lasts.
+    pub format: Format,
     pub initial: Vec<Msg>,
     pub rx: broadcast::Receiver<Msg>,
     total: Arc<AtomicUsize>,
@@ -47,7 +46,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.total.fetch_sub(1, Ordering::SeqCst);
         if let Some(topic) = self.topic.upgrade() {
-            topic.leave();
+            topic.leave(self.format);
         }
     }
 }
@@ -88,16 +87,9 @@ impl Refused {
 }
 
 impl Hub {
-    /// A hub whose topics diff on at most `diff_threads` threads at once.
-    pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>, diff_threads: usize) -> Hub {
-        Hub {
-            table: Mutex::default(),
-            total: Arc::default(),
-            connector: Connector::new(None),
-            compute: Compute::new(diff_threads, &metrics),
-            metrics,
-            shutdown,
-        }
+    /// A hub whose topics are fed by `feed`.
+    pub fn new(metrics: Arc<Metrics>, feed: Arc<dyn Feed>) -> Hub {
+        Hub { table: Mutex::default(), total: Arc::default(), feed, metrics }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -106,13 +98,13 @@ impl Hub {
 
     /// Joins the topic for `key`, creating it (and polling at once) if it does not exist, on
     /// behalf of `client` (see `proxy::client`), against whom a new topic counts.
-    /// Must be called inside a tokio runtime: a new topic spawns its poller.
+    /// Must be called inside a tokio runtime: a new topic spawns its feed.
     #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         self: &Arc<Self>,
         key: TopicKey,
         request: PollRequest,
-        route: &Arc<Route>,
+        route: &StreamRoute,
         resume: Option<&ResumeId>,
         format: Format,
         limits: Limits,
@@ -133,36 +125,46 @@ impl Hub {
                 _ => {}
             }
             let topic = table.topics.entry(key.clone()).or_insert_with(|| {
-                let queue = route.stream.as_ref().map_or(1, |s| s.queue);
+                let queue = route.stream.queue;
                 let metrics = TopicMetrics {
                     history_bytes: self.metrics.history_bytes.with_label_values(&[&key.route]),
                     history_trimmed: self.metrics.history_trimmed.with_label_values(&[&key.route]),
                 };
-                let topic = Arc::new(Topic::new(key, route.clone(), request, queue, metrics, client));
+                let topic = Arc::new(Topic::new(key, Arc::new(route.clone()), request, queue, metrics, client));
                 if let Some(c) = client {
                     *table.creators.entry(c).or_insert(0) += 1;
                     self.metrics.topic_creators.set(table.creators.len() as i64);
                 }
                 self.metrics.topics.inc();
-                tokio::spawn(poller::supervise(self.clone(), topic.clone(), poller::run(self.clone(), topic.clone())));
+                tokio::spawn(self.clone().feed(topic.clone()));
                 topic
             });
-            topic.join();
+            topic.join(format);
             self.total.fetch_add(1, Ordering::SeqCst);
             topic.clone()
         };
         let (initial, rx) = topic.open(resume, format);
-        Ok(Subscription { topic: Arc::downgrade(&topic), initial, rx, total: self.total.clone() })
+        Ok(Subscription { topic: Arc::downgrade(&topic), format, initial, rx, total: self.total.clone() })
     }
 
-    /// Removes a topic if it still has no subscribers. Returns whether it was removed.
-    pub fn remove_if_idle(&self, topic: &Arc<Topic>) -> bool {
-        let mut table = self.table();
-        if topic.subscribers() > 0 {
-            return false;
+    /// Runs a topic's feed, and retires the topic when it stops.
+    async fn feed(self: Arc<Self>, topic: Arc<Topic>) {
+        let stopped = feed::supervise(self.feed.clone().run(topic.clone(), self.clone())).await;
+        match stopped {
+            // Removed already, in the same step that found it idle.
+            Stopped::Idle => {}
+            Stopped::Failed => {
+                log::error!("topic {} {}: its feed failed; the topic is retired", topic.key.route, topic.key.target);
+                self.remove(&topic);
+                topic.close(ErrorEvent::going_away(
+                    500,
+                    "internal_error",
+                    "the proxy could not poll this resource; reconnect to try again",
+                    "internal error",
+                ));
+            }
+            Stopped::Terminal | Stopped::Closed | Stopped::Shutdown => self.remove(&topic),
         }
-        self.remove_locked(&mut table, topic);
-        true
     }
 
     /// Removes a topic whatever its subscribers (terminal upstream status, shutdown).
@@ -177,12 +179,6 @@ impl Hub {
             self.metrics.topics.dec();
         }
         self.uncount_locked(table, topic);
-    }
-
-    /// Stops counting `topic` against the client that made it (it has been idle a while).
-    pub fn uncount(&self, topic: &Topic) {
-        let mut table = self.table();
-        self.uncount_locked(&mut table, topic);
     }
 
     fn uncount_locked(&self, table: &mut Table, topic: &Topic) {
@@ -204,9 +200,10 @@ impl Hub {
         let topics: Vec<Arc<Topic>> = self.table().topics.values().cloned().collect();
         for topic in topics {
             let old = topic.route();
-            let closing = match table.routes.iter().find(|r| r.label() == topic.key.route) {
-                Some(new) if same_key(&old, new) => {
-                    topic.set_route(new.clone());
+            let new = table.routes.iter().find(|r| r.label() == topic.key.route);
+            let closing = match new.map(StreamRoute::of) {
+                Some(Some(new)) if same_key(&old, &new) => {
+                    topic.set_route(Arc::new(new));
                     continue;
                 }
                 Some(_) => ErrorEvent::going_away(
@@ -237,11 +234,63 @@ impl Hub {
     }
 }
 
+impl Retire for Hub {
+    fn retire_if_idle(&self, topic: &Arc<Topic>) -> bool {
+        let mut table = self.table();
+        if topic.subscribers() > 0 {
+            return false;
+        }
+        self.remove_locked(&mut table, topic);
+        true
+    }
+
+    fn uncount(&self, topic: &Topic) {
+        let mut table = self.table();
+        self.uncount_locked(&mut table, topic);
+    }
+}
+
 /// Whether topics keyed under `old` may carry on under `new`: the same rules for which
 /// requests share a poll (and so which headers the poller sends).
-fn same_key(old: &Route, new: &Route) -> bool {
-    match (&old.stream, &new.stream) {
-        (Some(a), Some(b)) => a.share == b.share && a.vary == b.vary,
-        _ => false,
+fn same_key(old: &StreamRoute, new: &StreamRoute) -> bool {
+    old.stream.share == new.stream.share && old.stream.vary == new.stream.vary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::future::BoxFuture;
+
+    /// A feed with a bug.
+    struct Panics;
+
+    impl Feed for Panics {
+        fn run(self: Arc<Self>, _: Arc<Topic>, _: Arc<dyn Retire>) -> BoxFuture<'static, Stopped> {
+            Box::pin(async { panic!("a bug") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_feed_that_panics_retires_its_topic_and_tells_subscribers() {
+        let config = crate::config::parse_config(
+            "upstreams: {a: {servers: ['127.0.0.1:9']}}\nroutes: [{match: /x, upstream: a, stream: {interval: 1h}}]\n",
+        )
+        .unwrap();
+        let table = RouteTable::new(&config);
+        let hub = Arc::new(Hub::new(Arc::default(), Arc::new(Panics)));
+        let route = StreamRoute::of(&table.routes[0]).unwrap();
+        let (key, poll, _) = crate::topic::key::derive("/x", &route.stream, "/x", None, &Default::default());
+        let limits = Limits { subscribers: 10, topics: 10, per_topic: 10, per_client: 10 };
+        let mut sub = hub.subscribe(key, poll, &route, None, Format::JsonPatch, limits, None).ok().unwrap();
+        loop {
+            match sub.rx.recv().await.expect("a message before the end") {
+                Msg::Error(e) if e.error == "internal_error" => {
+                    assert!(e.terminal && e.going_away.is_some(), "the stream ends");
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        assert!(hub.is_empty(), "the topic no longer counts against max_topics");
     }
 }

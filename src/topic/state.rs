@@ -1,12 +1,12 @@
 //! A topic: one shared poll's document, its history, and the channel that fans events out.
 
-use super::event::{ErrorEvent, Event};
 use crate::config::Format;
 use crate::diff::{Delta, DiffOptions, Wanted};
-use crate::poll::compute::{DiffJob, Diffed};
-use crate::poll::fetch::Validators;
-use crate::poll::key::{PollRequest, TopicKey};
-use crate::route_table::Route;
+use crate::route_table::StreamRoute;
+use crate::topic::compute::{DiffJob, Diffed};
+use crate::topic::fetch::Validators;
+use crate::topic::key::{PollRequest, TopicKey};
+use crate::wire::event::{ErrorEvent, Event, Msg, ResumeId};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
@@ -15,40 +15,8 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
-
-/// What a subscriber's queue carries.
-#[derive(Debug, Clone)]
-pub enum Msg {
-    /// A new version, sent as a patch where the subscriber's format has one.
-    Event(Arc<Event>),
-    /// A version sent whole (first event, resynchronisation).
-    Snapshot(Arc<Event>),
-    Error(Arc<ErrorEvent>),
-}
-
-/// A resume point given by a client: `<epoch>-<version>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResumeId {
-    pub epoch: String,
-    pub version: u64,
-}
-
-impl ResumeId {
-    /// Parses an event id: an alphanumeric epoch, `-`, and a decimal version.
-    pub fn parse(id: &str) -> Option<ResumeId> {
-        let (epoch, version) = id.trim().split_once('-')?;
-        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return None;
-        }
-        if version.is_empty() || version.len() > 20 || !version.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some(ResumeId { epoch: epoch.to_string(), version: version.parse().ok()? })
-    }
-}
 
 #[derive(Default)]
 struct State {
@@ -72,7 +40,7 @@ struct State {
 pub struct Topic {
     pub key: TopicKey,
     /// The topic's route as the configuration now has it (replaced on reload).
-    route: ArcSwap<Route>,
+    route: ArcSwap<StreamRoute>,
     pub request: PollRequest,
     pub epoch: String,
     /// When its first subscriber came.
@@ -132,7 +100,7 @@ pub enum Applied {
 impl Topic {
     pub fn new(
         key: TopicKey,
-        route: Arc<Route>,
+        route: Arc<StreamRoute>,
         request: PollRequest,
         queue: usize,
         metrics: TopicMetrics,
@@ -164,12 +132,12 @@ impl Topic {
     }
 
     /// The topic's route as the configuration now has it.
-    pub fn route(&self) -> Arc<Route> {
+    pub fn route(&self) -> Arc<StreamRoute> {
         self.route.load_full()
     }
 
     /// Follows a reloaded route whose changes keep the topic's key meaningful.
-    pub fn set_route(&self, route: Arc<Route>) {
+    pub fn set_route(&self, route: Arc<StreamRoute>) {
         self.route.store(route);
         self.wake.notify_one();
     }
@@ -209,31 +177,32 @@ impl Topic {
         self.creator.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Counts a new subscriber. Called under the hub's lock.
-    pub(crate) fn join(&self) {
+    /// Counts a new subscriber, reading `format`. Called under the hub's lock.
+    pub(crate) fn join(&self, format: Format) {
         self.subscribers.fetch_add(1, Ordering::SeqCst);
         self.joins.fetch_add(1, Ordering::Relaxed);
+        self.formats[format.index()].fetch_add(1, Ordering::Relaxed);
         self.state().idle_since = None;
     }
 
-    /// Counts a departed subscriber and wakes the poller when it was the last.
-    pub(crate) fn leave(&self) {
-        if self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.state().idle_since = Some(Instant::now());
-            self.wake.notify_one();
+    /// Counts a departed subscriber of `format` out, and wakes the poller when it was the
+    /// last. The format's patches go on being computed for `linger` after its last reader
+    /// left, so that one reconnecting gets only what it missed.
+    pub(crate) fn leave(&self, format: Format) {
+        let last_reader = self.formats[format.index()].fetch_sub(1, Ordering::Relaxed) == 1;
+        let last = self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1;
+        if last_reader || last {
+            let mut state = self.state();
+            let now = Instant::now();
+            if last_reader {
+                state.format_left[format.index()] = Some(now);
+            }
+            if last {
+                state.idle_since = Some(now);
+            }
         }
-    }
-
-    /// Counts a subscriber reading `format`.
-    pub fn reading(&self, format: Format) {
-        self.formats[format.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a subscriber of `format` out; the format's patches go on being computed for
-    /// `linger` after its last one left.
-    pub fn stopped_reading(&self, format: Format) {
-        if self.formats[format.index()].fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.state().format_left[format.index()] = Some(Instant::now());
+        if last {
+            self.wake.notify_one();
         }
     }
 
@@ -330,12 +299,11 @@ impl Topic {
             if state.last_body.as_ref() == Some(&body) {
                 return Err(self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed));
             }
-            let route = self.route();
-            let linger = route.stream.as_ref().map_or(Duration::ZERO, |s| s.linger);
+            let linger = self.route().stream.linger;
             let recently = state.format_left.map(|left| left.is_some_and(|t| t.elapsed() < linger));
             (state.doc.clone(), recently)
         };
-        let options: DiffOptions = self.route().stream.as_ref().map(|s| s.diff_options()).unwrap_or_default();
+        let options = DiffOptions::of(&self.route().stream);
         // Formats someone reads, or read within `linger`. A subscriber joining meanwhile gets
         // this event as a snapshot, which is correct.
         let wants = |f: Format| self.formats[f.index()].load(Ordering::Relaxed) > 0 || recently[f.index()];
@@ -388,7 +356,10 @@ impl Topic {
         if let Some(previous) = state.current.replace(event.clone()) {
             previous.release();
         }
-        let (count, bytes) = self.route().stream.as_ref().map_or((0, 0), |s| (s.history, s.max_history_bytes));
+        let (count, bytes) = {
+            let s = &self.route().stream;
+            (s.history, s.max_history_bytes)
+        };
         let size = event.retained_bytes();
         state.history.push_back(event.clone());
         state.history_bytes += size;
@@ -417,17 +388,4 @@ impl Drop for Topic {
 /// The same change, sent whole in every format.
 fn whole(delta: Delta) -> Delta {
     Delta::whole(delta.snapshot)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resume_ids_parse() {
-        assert_eq!(ResumeId::parse("9f2c-12"), Some(ResumeId { epoch: "9f2c".into(), version: 12 }));
-        for bad in ["", "12", "-1", "x-", "x-1.5", "x--1", "a-b-3", "x-+1", "é-1", "x-99999999999999999999999"] {
-            assert_eq!(ResumeId::parse(bad), None, "{bad}");
-        }
-    }
 }

@@ -1,0 +1,11 @@
+//! The shared poll: which subscribers share one ([`key`], the security-critical part), the
+//! hub of live topics, each topic's document and history ([`state`]), the upstream GET
+//! ([`fetch`]), the poll loop ([`poller`]) and the diff threads ([`compute`]).
+
+pub mod compute;
+pub mod feed;
+pub mod fetch;
+pub mod hub;
+pub mod key;
+pub mod poller;
+pub mod state;
