@@ -3,11 +3,13 @@
 
 use serde_json::Value;
 
-/// Configuration text: parsing never panics, a refusal lists at least one problem, and every
-/// key path starts at a top-level key (an empty path is the whole document).
+/// Configuration text: parsing (which does no I/O: names are not resolved) never panics, a
+/// refusal lists at least one problem, every key path starts at a top-level key (an empty
+/// path is the whole document), and a problem's line is one of the text's.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Err(errors) = unpoll::config::parse_config(text) {
+    if let Err(errors) = unpoll::config::parse(text) {
+        let lines = text.lines().count().max(1);
         assert!(!errors.0.is_empty());
         for p in &errors.0 {
             assert!(!p.message.is_empty());
@@ -16,6 +18,7 @@ pub fn config(data: &[u8]) {
                 top.is_empty() || ["server", "upstreams", "routes"].contains(&top) || p.message.contains("unknown key"),
                 "{p}"
             );
+            assert!(p.line.is_none_or(|l| (1..=lines + 1).contains(&l)), "{p}: line of {lines}");
         }
     }
 }

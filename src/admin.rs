@@ -49,6 +49,7 @@ impl Admin {
 
 /// Opens the admin listener on `addr`. With `upgrade`, the process being replaced still
 /// listens there, and the port is shared with it; otherwise a port in use is an error.
+#[allow(clippy::disallowed_methods)] // A lookup once, at start, before anything is served.
 pub fn bind(addr: &str, upgrade: bool) -> io::Result<std::net::TcpListener> {
     let addr: SocketAddr = addr
         .to_socket_addrs()?

@@ -30,6 +30,8 @@ pub enum ReloadError {
     Invalid(ConfigErrors),
     #[error("{0}; restart unpoll to change it (nothing in this file was applied)")]
     NeedsRestart(String),
+    #[error("validating the file failed inside the proxy (a bug; see the log above)")]
+    Failed,
 }
 
 /// Listener addresses, the admin address, threads and the grace period are fixed when the
@@ -73,9 +75,19 @@ impl Reloader {
             .map_err(|source| ReloadError::Read { path: self.path.display().to_string(), source })
     }
 
-    /// Parses, validates and applies `text`; on any problem the running configuration stays.
-    pub fn apply(&self, text: &str) -> Result<(), ReloadError> {
-        let config: Config = parse_config(text).map_err(ReloadError::Invalid)?;
+    /// Reads, parses and validates the file, resolving its names on a blocking thread (DNS
+    /// never runs on the async workers).
+    async fn load(&self) -> Result<Config, ReloadError> {
+        let text = self.read()?;
+        match tokio::task::spawn_blocking(move || parse_config(&text)).await {
+            Ok(parsed) => parsed.map_err(ReloadError::Invalid),
+            Err(_) => Err(ReloadError::Failed),
+        }
+    }
+
+    /// Applies a validated configuration, unless it changes what needs a restart; on any
+    /// problem the running configuration stays.
+    pub fn apply(&self, config: Config) -> Result<(), ReloadError> {
         let running = self.table.load();
         if let Some(what) = restart_needed(&running.server, &config.server) {
             return Err(ReloadError::NeedsRestart(what));
@@ -87,8 +99,11 @@ impl Reloader {
         Ok(())
     }
 
-    fn reload(&self, why: &str) {
-        let result = self.read().and_then(|text| self.apply(&text));
+    async fn reload(&self, why: &str) {
+        let result = match self.load().await {
+            Ok(config) => self.apply(config),
+            Err(e) => Err(e),
+        };
         let label = match &result {
             Ok(()) => {
                 self.metrics.generation.inc();
@@ -123,7 +138,7 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => return,
                 _ = hangup.recv() => {
                     seen = self.read().ok();
-                    self.reload("SIGHUP");
+                    self.reload("SIGHUP").await;
                 }
                 _ = tick.tick(), if self.watch => {
                     let now = self.read().ok();
@@ -141,7 +156,7 @@ impl BackgroundService for Reloader {
                         settled = again;
                     }
                     seen = settled;
-                    self.reload("file changed");
+                    self.reload("file changed").await;
                 }
             }
         }

@@ -79,6 +79,7 @@ pub enum BuildError {
 /// its listeners only once it runs, and a port in use makes it retry for half a minute and
 /// then panic in a service thread while the process carries on: so every listener is tried
 /// here first, before anything is announced.
+#[allow(clippy::disallowed_methods)] // A lookup once per listener, at start, before anything is served.
 pub fn check_free(addr: &str) -> Result<(), BuildError> {
     let fail = |source| BuildError::Listen { addr: addr.to_string(), source };
     let resolved = std::net::ToSocketAddrs::to_socket_addrs(addr).map_err(fail)?.next().ok_or_else(|| {

@@ -6,10 +6,12 @@
 //! each function here borrows the stream that owns the descriptor for the whole call, so the
 //! descriptor is open and names that socket throughout.
 
+// The one place the crate allows `unsafe` (Cargo.toml's `[lints]` denies it everywhere else).
 #![allow(unsafe_code)]
 
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 /// What waits on a socket, looked at without consuming it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +54,12 @@ pub fn pending_fd(fd: RawFd) -> Pending {
 
 /// A plain std socket on a duplicate of `stream`'s descriptor, if it is a connected TCP socket.
 /// The duplicate stays open when `stream` is dropped.
-pub fn duplicate_tcp(stream: &Stream) -> Option<std::net::TcpStream> {
-    let fd = stream.id();
+///
+/// `stream` is pingora's plain transport stream, by type: never a TLS stream (pingora's TLS
+/// streams are another type, whose `id()` is the TCP descriptor under the TLS layer), so what
+/// is written to the duplicate is what the peer was meant to read in plain.
+pub fn duplicate_tcp(stream: &L4Stream) -> Option<std::net::TcpStream> {
+    let fd = stream.as_raw_fd();
     if fd < 0 {
         return None;
     }
@@ -88,7 +94,6 @@ pub fn raise_open_files_limit() -> Option<u64> {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn peeking_sees_data_and_close_without_consuming() {

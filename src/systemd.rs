@@ -41,6 +41,7 @@ pub struct Readiness {
 }
 
 /// Where to connect to reach a listener on `addr` (a wildcard address is reached on loopback).
+#[allow(clippy::disallowed_methods)] // Once, as the process starts: the listen addresses, found usable by config::resolve.
 fn reachable(addr: &str) -> Option<SocketAddr> {
     let mut a = addr.to_socket_addrs().ok()?.next()?;
     if a.ip().is_unspecified() {

@@ -23,9 +23,15 @@ fn check_lists_every_problem_with_its_key_path_and_fails() {
         "routes[0].match:",
         "routes[0].stream.interval:",
         "routes[0].stream.colour: unknown key",
+        // Each with the line of its key.
+        "upstreams.app.servers: the server list is empty (line 3)",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
+    assert!(
+        err.lines().any(|l| l.contains("routes[0].stream.colour: unknown key") && l.ends_with("(line 9)")),
+        "{err}"
+    );
 }
 
 #[test]

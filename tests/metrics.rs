@@ -47,3 +47,25 @@ async fn every_metric_family_is_there_from_the_start() {
     let text = proxy.metrics().await;
     assert_eq!(metric_value(&text, "unpoll_events_sent_total", &[("route", "/more"), ("kind", "patch")]), Some(0.0));
 }
+
+#[tokio::test]
+async fn the_metric_matcher_tells_an_absent_series_from_zero_and_shows_what_it_saw() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::launch(up.addr, &Setup::stream("/doc")).await;
+    assert_eq!(proxy.metric("unpoll_topics", &[]).await, 0.0, "a series at 0 is 0");
+    assert_eq!(proxy.metric_if_present("unpoll_topic", &[]).await, None, "a misspelt name is absent, not 0");
+    let text = proxy.metrics().await;
+    let renamed = absent(&text, "unpoll_topic", &[]);
+    assert!(renamed.contains("no metric `unpoll_topic` at all") && renamed.contains("unpoll_topics "), "{renamed}");
+    let relabelled = absent(&text, "unpoll_upstream_polls_total", &[("route", "/nowhere")]);
+    assert!(relabelled.contains("route=\"/nowhere\"") && relabelled.contains("route=\"/doc\""), "{relabelled}");
+    // `metric` fails on an absent series, printing what it saw.
+    let proxy = std::sync::Arc::new(proxy);
+    let asked = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.metric("unpoll_topic", &[]).await }
+    });
+    let failure = asked.await.expect_err("an absent series is a failure");
+    let message = failure.into_panic().downcast::<String>().map(|s| *s).unwrap_or_default();
+    assert!(message.contains("unpoll_topics"), "{message}");
+}

@@ -6,17 +6,15 @@ use serde_json::json;
 use std::time::Duration;
 use support::*;
 
-fn config(stream_extra: &str) -> String {
-    format!(
-        "upstreams:\n  app:\n    servers: [\"{{upstream}}\"]\n    timeout: 1s\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      interval: 100ms\n{stream_extra}"
-    )
+fn setup() -> Setup {
+    Setup::stream("/doc").every("100ms").upstream("timeout", "1s")
 }
 
 #[tokio::test]
 async fn last_event_id_resumes_with_only_what_was_missed() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let proxy = Proxy::start(up.addr, &config("      history: 2\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().with("history", 2)).await;
     // A WebSocket subscriber keeps the topic alive and tells us each version's id.
     let (mut watcher, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
     let first = ws_event(&mut watcher, 5 * SECOND).await;
@@ -61,7 +59,7 @@ async fn resuming_in_a_format_nobody_read_gets_one_snapshot() {
     // per missed event.
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let proxy = Proxy::start(up.addr, &config("      history: 8\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().with("history", 8)).await;
     let mut watcher = Sse::connect(proxy.addr, "/doc", &[]).await;
     let first = watcher.next_event(5 * SECOND).await.unwrap();
     let epoch = first.id.unwrap().split('-').next().unwrap().to_string();
@@ -84,7 +82,7 @@ async fn resuming_in_a_format_nobody_read_gets_one_snapshot() {
 async fn upstream_errors_are_reported_and_streams_recover() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let proxy = Proxy::start(up.addr, &config("")).await;
+    let proxy = Proxy::launch(up.addr, &setup()).await;
     let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
     let (mut ws, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
     assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
@@ -136,7 +134,7 @@ async fn a_slow_upstream_is_a_timeout_error() {
             held.push(s);
         }
     });
-    let proxy = Proxy::start(addr, &config("").replace("timeout: 1s", "timeout: 300ms")).await;
+    let proxy = Proxy::launch(addr, &setup().upstream("timeout", "300ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
     let err = sse.next_event(5 * SECOND).await.unwrap();
     assert_eq!(
@@ -149,7 +147,7 @@ async fn a_slow_upstream_is_a_timeout_error() {
 async fn gone_resources_end_the_stream_after_an_error() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let proxy = Proxy::start(up.addr, &config("")).await;
+    let proxy = Proxy::launch(up.addr, &setup()).await;
     let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
     let (mut ws, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
     sse.next_event(5 * SECOND).await.unwrap();
@@ -176,7 +174,7 @@ async fn gone_resources_end_the_stream_after_an_error() {
 async fn bad_subscription_requests_get_a_clear_4xx_and_others_are_still_served() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let proxy = Proxy::start(up.addr, &config("")).await;
+    let proxy = Proxy::launch(up.addr, &setup()).await;
     let mut good = Sse::connect(proxy.addr, "/doc", &[]).await;
     good.next_event(5 * SECOND).await.unwrap();
 
@@ -219,7 +217,7 @@ async fn bad_subscription_requests_get_a_clear_4xx_and_others_are_still_served()
 async fn sigterm_closes_streams_cleanly_and_exits_within_the_grace_period() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let mut proxy = Proxy::start_with(up.addr, "  grace_period: 2s\n", &config("")).await;
+    let mut proxy = Proxy::launch(up.addr, &setup().server("grace_period", "2s")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
     let (mut ws, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
     sse.next_event(5 * SECOND).await.unwrap();
@@ -241,7 +239,7 @@ async fn sigterm_closes_streams_cleanly_and_exits_within_the_grace_period() {
 async fn error_events_tell_clients_no_internals_and_the_log_tells_the_operator_once() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let proxy = Proxy::start(up.addr, &config("      max_backoff: 200ms\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().with("max_backoff", "200ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
     assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
     up.stop();
@@ -270,7 +268,7 @@ async fn error_events_tell_clients_no_internals_and_the_log_tells_the_operator_o
 async fn a_lone_subscriber_reconnecting_within_linger_gets_only_what_it_missed() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let proxy = Proxy::start(up.addr, &config("      linger: 3s\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().with("linger", "3s")).await;
     for (protocol, format) in [("sse", "json-patch"), ("ws", "merge-patch")] {
         let path = format!("/doc?unpoll_format={format}&p={protocol}");
         // The only subscriber, reading for a while (longer than linger), then dropped.

@@ -7,10 +7,8 @@ use serde_json::json;
 use std::time::Duration;
 use support::*;
 
-fn config(stream_extra: &str) -> String {
-    format!(
-        "upstreams:\n  app:\n    servers: [\"{{upstream}}\"]\nroutes:\n  - match: /board\n    upstream: app\n    stream:\n{stream_extra}"
-    )
+fn setup() -> Setup {
+    Setup::stream("/board")
 }
 
 #[tokio::test]
@@ -18,7 +16,7 @@ async fn a_hundred_subscribers_cost_one_upstream_get_per_interval() {
     let up = Upstream::start().await;
     let pad = "p".repeat(100);
     up.set_json("/board", &json!({"trains": [1, 2, 3], "pad": pad}));
-    let proxy = Proxy::start(up.addr, &config("      interval: 500ms\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("500ms")).await;
     let mut clients = Vec::new();
     for i in 0..100 {
         if i % 2 == 0 {
@@ -48,7 +46,7 @@ async fn a_hundred_subscribers_cost_one_upstream_get_per_interval() {
 async fn first_subscriber_polls_at_once_and_later_ones_get_the_snapshot_from_memory() {
     let up = Upstream::start().await;
     up.set_json("/board", &json!({"v": 1}));
-    let proxy = Proxy::start(up.addr, &config("      interval: 1m\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("1m")).await;
     let started = tokio::time::Instant::now();
     let mut first = Sse::connect(proxy.addr, "/board", &[]).await;
     first.next_event(5 * SECOND).await.unwrap();
@@ -65,7 +63,7 @@ async fn first_subscriber_polls_at_once_and_later_ones_get_the_snapshot_from_mem
 async fn polling_stops_linger_after_the_last_subscriber_leaves() {
     let up = Upstream::start().await;
     up.set_json("/board", &json!({"v": 1}));
-    let proxy = Proxy::start(up.addr, &config("      interval: 100ms\n      linger: 300ms\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("100ms").with("linger", "300ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/board", &[]).await;
     sse.next_event(5 * SECOND).await.unwrap();
     drop(sse);
@@ -85,7 +83,8 @@ async fn users_with_different_credentials_see_only_their_own_data() {
     // The upstream echoes each request's headers: a user's document shows their credentials.
     let up = Upstream::start().await;
     let proxy =
-        Proxy::start(up.addr, &config("      interval: 200ms\n      vary: [authorization, cookie, x-tenant]\n")).await;
+        Proxy::launch(up.addr, &setup().every("200ms").with("vary", json!(["authorization", "cookie", "x-tenant"])))
+            .await;
     let users: [&[(&str, &str)]; 5] = [
         &[("Authorization", "Bearer alice")],
         &[("Authorization", "Bearer bob")],
@@ -122,7 +121,7 @@ async fn users_with_different_credentials_see_only_their_own_data() {
 #[tokio::test]
 async fn headers_outside_vary_are_not_sent_by_the_poller() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start(up.addr, &config("      interval: 1s\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("1s")).await;
     let mut sse = Sse::connect(proxy.addr, "/board", &[("X-Debug", "1"), ("Authorization", "Bearer a")]).await;
     let doc = sse.next_event(5 * SECOND).await.unwrap().json();
     assert!(doc["headers"].get("x-debug").is_none(), "a header outside the key could make the answer differ");
@@ -132,7 +131,7 @@ async fn headers_outside_vary_are_not_sent_by_the_poller() {
 #[tokio::test]
 async fn public_routes_share_one_poll_and_send_no_credentials() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start(up.addr, &config("      interval: 200ms\n      share: public\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("200ms").with("share", "public")).await;
     let mut a = Sse::connect(proxy.addr, "/board", &[("Authorization", "Bearer alice"), ("Cookie", "s=1")]).await;
     let mut b = Sse::connect(proxy.addr, "/board", &[("Authorization", "Bearer bob")]).await;
     let doc_a = a.next_event(5 * SECOND).await.unwrap().json();
@@ -151,7 +150,7 @@ async fn public_routes_share_one_poll_and_send_no_credentials() {
 async fn a_vary_list_adds_to_the_credentials_never_replaces_them() {
     // The route varies on a tenant header: two users of one tenant must still not share.
     let up = Upstream::start().await;
-    let proxy = Proxy::start(up.addr, &config("      interval: 200ms\n      vary: [x-tenant]\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("200ms").with("vary", json!(["x-tenant"]))).await;
     let mut alice = Sse::connect(proxy.addr, "/board", &[("X-Tenant", "t1"), ("Authorization", "Bearer alice")]).await;
     let mut bob = Sse::connect(proxy.addr, "/board", &[("X-Tenant", "t1"), ("Cookie", "session=bob")]).await;
     let a = alice.next_event(5 * SECOND).await.unwrap().json();

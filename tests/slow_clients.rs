@@ -6,11 +6,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
 
-fn config(server_extra: &str, stream_extra: &str) -> (String, String) {
-    let body = format!(
-        "upstreams:\n  app:\n    servers: [\"{{upstream}}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      interval: 30ms\n{stream_extra}"
-    );
-    (server_extra.to_string(), body)
+fn setup() -> Setup {
+    Setup::stream("/doc").every("30ms")
 }
 
 /// Version `i` of a document of about 300 KB that changes almost whole, with a log that grows
@@ -24,8 +21,7 @@ fn version(i: u32) -> Value {
 async fn a_subscriber_past_queue_bytes_is_resynchronised_and_converges() {
     let up = Upstream::start().await;
     up.set_json("/doc", &version(0));
-    let (server, body) = config("", "      queue: 10000\n      queue_bytes: 400000\n");
-    let proxy = Proxy::start_with(up.addr, &server, &body).await;
+    let proxy = Proxy::launch(up.addr, &setup().with("queue", 10000).with("queue_bytes", 400000)).await;
     let mut slow = Sse::connect(proxy.addr, "/doc", &[]).await;
     let mut client = Doc::new("json-patch");
     let first = slow.next_event(5 * SECOND).await.unwrap();
@@ -49,8 +45,7 @@ async fn a_subscriber_past_queue_bytes_is_resynchronised_and_converges() {
 async fn clients_that_accept_nothing_for_write_timeout_are_dropped() {
     let up = Upstream::start().await;
     up.set_json("/doc", &version(0));
-    let (server, body) = config("  write_timeout: 500ms\n", "");
-    let proxy = Proxy::start_with(up.addr, &server, &body).await;
+    let proxy = Proxy::launch(up.addr, &setup().server("write_timeout", "500ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
     let ws_req = "GET /doc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let mut ws = RawConn::send(proxy.addr, ws_req.as_bytes()).await;
@@ -81,8 +76,7 @@ async fn clients_that_accept_nothing_for_write_timeout_are_dropped() {
 async fn a_stalled_client_does_not_delay_the_others() {
     let up = Upstream::start().await;
     up.set_json("/doc", &version(0));
-    let (server, body) = config("", "      queue: 4\n");
-    let proxy = Proxy::start_with(up.addr, &server, &body).await;
+    let proxy = Proxy::launch(up.addr, &setup().with("queue", 4)).await;
     let mut stalled = Sse::connect(proxy.addr, "/doc", &[]).await;
     stalled.next_event(5 * SECOND).await.unwrap();
     // Live clients read all the time, in their own tasks.

@@ -9,10 +9,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
 
-fn config(interval: &str, extra: &str) -> String {
-    format!(
-        "upstreams:\n  app:\n    servers: [\"{{upstream}}\"]\nroutes:\n  - match: /doc/{{id}}\n    upstream: app\n    stream:\n      interval: {interval}\n{extra}"
-    )
+fn setup() -> Setup {
+    Setup::stream("/doc/{id}")
 }
 
 #[tokio::test]
@@ -20,7 +18,7 @@ async fn sse_sends_a_snapshot_then_patches() {
     let up = Upstream::start().await;
     let pad = "p".repeat(100);
     up.set_json("/doc/1", &json!({"id": 1, "title": "a", "tags": ["x"], "pad": pad}));
-    let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("100ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
     assert_eq!(sse.conn.status, 200);
     assert_eq!(sse.conn.header("content-type"), Some("text/event-stream"));
@@ -51,7 +49,7 @@ async fn a_format_gets_patches_from_its_first_subscriber_on() {
     // joining a topic read only in JSON Patch so far gets its snapshot, then merge patches.
     let up = Upstream::start().await;
     up.set_json("/doc/1", &doc(1));
-    let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("100ms")).await;
     let mut json_patch = Sse::connect(proxy.addr, "/doc/1", &[]).await;
     assert_eq!(json_patch.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
     up.set_json("/doc/1", &doc(2));
@@ -76,7 +74,7 @@ async fn websocket_sends_a_snapshot_then_patches_in_the_chosen_format() {
     let up = Upstream::start().await;
     let pad = "p".repeat(100);
     up.set_json("/doc/1", &json!({"a": {"b": 1, "c": 2}, "pad": pad}));
-    let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("100ms")).await;
     let (mut ws, resp) = ws_connect(proxy.addr, "/doc/1", &["unpoll.merge-patch"], &[]).await.unwrap();
     assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "unpoll.merge-patch");
     let snap = ws_event(&mut ws, 5 * SECOND).await;
@@ -101,7 +99,7 @@ async fn websocket_sends_a_snapshot_then_patches_in_the_chosen_format() {
 async fn snapshot_format_sends_every_change_whole() {
     let up = Upstream::start().await;
     up.set_json("/doc/1", &json!({"n": 1}));
-    let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("100ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/1?unpoll_format=snapshot", &[]).await;
     assert_eq!(sse.next_event(5 * SECOND).await.unwrap().json(), json!({"n": 1}));
     up.set_json("/doc/1", &json!({"n": 2}));
@@ -115,7 +113,7 @@ async fn snapshot_format_sends_every_change_whole() {
 async fn non_json_bodies_are_text_snapshots() {
     let up = Upstream::start().await;
     up.set("/doc/t", 200, "text/plain", "line one\nline two");
-    let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("100ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/t", &[]).await;
     let snap = sse.next_event(5 * SECOND).await.unwrap();
     assert_eq!(snap.kind(), "snapshot");
@@ -180,7 +178,7 @@ async fn clients_converge_over_random_changes_in_every_format() {
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut doc = json!({"items": [1, 2, 3], "meta": {"v": 0}});
     up.set_json("/doc/r", &doc);
-    let proxy = Proxy::start(up.addr, &config("40ms", "")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("40ms")).await;
     let mut sse: Vec<(Sse, Doc)> = Vec::new();
     for format in ["json-patch", "merge-patch", "snapshot"] {
         let s = Sse::connect(proxy.addr, &format!("/doc/r?unpoll_format={format}"), &[]).await;
@@ -225,7 +223,7 @@ async fn clients_converge_over_random_changes_in_every_format() {
 async fn sse_heartbeats_are_comments() {
     let up = Upstream::start().await;
     up.set_json("/doc/1", &json!({}));
-    let proxy = Proxy::start(up.addr, &config("1s", "      heartbeat: 200ms\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("1s").with("heartbeat", "200ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
     sse.next_event(5 * SECOND).await.unwrap();
     let block = sse.next_block(2 * SECOND).await.unwrap();
@@ -238,7 +236,7 @@ async fn websocket_clients_that_answer_pings_stay_and_silent_ones_are_dropped() 
     let up = Upstream::start().await;
     let pad = "p".repeat(100);
     up.set_json("/doc/1", &json!({"v": 1, "pad": pad}));
-    let proxy = Proxy::start(up.addr, &config("100ms", "      heartbeat: 200ms\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("100ms").with("heartbeat", "200ms")).await;
     // A live client: it reads all the time, and tungstenite answers pings while reading.
     let (mut live_ws, _) = ws_connect(proxy.addr, "/doc/1", &[], &[]).await.unwrap();
     let (tx, mut live) = tokio::sync::mpsc::unbounded_channel();
@@ -284,7 +282,7 @@ async fn polls_are_conditional_on_the_etag() {
     let up = Upstream::start().await;
     let pad = "p".repeat(100);
     up.set_json_etag("/doc/1", &json!({"v": 1, "pad": pad}), "\"v1\"");
-    let proxy = Proxy::start(up.addr, &config("100ms", "")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("100ms")).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
     assert_eq!(sse.next_event(5 * SECOND).await.unwrap().json()["v"], 1);
     assert!(eventually(5 * SECOND, || async { up.count("/doc/1") >= 3 }).await);
@@ -306,7 +304,7 @@ async fn a_subscriber_that_falls_behind_is_resynchronised_and_converges() {
     let mut log: Vec<u32> = Vec::new();
     let mut doc = json!({"big": big(99), "log": log, "pad": pad});
     up.set_json("/doc/big", &doc);
-    let proxy = Proxy::start(up.addr, &config("30ms", "      queue: 2\n")).await;
+    let proxy = Proxy::launch(up.addr, &setup().every("30ms").with("queue", 2)).await;
     let mut slow = Sse::connect(proxy.addr, "/doc/big", &[]).await;
     let mut client = Doc::new("json-patch");
     let first = slow.next_event(5 * SECOND).await.unwrap();

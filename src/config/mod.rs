@@ -1,15 +1,21 @@
-//! Configuration: the model, the YAML parser that validates it, and durations and patterns.
+//! Configuration: the model (and every default), the parser that validates it in passes
+//! (YAML tree, section tables, checks between keys, resolving names), durations and patterns.
 
+mod check;
 mod duration;
 pub mod host;
 mod model;
 mod parse;
 mod pattern;
+mod resolve;
+mod sections;
+mod walk;
+mod yaml;
 
+pub(crate) use check::same_socket;
 pub use duration::{format_duration, parse_duration};
 pub use model::*;
-pub(crate) use parse::same_socket;
-pub use parse::{parse_config, ConfigErrors, Problem};
+pub use parse::{parse, parse_config, ConfigErrors, Parsed, Problem};
 pub use pattern::Pattern;
 
 use std::path::Path;

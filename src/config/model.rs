@@ -1,4 +1,5 @@
-//! The validated configuration. Every value here has passed validation; see `parse.rs`.
+//! The validated configuration, and every default (the `Default` impls). Every value here
+//! has passed validation; see `parse.rs`.
 
 use super::pattern::Pattern;
 use std::collections::BTreeMap;
@@ -54,7 +55,10 @@ pub struct ServerSettings {
 /// `upstreams.<name>:` — a group of servers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSettings {
-    /// `servers`: `host:port` of each server, resolved when the configuration loads.
+    /// `servers`: `host:port` of each server, as written.
+    pub addresses: Vec<String>,
+    /// The servers' socket addresses: `addresses` resolved, in a step of its own after
+    /// parsing (see `resolve.rs`).
     pub servers: Vec<SocketAddr>,
     /// `connect_timeout`: TCP connect timeout.
     pub connect_timeout: Duration,
@@ -226,6 +230,21 @@ impl Default for StreamSettings {
             max_patch_ratio: 1.0,
             patch_floor: DEFAULT_PATCH_FLOOR,
             diff_budget: DEFAULT_DIFF_BUDGET,
+        }
+    }
+}
+
+impl Default for UpstreamSettings {
+    /// Every default but the servers, which must be given.
+    fn default() -> Self {
+        UpstreamSettings {
+            addresses: Vec::new(),
+            servers: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+            max_body: 8 * 1024 * 1024,
+            max_concurrent_polls: 32,
+            reuse: Reuse::PerCredential,
         }
     }
 }

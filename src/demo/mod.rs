@@ -9,6 +9,7 @@ use pingora::services::listening::Service;
 use std::net::ToSocketAddrs;
 
 /// The demo's configuration: `config/demo.yaml` with the addresses given on the command line.
+#[allow(clippy::disallowed_methods)] // A lookup once, at start, before anything is served.
 pub fn config(listen: &str, admin: &str, api: &str) -> Result<Config, ConfigErrors> {
     let mut config = parse_config(include_str!("../../config/demo.yaml"))?;
     let api_addr = api.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {

@@ -54,6 +54,15 @@ pub struct HeadDeadline {
 }
 
 impl HeadDeadline {
+    /// The stream inside, once no more heads are read on it (a subscription's stream).
+    pub fn unwrap(stream: Stream) -> Stream {
+        if stream.as_any().is::<HeadDeadline>() {
+            stream.into_any().downcast::<HeadDeadline>().expect("checked above").inner
+        } else {
+            stream
+        }
+    }
+
     /// Wraps `stream` (or re-arms it, if it is already wrapped) for the next request head.
     pub fn arm(stream: Stream, limits: &HeadLimits) -> Stream {
         let mut wrapped = if stream.as_any().is::<HeadDeadline>() {
@@ -269,5 +278,26 @@ mod tests {
         assert_eq!(scan.feed(b"GET / HTTP/1.1\r\nX: "), None);
         assert_eq!(scan.bytes, 19);
         assert_eq!(scan.feed(b"y\r\n\r\nbody"), Some(5));
+    }
+
+    #[tokio::test]
+    async fn only_a_plain_transport_stream_is_duplicated_never_a_wrapper_around_one() {
+        use crate::stream::downstream::{lean, Socket};
+        use pingora::protocols::l4::stream::Stream as L4Stream;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let limits = super::HeadLimits {
+            timeout: std::time::Duration::from_secs(1),
+            max_bytes: 1024,
+            refused: prometheus::IntCounter::new("refused", "refused").unwrap(),
+        };
+        let wrap = |tcp: tokio::net::TcpStream| super::HeadDeadline::arm(Box::new(L4Stream::from(tcp)), &limits);
+        // A wrapper reports the TCP descriptor under it as its id, as a TLS stream does:
+        // writing to a duplicate would bypass the wrapper, so it is kept and written through.
+        let (socket, _) = lean(wrap(client));
+        assert!(matches!(socket, Socket::Pingora(_)), "a wrapped stream is never duplicated");
+        let (server, _) = listener.accept().await.unwrap();
+        let (socket, _) = lean(super::HeadDeadline::unwrap(wrap(server)));
+        assert!(matches!(socket, Socket::Tcp(_)), "pingora's plain TCP stream is");
     }
 }

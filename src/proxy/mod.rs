@@ -274,7 +274,7 @@ impl Gateway {
             return respond(session, &reject).await;
         };
         // The stream is served from its own task, so pingora's state for this request is freed.
-        let (stream, id) = downstream::lean(stream);
+        let (stream, id) = downstream::lean(head_deadline::HeadDeadline::unwrap(stream));
         let hold = Box::new(self.connections.hold(id));
         let down = Downstream::new(stream, hold, write_timeout);
         let shutdown = self.shutdown.clone();

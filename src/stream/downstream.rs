@@ -4,6 +4,7 @@
 //! open stream holds only its socket, its place in the topic's queue and a small task.
 //! Responses are written here as raw HTTP/1.1.
 
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -21,11 +22,14 @@ pub enum Socket {
 /// The leanest handle on a client's connection, and the descriptor that names it from now on.
 ///
 /// Pingora's stream object carries a write buffer, digests and timing state, about 2 KiB per
-/// connection. For a TCP connection a plain tokio socket on a duplicate of its descriptor does
-/// the same job, and pingora's object is dropped (tokio deregisters it before its descriptor
-/// closes; the socket stays open through the duplicate). Anything else is kept as it is.
+/// connection. For a plain TCP connection (pingora's own transport stream, checked by its
+/// type, with no wrapper left around it) a plain tokio socket on a duplicate of its descriptor
+/// does the same job, and pingora's object is dropped (tokio deregisters it before its
+/// descriptor closes; the socket stays open through the duplicate). Anything else, TLS
+/// included, is kept as it is and written through.
 pub fn lean(stream: Stream) -> (Socket, i32) {
-    if let Some(std) = crate::sys::duplicate_tcp(&stream) {
+    let plain = stream.as_any().downcast_ref::<L4Stream>();
+    if let Some(std) = plain.and_then(crate::sys::duplicate_tcp) {
         if std.set_nonblocking(true).is_ok() {
             if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
                 let id = tcp.as_raw_fd();

@@ -262,6 +262,10 @@ pub fn phase(interval: Duration, unit: f64) -> Duration {
 }
 
 #[cfg(test)]
+#[path = "poller_tests.rs"]
+mod schedule_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -3,10 +3,12 @@
 
 mod clients;
 mod proxy;
+mod setup;
 mod upstream;
 
 pub use clients::*;
 pub use proxy::{config_text, unpoll_command, Proxy};
+pub use setup::Setup;
 pub use upstream::{Seen, Upstream};
 
 use serde_json::Value;
@@ -50,6 +52,31 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
         all.then(|| value.parse().ok()).flatten()
     })
+}
+
+/// Why a series is not in `text`: what the proxy reports of that name (or, if nothing, of
+/// the names most like it).
+pub fn absent(text: &str, name: &str, labels: &[(&str, &str)]) -> String {
+    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let same: Vec<&str> = series.iter().copied().filter(|l| l.split(['{', ' ']).next() == Some(name)).collect();
+    // Names like it: containing it (or it them), else sharing the most words.
+    let words = |n: &str| n.split('_').filter(|w| *w != "unpoll").map(str::to_string).collect::<Vec<_>>();
+    let asked = words(name);
+    let score = |line: &str| {
+        let other = line.split(['{', ' ']).next().unwrap_or("");
+        if other.contains(name) || name.contains(other) {
+            return usize::MAX;
+        }
+        words(other).iter().filter(|w| asked.contains(w)).count()
+    };
+    let best = series.iter().map(|l| score(l)).max().unwrap_or(0).max(1);
+    let near: Vec<&str> = series.iter().copied().filter(|l| score(l) >= best).take(20).collect();
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    if same.is_empty() {
+        format!("no metric `{name}` at all; series with names like it:\n  {}", near.join("\n  "))
+    } else {
+        format!("no series `{name}{{{}}}`; the series of that name are:\n  {}", wanted.join(","), same.join("\n  "))
+    }
 }
 
 /// Polls `check` until it holds or `timeout` passes; returns whether it held.

@@ -31,6 +31,11 @@ impl Proxy {
         Proxy::start_with(upstream, "", body).await
     }
 
+    /// Starts unpoll with a typed [`super::Setup`].
+    pub async fn launch(upstream: SocketAddr, setup: &super::Setup) -> Proxy {
+        Proxy::start_with(upstream, &setup.server_extra(), &setup.body()).await
+    }
+
     pub async fn start_with(upstream: SocketAddr, server_extra: &str, body: &str) -> Proxy {
         Proxy::start_args(upstream, server_extra, body, &[]).await
     }
@@ -165,10 +170,20 @@ impl Proxy {
         String::from_utf8(r.body).unwrap()
     }
 
-    /// The value of one metric sample, matched by name and every given label.
+    /// The value of one metric series, matched by name and every given label. A series the
+    /// proxy does not report is not 0: the test fails, printing the series of that name it
+    /// saw (so a renamed metric or label cannot pass a `== 0` check).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = self.metrics().await;
-        super::metric_value(&text, name, labels).unwrap_or(0.0)
+        match super::metric_value(&text, name, labels) {
+            Some(v) => v,
+            None => panic!("{}", super::absent(&text, name, labels)),
+        }
+    }
+
+    /// Like [`Proxy::metric`], for a series that may rightly be absent.
+    pub async fn metric_if_present(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        super::metric_value(&self.metrics().await, name, labels)
     }
 }
 

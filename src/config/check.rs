@@ -1,0 +1,74 @@
+//! The second pass: checks between keys, on the [`Draft`] the first pass read (which holds
+//! every section, so a route naming an upstream with problems of its own is not reported too).
+
+use super::model::*;
+use super::sections::Draft;
+use super::walk::Walker;
+
+/// Checks and completes what depends on more than one key.
+pub fn check(w: &mut Walker, draft: &mut Draft) {
+    let server = &draft.server;
+    // Pingora retries a port in use for a while instead of failing at once, so a shared
+    // address would leave one service answering the other's connections.
+    if let Some(admin) = &server.admin {
+        if let Some(i) = server.listen.iter().position(|l| same_socket(l, admin)) {
+            w.problem(
+                "server.admin",
+                format!("`{admin}` is also a listen address (server.listen[{i}]); use another port"),
+            );
+        }
+    }
+    let names: Vec<&str> = draft.upstreams.keys().map(String::as_str).collect();
+    for (i, route) in draft.routes.iter_mut().enumerate() {
+        let path = format!("routes[{i}]");
+        if let Some(name) = &route.upstream {
+            if !names.contains(&name.as_str()) {
+                w.problem(
+                    &format!("{path}.upstream"),
+                    format!("unknown upstream `{name}` (defined: {})", names.join(", ")),
+                );
+            }
+        }
+        if let Some(stream) = &mut route.stream {
+            let given = w.given(&format!("{path}.stream.vary"));
+            vary(w, stream, given, &format!("{path}.stream.vary"));
+        }
+    }
+}
+
+/// `vary` with `share`: a public stream varies on nothing unless told, and never on
+/// credentials; on a credentialed stream the list adds to the credentials, never replaces
+/// them (a route that wants none says `share: public`).
+fn vary(w: &mut Walker, stream: &mut StreamSettings, given: bool, path: &str) {
+    match stream.share {
+        Share::Public if !given => stream.vary.clear(),
+        Share::Public => {
+            for (i, name) in stream.vary.iter().enumerate() {
+                if CREDENTIAL_HEADERS.contains(&name.as_str()) {
+                    w.problem(
+                        &format!("{path}[{i}]"),
+                        format!("`{name}` carries credentials, which `share: public` never sends upstream"),
+                    );
+                }
+            }
+        }
+        Share::Credentials => {
+            for c in CREDENTIAL_HEADERS.iter().rev() {
+                if !stream.vary.iter().any(|v| v == c) {
+                    stream.vary.insert(0, c.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Whether two listen addresses would take the same port (the same address, or the same
+/// port where either is a wildcard).
+pub(crate) fn same_socket(a: &str, b: &str) -> bool {
+    match (a.parse::<std::net::SocketAddr>(), b.parse::<std::net::SocketAddr>()) {
+        (Ok(a), Ok(b)) => {
+            a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        _ => a == b,
+    }
+}

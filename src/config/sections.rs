@@ -1,0 +1,284 @@
+//! The first pass: each section read through its table of keys into a [`Draft`], every
+//! problem collected. Checks between keys come after ([`super::check`]); names are resolved
+//! last ([`super::resolve`]).
+
+use super::model::*;
+use super::pattern::Pattern;
+use super::walk::{join, set, show, Key, Walker};
+use super::yaml::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A configuration as written, before the checks between keys. Every section that is there
+/// holds its defaults where a key is absent or had a problem.
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub server: ServerSettings,
+    pub upstreams: BTreeMap<String, UpstreamSettings>,
+    pub routes: Vec<RouteDraft>,
+}
+
+/// `routes[i]` as written.
+#[derive(Debug, Default)]
+pub struct RouteDraft {
+    pub pattern: Option<Pattern>,
+    pub upstream: Option<String>,
+    pub stream: Option<StreamSettings>,
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The keys of the document's top level.
+const ROOT: [Key<Draft>; 3] = [
+    Key::new("server", |w, v, p, d| w.section(v, p, &SERVER, &mut d.server).map(|_| ())),
+    Key::required("upstreams", "at least one upstream is needed", |w, v, p, d| {
+        set(&mut d.upstreams, upstreams(w, v, p))
+    }),
+    Key::required("routes", "at least one route is needed", |w, v, p, d| set(&mut d.routes, routes(w, v, p))),
+];
+
+/// `server:`.
+const SERVER: [Key<ServerSettings>; 15] = [
+    Key::new("listen", |w, v, p, s| {
+        let list = w.each(v, p, |w, a, p| w.address(a, p))?;
+        if list.is_empty() {
+            w.problem(p, "at least one listen address is needed");
+            return None;
+        }
+        set(&mut s.listen, Some(list))
+    }),
+    Key::new("admin", |w, v, p, s| {
+        let text = w.string(v, p)?;
+        set(&mut s.admin, w.address(&text, p).map(Some))
+    }),
+    Key::new("threads", |w, v, p, s| set(&mut s.threads, w.count(v, p, 1, 256))),
+    // Pingora gives streams `grace_period - 1s` to close before it cancels tasks: at least a
+    // second, so that every stream can end cleanly.
+    Key::new("grace_period", |w, v, p, s| set(&mut s.grace_period, w.duration(v, p, ms(2000)))),
+    Key::new("write_timeout", |w, v, p, s| set(&mut s.write_timeout, w.duration(v, p, ms(100)))),
+    Key::new("max_subscribers", |w, v, p, s| set(&mut s.max_subscribers, w.count(v, p, 1, 10_000_000))),
+    Key::new("max_topics", |w, v, p, s| set(&mut s.max_topics, w.count(v, p, 1, 10_000_000))),
+    Key::new("websocket_max_message", |w, v, p, s| set(&mut s.websocket_max_message, w.count(v, p, 125, 16 << 20))),
+    Key::new("upgrade_sock", |w, v, p, s| {
+        let path = w.string(v, p)?;
+        if !path.starts_with('/') {
+            w.problem(p, format!("`{path}` must be an absolute path"));
+            return None;
+        }
+        set(&mut s.upgrade_sock, Some(path))
+    }),
+    // pingora itself refuses heads over 1 MiB.
+    Key::new("max_request_header", |w, v, p, s| set(&mut s.max_request_header, w.count(v, p, 1024, 1_048_575))),
+    // What the host's open-files limit allows is checked when resolving.
+    Key::new("max_connections", |w, v, p, s| set(&mut s.max_connections, w.count(v, p, 1, 10_000_000))),
+    Key::new("header_timeout", |w, v, p, s| set(&mut s.header_timeout, w.duration(v, p, ms(100)))),
+    Key::new("diff_threads", |w, v, p, s| set(&mut s.diff_threads, w.count(v, p, 1, 256))),
+    Key::new("max_topics_per_client", |w, v, p, s| set(&mut s.max_topics_per_client, w.count(v, p, 1, 10_000_000))),
+    Key::new("trusted_proxies", |w, v, p, s| {
+        let list = w.each(v, p, |w, text, p| {
+            let cidr = Cidr::parse(text);
+            if cidr.is_none() {
+                w.problem(p, format!("`{text}` is not an address or a range such as `10.0.0.0/8`"));
+            }
+            cidr
+        });
+        set(&mut s.trusted_proxies, list)
+    }),
+];
+
+/// `upstreams.<name>:`.
+const UPSTREAM: [Key<UpstreamSettings>; 6] = [
+    Key::required("servers", "list the upstream's `host:port` servers", |w, v, p, u| {
+        let list = w.each(v, p, |w, a, p| w.address(a, p))?;
+        if list.is_empty() {
+            w.problem(p, "the server list is empty");
+            return None;
+        }
+        set(&mut u.addresses, Some(list))
+    }),
+    Key::new("connect_timeout", |w, v, p, u| set(&mut u.connect_timeout, w.duration(v, p, ms(1)))),
+    Key::new("timeout", |w, v, p, u| set(&mut u.timeout, w.duration(v, p, ms(1)))),
+    Key::new("max_body", |w, v, p, u| set(&mut u.max_body, w.count(v, p, 1, 1 << 30))),
+    Key::new("max_concurrent_polls", |w, v, p, u| set(&mut u.max_concurrent_polls, w.count(v, p, 1, 100_000))),
+    Key::new("reuse", |w, v, p, u| {
+        set(&mut u.reuse, w.choice(v, p, "reuse mode", "per_credential, shared or off", Reuse::parse))
+    }),
+];
+
+/// `routes[i]:`.
+const ROUTE: [Key<RouteDraft>; 3] = [
+    Key::required("match", "give a path pattern such as `/orders/{id}`", |w, v, p, r| {
+        let text = w.string(v, p)?;
+        match Pattern::parse(&text) {
+            Ok(pattern) => set(&mut r.pattern, Some(Some(pattern))),
+            Err(e) => {
+                w.problem(p, e);
+                None
+            }
+        }
+    }),
+    Key::required("upstream", "name one of the `upstreams`", |w, v, p, r| {
+        set(&mut r.upstream, w.string(v, p).map(Some))
+    }),
+    Key::new("stream", |w, v, p, r| {
+        let mut s = StreamSettings::default();
+        w.section(v, p, &STREAM, &mut s)?;
+        set(&mut r.stream, Some(Some(s)))
+    }),
+];
+
+/// `routes[i].stream:`.
+const STREAM: [Key<StreamSettings>; 22] = [
+    Key::new("interval", |w, v, p, s| set(&mut s.interval, w.duration(v, p, ms(10)))),
+    Key::new("format", |w, v, p, s| {
+        set(&mut s.format, w.choice(v, p, "format", "json-patch, merge-patch or snapshot", Format::parse))
+    }),
+    Key::new("share", |w, v, p, s| {
+        let parse = |name: &str| match name {
+            "credentials" => Some(Share::Credentials),
+            "public" => Some(Share::Public),
+            _ => None,
+        };
+        set(&mut s.share, w.choice(v, p, "share mode", "credentials or public", parse))
+    }),
+    // As written (lower-cased, each once): how it combines with `share` is checked after.
+    Key::new("vary", |w, v, p, s| {
+        let names = w.each(v, p, |w, name, p| {
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                w.problem(p, format!("`{name}` is not a valid header name"));
+                return None;
+            }
+            Some(lower)
+        })?;
+        let mut vary: Vec<String> = Vec::new();
+        for name in names {
+            if !vary.contains(&name) {
+                vary.push(name);
+            }
+        }
+        set(&mut s.vary, Some(vary))
+    }),
+    Key::new("heartbeat", |w, v, p, s| set(&mut s.heartbeat, w.duration(v, p, ms(100)))),
+    Key::new("history", |w, v, p, s| set(&mut s.history, w.count(v, p, 0, 100_000))),
+    Key::new("max_history_bytes", |w, v, p, s| set(&mut s.max_history_bytes, w.count(v, p, 0, 1 << 34))),
+    Key::new("linger", |w, v, p, s| set(&mut s.linger, w.duration(v, p, ms(0)))),
+    Key::new("linger_unshared", |w, v, p, s| set(&mut s.linger_unshared, w.duration(v, p, ms(0)))),
+    Key::new("query_params", |w, v, p, s| {
+        let names = w.each(v, p, |w, name, p| {
+            if name.is_empty() || name.starts_with(RESERVED_QUERY_PREFIX) || name.contains(['&', '=']) {
+                w.problem(
+                    p,
+                    format!("`{name}` is not a query parameter name a route can keep (unpoll_* are unpoll's own)"),
+                );
+                return None;
+            }
+            Some(name.to_string())
+        });
+        set(&mut s.query_params, names.map(Some))
+    }),
+    Key::new("queue", |w, v, p, s| set(&mut s.queue, w.count(v, p, 1, 1_000_000))),
+    Key::new("queue_bytes", |w, v, p, s| set(&mut s.queue_bytes, w.count(v, p, 1024, 1 << 30))),
+    Key::new("max_subscribers", |w, v, p, s| set(&mut s.max_subscribers, w.count(v, p, 1, 10_000_000))),
+    Key::new("origins", |w, v, p, s| {
+        let list = w.each(v, p, |w, o, p| {
+            let valid = o == "*" || ((o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/'));
+            if !valid {
+                w.problem(p, format!("`{o}` is not an origin such as `https://app.example.com` (or `*`)"));
+                return None;
+            }
+            Some(o.to_string())
+        });
+        set(&mut s.origins, list.map(Some))
+    }),
+    Key::new("allow_missing_origin", |w, v, p, s| set(&mut s.allow_missing_origin, w.boolean(v, p))),
+    Key::new("max_backoff", |w, v, p, s| set(&mut s.max_backoff, w.duration(v, p, ms(10)))),
+    Key::new("respect_cache_control", |w, v, p, s| set(&mut s.respect_cache_control, w.boolean(v, p))),
+    Key::new("array_id", |w, v, p, s| {
+        let field = w.string(v, p)?;
+        if field.is_empty() {
+            w.problem(p, "give the name of the field that identifies array elements, e.g. `id`");
+            return None;
+        }
+        set(&mut s.array_id, Some(Some(field)))
+    }),
+    Key::new("max_patch_ratio", |w, v, p, s| match v.as_f64() {
+        Some(r) if r > 0.0 && r <= 1.0 => set(&mut s.max_patch_ratio, Some(r)),
+        _ => {
+            w.problem(p, format!("expected a number above 0 and at most 1, found {}", show(v)));
+            None
+        }
+    }),
+    Key::new("patch_floor", |w, v, p, s| set(&mut s.patch_floor, w.count(v, p, 0, 1 << 20))),
+    Key::new("diff_budget", |w, v, p, s| set(&mut s.diff_budget, w.count(v, p, 1000, 1 << 40))),
+    // A key that moved: say where it lives now.
+    Key::new("max_body", |w, _, p, _| {
+        w.problem(p, "`max_body` is set on the upstream (upstreams.<name>.max_body)");
+        None
+    }),
+];
+
+/// Reads the whole document.
+pub fn draft(w: &mut Walker, root: &Value) -> Draft {
+    let mut draft = Draft::default();
+    w.section(root, "", &ROOT, &mut draft);
+    draft
+}
+
+fn upstreams(w: &mut Walker, v: &Value, path: &str) -> Option<BTreeMap<String, UpstreamSettings>> {
+    let Value::Mapping(m) = v else {
+        w.problem(path, format!("expected a mapping of upstream names, found {}", super::walk::kind(v)));
+        return None;
+    };
+    if m.is_empty() {
+        w.problem(path, "at least one upstream is needed");
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in m {
+        let Some(name) = name.as_str() else {
+            w.problem(path, format!("upstream names must be strings, found {}", super::walk::kind(name)));
+            continue;
+        };
+        // Kept even when it has problems, so that routes naming it are not reported too.
+        let mut u = UpstreamSettings::default();
+        w.section(value, &join(path, name), &UPSTREAM, &mut u);
+        out.insert(name.to_string(), u);
+    }
+    Some(out)
+}
+
+fn routes(w: &mut Walker, v: &Value, path: &str) -> Option<Vec<RouteDraft>> {
+    let Value::Sequence(items) = v else {
+        w.problem(path, format!("expected a list of routes, found {}", super::walk::kind(v)));
+        return None;
+    };
+    if items.is_empty() {
+        w.problem(path, "at least one route is needed");
+        return None;
+    }
+    let routes = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let mut r = RouteDraft::default();
+            w.section(item, &format!("{path}[{i}]"), &ROUTE, &mut r);
+            r
+        })
+        .collect();
+    Some(routes)
+}
+
+/// The names of every key a section allows, by section: `server`, `upstreams.<name>`,
+/// `routes[i]`, `routes[i].stream` (the documentation test holds the example file to them).
+#[cfg(test)]
+pub fn keys() -> [(&'static str, Vec<&'static str>); 4] {
+    [
+        ("server", SERVER.iter().map(|k| k.name).collect()),
+        ("upstreams.<name>", UPSTREAM.iter().map(|k| k.name).collect()),
+        ("routes[i]", ROUTE.iter().map(|k| k.name).collect()),
+        ("routes[i].stream", STREAM.iter().map(|k| k.name).collect()),
+    ]
+}
