@@ -15,7 +15,7 @@ async fn subscription_limits_refuse_with_503_and_count() {
     for path in ["/t/1", "/t/2", "/t/3"] {
         up.set_json(path, &doc(1));
     }
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /t/{id}\n    upstream: app\n    stream:\n      max_subscribers: 2\n";
+    let body = &Setup::stream("/t/{id}").with("max_subscribers", 2).body();
     let proxy = Proxy::start_with(up.addr, "  max_subscribers: 4\n  max_topics: 2\n", body).await;
     let mut open = Vec::new();
     for _ in 0..2 {
@@ -53,7 +53,10 @@ async fn subscription_limits_refuse_with_503_and_count() {
 async fn origins_outside_the_allowlist_cannot_subscribe() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      origins: [\"https://app.example\"]\n      allow_missing_origin: false\n";
+    let body = &Setup::stream("/doc")
+        .with("origins", json!(["https://app.example"]))
+        .with("allow_missing_origin", false)
+        .body();
     let proxy = Proxy::start(up.addr, body).await;
     match ws_connect(proxy.addr, "/doc", &[], &[("origin", "https://evil.example")]).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
@@ -76,7 +79,7 @@ async fn origins_outside_the_allowlist_cannot_subscribe() {
 async fn oversized_websocket_messages_are_closed_with_1009() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n";
+    let body = &Setup::stream("/doc").body();
     let proxy = Proxy::start_with(up.addr, "  websocket_max_message: 1024\n", body).await;
     let (mut ws, _) = ws_connect(proxy.addr, "/doc", &[], &[]).await.unwrap();
     ws_event(&mut ws, 5 * SECOND).await;
@@ -86,13 +89,14 @@ async fn oversized_websocket_messages_are_closed_with_1009() {
     assert_eq!(proxy.metric("unpoll_subscribers_dropped_total", &[("reason", "protocol_error")]).await, 1.0);
 }
 
-const PLAIN: &str =
-    "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /api/*\n    upstream: app\n";
+fn plain() -> String {
+    Setup::new().route("/api/*").body()
+}
 
 #[tokio::test]
 async fn clients_cannot_choose_the_upstream() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start(up.addr, PLAIN).await;
+    let proxy = Proxy::start(up.addr, &plain()).await;
     let mut answered = 0;
     for request in [
         "GET /api/x HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n",
@@ -138,7 +142,7 @@ async fn assert_not_smuggled(proxy: &Proxy, up: &Upstream, raw: &str) {
 #[tokio::test]
 async fn request_smuggling_attempts_never_reach_the_upstream() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start(up.addr, PLAIN).await;
+    let proxy = Proxy::start(up.addr, &plain()).await;
     let smuggled = "GET /api/smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
     // CL.TE: Content-Length says the body is the "0" chunk, TE says it ends there too, and a
     // request follows that a CL-only reader would see as body.
@@ -173,7 +177,7 @@ async fn request_smuggling_attempts_never_reach_the_upstream() {
 #[tokio::test]
 async fn oversized_request_heads_get_431_and_the_next_request_works() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start_with(up.addr, "  max_request_header: 2048\n", PLAIN).await;
+    let proxy = Proxy::start_with(up.addr, "  max_request_header: 2048\n", &plain()).await;
     let big = format!("GET /api/x HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(3000));
     let resp = RawConn::send(proxy.addr, big.as_bytes()).await.read_to_end(5 * SECOND).await;
     assert_eq!((resp.status, resp.json()["error"].as_str()), (431, Some("header_too_large")));
@@ -188,7 +192,7 @@ async fn oversized_request_heads_get_431_and_the_next_request_works() {
 async fn connections_over_max_connections_get_503_until_one_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
-    let proxy = Proxy::start_with(up.addr, "  max_connections: 3\n", PLAIN).await;
+    let proxy = Proxy::start_with(up.addr, "  max_connections: 3\n", &plain()).await;
     // Three keep-alive connections, each having made a request and staying open.
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -218,7 +222,7 @@ async fn open_streams_count_as_connections_until_they_end() {
     // they must still count against max_connections, and be released when they end.
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n  - match: /api/*\n    upstream: app\n";
+    let body = &Setup::stream("/doc").route("/api/*").body();
     let proxy = Proxy::start_with(up.addr, "  max_connections: 2\n", body).await;
     let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
     assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
@@ -239,7 +243,7 @@ async fn slow_request_heads_are_cut_off_but_streams_outlive_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      heartbeat: 10s\n  - match: /api/*\n    upstream: app\n";
+    let body = &Setup::stream("/doc").with("heartbeat", "10s").route("/api/*").body();
     let proxy = Proxy::start_with(up.addr, "  header_timeout: 500ms\n", body).await;
     // A client that sends its head one byte at a time, 100 ms apart.
     let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -272,7 +276,7 @@ async fn slow_request_heads_are_cut_off_but_streams_outlive_header_timeout() {
 async fn one_client_cannot_fill_the_topic_table() {
     let up = Upstream::start().await;
     up.set_json("/t", &doc(1));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /t\n    upstream: app\n    stream:\n      interval: 100ms\n      linger: 5s\n      linger_unshared: 300ms\n";
+    let body = &Setup::stream("/t").every("100ms").with("linger", "5s").with("linger_unshared", "300ms").body();
     let proxy = Proxy::start_with(up.addr, "  max_topics_per_client: 5\n  trusted_proxies: [127.0.0.3]\n", body).await;
     let (a, b, edge): (std::net::IpAddr, std::net::IpAddr, std::net::IpAddr) =
         ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
@@ -330,7 +334,7 @@ async fn one_client_cannot_fill_the_topic_table() {
 async fn unfinished_huge_request_heads_are_refused_as_they_arrive() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
-    let proxy = Proxy::start_with(up.addr, "  header_timeout: 30s\n", PLAIN).await;
+    let proxy = Proxy::start_with(up.addr, "  header_timeout: 30s\n", &plain()).await;
     let before = rss_kib(proxy.pid());
     // 300 clients, each sending 1 MiB of one header line and never finishing the head.
     let line = format!("X-Big: {}", "b".repeat(64 * 1024));
@@ -369,7 +373,7 @@ async fn unfinished_huge_request_heads_are_refused_as_they_arrive() {
 #[tokio::test]
 async fn request_heads_ending_in_bare_line_feeds_are_not_cut_off() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start_with(up.addr, "  header_timeout: 1s\n", PLAIN).await;
+    let proxy = Proxy::start_with(up.addr, "  header_timeout: 1s\n", &plain()).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Lines ending in LF alone; the body follows after the head deadline would have passed.
     let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -387,7 +391,7 @@ async fn request_heads_ending_in_bare_line_feeds_are_not_cut_off() {
 async fn running_out_of_descriptors_is_a_503_and_the_admin_listener_still_answers() {
     let up = Upstream::start().await;
     // An open-files limit of 1000: by default, max_connections keeps 320 of them for the rest.
-    let proxy = Proxy::start_with_open_files(up.addr, "", PLAIN, 1000).await;
+    let proxy = Proxy::start_with_open_files(up.addr, "", &plain(), 1000).await;
     let mut held = Vec::new();
     for _ in 0..680 {
         held.push(held_connection(proxy.addr).await);
@@ -398,7 +402,7 @@ async fn running_out_of_descriptors_is_a_503_and_the_admin_listener_still_answer
     assert_eq!((refused.status, refused.json()["error"].as_str()), (503, Some("too_many_connections")));
     // The admin listener answers, and a reload (which opens the file) applies.
     assert_eq!(http_get(proxy.admin, "/healthz").await.map(|r| r.status), Some(200));
-    proxy.write_config(up.addr, "", &format!("{PLAIN}  - match: /more/*\n    upstream: app\n"));
+    proxy.write_config(up.addr, "", &Setup::new().route("/api/*").route("/more/*").body());
     assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_config_generation", &[]).await == 2.0 }).await);
     drop(held);
     assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_connections", &[]).await == 0.0 }).await);
@@ -409,7 +413,7 @@ async fn running_out_of_descriptors_is_a_503_and_the_admin_listener_still_answer
 async fn dot_segments_and_encoded_slashes_cannot_leave_an_allowlisted_prefix() {
     let up = Upstream::start().await;
     up.set_json("/doc/a", &doc(1));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc/{id}\n    upstream: app\n    stream: {}\n  - match: /public/*\n    upstream: app\n";
+    let body = &Setup::stream("/doc/{id}").route("/public/*").body();
     let proxy = Proxy::start(up.addr, body).await;
     let get = |target: &'static str| {
         let addr = proxy.addr;
@@ -453,7 +457,7 @@ async fn dot_segments_and_encoded_slashes_cannot_leave_an_allowlisted_prefix() {
 async fn a_websocket_upgrade_with_two_keys_is_refused() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n";
+    let body = &Setup::stream("/doc").body();
     let proxy = Proxy::start(up.addr, body).await;
     let request = "GET /doc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n";
     let resp = RawConn::send(proxy.addr, request.as_bytes()).await.read_to_end(5 * SECOND).await;

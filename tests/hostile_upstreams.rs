@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
-const WHOAMI: &str = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /whoami\n    upstream: app\n    stream:\n      interval: 50ms\n  - match: /api/*\n    upstream: app\n";
+/// `/whoami` streamed, `/api/*` proxied.
+fn whoami() -> Setup {
+    Setup::stream("/whoami").every("50ms").route("/api/*")
+}
 
 /// What one user saw: documents (stream states and plain answers) that were theirs, and ones
 /// that were somebody else's.
@@ -45,7 +48,7 @@ async fn stray_bytes_after_a_response_never_reach_another_user() {
     let up = Upstream::start().await;
     let alice = "Bearer alice";
     up.set_stray(alice, &[Duration::from_millis(1), Duration::from_millis(10), Duration::from_millis(50)]);
-    let proxy = Arc::new(Proxy::start(up.addr, WHOAMI).await);
+    let proxy = Arc::new(Proxy::launch(up.addr, &whoami()).await);
     let users = [alice, "Bearer bob", "Bearer carol", ""];
     let tallies: Vec<Arc<Tally>> = users.iter().map(|_| Arc::default()).collect();
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -138,8 +141,7 @@ async fn pooled_connections_never_carry_two_users_credentials() {
     let users = ["Bearer alice", "Bearer bob", ""];
     for (reuse, shared_expected) in [("per_credential", false), ("shared", true)] {
         let up = Upstream::start().await;
-        let config = WHOAMI.replace("    servers:", &format!("    reuse: {reuse}\n    servers:"));
-        let proxy = Arc::new(Proxy::start(up.addr, &config).await);
+        let proxy = Arc::new(Proxy::launch(up.addr, &whoami().upstream("reuse", reuse)).await);
         traffic(&proxy, &users, 3).await;
         let map = users_per_connection(&up);
         let requests: usize = up.count("/whoami") + up.count("/api/whoami");
@@ -157,8 +159,7 @@ async fn pooled_connections_never_carry_two_users_credentials() {
 async fn a_server_that_leaves_bytes_behind_loses_connection_reuse() {
     let up = Upstream::start().await;
     up.set_stray("Bearer alice", &[Duration::from_millis(1)]);
-    let config = WHOAMI.replace("    servers:", "    reuse: shared\n    servers:");
-    let proxy = Arc::new(Proxy::start(up.addr, &config).await);
+    let proxy = Arc::new(Proxy::launch(up.addr, &whoami().upstream("reuse", "shared")).await);
     let started = tokio::time::Instant::now();
     let mut caught = 0.0;
     while caught == 0.0 && started.elapsed() < Duration::from_secs(30) {
@@ -181,7 +182,9 @@ async fn a_server_that_leaves_bytes_behind_loses_connection_reuse() {
     assert!(proxy.log().contains("its connections are not reused"), "the quarantine is logged");
 }
 
-const DOC: &str = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc/{id}\n    upstream: app\n    stream:\n      interval: 100ms\n";
+fn doc_route() -> Setup {
+    Setup::stream("/doc/{id}").every("100ms")
+}
 
 /// A whole HTTP/1.1 200 response with a JSON body.
 fn json_response(body: &serde_json::Value) -> Vec<u8> {
@@ -199,8 +202,7 @@ async fn informational_responses_before_the_answer_do_not_kill_the_topic() {
     let mut answer = b"HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload\r\n\r\n".to_vec();
     answer.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
     answer.extend_from_slice(&json_response(&doc(1)));
-    let config = format!("{DOC}      linger: 100ms\n");
-    let proxy = Proxy::start_with(up.addr, "  max_topics: 5\n", &config).await;
+    let proxy = Proxy::launch(up.addr, &doc_route().with("linger", "100ms").server("max_topics", 5)).await;
     // More topics than max_topics, one after another: a dead topic would stay and lock the rest out.
     for id in 0..8 {
         let path = format!("/doc/{id}");
@@ -221,7 +223,7 @@ async fn informational_responses_before_the_answer_do_not_kill_the_topic() {
 async fn a_document_that_is_expensive_to_diff_does_not_stall_the_proxy() {
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(0));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /shuffled\n    upstream: app\n    stream:\n      interval: 200ms\n  - match: /doc\n    upstream: app\n    stream:\n      interval: 50ms\n  - match: /api/*\n    upstream: app\n";
+    let body = &Setup::stream("/shuffled").every("200ms").stream_route("/doc").every("50ms").route("/api/*").body();
     let proxy = Proxy::start(up.addr, body).await;
     // 2,000 rows of 100 fields, in a new order on every poll.
     // Its subscriber only drains what it is sent: the test's own CPU goes to the checks below.
@@ -274,8 +276,7 @@ async fn a_large_document_changing_a_little_keeps_history_small() {
     const SIZE: usize = 512 * 1024;
     let up = Upstream::start().await;
     up.set_json("/doc/big", &big_doc(1, SIZE));
-    let config = format!("{DOC}      history: 64\n");
-    let proxy = Proxy::start(up.addr, &config).await;
+    let proxy = Proxy::launch(up.addr, &doc_route().with("history", 64)).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/big", &[]).await;
     let first = sse.next_event(10 * SECOND).await.unwrap();
     let epoch = first.id.clone().unwrap().split('-').next().unwrap().to_string();
@@ -326,8 +327,7 @@ async fn a_large_document_changing_a_little_keeps_history_small() {
 async fn a_history_over_its_byte_budget_is_trimmed() {
     let up = Upstream::start().await;
     up.set_json("/doc/1", &doc(1));
-    let config = format!("{DOC}      history: 64\n      max_history_bytes: 2000\n");
-    let proxy = Proxy::start(up.addr, &config).await;
+    let proxy = Proxy::launch(up.addr, &doc_route().with("history", 64).with("max_history_bytes", 2000)).await;
     let mut sse = Sse::connect(proxy.addr, "/doc/1", &[]).await;
     let epoch = sse.next_event(5 * SECOND).await.unwrap().id.unwrap().split('-').next().unwrap().to_string();
     for v in 2..=20 {
@@ -357,7 +357,7 @@ async fn first_event(proxy: &Proxy, path: &str) -> SseEvent {
 async fn a_304_to_a_poll_that_asked_nothing_is_an_error_not_silence() {
     let up = Upstream::start().await;
     up.set_raw("/doc/1", b"HTTP/1.1 304 Not Modified\r\n\r\n".to_vec());
-    let proxy = Proxy::start(up.addr, DOC).await;
+    let proxy = Proxy::launch(up.addr, &doc_route()).await;
     let ev = first_event(&proxy, "/doc/1").await;
     assert_eq!(ev.kind(), "error");
     let data = ev.json();
@@ -368,7 +368,7 @@ async fn a_304_to_a_poll_that_asked_nothing_is_an_error_not_silence() {
 async fn json_nested_too_deep_to_parse_is_an_error_event() {
     let up = Upstream::start().await;
     up.set("/doc/1", 200, "application/json", format!("{}{}", "[".repeat(300), "]".repeat(300)));
-    let proxy = Proxy::start(up.addr, DOC).await;
+    let proxy = Proxy::launch(up.addr, &doc_route()).await;
     let ev = first_event(&proxy, "/doc/1").await;
     assert_eq!((ev.kind(), ev.json()["error"].as_str()), ("error", Some("upstream_body_too_deep")));
     assert!(proxy.metric("unpoll_upstream_polls_total", &[("outcome", "too_deep")]).await >= 1.0);
@@ -394,7 +394,7 @@ async fn compressed_bodies_are_asked_for_uncompressed_and_decoded_if_they_come()
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: zstd\r\ncontent-length: 2\r\n\r\n{}"
             .to_vec(),
     );
-    let proxy = Proxy::start(up.addr, DOC).await;
+    let proxy = Proxy::launch(up.addr, &doc_route()).await;
     let ev = first_event(&proxy, "/doc/1").await;
     assert_eq!((ev.kind(), ev.json()), ("snapshot", doc(7)), "the JSON, not the gzip bytes as text");
     assert_eq!(up.seen("/doc/1")[0].header("accept-encoding"), Some("identity"));
@@ -406,7 +406,7 @@ async fn compressed_bodies_are_asked_for_uncompressed_and_decoded_if_they_come()
 async fn sse_to_an_http_1_0_client_is_not_chunked() {
     let up = Upstream::start().await;
     up.set_json("/doc/1", &doc(1));
-    let proxy = Proxy::start(up.addr, DOC).await;
+    let proxy = Proxy::launch(up.addr, &doc_route()).await;
     let mut conn = RawConn::send(proxy.addr, b"GET /doc/1 HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n").await;
     assert_eq!(conn.status, 200);
     assert_eq!(conn.header("transfer-encoding"), None, "HTTP/1.0 has no chunked coding");

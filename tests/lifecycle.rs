@@ -15,7 +15,7 @@ async fn a_new_process_takes_over_on_sigquit_without_refusing_connections() {
     let sock_dir = tempfile::tempdir().unwrap();
     let sock = sock_dir.path().join("upgrade.sock");
     let server = format!("  grace_period: 2s\n  upgrade_sock: \"{}\"\n", sock.display());
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream:\n      interval: 200ms\n  - match: /*\n    upstream: app\n";
+    let body = &Setup::stream("/doc").every("200ms").route("/*").body();
     let mut old = Proxy::start_with(up.addr, &server, body).await;
     let old_pid = old.pid().to_string();
     let mut sse = Sse::connect(old.addr, "/doc", &[]).await;
@@ -71,7 +71,7 @@ async fn a_new_process_takes_over_on_sigquit_without_refusing_connections() {
 async fn readyz_reports_draining_once_shutdown_begins() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /*\n    upstream: app\n";
+    let body = &Setup::new().route("/*").body();
     let mut proxy = Proxy::start_with(up.addr, "  grace_period: 5s\n", body).await;
     // A plain request still in flight keeps the proxy draining (an idle one exits at once).
     up.set_delay(Duration::from_millis(3000));
@@ -108,7 +108,7 @@ async fn systemd_is_told_when_unpoll_is_ready_and_when_it_stops() {
     let path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /*\n    upstream: app\n";
+    let body = &Setup::new().route("/*").body();
     let mut proxy =
         Proxy::start_with_env(up.addr, "  grace_period: 2s\n", body, &[("NOTIFY_SOCKET", path.to_str().unwrap())])
             .await;
@@ -126,7 +126,7 @@ async fn systemd_is_told_when_unpoll_is_ready_and_when_it_stops() {
 async fn shutdown_ends_as_soon_as_nothing_is_left_to_drain() {
     let up = Upstream::start().await;
     up.set_json("/doc", &json!({"v": 1}));
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n  - match: /*\n    upstream: app\n";
+    let body = &Setup::stream("/doc").route("/*").body();
     // Idle: out at once, not after the 10 s grace period.
     let mut idle = Proxy::start_with(up.addr, "  grace_period: 10s\n", body).await;
     let (status, took) = idle.terminate(Duration::from_secs(5)).await.expect("an idle proxy exits at once");

@@ -7,7 +7,7 @@ use support::*;
 #[tokio::test]
 async fn every_metric_family_is_there_from_the_start() {
     let up = Upstream::start().await;
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /doc\n    upstream: app\n    stream: {}\n  - match: /*\n    upstream: app\n";
+    let body = &Setup::stream("/doc").route("/*").body();
     let proxy = Proxy::start(up.addr, body).await;
     let text = proxy.metrics().await;
     let at_zero = |name: &str, labels: &[(&str, &str)]| {
@@ -38,11 +38,7 @@ async fn every_metric_family_is_there_from_the_start() {
     at_zero("unpoll_history_trimmed_total", &[("route", "/doc")]);
     assert!(!text.contains("unpoll_bytes_sent_total"), "renamed to unpoll_sent_bytes_total");
     // A route added by a reload has its label sets from then on.
-    proxy.write_config(
-        up.addr,
-        "",
-        &body.replace("  - match: /*", "  - match: /more\n    upstream: app\n    stream: {}\n  - match: /*"),
-    );
+    proxy.write_config(up.addr, "", &Setup::stream("/doc").stream_route("/more").route("/*").body());
     assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_config_generation", &[]).await == 2.0 }).await);
     let text = proxy.metrics().await;
     assert_eq!(metric_value(&text, "unpoll_events_sent_total", &[("route", "/more"), ("kind", "patch")]), Some(0.0));

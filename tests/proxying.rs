@@ -51,9 +51,7 @@ async fn upstream_status_codes_pass_through() {
 #[tokio::test]
 async fn streaming_bodies_are_streamed() {
     let up = Upstream::start().await;
-    let proxy =
-        Proxy::start(up.addr, "upstreams: {app: {servers: [\"{upstream}\"]}}\nroutes: [{match: /*, upstream: app}]\n")
-            .await;
+    let proxy = Proxy::start(up.addr, &Setup::new().route("/*").body()).await;
     let mut conn = RawConn::send(proxy.addr, b"GET /slow-stream HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(conn.status, 200);
     // The first part arrives before the upstream has sent the rest (300 ms later).
@@ -103,9 +101,7 @@ async fn upstream_websockets_pass_through_on_plain_routes() {
             });
         }
     });
-    let proxy =
-        Proxy::start(addr, "upstreams: {app: {servers: [\"{upstream}\"]}}\nroutes: [{match: /*, upstream: app}]\n")
-            .await;
+    let proxy = Proxy::start(addr, &Setup::new().route("/*").body()).await;
     let (mut ws, resp) = ws_connect(proxy.addr, "/chat", &[], &[]).await.expect("upgrade through the proxy");
     assert_eq!(resp.status(), 101);
     ws.send(Message::text("hello upstream")).await.unwrap();
@@ -130,7 +126,7 @@ async fn several_servers_are_used_round_robin() {
 #[tokio::test]
 async fn proxied_requests_carry_forwarding_headers_a_client_cannot_forge() {
     let up = Upstream::start().await;
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /*\n    upstream: app\n";
+    let body = &Setup::new().route("/*").body();
     let forged = "GET /echo HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nVia: 1.1 cdn\r\nConnection: close\r\n\r\n";
     // From a client: its own claims are replaced by what the proxy saw.
     let proxy = Proxy::start(up.addr, body).await;

@@ -331,7 +331,7 @@ async fn a_subscriber_that_falls_behind_is_resynchronised_and_converges() {
 async fn the_readmes_example_shows_a_snapshot_then_a_patch() {
     let up = Upstream::start().await;
     up.set("/orders/42", 200, "application/json", r#"{"id":42,"status":"packed"}"#);
-    let body = "upstreams:\n  app:\n    servers: [\"{upstream}\"]\nroutes:\n  - match: /orders/{id}\n    upstream: app\n    stream:\n      interval: 100ms\n";
+    let body = &Setup::stream("/orders/{id}").every("100ms").body();
     let proxy = Proxy::start(up.addr, body).await;
     let mut sse = Sse::connect(proxy.addr, "/orders/42", &[]).await;
     let snapshot = sse.next_event(5 * SECOND).await.unwrap();
