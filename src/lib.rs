@@ -10,14 +10,17 @@
 //! in this table (read from the code's `use crate::` lines):
 //!
 //! ```text
-//! server       admin config metrics proxy reload route_table systemd topic
-//! proxy        config metrics pool route_table stream sys topic wire
+//! server       admin config discovery health metrics proxy reload route_table systemd topic
+//! proxy        balance config metrics pool route_table stream sys topic wire
 //! stream       config metrics sys topic wire
 //! reload       config metrics route_table topic
-//! topic        config diff metrics pool route_table sys wire
+//! health       balance metrics route_table
+//! discovery    config metrics route_table
+//! topic        balance config diff metrics pool route_table sys wire
 //! wire         config diff
 //! diff         config
-//! route_table  config pool
+//! route_table  balance config metrics pool
+//! balance      config metrics
 //! pool         config sys
 //! admin        metrics
 //! metrics      config
@@ -31,7 +34,8 @@
 //!   the path ([`proxy::path`]), routes each request and either serves it as a subscription
 //!   ([`proxy::subscribe`] classifies, [`proxy::detach`] takes the socket out of pingora) or
 //!   lets pingora proxy it unchanged; who the client is for per-client limits
-//!   ([`proxy::client`]); the connection limit and the request-head guard.
+//!   ([`proxy::client`]); which server a request goes to ([`proxy::sticky`]); the connection
+//!   limit and the request-head guard.
 //! - [`stream`]: delivery to one subscriber: its queue and counters ([`stream::delivery`]),
 //!   the SSE and WebSocket handlers, and the lean socket they write to.
 //! - [`topic`]: the shared poll. Which subscribers share one ([`topic::key`], the
@@ -44,8 +48,12 @@
 //! - [`wire`]: events and their encodings, made once per protocol and format.
 //! - [`diff`]: pure JSON diffing into RFC 6902 and RFC 7396 patches, with the size gate and
 //!   the work budget.
+//! - [`health`]: active health checks of upstream servers; [`discovery`]: server names
+//!   resolved again every `resolve_interval`.
 //! - [`route_table`]: the routes and upstreams in force, compiled from a configuration and
-//!   read lock-free (arc-swap); server selection and each upstream's connection-reuse state.
+//!   read lock-free (arc-swap); each upstream's servers and connection-reuse state.
+//! - [`balance`]: choosing a server: weighted round robin, the Ketama ring of hash affinity,
+//!   sticky cookies' opaque server ids, and each server's health.
 //! - [`pool`]: which requests may share a pooled upstream connection, and the checks that
 //!   keep a broken upstream's stray bytes from reaching another request.
 //! - [`metrics`]: every Prometheus metric; [`admin`] serves them on a listener of its own.
@@ -64,9 +72,12 @@
 //! seed corpora, which `tests/fuzz_corpus.rs` runs), `benches/` (criterion), `docs/`.
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod diff;
+pub mod discovery;
+pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -45,6 +45,10 @@ pub const PROTOCOLS: [&str; 2] = ["sse", "websocket"];
 pub const EVENT_KINDS: [&str; 3] = ["snapshot", "patch", "error"];
 /// `reason` of `unpoll_subscriber_lagged_total`.
 pub const LAG_REASONS: [&str; 2] = ["events", "bytes"];
+/// `kind` of `unpoll_upstream_requests_total`.
+pub const SERVER_REQUEST_KINDS: [&str; 2] = ["proxy", "poll"];
+/// `result` of `unpoll_sticky_total`.
+pub const STICKY_RESULTS: [&str; 3] = ["hit", "assigned", "reassigned"];
 /// `reason` of `unpoll_upstream_reuse_refused_total`.
 pub const REUSE_REASONS: [&str; 2] = ["stray_bytes", "doubtful_framing"];
 /// `lane` of `unpoll_diff_waits_total`.
@@ -75,6 +79,16 @@ pub struct Metrics {
     /// because bytes waited on them (`stray_bytes`) or a response's framing was in doubt
     /// (`doubtful_framing`); each also quarantines the server (see `pool`).
     pub reuse_refused: IntCounterVec,
+    /// `unpoll_upstream_server_up{upstream,server}`: 1 while a server is in rotation.
+    pub server_up: IntGaugeVec,
+    /// `unpoll_upstream_requests_total{upstream,server,kind}`: requests sent to each server
+    /// (`proxy`: proxied requests; `poll`: polls).
+    pub server_requests: IntCounterVec,
+    /// `unpoll_sticky_total{upstream,result}`: sticky choices: `hit` (the client's server),
+    /// `assigned` (a client without one), `reassigned` (its server is gone or down).
+    pub sticky: IntCounterVec,
+    /// `unpoll_health_checks_total{upstream,server,result}`: active checks, `ok` or `failed`.
+    pub health_checks: IntCounterVec,
     /// `unpoll_diff_waits_total{lane}`: diffs that waited because `server.diff_threads` of
     /// their lane (`small`, or `large` for bodies of 256 KiB and more) were busy.
     pub diff_waits: IntCounterVec,
@@ -166,6 +180,22 @@ impl Metrics {
                 "Upstream connections not reused: stray bytes or doubtful framing",
                 &["upstream", "reason"],
             ),
+            server_up: gauge_vec(
+                "unpoll_upstream_server_up",
+                "1 while a server is in rotation",
+                &["upstream", "server"],
+            ),
+            server_requests: counter_vec(
+                "unpoll_upstream_requests_total",
+                "Requests sent to each upstream server, proxied or polls",
+                &["upstream", "server", "kind"],
+            ),
+            health_checks: counter_vec(
+                "unpoll_health_checks_total",
+                "Active health checks by result",
+                &["upstream", "server", "result"],
+            ),
+            sticky: counter_vec("unpoll_sticky_total", "Sticky server choices by result", &["upstream", "result"]),
             events: counter_vec(
                 "unpoll_events_sent_total",
                 "Events sent to subscribers",
@@ -210,7 +240,23 @@ impl Metrics {
             self.diff_waits.with_label_values(&[lane]);
         }
         self.requests.with_label_values(&["", "no_route"]);
-        for name in config.upstreams.keys() {
+        for (name, upstream) in &config.upstreams {
+            for server in &upstream.servers {
+                let label = server.label();
+                for kind in SERVER_REQUEST_KINDS {
+                    self.server_requests.with_label_values(&[name, &label, kind]);
+                }
+                if upstream.health.is_some() {
+                    for result in ["ok", "failed"] {
+                        self.health_checks.with_label_values(&[name, &label, result]);
+                    }
+                }
+            }
+            if upstream.sticky.is_some() {
+                for result in STICKY_RESULTS {
+                    self.sticky.with_label_values(&[name, result]);
+                }
+            }
             self.polls_in_flight.with_label_values(&[name]);
             self.poll_waits.with_label_values(&[name]);
             for reason in REUSE_REASONS {

@@ -92,7 +92,7 @@ impl Reloader {
         if let Some(what) = restart_needed(&running.server, &config.server) {
             return Err(ReloadError::NeedsRestart(what));
         }
-        let next = Arc::new(RouteTable::new(&config));
+        let next = Arc::new(RouteTable::new(&config, &self.metrics, Some(&running)));
         self.metrics.prepare(&config);
         self.table.store(next.clone());
         self.hub.reconcile(&next);

@@ -117,7 +117,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     let (tx, rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     metrics.prepare(config);
-    let table = Arc::new(ArcSwap::from_pointee(RouteTable::new(config)));
+    let table = Arc::new(ArcSwap::from_pointee(RouteTable::new(config, &metrics, None)));
     let poller = Poller::new(metrics.clone(), rx.clone(), config.server.diff_threads);
     let hub = Arc::new(Hub::new(metrics.clone(), Arc::new(poller)));
     if let Some(from) = reload {
@@ -130,6 +130,10 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
         };
         server.add_service(background_service("config reload", reloader));
     }
+    let checks = crate::health::HealthChecks { table: table.clone(), metrics: metrics.clone() };
+    server.add_service(background_service("health checks", checks));
+    let discovery = crate::discovery::Discovery { table: table.clone(), metrics: metrics.clone() };
+    server.add_service(background_service("service discovery", discovery));
     let connections = Connections::new(metrics.clone());
     let gateway = Gateway {
         table: table.clone(),

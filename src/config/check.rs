@@ -18,6 +18,14 @@ pub fn check(w: &mut Walker, draft: &mut Draft) {
             );
         }
     }
+    for (name, upstream) in &draft.upstreams {
+        if let Some(h) = &upstream.health {
+            // One check of a server at a time: each ends before the next is due.
+            if h.timeout >= h.interval {
+                w.problem(&format!("upstreams.{name}.health.timeout"), "must be shorter than health.interval");
+            }
+        }
+    }
     let names: Vec<&str> = draft.upstreams.keys().map(String::as_str).collect();
     for (i, route) in draft.routes.iter_mut().enumerate() {
         let path = format!("routes[{i}]");

@@ -17,6 +17,7 @@ pub use duration::{format_duration, parse_duration};
 pub use model::*;
 pub use parse::{parse, parse_config, ConfigErrors, Parsed, Problem};
 pub use pattern::Pattern;
+pub use resolve::lookup;
 
 use std::path::Path;
 

@@ -55,11 +55,18 @@ pub struct ServerSettings {
 /// `upstreams.<name>:` — a group of servers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSettings {
-    /// `servers`: `host:port` of each server, as written.
-    pub addresses: Vec<String>,
-    /// The servers' socket addresses: `addresses` resolved, in a step of its own after
-    /// parsing (see `resolve.rs`).
-    pub servers: Vec<SocketAddr>,
+    /// `servers`: each server as written (`host:port`, or `{addr, weight}`).
+    pub addresses: Vec<ServerEntry>,
+    /// The servers: `addresses` resolved, in a step of its own after parsing (see
+    /// `resolve.rs`). A name becomes one server per address it resolves to.
+    pub servers: Vec<ServerAddr>,
+    /// `sticky`: which server a client's requests (and its streams' polls) go to.
+    pub sticky: Option<Sticky>,
+    /// `health`: active checks of each server; absent, only passive marking.
+    pub health: Option<HealthSettings>,
+    /// `resolve_interval`: how often server names are resolved again.
+    pub resolve_interval: Duration,
+
     /// `connect_timeout`: TCP connect timeout.
     pub connect_timeout: Duration,
     /// `timeout`: the longest one poll (connect, request and whole response) may take.
@@ -70,6 +77,105 @@ pub struct UpstreamSettings {
     pub max_concurrent_polls: usize,
     /// `reuse`: which requests may share a pooled connection to one of the servers.
     pub reuse: Reuse,
+}
+
+/// `upstreams.<name>.servers[i]` as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEntry {
+    /// `host:port`.
+    pub address: String,
+    /// `weight`: its share of new clients, against the others' (default 1).
+    pub weight: u32,
+}
+
+/// A server with its address resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    /// `host:port` as configured.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl ServerAddr {
+    /// How metrics and logs name it: as configured, plus the address when a name resolved.
+    pub fn label(&self) -> String {
+        if self.name == self.addr.to_string() {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, self.addr)
+        }
+    }
+}
+
+/// `upstreams.<name>.health`: active HTTP checks of each server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// `path`: what is asked for (`GET`); a 2xx or 3xx answer is a success.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a server that failed its checks back.
+    pub healthy_after: u32,
+    /// Consecutive failures (checks, or requests and polls that cannot reach it) that take a
+    /// server out.
+    pub unhealthy_after: u32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_after: 2,
+            unhealthy_after: 3,
+        }
+    }
+}
+
+/// `upstreams.<name>.sticky`: client affinity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// `cookie:` unpoll sets a cookie naming the chosen server (opaquely).
+    Cookie(StickyCookie),
+    /// `hash:` consistent hashing of one attribute of the request.
+    Hash(HashOn),
+}
+
+/// `sticky.cookie`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: String,
+    /// `max_age`; absent: a session cookie.
+    pub max_age: Option<Duration>,
+    pub secure: bool,
+    pub http_only: bool,
+    /// `same_site`: `lax`, `strict` or `none`.
+    pub same_site: String,
+}
+
+impl Default for StickyCookie {
+    fn default() -> Self {
+        StickyCookie {
+            name: "unpoll_server".into(),
+            max_age: None,
+            secure: false,
+            http_only: true,
+            same_site: "lax".into(),
+        }
+    }
+}
+
+/// `sticky.hash`: what a request is hashed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header (lower-case name).
+    Header(String),
+    Cookie(String),
+    Query(String),
+    /// The client's address (see `server.trusted_proxies`).
+    SourceIp,
 }
 
 /// `upstreams.<name>.reuse`: which requests may be sent on a connection that carried another.
@@ -240,6 +346,9 @@ impl Default for UpstreamSettings {
         UpstreamSettings {
             addresses: Vec::new(),
             servers: Vec::new(),
+            sticky: None,
+            health: None,
+            resolve_interval: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(10),
             max_body: 8 * 1024 * 1024,

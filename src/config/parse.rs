@@ -304,4 +304,31 @@ routes:
         }
         assert!(missing.is_empty(), "config/example.yaml does not show {missing:?}");
     }
+
+    #[test]
+    fn servers_weights_and_sticky_are_read_and_checked() {
+        let good = "upstreams:\n  a:\n    servers: ['127.0.0.1:1', {addr: '127.0.0.1:2', weight: 3}]\n    sticky: {cookie: {name: sid, max_age: 1h, secure: true}}\n  b:\n    servers: ['127.0.0.1:3']\n    sticky: {hash: {header: X-Session}}\nroutes: [{match: /x, upstream: a}]\n";
+        let c = parse_config(good).unwrap();
+        let a = &c.upstreams["a"];
+        assert_eq!(a.servers.iter().map(|s| s.weight).collect::<Vec<_>>(), vec![1, 3]);
+        let Some(Sticky::Cookie(cookie)) = &a.sticky else { panic!("{:?}", a.sticky) };
+        assert_eq!(
+            (cookie.name.as_str(), cookie.max_age, cookie.secure, cookie.http_only),
+            ("sid", Some(Duration::from_secs(3600)), true, true)
+        );
+        assert_eq!(c.upstreams["b"].sticky, Some(Sticky::Hash(HashOn::Header("x-session".into()))));
+        let bad = "upstreams:\n  a:\n    servers: [{weight: 2}, {addr: '127.0.0.1:2', weight: 0}]\n    sticky: {cookie: {}, hash: {source_ip: true}}\n  b:\n    servers: ['127.0.0.1:3']\n    sticky: {hash: {header: x, query: y}}\n  c:\n    servers: ['127.0.0.1:4']\n    sticky: {cookie: {name: 'a b', same_site: loose}}\nroutes: [{match: /x, upstream: a}]\n";
+        let errs = parse_config(bad).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "upstreams.a.servers[0].addr",
+            "upstreams.a.servers[1].weight",
+            "upstreams.a.sticky",
+            "upstreams.b.sticky.hash",
+            "upstreams.c.sticky.cookie.name",
+            "upstreams.c.sticky.cookie.same_site",
+        ] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
+    }
 }

@@ -7,8 +7,9 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::host;
-use super::model::Config;
+use super::model::{Config, ServerAddr, ServerEntry};
 use super::walk::Walker;
+use std::net::SocketAddr;
 use std::net::ToSocketAddrs;
 
 /// Resolves `config` in place, reporting what cannot be used. `max_connections` is held to
@@ -36,15 +37,38 @@ pub fn resolve(w: &mut Walker, config: &mut Config, max_connections_given: bool)
         }
     }
     for (name, upstream) in &mut config.upstreams {
-        upstream.servers.clear();
-        for (i, address) in upstream.addresses.iter().enumerate() {
-            let path = format!("upstreams.{name}.servers[{i}]");
-            match address.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => upstream.servers.push(a),
-                Ok(None) => w.problem(&path, format!("`{address}` resolves to no address")),
-                Err(e) => w.problem(&path, format!("`{address}` is not a usable `host:port`: {e}")),
+        let mut servers = Vec::new();
+        for (i, entry) in upstream.addresses.iter().enumerate() {
+            match lookup(&entry.address) {
+                Ok(addrs) => servers.extend(addrs.into_iter().map(|addr| server(entry, addr))),
+                Err(e) => w.problem(&format!("upstreams.{name}.servers[{i}]"), e),
             }
         }
+        upstream.servers = servers;
+    }
+}
+
+fn server(entry: &ServerEntry, addr: SocketAddr) -> ServerAddr {
+    ServerAddr { name: entry.address.clone(), addr, weight: entry.weight }
+}
+
+/// Every address `address` (`host:port`) resolves to, each once, in the resolver's order.
+pub fn lookup(address: &str) -> Result<Vec<SocketAddr>, String> {
+    match address.to_socket_addrs() {
+        Ok(found) => {
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for a in found {
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+            if addrs.is_empty() {
+                Err(format!("`{address}` resolves to no address"))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) => Err(format!("`{address}` is not a usable `host:port`: {e}")),
     }
 }
 

@@ -89,13 +89,19 @@ const SERVER: [Key<ServerSettings>; 15] = [
 ];
 
 /// `upstreams.<name>:`.
-const UPSTREAM: [Key<UpstreamSettings>; 6] = [
+const UPSTREAM: [Key<UpstreamSettings>; 9] = [
     Key::required("servers", "list the upstream's `host:port` servers", |w, v, p, u| {
-        let list = w.each(v, p, |w, a, p| w.address(a, p))?;
-        if list.is_empty() {
+        let Value::Sequence(items) = v else {
+            w.problem(p, format!("expected a list, found {}", super::walk::kind(v)));
+            return None;
+        };
+        if items.is_empty() {
             w.problem(p, "the server list is empty");
             return None;
         }
+        let list: Vec<ServerEntry> =
+            items.iter().enumerate().filter_map(|(i, item)| server(w, item, &format!("{p}[{i}]"))).collect();
+        (list.len() == items.len()).then_some(())?;
         set(&mut u.addresses, Some(list))
     }),
     Key::new("connect_timeout", |w, v, p, u| set(&mut u.connect_timeout, w.duration(v, p, ms(1)))),
@@ -105,7 +111,120 @@ const UPSTREAM: [Key<UpstreamSettings>; 6] = [
     Key::new("reuse", |w, v, p, u| {
         set(&mut u.reuse, w.choice(v, p, "reuse mode", "per_credential, shared or off", Reuse::parse))
     }),
+    Key::new("sticky", |w, v, p, u| set(&mut u.sticky, sticky(w, v, p).map(Some))),
+    Key::new("resolve_interval", |w, v, p, u| set(&mut u.resolve_interval, w.duration(v, p, ms(1000)))),
+    Key::new("health", |w, v, p, u| {
+        let mut health = HealthSettings::default();
+        w.section(v, p, &HEALTH, &mut health)?;
+        set(&mut u.health, Some(Some(health)))
+    }),
 ];
+
+const HEALTH: [Key<HealthSettings>; 5] = [
+    Key::new("path", |w, v, p, h| {
+        let path = w.string(v, p)?;
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            w.problem(p, format!("`{path}` is not a path such as `/healthz`"));
+            return None;
+        }
+        set(&mut h.path, Some(path))
+    }),
+    Key::new("interval", |w, v, p, h| set(&mut h.interval, w.duration(v, p, ms(100)))),
+    Key::new("timeout", |w, v, p, h| set(&mut h.timeout, w.duration(v, p, ms(10)))),
+    Key::new("healthy_after", |w, v, p, h| set(&mut h.healthy_after, w.count(v, p, 1, 100).map(|n| n as u32))),
+    Key::new("unhealthy_after", |w, v, p, h| set(&mut h.unhealthy_after, w.count(v, p, 1, 100).map(|n| n as u32))),
+];
+
+/// `servers[i]`: `host:port`, or `{addr: host:port, weight: n}`.
+fn server(w: &mut Walker, v: &Value, p: &str) -> Option<ServerEntry> {
+    if let Value::String(text) = v {
+        return Some(ServerEntry { address: w.address(text, p)?, weight: 1 });
+    }
+    let mut entry = ServerEntry { address: String::new(), weight: 1 };
+    w.section(v, p, &SERVER_ENTRY, &mut entry)?;
+    (!entry.address.is_empty()).then_some(entry)
+}
+
+const SERVER_ENTRY: [Key<ServerEntry>; 2] = [
+    Key::required("addr", "give the server's `host:port`", |w, v, p, e| {
+        let text = w.string(v, p)?;
+        set(&mut e.address, w.address(&text, p))
+    }),
+    Key::new("weight", |w, v, p, e| set(&mut e.weight, w.count(v, p, 1, 1000).map(|n| n as u32))),
+];
+
+/// `sticky:` one of `cookie` and `hash`.
+fn sticky(w: &mut Walker, v: &Value, p: &str) -> Option<Sticky> {
+    let m = w.mapping(v, p, &["cookie", "hash"])?;
+    match (m.get("cookie"), m.get("hash")) {
+        (Some(_), Some(_)) => {
+            w.problem(p, "give one of `cookie` and `hash`, not both");
+            None
+        }
+        (Some(c), None) => {
+            let mut cookie = StickyCookie::default();
+            // `cookie: {}` (or `cookie: true`) takes every default.
+            if !matches!(c, Value::Bool(true) | Value::Null) {
+                w.section(c, &join(p, "cookie"), &STICKY_COOKIE, &mut cookie)?;
+            }
+            Some(Sticky::Cookie(cookie))
+        }
+        (None, Some(h)) => hash_on(w, h, &join(p, "hash")).map(Sticky::Hash),
+        (None, None) => {
+            w.problem(p, "give `cookie` (unpoll sets a cookie naming the server) or `hash` (an attribute to hash)");
+            None
+        }
+    }
+}
+
+const STICKY_COOKIE: [Key<StickyCookie>; 5] = [
+    Key::new("name", |w, v, p, c| {
+        let name = w.string(v, p)?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            w.problem(p, format!("`{name}` is not a cookie name (letters, digits, `_` and `-`)"));
+            return None;
+        }
+        set(&mut c.name, Some(name))
+    }),
+    Key::new("max_age", |w, v, p, c| set(&mut c.max_age, w.duration(v, p, ms(1000)).map(Some))),
+    Key::new("secure", |w, v, p, c| set(&mut c.secure, w.boolean(v, p))),
+    Key::new("http_only", |w, v, p, c| set(&mut c.http_only, w.boolean(v, p))),
+    Key::new("same_site", |w, v, p, c| {
+        let parse = |n: &str| ["lax", "strict", "none"].contains(&n).then(|| n.to_string());
+        set(&mut c.same_site, w.choice(v, p, "same_site", "lax, strict or none", parse))
+    }),
+];
+
+/// `sticky.hash`: exactly one of `header`, `cookie`, `query`, `source_ip: true`.
+fn hash_on(w: &mut Walker, v: &Value, p: &str) -> Option<HashOn> {
+    let m = w.mapping(v, p, &["header", "cookie", "query", "source_ip"])?;
+    if m.len() != 1 {
+        w.problem(p, "give one of `header`, `cookie`, `query` or `source_ip: true`");
+        return None;
+    }
+    let (key, value) = m.iter().next()?;
+    let key = key.as_str()?;
+    let path = join(p, key);
+    if key == "source_ip" {
+        return match w.boolean(value, &path)? {
+            true => Some(HashOn::SourceIp),
+            false => {
+                w.problem(&path, "`source_ip: false` hashes nothing; remove `sticky` for no affinity");
+                None
+            }
+        };
+    }
+    let name = w.string(value, &path)?;
+    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        w.problem(&path, format!("`{name}` is not a name to hash on"));
+        return None;
+    }
+    Some(match key {
+        "header" => HashOn::Header(name.to_ascii_lowercase()),
+        "cookie" => HashOn::Cookie(name),
+        _ => HashOn::Query(name),
+    })
+}
 
 /// `routes[i]:`.
 const ROUTE: [Key<RouteDraft>; 3] = [
@@ -274,8 +393,11 @@ fn routes(w: &mut Walker, v: &Value, path: &str) -> Option<Vec<RouteDraft>> {
 /// The names of every key a section allows, by section: `server`, `upstreams.<name>`,
 /// `routes[i]`, `routes[i].stream` (the documentation test holds the example file to them).
 #[cfg(test)]
-pub fn keys() -> [(&'static str, Vec<&'static str>); 4] {
+pub fn keys() -> [(&'static str, Vec<&'static str>); 7] {
     [
+        ("upstreams.<name>.health", HEALTH.iter().map(|k| k.name).collect()),
+        ("upstreams.<name>.servers[i]", SERVER_ENTRY.iter().map(|k| k.name).collect()),
+        ("upstreams.<name>.sticky.cookie", STICKY_COOKIE.iter().map(|k| k.name).collect()),
         ("server", SERVER.iter().map(|k| k.name).collect()),
         ("upstreams.<name>", UPSTREAM.iter().map(|k| k.name).collect()),
         ("routes[i]", ROUTE.iter().map(|k| k.name).collect()),

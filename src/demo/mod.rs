@@ -22,7 +22,7 @@ pub fn config(listen: &str, admin: &str, api: &str) -> Result<Config, ConfigErro
     config.server.listen = vec![listen.to_string()];
     config.server.admin = Some(admin.to_string());
     for upstream in config.upstreams.values_mut() {
-        upstream.servers = vec![api_addr];
+        upstream.servers = vec![crate::config::ServerAddr { name: api.to_string(), addr: api_addr, weight: 1 }];
     }
     Ok(config)
 }
@@ -40,7 +40,7 @@ mod tests {
     fn demo_config_is_valid_and_overridable() {
         let c = super::config("127.0.0.1:18080", "127.0.0.1:19090", "127.0.0.1:13001").unwrap();
         assert_eq!(c.server.listen, vec!["127.0.0.1:18080"]);
-        assert_eq!(c.upstreams["legacy"].servers[0].port(), 13001);
+        assert_eq!(c.upstreams["legacy"].servers[0].addr.port(), 13001);
         assert!(c.routes.iter().filter(|r| r.stream.is_some()).count() >= 3);
         let same = super::config("127.0.0.1:18080", "127.0.0.1:18080", "127.0.0.1:13001").unwrap_err();
         assert_eq!(same.0[0].path, "--admin");

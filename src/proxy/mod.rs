@@ -6,10 +6,11 @@ pub mod connections;
 pub mod detach;
 pub mod head_deadline;
 pub mod path;
+pub mod sticky;
 
 pub mod subscribe;
 
-use crate::config::{ServerSettings, CREDENTIAL_HEADERS};
+use crate::config::{ServerSettings, Sticky, CREDENTIAL_HEADERS};
 use crate::metrics::Metrics;
 use crate::pool::{self, Distrust};
 use crate::route_table::{Route, RouteTable, StreamRoute};
@@ -50,6 +51,14 @@ pub struct Gateway {
 pub struct Ctx {
     route: Option<Arc<Route>>,
     server: Option<SocketAddr>,
+    /// The server chosen, for its health and counters.
+    chosen: Option<Arc<crate::balance::Server>>,
+    /// A sticky cookie to set on the response (the client was assigned a server).
+    set_cookie: Option<String>,
+    /// Whether a failed connection was already retried on another server.
+    retried: bool,
+    /// The server whose connection failed, avoided on the retry.
+    avoid: Option<SocketAddr>,
     /// Ask for the upstream connection to be closed after this request (see [`crate::pool`]).
     close: bool,
 }
@@ -121,8 +130,21 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
-        let route = ctx.route.as_ref().expect("request_filter sets the route of every proxied request");
-        let server = route.upstream.pick();
+        let route = ctx.route.clone().expect("request_filter sets the route of every proxied request");
+        let req = session.req_header();
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
+            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+            client::client_address(peer.ip(), forwarded, &self.table.load().server.trusted_proxies)
+        });
+        let choice = sticky::choose(&route.upstream, &req.headers, req.uri.query(), client, ctx.avoid);
+        if let Some(result) = choice.result {
+            self.metrics.sticky.with_label_values(&[&route.upstream.name, result]).inc();
+        }
+        // A retry that lands on another server re-issues the cookie.
+        ctx.set_cookie = choice.set_cookie.or(ctx.set_cookie.take());
+        choice.server.proxied.inc();
+        let server = choice.server.addr;
+        ctx.chosen = Some(choice.server);
         // Requests with different credentials never share an upstream connection.
         let identity = pool::identity(&session.req_header().headers, CREDENTIAL_HEADERS);
         let plan = route.upstream.plan(server, identity);
@@ -158,7 +180,53 @@ impl ProxyHttp for Gateway {
         if ctx.close {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
         }
+        // The sticky cookie is unpoll's own: the upstream never sees it.
+        let route = ctx.route.as_ref().expect("routed");
+        if let Some(crate::config::Sticky::Cookie(cookie)) = &route.upstream.settings.sticky {
+            let kept: Vec<String> = upstream_request
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| sticky::without_cookie(v, &cookie.name))
+                .collect();
+            upstream_request.remove_header(&http::header::COOKIE);
+            for value in kept {
+                upstream_request.append_header(http::header::COOKIE, value)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Sets the sticky cookie of a client that was (re)assigned a server.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if let Some(cookie) = ctx.set_cookie.take() {
+            response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
+    }
+
+    /// A connection that could not be made counts against the server's health, and an
+    /// idempotent request (nothing of it was sent) is tried once more on another server.
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let (Some(route), Some(server)) = (ctx.route.as_ref(), ctx.chosen.as_ref()) {
+            route.upstream.unreachable(server);
+        }
+        let idempotent =
+            matches!(session.req_header().method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS);
+        let retry =
+            idempotent && !ctx.retried && ctx.route.as_ref().is_some_and(|r| r.upstream.balancer().servers().len() > 1);
+        if retry {
+            ctx.retried = true;
+            ctx.avoid = ctx.server;
+        }
+        e.set_retry(retry);
+        e
     }
 
     /// A pooled connection carries the request only if nothing waits on it (see [`crate::pool`]).
@@ -191,6 +259,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        if let (Some(route), Some(server)) = (ctx.route.as_ref(), ctx.chosen.as_ref()) {
+            route.upstream.reached(server);
+        }
         if pool::doubtful_framing(upstream_response.status, &upstream_response.headers, None) {
             let (route, server) = (ctx.route.as_ref().expect("routed"), ctx.server.expect("picked"));
             route.upstream.distrust(server, Distrust::DoubtfulFraming, &self.metrics.reuse_refused);
@@ -233,17 +304,45 @@ impl Gateway {
         let req = session.req_header();
         // HTTP/1.0 knows no chunked bodies: its SSE stream ends by closing.
         let http10 = req.version == http::Version::HTTP_10;
-        let (key, poll, _) = key::derive(route.label(), settings, req.uri.path(), req.uri.query(), &req.headers);
+        let upstream = route.upstream();
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
+            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+            client::client_address(peer.ip(), forwarded, &server.trusted_proxies)
+        });
+        // On a sticky upstream the polls go where the subscriber's plain requests would (see
+        // `key::pin`); the sticky cookie itself is unpoll's, never sent upstream nor keyed on.
+        let (key, poll, set_cookie) = match &upstream.settings.sticky {
+            None => {
+                let (key, poll, _) =
+                    key::derive(route.label(), settings, req.uri.path(), req.uri.query(), &req.headers);
+                (key, poll, None)
+            }
+            Some(rule) => {
+                let choice = sticky::choose(upstream, &req.headers, req.uri.query(), client, None);
+                if let Some(result) = choice.result {
+                    self.metrics.sticky.with_label_values(&[&upstream.name, result]).inc();
+                }
+                let (pin, headers) = match rule {
+                    Sticky::Cookie(cookie) => {
+                        (key::Pin::Server(choice.server.id.clone()), sticky::strip(&req.headers, &cookie.name))
+                    }
+                    Sticky::Hash(on) => match sticky::key(on, &req.headers, req.uri.query(), client) {
+                        Some(attribute) => (key::Pin::Hash(attribute), req.headers.clone()),
+                        None => (key::Pin::Server(choice.server.id.clone()), req.headers.clone()),
+                    },
+                };
+                let (mut key, mut poll, _) =
+                    key::derive(route.label(), settings, req.uri.path(), req.uri.query(), &headers);
+                key::pin(&mut key, &mut poll, settings, pin);
+                (key, poll, choice.set_cookie.map(|c| format!("set-cookie: {c}\r\n")))
+            }
+        };
         let limits = Limits {
             subscribers: server.max_subscribers,
             topics: server.max_topics,
             per_topic: settings.max_subscribers,
             per_client: server.max_topics_per_client,
         };
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
-            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-            client::client_address(peer.ip(), forwarded, &server.trusted_proxies)
-        });
         let sub = match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits, client) {
             Ok(sub) => sub,
             Err(refused) => {
@@ -265,7 +364,7 @@ impl Gateway {
         };
         let handshake = (request.protocol == Protocol::WebSocket).then(|| {
             let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
-            ws::handshake_response(key, request.subprotocol)
+            ws::handshake_response(key, request.subprotocol, set_cookie.as_deref())
         });
         let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics);
         let Some(stream) = detach::detach(session) else {
@@ -283,7 +382,7 @@ impl Gateway {
         let (heartbeat, max_message) = (settings.heartbeat, server.websocket_max_message);
         tokio::spawn(async move {
             let result = match handshake {
-                None => sse::serve(down, delivery, heartbeat, http10, shutdown).await.map(|()| None),
+                None => sse::serve(down, delivery, heartbeat, http10, set_cookie, shutdown).await.map(|()| None),
                 Some(handshake) => {
                     let limits = ws::Limits { heartbeat, write_timeout, max_message };
                     ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)

@@ -10,21 +10,23 @@ use tokio::sync::watch;
 
 /// The response head of an SSE stream to an HTTP/1.1 client.
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-transfer-encoding: chunked\r\nx-accel-buffering: no\r\n\r\n";
+transfer-encoding: chunked\r\nx-accel-buffering: no\r\n";
 
 /// The head for an HTTP/1.0 client, which knows no chunks: the body ends when the connection
 /// closes.
 const HEAD_HTTP10: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-connection: close\r\nx-accel-buffering: no\r\n\r\n";
+connection: close\r\nx-accel-buffering: no\r\n";
 
 /// Serves one SSE subscriber until the topic ends, the client leaves, or shutdown. Events come
 /// framed as HTTP chunks; for an HTTP/1.0 client (`http10`) the framing is taken off and the
-/// response is delimited by closing the connection.
+/// response is delimited by closing the connection. `extra_head` holds more header lines, each
+/// ending in CRLF.
 pub async fn serve(
     mut down: Downstream,
     mut delivery: Delivery,
     heartbeat: Duration,
     http10: bool,
+    extra_head: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WriteFailed> {
     let body = |b: Bytes| if http10 { unchunk(&b) } else { b };
@@ -39,6 +41,11 @@ pub async fn serve(
         (if http10 { HEAD_HTTP10 } else { HEAD }, body(Bytes::from_static(SSE_PREAMBLE)), body(initial));
     let mut first = Vec::with_capacity(head.len() + preamble.len() + initial.len());
     first.extend_from_slice(head);
+    // More header lines (a sticky cookie), each ending in CRLF; then the blank line.
+    if let Some(extra) = &extra_head {
+        first.extend_from_slice(extra.as_bytes());
+    }
+    first.extend_from_slice(b"\r\n");
     first.extend_from_slice(&preamble);
     first.extend_from_slice(&initial);
     down.write(&first).await?;

@@ -59,7 +59,7 @@ pub fn read_client_bytes(data: &[u8], max_message: usize) -> usize {
 }
 
 /// The 101 response head for a validated upgrade request.
-pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
+pub fn handshake_response(key: &str, subprotocol: Option<&str>, extra_head: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n"
@@ -68,6 +68,10 @@ pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
         head.push_str("sec-websocket-protocol: ");
         head.push_str(p);
         head.push_str("\r\n");
+    }
+    // More header lines (a sticky cookie), each ending in CRLF.
+    if let Some(extra) = extra_head {
+        head.push_str(extra);
     }
     head.push_str("\r\n");
     head.into_bytes()

@@ -2,6 +2,7 @@
 //! [`crate::pool`].
 
 use super::key::PollRequest;
+use crate::balance::Server;
 use crate::pool::{self, Distrust, Plan};
 use crate::route_table::Upstream;
 use crate::sys::{self, Pending};
@@ -89,8 +90,10 @@ impl Fetch for HttpFetch {
     }
 }
 
-/// Polls `request` on the next server of `upstream`. Connections that cannot be trusted with
-/// another request are counted in `refused` (see [`crate::pool`]).
+/// Polls `request` on its server of `upstream` (see [`super::key::Pin`]), or the next one.
+/// A server that cannot be reached is tried no more for this poll: the poll goes once to
+/// another, so a pinned topic moves on without an error event. Connections that cannot be
+/// trusted with another request are counted in `refused` (see [`crate::pool`]).
 pub async fn fetch(
     connector: &Connector,
     upstream: &Upstream,
@@ -98,8 +101,41 @@ pub async fn fetch(
     validators: &Validators,
     refused: &IntCounterVec,
 ) -> Fetched {
+    // A pinned topic polls its server while it is in rotation, and another meanwhile.
+    let first = match &request.pin {
+        Some(super::key::Pin::Server(id)) => upstream.balancer().by_id(id).cloned().unwrap_or_else(|| upstream.pick()),
+        Some(super::key::Pin::Hash(attribute)) => upstream.balancer().by_hash(attribute.as_bytes(), None).clone(),
+        None => upstream.pick(),
+    };
+    let fetched = fetch_from(connector, upstream, &first, request, validators, refused).await;
+    if !matches!(fetched, Fetched::Unreachable(_)) || upstream.balancer().servers().len() < 2 {
+        return fetched;
+    }
+    let balancer = upstream.balancer();
+    let next = match &request.pin {
+        Some(super::key::Pin::Hash(attribute)) => balancer.by_hash(attribute.as_bytes(), Some(first.addr)),
+        _ => balancer.round_robin(Some(first.addr)),
+    }
+    .clone();
+    drop(balancer);
+    if next.addr == first.addr {
+        return fetched;
+    }
+    fetch_from(connector, upstream, &next, request, validators, refused).await
+}
+
+/// One poll of `server`, with its health and outage logging.
+async fn fetch_from(
+    connector: &Connector,
+    upstream: &Upstream,
+    server: &Server,
+    request: &PollRequest,
+    validators: &Validators,
+    refused: &IntCounterVec,
+) -> Fetched {
     let timeout = upstream.settings.timeout;
-    let addr = upstream.pick();
+    let addr = server.addr;
+    server.polled.inc();
     let fetched =
         match tokio::time::timeout(timeout, fetch_inner(connector, upstream, addr, request, validators, refused)).await
         {
@@ -107,6 +143,10 @@ pub async fn fetch(
             Ok(Err(e)) => Fetched::Unreachable(e.to_string()),
             Err(_) => Fetched::TimedOut,
         };
+    match &fetched {
+        Fetched::Unreachable(_) | Fetched::TimedOut => upstream.unreachable(server),
+        _ => upstream.reached(server),
+    }
     // The details go to the log, once per outage of the server; clients are told in plain words.
     match &fetched {
         Fetched::Unreachable(detail) => upstream.failing(addr, detail),

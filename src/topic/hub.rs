@@ -276,7 +276,7 @@ mod tests {
             "upstreams: {a: {servers: ['127.0.0.1:9']}}\nroutes: [{match: /x, upstream: a, stream: {interval: 1h}}]\n",
         )
         .unwrap();
-        let table = RouteTable::new(&config);
+        let table = RouteTable::new(&config, &Metrics::default(), None);
         let hub = Arc::new(Hub::new(Arc::default(), Arc::new(Panics)));
         let route = StreamRoute::of(&table.routes[0]).unwrap();
         let (key, poll, _) = crate::topic::key::derive("/x", &route.stream, "/x", None, &Default::default());

@@ -34,6 +34,36 @@ pub struct PollRequest {
     /// Whose pooled upstream connections the poll may use (see `pool::identity`): taken from
     /// the hash of exactly the headers it sends.
     pub identity: u64,
+    /// Which server the polls go to, on a sticky upstream (see [`pin`]).
+    pub pin: Option<Pin>,
+}
+
+/// The server a sticky subscriber's polls go to, as its plain requests would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// The server a sticky cookie names (its opaque id).
+    Server(String),
+    /// The attribute a hashed upstream hashes on.
+    Hash(String),
+}
+
+/// Pins a topic's polls: on a credentialed route the pin becomes part of the key, so that
+/// subscribers pinned to different servers never share a poll; a public route's answer is
+/// the same from every server, so its topics are not split and its polls are balanced.
+pub fn pin(key: &mut TopicKey, poll: &mut PollRequest, settings: &StreamSettings, pin: Pin) {
+    if settings.share == Share::Public {
+        return;
+    }
+    let (kind, value) = match &pin {
+        Pin::Server(id) => (b"server", id.as_bytes()),
+        Pin::Hash(attribute) => (b"hashed", attribute.as_bytes()),
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(key.headers_hash);
+    hash_field(&mut hasher, kind);
+    hash_field(&mut hasher, value);
+    key.headers_hash = hasher.finalize().into();
+    poll.pin = Some(pin);
 }
 
 /// The `unpoll_*` parameters a subscriber gave.
@@ -109,7 +139,7 @@ pub fn derive(
     let headers_hash: [u8; 32] = hasher.finalize().into();
     let identity = u64::from_be_bytes(headers_hash[..8].try_into().expect("32 bytes"));
     let key = TopicKey { route: route.to_string(), target: target.clone(), headers_hash };
-    (key, PollRequest { target, headers: sent, identity }, reserved)
+    (key, PollRequest { target, headers: sent, identity, pin: None }, reserved)
 }
 
 /// Length-prefixed, so that no two different header lists hash the same input.

@@ -51,7 +51,7 @@ impl Rig {
         let text = format!(
             "upstreams: {{a: {{servers: ['127.0.0.1:9']}}}}\nroutes: [{{match: /x, upstream: a, stream: {stream}}}]\n"
         );
-        let table = RouteTable::new(&parse_config(&text).unwrap());
+        let table = RouteTable::new(&parse_config(&text).unwrap(), &Metrics::default(), None);
         let script = Arc::new(Script::default());
         *script.answers.lock().unwrap() = answers.into();
         *script.last.lock().unwrap() = Some(last);
