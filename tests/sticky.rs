@@ -5,6 +5,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use support::*;
 
 /// `n` upstream servers; each answers `GET /who` (and `POST /who`) with its own name.
@@ -293,4 +294,57 @@ async fn a_reload_that_changes_the_servers_keeps_the_affinity_of_those_that_stay
             .map(served_by)
             .collect();
     assert!(new_clients.contains("s2"), "the new server takes new clients: {new_clients:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_passed_through_a_plain_route_is_sticky_too() {
+    // Two WebSocket servers, each noting the handshakes it accepts. Stickiness is read from
+    // which one accepted each upgrade: frames after the 101 are not needed (and pingora can
+    // tear an upgraded tunnel down when a fast upstream's 101 beats the request's empty
+    // body: cloudflare/pingora#946, which also affects unpoll's plain WebSocket pass-through).
+    let accepted: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let mut addrs = Vec::new();
+    for name in ["w0", "w1"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap().to_string());
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let accepted = accepted.clone();
+                tokio::spawn(async move {
+                    if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                        accepted.lock().unwrap().push(name);
+                        drop(ws);
+                    }
+                });
+            }
+        });
+    }
+    let setup = Setup::new().upstream("servers", json!(addrs)).upstream("sticky", json!({"cookie": {}})).route("/*");
+    let proxy = Proxy::launch(addrs[0].parse().unwrap(), &setup).await;
+    // Upgrades once with `cookie`; which server accepted it, and the cookie the 101 set.
+    let upgrade = |cookie: Option<String>| {
+        let (addr, accepted) = (proxy.addr, accepted.clone());
+        async move {
+            let headers: Vec<(&str, &str)> = cookie.as_deref().map(|c| vec![("cookie", c)]).unwrap_or_default();
+            let before = accepted.lock().unwrap().len();
+            let (_ws, resp) = ws_connect(addr, "/chat", &[], &headers).await.expect("upgrade through the proxy");
+            assert_eq!(resp.status(), 101);
+            assert!(eventually(2 * SECOND, || async { accepted.lock().unwrap().len() > before }).await);
+            let server = accepted.lock().unwrap()[before];
+            let set =
+                resp.headers().get("set-cookie").map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string());
+            (server, set)
+        }
+    };
+    let (home, cookie) = upgrade(None).await;
+    let cookie = cookie.expect("the 101 sets the cookie");
+    for _ in 0..10 {
+        assert_eq!(upgrade(Some(cookie.clone())).await, (home, None), "the cookie's server, every time");
+    }
+    let mut fresh = std::collections::HashSet::new();
+    for _ in 0..6 {
+        fresh.insert(upgrade(None).await.0);
+    }
+    assert_eq!(fresh.len(), 2, "new clients are balanced: {fresh:?}");
 }
