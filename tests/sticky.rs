@@ -271,6 +271,17 @@ async fn active_checks_take_a_failing_server_out_and_bring_it_back_after_healthy
     assert!(eventually(3 * SECOND, || async { up().await == 1.0 }).await);
     assert_eq!(served_by(&request(&proxy, "GET", &[("cookie", &c0)]).await), "s0");
     assert!(proxy.log().contains("checks of /healthz failed") && proxy.log().contains("back in rotation"));
+    // Killed: its checks fail to connect, and it is out with no request having tried it.
+    let before = proxy.metric("unpoll_upstream_requests_total", &[("server", &label), ("kind", "proxy")]).await;
+    servers[0].stop();
+    let killed = std::time::Instant::now();
+    assert!(eventually(3 * SECOND, || async { up().await == 0.0 }).await);
+    assert!(killed.elapsed() < std::time::Duration::from_millis(1500), "{:?}", killed.elapsed());
+    let after = proxy.metric("unpoll_upstream_requests_total", &[("server", &label), ("kind", "proxy")]).await;
+    assert_eq!(before, after, "taken out by its checks alone");
+    assert_eq!(served_by(&request(&proxy, "GET", &[("cookie", &c0)]).await), "s1");
+    servers[0].restart().await;
+    assert!(eventually(3 * SECOND, || async { up().await == 1.0 }).await, "back after healthy_after passes");
 }
 
 #[tokio::test]
