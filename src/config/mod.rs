@@ -7,6 +7,7 @@ pub mod host;
 mod model;
 mod parse;
 mod pattern;
+mod problem;
 mod resolve;
 mod sections;
 mod walk;

@@ -4,44 +4,10 @@
 //! ([`super::check`]), and resolving names ([`super::resolve`], the only step with I/O).
 
 use super::model::*;
+pub use super::problem::{ConfigErrors, Problem};
 use super::walk::Walker;
 use super::yaml::{parse_yaml, Lines};
 use super::{check, resolve, sections};
-use std::fmt;
-
-/// One thing wrong with a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Key path such as `routes[0].stream.interval`; empty for the whole document.
-    pub path: String,
-    /// Line in the file, where the parser gives one.
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() { "(document)" } else { &self.path };
-        match self.line {
-            Some(line) => write!(f, "{path}: {} (line {line})", self.message),
-            None => write!(f, "{path}: {}", self.message),
-        }
-    }
-}
-
-/// Every problem found in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<Problem>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} problem(s) in the configuration:", self.0.len())?;
-        for p in &self.0 {
-            writeln!(f, "  - {p}")?;
-        }
-        Ok(())
-    }
-}
 
 /// A configuration that parsed and passed every check between keys, not yet resolved.
 #[derive(Debug)]

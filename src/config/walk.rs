@@ -3,7 +3,7 @@
 //! of a section's table of keys.
 
 use super::duration::parse_duration;
-use super::parse::Problem;
+use super::problem::Problem;
 use super::yaml::{Mapping, Value};
 use std::time::Duration;
 

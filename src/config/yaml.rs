@@ -2,7 +2,7 @@
 //! YAML crate (`yaml_serde`, the maintained fork of `serde_yaml`), and the line of each key
 //! and list item ([`Lines`]), which the tree itself does not carry.
 
-use super::parse::Problem;
+use super::problem::Problem;
 use std::collections::HashMap;
 
 pub use yaml_serde::{Mapping, Value};
