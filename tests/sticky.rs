@@ -359,3 +359,27 @@ async fn a_websocket_passed_through_a_plain_route_is_sticky_too() {
     }
     assert_eq!(fresh.len(), 2, "new clients are balanced: {fresh:?}");
 }
+
+#[tokio::test]
+async fn hashing_on_the_source_address_keeps_each_client_on_its_server() {
+    let servers = pool(3).await;
+    let setup = Setup::new()
+        .upstream("servers", addresses(&servers))
+        .upstream("sticky", json!({"hash": {"source_ip": true}}))
+        .route("/*");
+    let proxy = Proxy::launch(servers[0].addr, &setup).await;
+    let from = |i: u8| -> std::net::IpAddr { [127, 0, 0, 10 + i].into() };
+    let ask = |ip| async move {
+        let req = b"GET /who HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+        served_by(&RawConn::send_from(ip, proxy.addr, req).await.read_to_end(5 * SECOND).await)
+    };
+    let mut homes = std::collections::HashSet::new();
+    for i in 0..20 {
+        let home = ask(from(i)).await;
+        for _ in 0..3 {
+            assert_eq!(ask(from(i)).await, home, "client {}", from(i));
+        }
+        homes.insert(home);
+    }
+    assert_eq!(homes.len(), 3, "20 addresses spread over the pool: {homes:?}");
+}

@@ -132,7 +132,9 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
         let route = ctx.route.clone().expect("request_filter sets the route of every proxied request");
         let req = session.req_header();
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
+        // The client's address is worked out only when it is what the upstream hashes on.
+        let by_address = matches!(route.upstream.settings.sticky, Some(Sticky::Hash(crate::config::HashOn::SourceIp)));
+        let client = session.client_addr().and_then(|a| a.as_inet()).filter(|_| by_address).map(|peer| {
             let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
             client::client_address(peer.ip(), forwarded, &self.table.load().server.trusted_proxies)
         });
