@@ -61,6 +61,8 @@ pub struct Server {
     pub next_check: Mutex<Option<Instant>>,
     /// Whether it was last seen up, for logging each transition once.
     up: AtomicBool,
+    /// Whether its polls are failing (an outage is logged once, and its end).
+    outage: AtomicBool,
     /// `unpoll_upstream_server_up{upstream,server}`.
     up_gauge: IntGauge,
     /// `unpoll_upstream_requests_total{upstream,server,kind}`, for `proxy` and `poll`.
@@ -103,12 +105,23 @@ impl Server {
             checked_out: AtomicBool::new(false),
             next_check: Mutex::new(None),
             up: AtomicBool::new(true),
+            outage: AtomicBool::new(false),
         }
     }
 
     /// The server as configured, with its address.
     pub fn configured(&self) -> ServerAddr {
         ServerAddr { name: self.name.clone(), addr: self.addr, weight: self.weight }
+    }
+
+    /// Marks its polls failing; whether this begins an outage.
+    pub fn outage_begins(&self) -> bool {
+        !self.outage.swap(true, Ordering::Relaxed)
+    }
+
+    /// Marks its polls answered; whether this ends an outage.
+    pub fn outage_ends(&self) -> bool {
+        self.outage.swap(false, Ordering::Relaxed)
     }
 
     /// Whether it may be chosen now.

@@ -26,8 +26,6 @@ pub struct Upstream {
     pub polls: tokio::sync::Semaphore,
     /// Servers whose connections are not reused for now (see [`crate::pool`]).
     quarantine: Quarantine,
-    /// Servers whose polls fail, so that an outage is logged once, and its end.
-    failing: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl Upstream {
@@ -64,16 +62,20 @@ impl Upstream {
 
     /// A poll of `server` failed for a reason of the server's (unreachable, no answer, 5xx):
     /// logged at `warn` when it begins an outage, with the detail clients are not shown.
-    pub fn failing(&self, server: SocketAddr, detail: &str) {
-        if self.failing.lock().unwrap_or_else(|e| e.into_inner()).insert(server) {
-            log::warn!("upstream {} server {server} is failing: {detail}; its topics retry with backoff", self.name);
+    pub fn failing(&self, server: &Server, detail: &str) {
+        if server.outage_begins() {
+            log::warn!(
+                "upstream {} server {} is failing: {detail}; its topics retry with backoff",
+                self.name,
+                server.label
+            );
         }
     }
 
     /// A poll of `server` was answered: the end of its outage, if it had one, is logged.
-    pub fn answering(&self, server: SocketAddr) {
-        if self.failing.lock().unwrap_or_else(|e| e.into_inner()).remove(&server) {
-            log::info!("upstream {} server {server} answers again", self.name);
+    pub fn answering(&self, server: &Server) {
+        if server.outage_ends() {
+            log::info!("upstream {} server {} answers again", self.name, server.label);
         }
     }
 
@@ -206,7 +208,6 @@ impl RouteTable {
                     failing_names: Default::default(),
                     polls: tokio::sync::Semaphore::new(settings.max_concurrent_polls),
                     quarantine: Quarantine::default(),
-                    failing: Default::default(),
                 };
                 (name.clone(), Arc::new(u))
             })

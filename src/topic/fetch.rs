@@ -143,16 +143,25 @@ async fn fetch_from(
             Ok(Err(e)) => Fetched::Unreachable(e.to_string()),
             Err(_) => Fetched::TimedOut,
         };
+    // Its health, and the details for the log, once per outage of the server; clients are
+    // told in plain words.
     match &fetched {
-        Fetched::Unreachable(_) | Fetched::TimedOut => upstream.unreachable(server),
-        _ => upstream.reached(server),
-    }
-    // The details go to the log, once per outage of the server; clients are told in plain words.
-    match &fetched {
-        Fetched::Unreachable(detail) => upstream.failing(addr, detail),
-        Fetched::TimedOut => upstream.failing(addr, &format!("no answer within {timeout:?}")),
-        Fetched::Status { status, .. } if *status >= 500 => upstream.failing(addr, &format!("it answered {status}")),
-        _ => upstream.answering(addr),
+        Fetched::Unreachable(detail) => {
+            upstream.unreachable(server);
+            upstream.failing(server, detail);
+        }
+        Fetched::TimedOut => {
+            upstream.unreachable(server);
+            upstream.failing(server, &format!("no answer within {timeout:?}"));
+        }
+        Fetched::Status { status, .. } if *status >= 500 => {
+            upstream.reached(server);
+            upstream.failing(server, &format!("it answered {status}"));
+        }
+        _ => {
+            upstream.reached(server);
+            upstream.answering(server);
+        }
     }
     fetched
 }
