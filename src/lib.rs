@@ -73,6 +73,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod diff;

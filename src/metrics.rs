@@ -293,6 +293,11 @@ impl Metrics {
         }
     }
 
+    /// Where metrics of other parts (a cluster's) are registered too.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();

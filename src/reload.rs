@@ -92,6 +92,10 @@ impl Reloader {
         if let Some(what) = restart_needed(&running.server, &config.server) {
             return Err(ReloadError::NeedsRestart(what));
         }
+        // The Redis connections and this node's leases are made once, at start.
+        if running.cluster != config.cluster {
+            return Err(ReloadError::NeedsRestart("cluster changed".to_string()));
+        }
         let next = Arc::new(RouteTable::new(&config, &self.metrics, Some(&running)));
         self.metrics.prepare(&config);
         self.table.store(next.clone());

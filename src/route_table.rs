@@ -1,7 +1,7 @@
 //! The route table in force: compiled from a [`Config`] and read lock-free through arc-swap.
 
 use crate::balance::{Balancer, Rules, Server, Transition};
-use crate::config::{Config, RouteSettings, ServerSettings, StreamSettings, UpstreamSettings};
+use crate::config::{ClusterSettings, Config, RouteSettings, ServerSettings, StreamSettings, UpstreamSettings};
 use crate::metrics::Metrics;
 use crate::pool::{self, Distrust, Plan, Quarantine};
 use arc_swap::ArcSwap;
@@ -183,6 +183,8 @@ impl StreamRoute {
 #[derive(Debug)]
 pub struct RouteTable {
     pub server: ServerSettings,
+    /// `cluster:`, as the process started with it (it changes only with a restart).
+    pub cluster: Option<ClusterSettings>,
     pub routes: Vec<Arc<Route>>,
 }
 
@@ -223,7 +225,7 @@ impl RouteTable {
                 })
             })
             .collect();
-        RouteTable { server: config.server.clone(), routes }
+        RouteTable { server: config.server.clone(), cluster: config.cluster.clone(), routes }
     }
 
     /// Every upstream a route uses, each once.

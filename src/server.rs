@@ -2,6 +2,8 @@
 //! hands pingora's shutdown signal to every stream and poller.
 
 use crate::admin::{self, Admin, AdminService};
+use crate::cluster::feed::ClusterFeed;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::connections::{Connections, Limited};
@@ -47,6 +49,25 @@ impl BackgroundService for ShutdownRelay {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Makes the cluster's Redis connections in a runtime of their own, and watches whether Redis
+/// answers.
+struct ClusterService {
+    cluster: Arc<Cluster>,
+    shutdown: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl BackgroundService for ClusterService {
+    async fn start(&self, _: ShutdownWatch) {
+        if let Err(e) = self.cluster.connect() {
+            // The URL was checked when the configuration was read: this is not expected.
+            log::error!("cluster: cannot set up the Redis connections: {e}; topics poll on this node alone");
+            return;
+        }
+        self.cluster.clone().watch(self.shutdown.clone()).await;
     }
 }
 
@@ -119,7 +140,20 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     metrics.prepare(config);
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::new(config, &metrics, None)));
     let poller = Poller::new(metrics.clone(), rx.clone(), config.server.diff_threads);
-    let hub = Arc::new(Hub::new(metrics.clone(), Arc::new(poller)));
+    let feed: Arc<dyn crate::topic::feed::Feed> = match &config.cluster {
+        None => Arc::new(poller),
+        Some(settings) => {
+            let cluster = Cluster::new(settings.clone(), metrics.registry());
+            for route in config.routes.iter().filter(|r| r.stream.is_some()) {
+                cluster.metrics.received.with_label_values(&[route.pattern.as_str()]);
+            }
+            log::info!("cluster node {}: sharing polls through Redis", settings.node);
+            let service = ClusterService { cluster: cluster.clone(), shutdown: rx.clone() };
+            server.add_service(background_service("cluster", service));
+            Arc::new(ClusterFeed { poller: Arc::new(poller), cluster })
+        }
+    };
+    let hub = Arc::new(Hub::new(metrics.clone(), feed));
     if let Some(from) = reload {
         let reloader = Reloader {
             path: from.path,

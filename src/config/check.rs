@@ -26,6 +26,17 @@ pub fn check(w: &mut Walker, draft: &mut Draft) {
             }
         }
     }
+    if let Some(c) = &draft.cluster {
+        // A lease renewed every third of it must survive one call timing out.
+        if c.timeout * 3 > c.lease {
+            w.problem("cluster.timeout", "must be at most a third of cluster.lease");
+        }
+        let in_url = redis::IntoConnectionInfo::into_connection_info(c.redis.0.as_str())
+            .is_ok_and(|info| info.redis_settings().password().is_some());
+        if in_url && c.password_file.is_some() {
+            w.problem("cluster.password_file", "the redis URL holds a password already; give one or the other");
+        }
+    }
     let names: Vec<&str> = draft.upstreams.keys().map(String::as_str).collect();
     for (i, route) in draft.routes.iter_mut().enumerate() {
         let path = format!("routes[{i}]");

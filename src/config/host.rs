@@ -1,4 +1,14 @@
-//! What the host allows the process: the open-files limit, which bounds `max_connections`.
+//! What the host allows the process: the open-files limit, which bounds `max_connections`;
+//! and its name, which names a cluster node by default.
+
+/// The host's name (from the kernel), or `unpoll` where it cannot be read.
+pub fn name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "unpoll".to_string())
+}
 
 /// The process's open-files limit (soft), read from `/proc/self/limits`; `None` where there is
 /// no such file.

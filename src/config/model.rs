@@ -12,6 +12,63 @@ pub struct Config {
     pub server: ServerSettings,
     pub upstreams: BTreeMap<String, UpstreamSettings>,
     pub routes: Vec<RouteSettings>,
+    /// `cluster:`, when several unpoll instances share their polls through Redis.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `cluster:` — instances sharing one poll per topic, its document and history, through
+/// Redis (see docs/cluster.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// `redis`: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. A secret: it
+    /// may carry the password.
+    pub redis: Secret,
+    /// `password_file`: a file holding Redis's password instead of the URL (read when the
+    /// configuration is loaded).
+    pub password_file: Option<String>,
+    /// What `password_file` holds.
+    pub password: Option<Secret>,
+    /// `node`: this instance's name in logs, metrics and leases. By default the host name and
+    /// the process id.
+    pub node: String,
+    /// `lease`: how long a topic's poller may be silent before another node takes it over.
+    pub lease: Duration,
+    /// `prefix`: what every Redis key starts with.
+    pub prefix: String,
+    /// `timeout`: the longest any Redis call may take (under half the lease).
+    pub timeout: Duration,
+    /// `max_in_flight`: Redis calls waiting for their answer at once; more wait their turn.
+    pub max_in_flight: usize,
+    /// `inbox`: events from Redis waiting to be handed to this node's topics; past it they
+    /// are dropped and the topics catch up from the stored history.
+    pub inbox: usize,
+}
+
+impl ClusterSettings {
+    /// The settings with their defaults for a Redis at `url`.
+    pub fn new(url: &str) -> ClusterSettings {
+        ClusterSettings {
+            redis: Secret(url.to_string()),
+            password_file: None,
+            password: None,
+            node: String::new(),
+            lease: Duration::from_secs(5),
+            prefix: "unpoll:".to_string(),
+            timeout: Duration::from_secs(1),
+            max_in_flight: 256,
+            inbox: 4096,
+        }
+    }
+}
+
+/// A value never shown: its `Debug` prints `<secret>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 /// `server:` — listeners and process-wide settings.

@@ -38,7 +38,7 @@ pub fn parse(text: &str) -> Result<Parsed, ConfigErrors> {
             _ => unreachable!("a route without its pattern or upstream was reported"),
         })
         .collect();
-    let config = Config { server: draft.server, upstreams: draft.upstreams, routes };
+    let config = Config { server: draft.server, upstreams: draft.upstreams, routes, cluster: draft.cluster };
     Ok(Parsed { config, lines, max_connections_given })
 }
 
@@ -296,5 +296,43 @@ routes:
         ] {
             assert!(paths.contains(&expected), "{expected} not in {paths:?}");
         }
+    }
+
+    #[test]
+    fn cluster_is_read_with_its_defaults_and_checked() {
+        let base = "upstreams: {a: {servers: ['127.0.0.1:1']}}\nroutes: [{match: /x, upstream: a}]\n";
+        assert_eq!(parse_config(base).unwrap().cluster, None, "no cluster: no Redis");
+        let c = parse_config(&format!("{base}cluster: {{redis: 'redis://:pw@127.0.0.1:6379/2', lease: 3s}}\n"))
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (c.lease, c.timeout, c.prefix.as_str()),
+            (Duration::from_secs(3), Duration::from_secs(1), "unpoll:")
+        );
+        assert!(c.node.ends_with(&format!("-{}", std::process::id())), "host name and pid: {}", c.node);
+        assert_eq!(format!("{:?}", c.redis), "<secret>", "the URL may hold a password: never shown");
+        let bad = format!(
+            "{base}cluster: {{redis: 'http://user:hunter2@host', node: 'a b', lease: 1s, timeout: 500ms, prefix: 'a b'}}\n"
+        );
+        let errs = parse_config(&bad).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|p| p.path.as_str()).collect();
+        for expected in ["cluster.redis", "cluster.node", "cluster.prefix"] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
+        assert!(!errs.to_string().contains("hunter2"), "{errs}");
+        let between =
+            format!("{base}cluster: {{redis: 'redis://:pw@h:1', lease: 1s, timeout: 500ms, password_file: /x}}\n");
+        let errs = parse(&between).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["cluster.timeout", "cluster.password_file"]);
+        let missing = parse(&format!("{base}cluster: {{lease: 5s}}\n")).unwrap_err();
+        assert_eq!(missing.0[0].path, "cluster.redis");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "s3cret\n").unwrap();
+        let with_file =
+            format!("{base}cluster: {{redis: 'redis://h:1', password_file: '{}'}}\n", file.path().display());
+        let c = parse_config(&with_file).unwrap().cluster.unwrap();
+        assert_eq!(c.password.map(|p| p.0), Some("s3cret".to_string()), "read, without its line end");
     }
 }

@@ -7,7 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::host;
-use super::model::{Config, ServerAddr, ServerEntry};
+use super::model::{Config, Secret, ServerAddr, ServerEntry};
 use super::walk::Walker;
 use std::net::SocketAddr;
 use std::net::ToSocketAddrs;
@@ -34,6 +34,17 @@ pub fn resolve(w: &mut Walker, config: &mut Config, max_connections_given: bool)
                     host::connection_ceiling(limit)
                 ),
             );
+        }
+    }
+    if let Some(cluster) = &mut config.cluster {
+        if let Some(path) = &cluster.password_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => cluster.password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_string())),
+                Err(e) => w.problem("cluster.password_file", format!("cannot read {path}: {e}")),
+            }
+        }
+        if cluster.node.is_empty() {
+            cluster.node = format!("{}-{}", host::name(), std::process::id());
         }
     }
     for (name, upstream) in &mut config.upstreams {

@@ -16,6 +16,7 @@ pub struct Draft {
     pub server: ServerSettings,
     pub upstreams: BTreeMap<String, UpstreamSettings>,
     pub routes: Vec<RouteDraft>,
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// `routes[i]` as written.
@@ -31,12 +32,63 @@ const fn ms(n: u64) -> Duration {
 }
 
 /// The keys of the document's top level.
-const ROOT: [Key<Draft>; 3] = [
+const ROOT: [Key<Draft>; 4] = [
     Key::new("server", |w, v, p, d| w.section(v, p, &SERVER, &mut d.server).map(|_| ())),
     Key::required("upstreams", "at least one upstream is needed", |w, v, p, d| {
         set(&mut d.upstreams, upstreams(w, v, p))
     }),
     Key::required("routes", "at least one route is needed", |w, v, p, d| set(&mut d.routes, routes(w, v, p))),
+    Key::new("cluster", |w, v, p, d| set(&mut d.cluster, cluster(w, v, p).map(Some))),
+];
+
+/// `cluster:`: its `redis` is required.
+fn cluster(w: &mut Walker, v: &Value, p: &str) -> Option<ClusterSettings> {
+    let mut c = ClusterSettings::new("");
+    w.section(v, p, &CLUSTER, &mut c)?;
+    Some(c)
+}
+
+const CLUSTER: [Key<ClusterSettings>; 8] = [
+    Key::required("redis", "the Redis to share polls through, e.g. redis://127.0.0.1:6379/0", |w, v, p, c| {
+        let url = w.string(v, p)?;
+        let well_formed = (url.starts_with("redis://") || url.starts_with("rediss://"))
+            && redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_ok();
+        if !well_formed {
+            // The URL is never repeated: it may hold a password.
+            w.problem(p, "expected a redis://[user:password@]host:port[/db] or rediss:// URL");
+            return None;
+        }
+        set(&mut c.redis, Some(Secret(url)))
+    }),
+    Key::new("password_file", |w, v, p, c| {
+        let path = w.string(v, p)?;
+        if !path.starts_with('/') {
+            w.problem(p, format!("`{path}` must be an absolute path"));
+            return None;
+        }
+        set(&mut c.password_file, Some(Some(path)))
+    }),
+    Key::new("node", |w, v, p, c| {
+        let node = w.string(v, p)?;
+        if node.is_empty() || node.len() > 64 || !node.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            w.problem(p, format!("`{node}`: use 1 to 64 letters, digits, `.`, `_` or `-`"));
+            return None;
+        }
+        set(&mut c.node, Some(node))
+    }),
+    Key::new("lease", |w, v, p, c| set(&mut c.lease, w.duration(v, p, ms(500)))),
+    Key::new("prefix", |w, v, p, c| {
+        let prefix = w.string(v, p)?;
+        if prefix.len() > 64 || prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            w.problem(p, "use at most 64 characters and no spaces");
+            return None;
+        }
+        set(&mut c.prefix, Some(prefix))
+    }),
+    Key::new("timeout", |w, v, p, c| set(&mut c.timeout, w.duration(v, p, ms(10)))),
+    Key::new("max_in_flight", |w, v, p, c| set(&mut c.max_in_flight, w.count(v, p, 1, 100_000))),
+    Key::new("inbox", |w, v, p, c| set(&mut c.inbox, w.count(v, p, 16, 10_000_000))),
 ];
 
 /// `server:`.
@@ -393,8 +445,9 @@ fn routes(w: &mut Walker, v: &Value, path: &str) -> Option<Vec<RouteDraft>> {
 /// The names of every key a section allows, by section: `server`, `upstreams.<name>`,
 /// `routes[i]`, `routes[i].stream` (the documentation test holds the example file to them).
 #[cfg(test)]
-pub fn keys() -> [(&'static str, Vec<&'static str>); 7] {
+pub fn keys() -> [(&'static str, Vec<&'static str>); 8] {
     [
+        ("cluster", CLUSTER.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.health", HEALTH.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.servers[i]", SERVER_ENTRY.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.sticky.cookie", STICKY_COOKIE.iter().map(|k| k.name).collect()),

@@ -345,25 +345,27 @@ impl Gateway {
             per_topic: settings.max_subscribers,
             per_client: server.max_topics_per_client,
         };
-        let sub = match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits, client) {
-            Ok(sub) => sub,
-            Err(refused) => {
-                self.metrics.rejected.with_label_values(&[refused.reason()]).inc();
-                let reject = match refused {
-                    Refused::TooManyTopicsForClient => Reject {
-                        status: 429,
-                        reason: refused.reason(),
-                        message: "this client has opened too many different streams; retry later".to_string(),
-                    },
-                    _ => Reject {
-                        status: 503,
-                        reason: refused.reason(),
-                        message: "the proxy is at its subscription limit; retry later".to_string(),
-                    },
-                };
-                return respond(session, &reject).await;
-            }
-        };
+        let mut sub =
+            match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits, client) {
+                Ok(sub) => sub,
+                Err(refused) => {
+                    self.metrics.rejected.with_label_values(&[refused.reason()]).inc();
+                    let reject = match refused {
+                        Refused::TooManyTopicsForClient => Reject {
+                            status: 429,
+                            reason: refused.reason(),
+                            message: "this client has opened too many different streams; retry later".to_string(),
+                        },
+                        _ => Reject {
+                            status: 503,
+                            reason: refused.reason(),
+                            message: "the proxy is at its subscription limit; retry later".to_string(),
+                        },
+                    };
+                    return respond(session, &reject).await;
+                }
+            };
+        sub.settle(request.resume.as_ref()).await;
         let handshake = (request.protocol == Protocol::WebSocket).then(|| {
             let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
             ws::handshake_response(key, request.subprotocol, set_cookie.as_deref())

@@ -42,6 +42,21 @@ pub struct Subscription {
     total: Arc<AtomicUsize>,
 }
 
+impl Subscription {
+    /// Waits for a topic whose first state comes from elsewhere (a cluster's Redis), and then
+    /// starts from it: the current snapshot, or only what `resume` missed.
+    pub async fn settle(&mut self, resume: Option<&ResumeId>) {
+        let Some(topic) = self.topic.upgrade() else { return };
+        if topic.is_primed() {
+            return;
+        }
+        topic.primed().await;
+        let (initial, rx) = topic.open(resume, self.format);
+        self.initial = initial;
+        self.rx = rx;
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.total.fetch_sub(1, Ordering::SeqCst);
@@ -131,6 +146,9 @@ impl Hub {
                     history_trimmed: self.metrics.history_trimmed.with_label_values(&[&key.route]),
                 };
                 let topic = Arc::new(Topic::new(key, Arc::new(route.clone()), request, queue, metrics, client));
+                if !self.feed.starts_primed() {
+                    topic.unprime();
+                }
                 if let Some(c) = client {
                     *table.creators.entry(c).or_insert(0) += 1;
                     self.metrics.topic_creators.set(table.creators.len() as i64);
@@ -150,6 +168,8 @@ impl Hub {
     /// Runs a topic's feed, and retires the topic when it stops.
     async fn feed(self: Arc<Self>, topic: Arc<Topic>) {
         let stopped = feed::supervise(self.feed.clone().run(topic.clone(), self.clone())).await;
+        // Nobody waits for a first state that will not come.
+        topic.prime();
         match stopped {
             // Removed already, in the same step that found it idle.
             Stopped::Idle => {}
@@ -163,7 +183,7 @@ impl Hub {
                     "internal error",
                 ));
             }
-            Stopped::Terminal | Stopped::Closed | Stopped::Shutdown => self.remove(&topic),
+            Stopped::Terminal | Stopped::Closed | Stopped::Shutdown | Stopped::Demoted => self.remove(&topic),
         }
     }
 

@@ -16,9 +16,9 @@
 //! `max_concurrent_polls` bounds the polls of all its topics together.
 
 use super::compute::{BodyError, Compute, MAX_DEPTH};
-use super::feed::{Feed, Retire, Stopped};
+use super::feed::{Always, Feed, Gate, Retire, Stopped};
 use super::fetch::{Fetch, Fetched, HttpFetch, Validators};
-use super::state::{Applied, Outcome, Topic};
+use super::state::{Applied, Outcome, Prepared, Topic};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -55,22 +55,26 @@ impl Poller {
 
 impl Feed for Poller {
     fn run(self: Arc<Self>, topic: Arc<Topic>, retire: Arc<dyn Retire>) -> BoxFuture<'static, Stopped> {
-        Box::pin(async move { run(&self, &topic, &*retire).await })
+        Box::pin(async move { run(&self, &topic, &*retire, &Always).await })
     }
 }
 
 /// Runs until the topic is idle for `linger` (and `retire` removed it), the upstream refuses
-/// it for good, the topic is closed, or shutdown; says which.
-pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire) -> Stopped {
+/// it for good, the topic is closed, `gate` stops it, or shutdown; says which. Every new
+/// version goes past `gate` before it is published.
+pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate: &dyn Gate) -> Stopped {
     let route = topic.key.route.clone();
     let metrics = &poller.metrics;
     let mut shutdown = poller.shutdown.clone();
     let mut failures: u32 = 0;
     let mut first = true;
-    log::debug!("topic {} {} starts (epoch {})", route, topic.key.target, topic.epoch);
+    log::debug!("topic {} {} polls (epoch {})", route, topic.key.target, topic.epoch());
     loop {
         if topic.is_closed() {
             return Stopped::Closed;
+        }
+        if !gate.polling() {
+            return Stopped::Demoted;
         }
         // The route as the configuration has it now: a reload changes interval, upstream
         // servers, limits and diff options of live topics.
@@ -99,25 +103,41 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire) -> St
         in_flight.dec();
         drop(permit);
         let (polled, mut label, hint) = classify(fetched);
-        let applied = match polled {
+        let staged = match polled {
             Polled::Body { body, validators, json } => match topic.prepare(body, validators, json) {
-                Ok(job) => match poller.compute.run(job.body.len(), move || job.run()).await {
+                Prepared::Diff(job) => match poller.compute.run(job.body.len(), move || job.run()).await {
                     Ok(diffed) => {
                         if diffed.change.as_ref().is_some_and(|d| d.cut_short) {
                             metrics.diff_exhausted.with_label_values(&[&route]).inc();
                         }
-                        topic.commit(diffed)
+                        Ok(topic.stage(diffed))
                     }
                     Err(BodyError::TooDeep) => {
                         label = "too_deep";
                         let message = format!("the upstream's JSON nests deeper than {MAX_DEPTH} levels; retrying");
                         let detail = Some(format!("JSON nested deeper than {MAX_DEPTH} levels"));
-                        topic.apply(Outcome::Failed { status: 502, error: "upstream_body_too_deep", message, detail })
+                        Err(Outcome::Failed { status: 502, error: "upstream_body_too_deep", message, detail })
                     }
                 },
-                Err(settled) => settled,
+                Prepared::Settled(pending) => Ok(pending),
             },
-            Polled::Settled(outcome) => topic.apply(outcome),
+            Polled::Settled(Outcome::Unchanged) => Ok(topic.unchanged()),
+            Polled::Settled(outcome) => Err(outcome),
+        };
+        let applied = match staged {
+            Ok(pending) => {
+                if pending.delta.is_some() && !gate.admit(topic, &pending).await {
+                    return Stopped::Demoted;
+                }
+                topic.settle(pending)
+            }
+            Err(outcome) => {
+                let (applied, told) = topic.apply(outcome);
+                if let Some(error) = told {
+                    gate.told(topic, &error).await;
+                }
+                applied
+            }
         };
         let label = match (applied, label) {
             (Applied::Unchanged, "changed") => "unchanged",
@@ -165,8 +185,10 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire) -> St
             if uncount_at.is_some_and(|d| d <= now) {
                 retire.uncount(topic);
             }
+            // A deadline passed without retiring (a subscriber came back, or in a cluster
+            // another node still has some) is looked at again after the next poll.
             let until =
-                [idle_deadline, uncount_at.filter(|d| *d > now)].into_iter().flatten().fold(next_poll, Instant::min);
+                [idle_deadline, uncount_at].into_iter().flatten().filter(|d| *d > now).fold(next_poll, Instant::min);
             tokio::select! {
                 _ = sleep_until(until) => {}
                 _ = topic.wake.notified() => {}
@@ -174,6 +196,9 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire) -> St
             }
             if topic.is_closed() {
                 return Stopped::Closed;
+            }
+            if !gate.polling() {
+                return Stopped::Demoted;
             }
             // A reload changed the route: a healthy topic moves to the new interval at once.
             let latest = topic.route();

@@ -15,11 +15,18 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
+
+#[path = "replica.rs"]
+mod replica;
+pub use replica::{Received, Stored};
 
 #[derive(Default)]
 struct State {
+    /// The first half of every event id: a new one means the versions start over (a new
+    /// topic, or in a cluster a switch to or from polling alone).
+    epoch: String,
     current: Option<Arc<Event>>,
     history: VecDeque<Arc<Event>>,
     /// What the history holds, by [`Event::retained_bytes`].
@@ -42,7 +49,6 @@ pub struct Topic {
     /// The topic's route as the configuration now has it (replaced on reload).
     route: ArcSwap<StreamRoute>,
     pub request: PollRequest,
-    pub epoch: String,
     /// When its first subscriber came.
     pub created: Instant,
     /// Set when the topic was closed from outside (route removed or changed): its poller stops.
@@ -62,6 +68,13 @@ pub struct Topic {
     formats: [AtomicUsize; 3],
     /// Wakes the poller when the last subscriber leaves.
     pub(crate) wake: Notify,
+    /// Whether its first state is known: at once in one process; in a cluster once the
+    /// document and history were read from Redis (subscribers wait for it, see
+    /// [`Topic::primed`]).
+    primed: watch::Sender<bool>,
+    /// Compute the patches of every format, read here or not (a cluster's leader publishes
+    /// for the readers of every node).
+    all_formats: AtomicBool,
     /// `unpoll_history_bytes{route}`, this topic's share of it, and
     /// `unpoll_history_trimmed_total{route}`.
     history_gauge: IntGauge,
@@ -106,15 +119,13 @@ impl Topic {
         metrics: TopicMetrics,
         creator: Option<IpAddr>,
     ) -> Topic {
-        let epoch = format!("{:08x}", rand::random::<u32>());
         Topic {
             key,
             route: ArcSwap::new(route),
             request,
-            epoch,
             created: Instant::now(),
             closed: AtomicBool::new(false),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State { epoch: new_epoch(), ..State::default() }),
             tx: broadcast::channel(queue).0,
             subscribers: AtomicUsize::new(0),
             joins: AtomicUsize::new(0),
@@ -122,6 +133,8 @@ impl Topic {
             published: Arc::default(),
             formats: Default::default(),
             wake: Notify::new(),
+            primed: watch::Sender::new(true),
+            all_formats: AtomicBool::new(false),
             history_gauge: metrics.history_bytes,
             trimmed: metrics.history_trimmed,
         }
@@ -129,6 +142,43 @@ impl Topic {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> String {
+        self.state().epoch.clone()
+    }
+
+    /// The current version's epoch and number, if it has one.
+    pub fn position(&self) -> Option<(String, u64)> {
+        let state = self.state();
+        state.current.as_ref().map(|c| (state.epoch.clone(), c.version))
+    }
+
+    /// Marks the topic as waiting for its first state from elsewhere: subscribers wait (see
+    /// [`Topic::primed`]) until [`Topic::prime`].
+    pub fn unprime(&self) {
+        self.primed.send_replace(false);
+    }
+
+    /// Its first state is known: subscribers waiting for it go on.
+    pub fn prime(&self) {
+        self.primed.send_replace(true);
+    }
+
+    pub fn is_primed(&self) -> bool {
+        *self.primed.borrow()
+    }
+
+    /// Waits until the topic's first state is known.
+    pub async fn primed(&self) {
+        let mut rx = self.primed.subscribe();
+        let _ = rx.wait_for(|p| *p).await;
+    }
+
+    /// Computes the patches of every format, whoever reads here.
+    pub fn want_all_formats(&self) {
+        self.all_formats.store(true, Ordering::Relaxed);
     }
 
     /// The topic's route as the configuration now has it.
@@ -232,7 +282,7 @@ impl Topic {
         let rx = self.tx.subscribe();
         let mut initial = Vec::new();
         if let Some(current) = &state.current {
-            match resume.filter(|r| r.epoch == self.epoch) {
+            match resume.filter(|r| r.epoch == state.epoch) {
                 Some(r) if r.version == current.version => {}
                 // Only what was missed, as patches: history keeps no whole documents, so a missed
                 // version without a patch in this format (a snapshot format, a patch too large
@@ -257,47 +307,52 @@ impl Topic {
         (initial, rx)
     }
 
-    /// Applies one poll's outcome other than a new body (see [`Topic::prepare`]): publishes
-    /// and records errors. Only the topic's poller calls this, one poll at a time.
-    pub fn apply(&self, outcome: Outcome) -> Applied {
+    /// Applies a failed poll's outcome: publishes and records the error, and returns it when it
+    /// is news to subscribers (for a cluster's other nodes). Only the topic's poller calls
+    /// this, one poll at a time. (An unchanged document is [`Topic::unchanged`].)
+    pub fn apply(&self, outcome: Outcome) -> (Applied, Option<Arc<ErrorEvent>>) {
         match outcome {
-            Outcome::Unchanged => {
-                let mut state = self.state();
-                self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed)
-            }
+            Outcome::Unchanged => (Applied::Unchanged, None),
             Outcome::Failed { status, error, message, detail } => {
                 let mut state = self.state();
                 // The same failure again is not repeated to subscribers (nor logged).
-                if !state.error.as_ref().is_some_and(|e| e.status == status && e.error == error) {
-                    if let Some(detail) = detail {
-                        log::warn!("route {}: {error}: {detail}; retrying with backoff", self.key.route);
-                    }
-                    let e = Arc::new(ErrorEvent::new(status, error, &message, false));
-                    state.error = Some(e.clone());
-                    let _ = self.tx.send(Msg::Error(e));
+                if state.error.as_ref().is_some_and(|e| e.status == status && e.error == error) {
+                    return (Applied::Failed, None);
                 }
-                Applied::Failed
+                if let Some(detail) = detail {
+                    log::warn!("route {}: {error}: {detail}; retrying with backoff", self.key.route);
+                }
+                let e = Arc::new(ErrorEvent::new(status, error, &message, false));
+                state.error = Some(e.clone());
+                let _ = self.tx.send(Msg::Error(e.clone()));
+                (Applied::Failed, Some(e))
             }
             Outcome::Terminal { status, error } => {
                 let message = format!("the upstream answered {status}; the stream ends");
                 let e = Arc::new(ErrorEvent::new(status, error, &message, true));
-                self.state().error = Some(e.clone());
-                let _ = self.tx.send(Msg::Error(e));
-                Applied::Terminal
+                self.tell(e.clone());
+                (Applied::Terminal, Some(e))
             }
         }
     }
 
-    /// The first step with a new body: the same bytes as last time are settled at once;
-    /// anything else becomes a [`DiffJob`] to run off the async workers, and then to
-    /// [`Topic::commit`]. The document cannot change in between (one poller): subscribers
-    /// joining or resynchronising meanwhile never wait for the diff.
-    pub fn prepare(&self, body: Bytes, validators: Validators, json: bool) -> Result<DiffJob, Applied> {
+    /// Records and sends an error that came from elsewhere (a cluster's leader).
+    pub fn tell(&self, error: Arc<ErrorEvent>) {
+        let mut state = self.state();
+        state.error = Some(error.clone());
+        let _ = self.tx.send(Msg::Error(error));
+    }
+
+    /// The first step with a new body: the same bytes as last time are settled at once (as
+    /// [`Topic::unchanged`]); anything else becomes a [`DiffJob`] to run off the async
+    /// workers, and then to [`Topic::stage`]. The document cannot change in between (one
+    /// poller): subscribers joining or resynchronising meanwhile never wait for the diff.
+    pub fn prepare(&self, body: Bytes, validators: Validators, json: bool) -> Prepared {
         let (previous, recently) = {
             let mut state = self.state();
             state.validators = validators;
             if state.last_body.as_ref() == Some(&body) {
-                return Err(self.recover(&mut state).map_or(Applied::Unchanged, |_| Applied::Changed));
+                return Prepared::Settled(self.unchanged_locked(&state));
             }
             let linger = self.route().stream.linger;
             let recently = state.format_left.map(|left| left.is_some_and(|t| t.elapsed() < linger));
@@ -306,50 +361,81 @@ impl Topic {
         let options = DiffOptions::of(&self.route().stream);
         // Formats someone reads, or read within `linger`. A subscriber joining meanwhile gets
         // this event as a snapshot, which is correct.
-        let wants = |f: Format| self.formats[f.index()].load(Ordering::Relaxed) > 0 || recently[f.index()];
+        let all = self.all_formats.load(Ordering::Relaxed);
+        let wants = |f: Format| all || self.formats[f.index()].load(Ordering::Relaxed) > 0 || recently[f.index()];
         let wanted = Wanted { json_patch: wants(Format::JsonPatch), merge_patch: wants(Format::MergePatch) };
-        Ok(DiffJob { body, json, previous, options, wanted })
+        Prepared::Diff(DiffJob { body, json, previous, options, wanted })
     }
 
-    /// Publishes what a [`DiffJob`] found.
-    pub fn commit(&self, diffed: Diffed) -> Applied {
+    /// What a poll that brought nothing new publishes: nothing, or after an error the whole
+    /// document again.
+    pub fn unchanged(&self) -> Pending {
+        let state = self.state();
+        self.unchanged_locked(&state)
+    }
+
+    fn unchanged_locked(&self, state: &State) -> Pending {
+        let republish = state.error.as_ref().and(state.current.as_ref()).and_then(|c| c.snapshot());
+        let applied = if state.error.is_some() { Applied::Changed } else { Applied::Unchanged };
+        self.pending(state, None, republish.map(Delta::whole), applied)
+    }
+
+    /// What a [`DiffJob`]'s result would publish, held back until [`Topic::settle`], so that
+    /// whoever gates publication (a cluster's lease) can refuse it first.
+    pub fn stage(&self, diffed: Diffed) -> Pending {
         let Diffed { body, doc, change } = diffed;
+        let state = self.state();
+        let had_error = state.error.is_some();
+        let (delta, applied) = match change {
+            Some(delta) => (Some(if had_error { whole(delta) } else { delta }), Applied::Changed),
+            None if had_error => {
+                (state.current.as_ref().and_then(|c| c.snapshot()).map(Delta::whole), Applied::Changed)
+            }
+            None => (None, Applied::Equivalent),
+        };
+        self.pending(&state, Some((body, doc)), delta, applied)
+    }
+
+    fn pending(
+        &self,
+        state: &State,
+        body: Option<(Bytes, Option<Arc<Value>>)>,
+        delta: Option<Delta>,
+        applied: Applied,
+    ) -> Pending {
+        let version = state.current.as_ref().map_or(1, |c| c.version + 1);
+        Pending { body, delta, version, epoch: state.epoch.clone(), applied }
+    }
+
+    /// Publishes what was staged. Nothing else publishes in between: one poller.
+    pub fn settle(&self, pending: Pending) -> Applied {
+        let Pending { body, delta, version, applied, .. } = pending;
         let mut state = self.state();
         let state = &mut *state;
-        state.last_body = Some(body);
-        state.doc = doc;
-        let had_error = state.error.take().is_some();
-        match change {
-            Some(delta) => {
-                let delta = if had_error { whole(delta) } else { delta };
-                self.publish(state, delta);
-                Applied::Changed
-            }
-            None if had_error => {
-                self.republish(state);
-                Applied::Changed
-            }
-            None => Applied::Equivalent,
+        if let Some((body, doc)) = body {
+            state.last_body = Some(body);
+            state.doc = doc;
         }
-    }
-
-    /// After an error, the first good poll sends the whole document, even if it did not change.
-    fn recover(&self, state: &mut State) -> Option<()> {
-        state.error.take()?;
-        self.republish(state);
-        Some(())
-    }
-
-    fn republish(&self, state: &mut State) {
-        if let Some(snapshot) = state.current.as_ref().and_then(|c| c.snapshot()) {
-            self.publish(state, Delta::whole(snapshot));
+        if let Some(delta) = delta {
+            state.error = None;
+            self.publish(state, delta, version);
+        } else if applied == Applied::Changed {
+            // An error is over, and there is no document yet to send again.
+            state.error = None;
         }
+        applied
     }
 
-    fn publish(&self, state: &mut State, delta: Delta) {
-        let version = state.current.as_ref().map_or(1, |c| c.version + 1);
+    /// Drops the history: it belongs to another epoch.
+    fn forget(&self, state: &mut State) {
+        self.history_gauge.sub(state.history_bytes as i64);
+        state.history.clear();
+        state.history_bytes = 0;
+    }
+
+    fn publish(&self, state: &mut State, delta: Delta, version: u64) {
         let previous = state.current.as_ref().map_or([0; 3], |c| c.offsets);
-        let event = Arc::new(Event::new(&self.epoch, version, delta, previous));
+        let event = Arc::new(Event::new(&state.epoch, version, delta, previous));
         for (slot, offset) in self.published.iter().zip(event.offsets) {
             slot.store(offset, Ordering::Release);
         }
@@ -383,6 +469,28 @@ impl Drop for Topic {
         let held = self.state.get_mut().map_or(0, |s| s.history_bytes);
         self.history_gauge.sub(held as i64);
     }
+}
+
+/// A version staged for publication (see [`Topic::stage`]).
+pub struct Pending {
+    body: Option<(Bytes, Option<Arc<Value>>)>,
+    /// What is published as `version` of `epoch`, if anything.
+    pub delta: Option<Delta>,
+    pub version: u64,
+    pub epoch: String,
+    applied: Applied,
+}
+
+/// What a new body needs (see [`Topic::prepare`]).
+pub enum Prepared {
+    /// A diff, off the async workers.
+    Diff(DiffJob),
+    /// Nothing more: the same bytes as last time.
+    Settled(Pending),
+}
+
+fn new_epoch() -> String {
+    format!("{:08x}", rand::random::<u32>())
 }
 
 /// The same change, sent whole in every format.

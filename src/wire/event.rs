@@ -152,6 +152,8 @@ pub struct ErrorEvent {
     /// The `status` and `error` fields, to tell one failure from another.
     pub status: u16,
     pub error: String,
+    /// The plain-words `message` field.
+    pub message: String,
     /// True when the stream ends after this event (401, 403, 404, 410, route gone).
     pub terminal: bool,
     /// Set when the proxy ends the stream for its own reasons (the route was removed or
@@ -169,6 +171,7 @@ impl ErrorEvent {
         ErrorEvent {
             status,
             error: error.to_string(),
+            message: message.to_string(),
             terminal,
             going_away: None,
             sse: encode(Protocol::Sse, None, "error", &data),

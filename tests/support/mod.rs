@@ -3,11 +3,13 @@
 
 mod clients;
 mod proxy;
+mod redis_server;
 mod setup;
 mod upstream;
 
 pub use clients::*;
 pub use proxy::{config_text, unpoll_command, Proxy};
+pub use redis_server::RedisServer;
 pub use setup::Setup;
 pub use upstream::{Seen, Upstream};
 

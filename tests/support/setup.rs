@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, Clone)]
 pub struct Setup {
     server: Map<String, Value>,
+    cluster: Map<String, Value>,
     upstream: Map<String, Value>,
     routes: Vec<Value>,
 }
@@ -29,7 +30,7 @@ impl Setup {
     pub fn new() -> Setup {
         let mut upstream = Map::new();
         upstream.insert("servers".into(), json!(["{upstream}"]));
-        Setup { server: Map::new(), upstream, routes: Vec::new() }
+        Setup { server: Map::new(), cluster: Map::new(), upstream, routes: Vec::new() }
     }
 
     /// A setup whose first route is a stream route on `pattern`.
@@ -74,6 +75,12 @@ impl Setup {
         self
     }
 
+    /// Sets `key` under `cluster:` (which is written only if some key is set).
+    pub fn cluster(mut self, key: &str, value: impl Into<Value>) -> Setup {
+        self.cluster.insert(key.into(), value.into());
+        self
+    }
+
     /// The lines added under `server:`.
     pub fn server_extra(&self) -> String {
         self.server.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect()
@@ -82,6 +89,10 @@ impl Setup {
     /// Upstreams and routes (`{upstream}` stands for the upstream's address).
     pub fn body(&self) -> String {
         let upstreams = json!({"app": self.upstream});
-        format!("upstreams: {upstreams}\nroutes: {}\n", Value::Array(self.routes.clone()))
+        let mut body = format!("upstreams: {upstreams}\nroutes: {}\n", Value::Array(self.routes.clone()));
+        if !self.cluster.is_empty() {
+            body += &format!("cluster: {}\n", Value::Object(self.cluster.clone()));
+        }
+        body
     }
 }

@@ -57,6 +57,8 @@ struct State {
     connections: usize,
     /// Paths answered with these bytes exactly, framing and all.
     raw: HashMap<String, Vec<u8>>,
+    /// Served at `/me`: per `Authorization` value, that user's document (401 for anyone else).
+    users: HashMap<String, serde_json::Value>,
 }
 
 pub struct Upstream {
@@ -89,6 +91,11 @@ impl Upstream {
             }
         });
         self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Answers `/me` for requests whose `Authorization` is `authorization` with `doc`.
+    pub fn set_user(&self, authorization: &str, doc: &serde_json::Value) {
+        self.state.lock().unwrap().users.insert(authorization.to_string(), doc.clone());
     }
 
     /// Answers `path` (with or without query) with this JSON from now on.
@@ -257,6 +264,16 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>, id: usize) 
                 }
             },
             (None, "/slow-stream") => slow_stream(&mut stream).await,
+            (None, "/me") => {
+                let user = state.lock().unwrap().users.get(seen.header("authorization").unwrap_or("")).cloned();
+                match user {
+                    Some(doc) => {
+                        let body = serde_json::to_vec(&doc).unwrap();
+                        write_response(&mut stream, 200, "application/json", &[], &body).await
+                    }
+                    None => write_response(&mut stream, 401, "application/json", &[], b"{}").await,
+                }
+            }
             (None, "/shuffled") => {
                 let body = shuffled(&seen.target);
                 write_response(&mut stream, 200, "application/json", &[], &body).await

@@ -1,0 +1,206 @@
+//! The gates of a cluster's topic (see [`crate::topic::feed::Gate`]): the leader's, which
+//! publishes each version through Redis first, fenced by its lease, with the keeper that
+//! renews the lease; and that of a node polling alone.
+
+use super::message::{Keys, Message};
+use super::scripts::{PUBLISH, REFRESH, TELL};
+use super::{Cluster, Down};
+use crate::topic::feed::{Always, Gate, Retire};
+use crate::topic::state::{Pending, Topic};
+use crate::wire::event::ErrorEvent;
+use futures_util::future::BoxFuture;
+use redis::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a topic's stored state outlives its last renewal: its linger, the lease, and a
+/// minute.
+pub fn retain(topic: &Topic, lease: Duration) -> u64 {
+    (topic.route().stream.linger + lease + Duration::from_secs(60)).as_millis() as u64
+}
+
+/// The leader's gate: each version is published through Redis first, fenced by the lease.
+pub struct Leading {
+    pub cluster: Arc<Cluster>,
+    pub keys: Keys,
+    pub token: String,
+    /// The lease is gone (or Redis): the poll loop ends.
+    pub demoted: AtomicBool,
+    /// It went to another node.
+    pub fenced: AtomicBool,
+    /// The next version starts a new stored epoch.
+    pub reset: AtomicBool,
+    /// Other nodes have the topic too (so it polls on when this node has no subscribers).
+    pub others: AtomicBool,
+}
+
+impl Leading {
+    /// Stops the poll loop: the lease went to another node (`moved`), or Redis is away.
+    fn demote(&self, moved: bool) {
+        if moved {
+            self.fenced.store(true, Ordering::Relaxed);
+        }
+        self.demoted.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Gate for Leading {
+    fn admit<'a>(&'a self, topic: &'a Topic, pending: &'a Pending) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(delta) = &pending.delta else { return true };
+            let message = Message::Event {
+                epoch: pending.epoch.clone(),
+                version: pending.version,
+                document: delta.snapshot.clone(),
+                json_patch: delta.json_patch.clone(),
+                merge_patch: delta.merge_patch.clone(),
+            };
+            let (payload, spans) = message.encode();
+            let Some(spans) = spans else { return false };
+            let reset = self.reset.load(Ordering::Relaxed);
+            let history = topic.route().stream.history.max(1);
+            let result: Result<i64, Down> = self
+                .cluster
+                .run(
+                    "publish",
+                    PUBLISH
+                        .key(&self.keys.lease)
+                        .key(&self.keys.state)
+                        .key(&self.keys.stream)
+                        .key(&self.keys.channel)
+                        .arg(&self.token)
+                        .arg(&pending.epoch)
+                        .arg(pending.version)
+                        .arg(&payload[..])
+                        .arg(spans.document.0)
+                        .arg(spans.document.1)
+                        .arg(spans.json_patch.0)
+                        .arg(spans.json_patch.1)
+                        .arg(spans.merge_patch.0)
+                        .arg(spans.merge_patch.1)
+                        .arg(history)
+                        .arg(retain(topic, self.cluster.settings.lease))
+                        .arg(if reset { "1" } else { "0" }),
+                )
+                .await;
+            match result {
+                Ok(1) => {
+                    self.reset.store(false, Ordering::Relaxed);
+                    true
+                }
+                Ok(refused) => {
+                    self.cluster.metrics.fenced.inc();
+                    log::info!(
+                        "topic {} {}: version {} not published: {}; following the node that polls it now",
+                        topic.key.route,
+                        topic.key.target,
+                        pending.version,
+                        if refused == 0 { "the lease moved on" } else { "the stored version moved on" }
+                    );
+                    self.demote(true);
+                    false
+                }
+                Err(Down) => {
+                    self.demote(false);
+                    false
+                }
+            }
+        })
+    }
+
+    fn told<'a>(&'a self, _: &'a Topic, error: &'a ErrorEvent) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let message = Message::Error {
+                status: error.status,
+                error: error.error.clone(),
+                message: error.message.clone(),
+                terminal: error.terminal,
+            };
+            let (payload, _) = message.encode();
+            let mut invocation = TELL.key(&self.keys.lease);
+            invocation.key(&self.keys.channel).arg(&self.token).arg(&payload[..]);
+            let _: Result<i64, Down> = self.cluster.run("tell", &invocation).await;
+        })
+    }
+
+    fn polling(&self) -> bool {
+        !self.demoted.load(Ordering::Relaxed)
+    }
+}
+
+/// Renews the leader's lease every third of it, and notes whether other nodes have the
+/// topic; wakes the poll loop when the lease is lost or Redis is.
+pub async fn keep(gate: Arc<Leading>, topic: Arc<Topic>, retain: u64) {
+    let c = gate.cluster.clone();
+    let every = c.settings.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let reply: Result<Vec<Value>, Down> = c
+            .run(
+                "refresh",
+                REFRESH
+                    .key(&gate.keys.lease)
+                    .key(&gate.keys.nodes)
+                    .key(&gate.keys.state)
+                    .key(&gate.keys.stream)
+                    .arg(&gate.token)
+                    .arg(c.settings.lease.as_millis() as u64)
+                    .arg(&c.settings.node)
+                    .arg("0")
+                    .arg(retain),
+            )
+            .await;
+        match reply {
+            Ok(reply) if matches!(reply.first(), Some(Value::Int(1))) => {
+                gate.others.store(matches!(reply.get(1), Some(Value::Int(n)) if *n > 0), Ordering::Relaxed);
+            }
+            Ok(_) => {
+                log::info!("topic {} {}: the lease moved to another node", topic.key.route, topic.key.target);
+                gate.demote(true);
+                topic.wake.notify_one();
+                return;
+            }
+            Err(Down) => {
+                gate.demote(false);
+                topic.wake.notify_one();
+                return;
+            }
+        }
+    }
+}
+
+/// The leader retires its topic only when no other node has it either.
+pub struct Shared {
+    pub inner: Arc<dyn Retire>,
+    pub gate: Arc<Leading>,
+}
+
+impl Retire for Shared {
+    fn retire_if_idle(&self, topic: &Arc<Topic>) -> bool {
+        !self.gate.others.load(Ordering::Relaxed) && self.inner.retire_if_idle(topic)
+    }
+
+    fn uncount(&self, topic: &Topic) {
+        self.inner.uncount(topic);
+    }
+}
+
+/// The gate of a node polling alone: it publishes, until Redis answers again.
+pub struct Alone {
+    pub cluster: Arc<Cluster>,
+}
+
+impl Gate for Alone {
+    fn admit<'a>(&'a self, topic: &'a Topic, pending: &'a Pending) -> BoxFuture<'a, bool> {
+        Always.admit(topic, pending)
+    }
+
+    fn told<'a>(&'a self, topic: &'a Topic, error: &'a ErrorEvent) -> BoxFuture<'a, ()> {
+        Always.told(topic, error)
+    }
+
+    fn polling(&self) -> bool {
+        !self.cluster.is_up()
+    }
+}

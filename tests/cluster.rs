@@ -1,0 +1,503 @@
+//! Cluster mode: three real unpoll processes sharing one real `redis-server`, in front of one
+//! upstream that counts its GETs.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+use tokio::time::Instant;
+
+const LEASE: Duration = Duration::from_secs(1);
+const INTERVAL: Duration = Duration::from_millis(200);
+
+fn setup(redis: &RedisServer) -> Setup {
+    Setup::stream("/doc")
+        .every("200ms")
+        .with("history", 8)
+        .stream_route("/me")
+        .every("200ms")
+        .upstream("timeout", "1s")
+        .cluster("redis", redis.url())
+        .cluster("lease", "1s")
+        .cluster("timeout", "250ms")
+}
+
+async fn nodes(up: &Upstream, redis: &RedisServer, n: usize) -> Vec<Proxy> {
+    let setup = setup(redis);
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Proxy::launch(up.addr, &setup).await);
+    }
+    nodes
+}
+
+enum Conn {
+    Sse(Sse),
+    Ws(Ws),
+}
+
+/// A subscriber that keeps the document it was sent, and every event id, as a client would.
+struct Client {
+    conn: Conn,
+    doc: Doc,
+    /// `(kind, id)` of every snapshot and patch, in order.
+    seen: Vec<(String, String)>,
+}
+
+impl Client {
+    /// Subscribes through `addr` as through a load balancer: every node is sent the same
+    /// `Host` (part of what makes a topic).
+    async fn open(
+        addr: std::net::SocketAddr,
+        path: &str,
+        transport: &str,
+        format: &str,
+        headers: &[(&str, &str)],
+    ) -> Client {
+        let mut headers = headers.to_vec();
+        headers.push(("Host", "api.example.com"));
+        let headers = &headers[..];
+        let conn = match transport {
+            "sse" => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                Conn::Sse(Sse::connect(addr, &format!("{path}{sep}unpoll_format={format}"), headers).await)
+            }
+            _ => {
+                let protocol = format!("unpoll.{format}");
+                let (ws, _) = ws_connect(addr, path, &[&protocol], headers).await.expect("WebSocket opens");
+                Conn::Ws(ws)
+            }
+        };
+        Client { conn, doc: Doc::new(format), seen: Vec::new() }
+    }
+
+    /// The next snapshot or patch, applied; `None` on timeout or the end of the stream.
+    async fn next(&mut self, timeout: Duration) -> Option<(String, String)> {
+        let (kind, id, data) = match &mut self.conn {
+            Conn::Sse(sse) => {
+                let ev = sse.next_event(timeout).await?;
+                (ev.kind().to_string(), ev.id.clone().unwrap_or_default(), ev.json())
+            }
+            Conn::Ws(ws) => match ws_next(ws, timeout).await? {
+                WsNext::Event(v) => (
+                    v["event"].as_str().unwrap_or("").to_string(),
+                    v["id"].as_str().unwrap_or("").to_string(),
+                    v["data"].clone(),
+                ),
+                _ => return None,
+            },
+        };
+        if kind == "error" {
+            panic!("an error event: {data}");
+        }
+        self.doc.apply(&kind, data);
+        self.seen.push((kind.clone(), id.clone()));
+        Some((kind, id))
+    }
+
+    /// Reads until the document is `want`.
+    async fn until(&mut self, want: &Value, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.doc.value.as_ref() != Some(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.next(left).await.is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn close(self) {
+        if let Conn::Ws(mut ws) = self.conn {
+            let _ = ws.close(None).await;
+        }
+    }
+}
+
+/// Every version this client saw came once, in order: within an epoch each id is the one
+/// before plus one, and an epoch starts with a snapshot.
+fn in_order(seen: &[(String, String)]) -> Result<(), String> {
+    let mut last: Option<(String, u64)> = None;
+    for (kind, id) in seen {
+        let (epoch, version) = id.split_once('-').ok_or(format!("id {id}"))?;
+        let version: u64 = version.parse().map_err(|_| format!("id {id}"))?;
+        match &last {
+            Some((e, v)) if e == epoch && version != v + 1 && !(kind == "snapshot" && version > *v) => {
+                return Err(format!("{id} after {e}-{v} in {seen:?}"));
+            }
+            Some((e, _)) if e != epoch && kind != "snapshot" => return Err(format!("a new epoch by a patch: {id}")),
+            _ => {}
+        }
+        last = Some((epoch.to_string(), version));
+    }
+    Ok(())
+}
+
+async fn leader(nodes: &[Proxy]) -> Option<usize> {
+    for (i, node) in nodes.iter().enumerate() {
+        if node.metric("unpoll_cluster_topics", &[("role", "leader")]).await >= 1.0 {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// GETs of `path` the upstream answers during `window`.
+async fn gets_during(up: &Upstream, path: &str, window: Duration) -> usize {
+    let before = up.count(path);
+    tokio::time::sleep(window).await;
+    up.count(path) - before
+}
+
+const FORMATS: [&str; 3] = ["json-patch", "merge-patch", "snapshot"];
+
+#[tokio::test]
+async fn thirty_subscribers_on_three_nodes_make_one_poll_per_interval() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    // Large enough that a patch is smaller than the document (else it is sent whole).
+    let body = |v: u32, items: Value| json!({"v": v, "items": items, "pad": "p".repeat(200)});
+    up.set_json("/doc", &body(0, json!([1, 2, 3])));
+    let nodes = nodes(&up, &redis, 3).await;
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let node = &nodes[i % 3];
+        let transport = if i % 2 == 0 { "sse" } else { "websocket" };
+        clients.push(Client::open(node.addr, "/doc", transport, FORMATS[(i / 2) % 3], &[]).await);
+    }
+    for c in &mut clients {
+        assert!(c.until(&body(0, json!([1, 2, 3])), 10 * SECOND).await, "every client starts");
+    }
+    // One leader in all, and the others follow.
+    assert!(eventually(5 * SECOND, || async { leader(&nodes).await.is_some() }).await);
+    let mut roles = Vec::new();
+    for n in &nodes {
+        roles.push((
+            n.metric("unpoll_cluster_topics", &[("role", "leader")]).await,
+            n.metric("unpoll_cluster_topics", &[("role", "follower")]).await,
+        ));
+    }
+    assert_eq!(roles.iter().map(|r| r.0).sum::<f64>(), 1.0, "{roles:?}");
+    assert_eq!(roles.iter().map(|r| r.1).sum::<f64>(), 2.0, "{roles:?}");
+    // One GET per interval in all (three nodes polling alone would make three).
+    let window = 4 * SECOND;
+    let gets = gets_during(&up, "/doc", window).await;
+    let per_interval = window.as_millis() as usize / INTERVAL.as_millis() as usize;
+    assert!(gets <= per_interval + 2 && gets + 3 >= per_interval, "{gets} GETs in {window:?}");
+    // Every change reaches every client, in every format and on every node.
+    for v in 1..=5 {
+        up.set_json("/doc", &body(v, json!([1, v, 3, v * 2])));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let last = body(5, json!([1, 5, 3, 10]));
+    for c in &mut clients {
+        assert!(c.until(&last, 10 * SECOND).await, "converges: {:?}", c.seen);
+        in_order(&c.seen).unwrap();
+        if c.doc.format != "snapshot" {
+            assert!(
+                c.seen.iter().skip(1).any(|(k, _)| k == "patch"),
+                "patches, not snapshots: {} {:?}",
+                c.doc.format,
+                c.seen
+            );
+        }
+    }
+    let received: f64 = {
+        let mut sum = 0.0;
+        for n in &nodes {
+            sum += n.metric("unpoll_cluster_events_received_total", &[("route", "/doc")]).await;
+        }
+        sum
+    };
+    assert!(received >= 10.0, "the two followers received the leader's events: {received}");
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node_with_only_what_it_missed() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let nodes = nodes(&up, &redis, 2).await;
+    let mut a = Client::open(nodes[0].addr, "/doc", "sse", "json-patch", &[]).await;
+    assert!(a.until(&doc(1), 10 * SECOND).await);
+    up.set_json("/doc", &doc(2));
+    assert!(a.until(&doc(2), 10 * SECOND).await);
+    let last = a.seen.last().unwrap().1.clone();
+    // A watcher on node A keeps the topic going while the client is away.
+    let mut watcher = Client::open(nodes[0].addr, "/doc", "websocket", "json-patch", &[]).await;
+    assert!(watcher.until(&doc(2), 10 * SECOND).await);
+    a.close().await;
+    for v in 3..=5 {
+        up.set_json("/doc", &doc(v));
+        assert!(watcher.until(&doc(v), 10 * SECOND).await);
+    }
+    // Node B never had the topic: it reads the history from Redis.
+    let mut b = Client::open(nodes[1].addr, "/doc", "sse", "json-patch", &[("Last-Event-ID", &last)]).await;
+    b.doc.value = Some(doc(2));
+    assert!(b.until(&doc(5), 10 * SECOND).await);
+    let kinds: Vec<&str> = b.seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["patch", "patch", "patch"], "only the three missed patches: {:?}", b.seen);
+    let (epoch, version) = last.split_once('-').unwrap();
+    let version: u64 = version.parse().unwrap();
+    let ids: Vec<String> = b.seen.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(ids, (1..=3).map(|n| format!("{epoch}-{}", version + n)).collect::<Vec<_>>());
+    // Older than the history (8 kept): a snapshot.
+    for v in 6..=15 {
+        up.set_json("/doc", &doc(v));
+        assert!(watcher.until(&doc(v), 10 * SECOND).await);
+    }
+    let mut old = Client::open(nodes[1].addr, "/doc", "sse", "json-patch", &[("Last-Event-ID", &last)]).await;
+    assert_eq!(old.next(10 * SECOND).await.map(|(k, _)| k), Some("snapshot".to_string()));
+    // (Node B may be an event behind the watcher on A: the last one follows as a patch.)
+    assert!(old.until(&doc(15), 10 * SECOND).await);
+}
+
+#[tokio::test]
+async fn when_the_leader_is_killed_another_node_continues_its_versions() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let nodes = nodes(&up, &redis, 3).await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for transport in ["sse", "websocket"] {
+            clients.push((i, Client::open(node.addr, "/doc", transport, "json-patch", &[]).await));
+        }
+    }
+    for (_, c) in &mut clients {
+        assert!(c.until(&doc(1), 10 * SECOND).await);
+    }
+    up.set_json("/doc", &doc(2));
+    for (_, c) in &mut clients {
+        assert!(c.until(&doc(2), 10 * SECOND).await);
+    }
+    assert!(eventually(5 * SECOND, || async { leader(&nodes).await.is_some() }).await);
+    let dead = leader(&nodes).await.unwrap();
+    nodes[dead].signal("KILL");
+    let killed = Instant::now();
+    // Another node polls within the lease and an interval (and a little for a loaded machine).
+    let before = up.count("/doc");
+    assert!(
+        eventually(LEASE + INTERVAL + 2 * SECOND, || async { up.count("/doc") > before + 1 }).await,
+        "nobody polls after the leader died"
+    );
+    let took = killed.elapsed();
+    up.set_json("/doc", &doc(3));
+    let mut orphans = Vec::new();
+    for (i, mut c) in clients {
+        if i == dead {
+            orphans.push(c);
+            continue;
+        }
+        let seen_before = c.seen.len();
+        assert!(c.until(&doc(3), 10 * SECOND).await, "a survivor converges");
+        let after: Vec<_> = c.seen[seen_before..].to_vec();
+        assert!(after.iter().all(|(k, _)| k == "patch"), "the next version as a patch, no snapshot: {after:?}");
+        in_order(&c.seen).unwrap();
+    }
+    // The dead node's clients resume elsewhere, with only what they missed.
+    let alive = (0..3).find(|i| *i != dead).unwrap();
+    for c in orphans {
+        let last = c.seen.last().unwrap().1.clone();
+        let mut again = Client::open(nodes[alive].addr, "/doc", "sse", "json-patch", &[("Last-Event-ID", &last)]).await;
+        again.doc.value = c.doc.value.clone();
+        assert!(again.until(&doc(3), 10 * SECOND).await);
+        assert!(again.seen.iter().all(|(k, _)| k == "patch"), "resumed: {:?}", again.seen);
+    }
+    let mut failovers = 0.0;
+    for (i, n) in nodes.iter().enumerate() {
+        if i != dead {
+            failovers += n.metric("unpoll_cluster_failovers_total", &[]).await;
+        }
+    }
+    assert_eq!(failovers, 1.0, "one node took over (after {took:?})");
+}
+
+#[tokio::test]
+async fn a_leader_stopped_past_its_lease_publishes_nothing_when_it_wakes() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let nodes = nodes(&up, &redis, 3).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        for (transport, format) in [("sse", "json-patch"), ("websocket", "merge-patch")] {
+            clients.push(Client::open(node.addr, "/doc", transport, format, &[]).await);
+        }
+    }
+    for c in &mut clients {
+        assert!(c.until(&doc(1), 10 * SECOND).await);
+    }
+    assert!(eventually(5 * SECOND, || async { leader(&nodes).await.is_some() }).await);
+    let stopped = leader(&nodes).await.unwrap();
+    // The upstream changes all along: the stalled leader wakes with polls of its own to publish.
+    nodes[stopped].signal("STOP");
+    for v in 2..=12 {
+        up.set_json("/doc", &doc(v));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    nodes[stopped].signal("CONT");
+    for v in 13..=20 {
+        up.set_json("/doc", &doc(v));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    for c in &mut clients {
+        assert!(c.until(&doc(20), 15 * SECOND).await, "converges: {:?}", c.seen);
+        in_order(&c.seen).unwrap();
+        let mut ids: Vec<&String> = c.seen.iter().map(|(_, id)| id).collect();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "no version twice: {:?}", c.seen);
+    }
+    // The woken node follows now.
+    assert!(
+        eventually(5 * SECOND, || async {
+            nodes[stopped].metric("unpoll_cluster_topics", &[("role", "follower")]).await == 1.0
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn without_redis_every_node_polls_alone_and_shares_again_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let nodes = nodes(&up, &redis, 3).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(Client::open(node.addr, "/doc", "sse", "json-patch", &[]).await);
+        clients.push(Client::open(node.addr, "/doc", "websocket", "merge-patch", &[]).await);
+    }
+    for c in &mut clients {
+        assert!(c.until(&doc(1), 10 * SECOND).await);
+    }
+    redis.kill();
+    for n in &nodes {
+        assert!(
+            eventually(5 * SECOND, || async { n.metric("unpoll_cluster_redis_up", &[]).await == 0.0 }).await,
+            "each node notices"
+        );
+    }
+    // Streams keep flowing, each node polling for itself.
+    for v in 2..=4 {
+        up.set_json("/doc", &doc(v));
+        for c in &mut clients {
+            assert!(c.until(&doc(v), 10 * SECOND).await, "flows without Redis: {:?}", c.seen);
+        }
+    }
+    let window = 2 * SECOND;
+    let alone = gets_during(&up, "/doc", window).await;
+    assert!(alone > 20, "three nodes polling alone: {alone} GETs in {window:?}");
+    redis.restart();
+    for n in &nodes {
+        assert!(eventually(5 * SECOND, || async { n.metric("unpoll_cluster_redis_up", &[]).await == 1.0 }).await);
+    }
+    assert!(eventually(5 * SECOND, || async { leader(&nodes).await.is_some() }).await);
+    tokio::time::sleep(LEASE).await;
+    let shared = gets_during(&up, "/doc", window).await;
+    assert!(shared <= 12, "one poll per interval again: {shared} GETs in {window:?}");
+    for v in 5..=6 {
+        up.set_json("/doc", &doc(v));
+        for c in &mut clients {
+            assert!(c.until(&doc(v), 10 * SECOND).await, "flows again: {:?}", c.seen);
+        }
+    }
+    for c in &clients {
+        in_order(&c.seen).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn users_on_two_nodes_see_only_their_own_document_and_redis_holds_no_credential() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let (alice_token, bob_token) = ("Bearer alice-3f9a0c-secret", "Bearer bob-77d2e1-secret");
+    up.set_user(alice_token, &json!({"user": "alice", "balance": 10}));
+    up.set_user(bob_token, &json!({"user": "bob", "balance": 99}));
+    let nodes = nodes(&up, &redis, 2).await;
+    let mut alice = Vec::new();
+    let mut bob = Vec::new();
+    for node in &nodes {
+        alice.push(Client::open(node.addr, "/me", "sse", "json-patch", &[("Authorization", alice_token)]).await);
+        bob.push(Client::open(node.addr, "/me", "websocket", "json-patch", &[("Authorization", bob_token)]).await);
+    }
+    for c in &mut alice {
+        assert!(c.until(&json!({"user": "alice", "balance": 10}), 10 * SECOND).await);
+    }
+    for c in &mut bob {
+        assert!(c.until(&json!({"user": "bob", "balance": 99}), 10 * SECOND).await);
+    }
+    up.set_user(alice_token, &json!({"user": "alice", "balance": 11}));
+    up.set_user(bob_token, &json!({"user": "bob", "balance": 98}));
+    for c in &mut alice {
+        assert!(c.until(&json!({"user": "alice", "balance": 11}), 10 * SECOND).await);
+        assert!(c.seen.len() >= 2);
+    }
+    for c in &mut bob {
+        assert!(c.until(&json!({"user": "bob", "balance": 98}), 10 * SECOND).await);
+    }
+    // Two topics, each polled once per interval (by whichever node leads it) with its own
+    // user's credentials.
+    let seen = up.seen("/me");
+    assert!(seen
+        .iter()
+        .all(|s| s.header("authorization") == Some(alice_token) || s.header("authorization") == Some(bob_token)));
+    let dump = redis.dump();
+    assert!(!dump.is_empty());
+    for (key, value) in &dump {
+        for secret in [alice_token, bob_token, "alice-3f9a0c-secret", "bob-77d2e1-secret", "/me", "/doc"] {
+            assert!(!key.contains(secret), "a key name holds {secret}: {key}");
+            if secret.contains("secret") {
+                assert!(!value.contains(secret), "{key} holds {secret}");
+            }
+        }
+    }
+    let states = dump.iter().filter(|(k, _)| k.ends_with(":state")).count();
+    assert_eq!(states, 2, "one stored topic per user: {:?}", dump.iter().map(|(k, _)| k).collect::<Vec<_>>());
+}
+
+/// The fencing itself, against a real Redis: a node without the lease, or with a version that
+/// does not follow the stored one, publishes nothing.
+#[tokio::test]
+async fn publication_is_fenced_by_the_lease_token_and_the_version_sequence() {
+    use unpoll::cluster::message::Message;
+    use unpoll::cluster::scripts::PUBLISH;
+    let redis = RedisServer::start();
+    let mut c = redis.connection().unwrap();
+    let keys = ["t:{x}:lease", "t:{x}:state", "t:{x}:history", "t:{x}:events"];
+    let publish = |c: &mut redis::Connection, token: &str, version: u64, reset: bool| -> i64 {
+        let message = Message::Event {
+            epoch: "e1".into(),
+            version,
+            document: bytes::Bytes::from(format!("{{\"v\":{version}}}")),
+            json_patch: Some(bytes::Bytes::from_static(b"[]")),
+            merge_patch: None,
+        };
+        let (payload, spans) = message.encode();
+        let s = spans.unwrap();
+        let mut call = PUBLISH.key(keys[0]);
+        call.key(keys[1]).key(keys[2]).key(keys[3]).arg(token).arg("e1").arg(version).arg(&payload[..]);
+        for (at, len) in [s.document, s.json_patch, s.merge_patch] {
+            call.arg(at).arg(len);
+        }
+        call.arg(8).arg(60_000).arg(if reset { "1" } else { "0" });
+        call.invoke(c).unwrap()
+    };
+    let _: () = redis::cmd("SET").arg(keys[0]).arg("b").arg("PX").arg(5000).query(&mut c).unwrap();
+    assert_eq!(publish(&mut c, "a", 1, true), 0, "not the lease holder");
+    assert_eq!(publish(&mut c, "b", 1, false), -1, "nothing stored to follow: only a reset starts");
+    assert_eq!(publish(&mut c, "b", 1, true), 1);
+    assert_eq!(publish(&mut c, "b", 2, false), 1);
+    assert_eq!(publish(&mut c, "b", 2, false), -1, "the same version twice");
+    assert_eq!(publish(&mut c, "b", 4, false), -1, "a gap");
+    let _: () = redis::cmd("SET").arg(keys[0]).arg("c").arg("PX").arg(5000).query(&mut c).unwrap();
+    assert_eq!(publish(&mut c, "b", 3, false), 0, "the lease moved on");
+    let stored: Vec<String> = redis::cmd("HMGET").arg(keys[1]).arg("version").arg("doc").query(&mut c).unwrap();
+    assert_eq!(stored, ["2", "{\"v\":2}"]);
+    let history: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(keys[2]).arg("-").arg("+").query(&mut c).unwrap();
+    assert_eq!(history.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["1-1", "2-1"]);
+    assert_eq!(history[1].1, ["j", "[]"], "the JSON Patch kept; no merge patch");
+}
