@@ -41,8 +41,12 @@
 //! - [`topic`]: the shared poll. Which subscribers share one ([`topic::key`], the
 //!   security-critical part), the [`topic::hub`] of live topics, each topic's document and
 //!   history ([`topic::state`]), where its events come from ([`topic::feed`]: its own poll
-//!   loop, [`topic::poller`], which fetches with [`topic::fetch`]; cluster mode plugs in
-//!   there), and the diff threads ([`topic::compute`]).
+//!   loop, [`topic::poller`], which fetches with [`topic::fetch`]; in a cluster,
+//!   [`cluster::feed`]), and the diff threads ([`topic::compute`]).
+//! - [`cluster`]: cluster mode on Redis: per topic one leader polls and publishes each version
+//!   through Redis, fenced by its lease; the other nodes fan its events out; every node polls
+//!   alone while Redis is away. It plugs into [`topic::feed`] and is imported only by
+//!   [`server`].
 //! - [`reload`]: live reload: file watch and SIGHUP, validated off to the side, swapped
 //!   atomically (the route table, then the live topics), restart-only changes refused.
 //! - [`wire`]: events and their encodings, made once per protocol and format.

@@ -501,3 +501,40 @@ async fn publication_is_fenced_by_the_lease_token_and_the_version_sequence() {
     assert_eq!(history.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["1-1", "2-1"]);
     assert_eq!(history[1].1, ["j", "[]"], "the JSON Patch kept; no merge patch");
 }
+
+#[tokio::test]
+async fn a_topic_polls_while_any_node_has_a_subscriber_and_stops_a_linger_after_the_last_leaves() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let setup = setup(&redis).with("linger", "1s");
+    let (a, b) = (Proxy::launch(up.addr, &setup).await, Proxy::launch(up.addr, &setup).await);
+    let mut on_a = Client::open(a.addr, "/doc", "websocket", "json-patch", &[]).await;
+    assert!(on_a.until(&doc(1), 10 * SECOND).await);
+    assert!(eventually(5 * SECOND, || async { leader(std::slice::from_ref(&a)).await.is_some() }).await);
+    let mut on_b = Client::open(b.addr, "/doc", "sse", "json-patch", &[]).await;
+    assert!(on_b.until(&doc(1), 10 * SECOND).await);
+    // The leader's last subscriber leaves; node B's subscriber keeps the poll going, well past
+    // the linger.
+    on_a.close().await;
+    tokio::time::sleep(3 * SECOND).await;
+    assert_eq!(
+        a.metric("unpoll_cluster_topics", &[("role", "leader")]).await,
+        1.0,
+        "node A keeps the topic, and its lease, for node B's subscriber"
+    );
+    up.set_json("/doc", &doc(2));
+    assert!(on_b.until(&doc(2), 5 * SECOND).await, "still polled for node B: {:?}", on_b.seen);
+    assert!(gets_during(&up, "/doc", SECOND).await >= 3, "one poll per interval goes on");
+    // The last subscriber anywhere leaves: polling stops a linger (plus a lease) later.
+    drop(on_b);
+    let quiet = eventually(6 * SECOND, || async { gets_during(&up, "/doc", SECOND).await == 0 }).await;
+    assert!(quiet, "polling stopped after the last subscriber left");
+    let mut topics = 0.0;
+    for n in [&a, &b] {
+        for role in ["leader", "follower", "local"] {
+            topics += n.metric("unpoll_cluster_topics", &[("role", role)]).await;
+        }
+    }
+    assert_eq!(topics, 0.0, "both nodes retired the topic");
+}

@@ -1,7 +1,7 @@
 //! The Lua scripts every node runs against Redis: each one step, atomic on the server. A
 //! topic's keys share one hash tag (`{<hash>}`), so every script touches one slot.
 //!
-//! Keys of a topic (see [`super::keys::Keys`]):
+//! Keys of a topic (see [`super::message::Keys`]):
 //! - `lease`: the token of the node that polls the topic, expiring after `cluster.lease`;
 //! - `nodes`: a sorted set of the nodes with the topic, each scored by when its interest
 //!   expires (Redis's own clock, so nodes' clocks never matter);
