@@ -185,6 +185,7 @@ async fn thirty_subscribers_on_three_nodes_make_one_poll_per_interval() {
     let gets = gets_during(&up, "/doc", window).await;
     let per_interval = window.as_millis() as usize / INTERVAL.as_millis() as usize;
     assert!(gets <= per_interval + 2 && gets + 3 >= per_interval, "{gets} GETs in {window:?}");
+    eprintln!("figures: {gets} upstream GETs in {window:?} for 30 subscribers on 3 nodes (interval {INTERVAL:?})");
     // Every change reaches every client, in every format and on every node.
     for v in 1..=5 {
         up.set_json("/doc", &body(v, json!([1, v, 3, v * 2])));
@@ -312,6 +313,13 @@ async fn when_the_leader_is_killed_another_node_continues_its_versions() {
         }
     }
     assert_eq!(failovers, 1.0, "one node took over (after {took:?})");
+    eprintln!("figures: polls resumed {took:?} after the leader was killed (lease {LEASE:?}, interval {INTERVAL:?})");
+    let survivor = &nodes[alive];
+    let (sum, count) = (
+        survivor.metric("unpoll_cluster_redis_duration_seconds_sum", &[("call", "refresh")]).await,
+        survivor.metric("unpoll_cluster_redis_duration_seconds_count", &[("call", "refresh")]).await,
+    );
+    eprintln!("figures: mean Redis refresh round trip {:.2} ms over {count} calls", 1000.0 * sum / count);
 }
 
 #[tokio::test]
@@ -537,4 +545,29 @@ async fn a_topic_polls_while_any_node_has_a_subscriber_and_stops_a_linger_after_
         }
     }
     assert_eq!(topics, 0.0, "both nodes retired the topic");
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_cluster_is_refused_and_one_that_changes_routes_applies() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let setup = setup(&redis);
+    let node = Proxy::launch(up.addr, &setup).await;
+    let moved = setup.clone().cluster("prefix", "other:");
+    node.write_config(up.addr, &moved.server_extra(), &moved.body());
+    assert!(
+        eventually(5 * SECOND, || async {
+            node.metric("unpoll_config_reloads_total", &[("result", "rejected")]).await == 1.0
+        })
+        .await
+    );
+    assert!(node.log().contains("cluster changed; restart unpoll"), "{}", node.log());
+    let more = setup.route("/plain");
+    node.write_config(up.addr, &more.server_extra(), &more.body());
+    assert!(
+        eventually(5 * SECOND, || async {
+            node.metric("unpoll_config_reloads_total", &[("result", "applied")]).await == 1.0
+        })
+        .await
+    );
 }

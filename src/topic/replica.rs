@@ -3,6 +3,7 @@
 
 use super::{new_epoch, whole, Applied, Pending, Topic};
 use crate::diff::Delta;
+use crate::wire::event::Msg;
 use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
@@ -69,8 +70,10 @@ impl Topic {
     }
 
     /// Fills a topic from a stored history (a cluster's, in Redis): events `from` on, each a
-    /// pair of patches, the last one with `document`. What the topic had is replaced when the
-    /// history does not continue it.
+    /// pair of patches, the last one with `document`. When the history continues the topic's
+    /// current version, subscribers are sent the missed patches; otherwise what the topic had
+    /// is replaced, and subscribers are sent the last document whole (their documents are not
+    /// what those patches apply to), while the history is kept for resumes.
     pub fn restore(&self, epoch: &str, events: Vec<Stored>, document: Bytes) {
         let mut state = self.state();
         let state = &mut *state;
@@ -86,7 +89,14 @@ impl Topic {
             let snapshot = if i == last { document.clone() } else { Bytes::new() };
             let delta =
                 Delta { snapshot, json_patch: stored.json_patch, merge_patch: stored.merge_patch, cut_short: false };
-            self.publish(state, delta, stored.version);
+            if continues {
+                self.publish(state, delta, stored.version);
+                continue;
+            }
+            let event = self.record(state, delta, stored.version);
+            if i == last {
+                let _ = self.tx.send(Msg::Snapshot(event));
+            }
         }
     }
 
@@ -120,5 +130,91 @@ impl Topic {
         if let Some(snapshot) = current.snapshot() {
             self.publish(state, Delta::whole(snapshot), current.version + 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Format;
+    use crate::metrics::Metrics;
+    use crate::route_table::{RouteTable, StreamRoute};
+    use crate::topic::state::TopicMetrics;
+    use crate::wire::event::ResumeId;
+
+    fn topic() -> Topic {
+        let config = crate::config::parse_config(
+            "upstreams: {a: {servers: ['127.0.0.1:9']}}\nroutes: [{match: /x, upstream: a, stream: {history: 8}}]\n",
+        )
+        .unwrap();
+        let metrics = Metrics::default();
+        let table = RouteTable::new(&config, &metrics, None);
+        let route = StreamRoute::of(&table.routes[0]).unwrap();
+        let (key, poll, _) = crate::topic::key::derive("/x", &route.stream, "/x", None, &Default::default());
+        let m = TopicMetrics {
+            history_bytes: metrics.history_bytes.with_label_values(&["/x"]),
+            history_trimmed: metrics.history_trimmed.with_label_values(&["/x"]),
+        };
+        Topic::new(key, Arc::new(route), poll, 16, m, None)
+    }
+
+    fn stored(version: u64) -> Stored {
+        let patch = format!(r#"[{{"op":"replace","path":"/v","value":{version}}}]"#);
+        Stored { version, json_patch: Some(Bytes::from(patch)), merge_patch: None }
+    }
+
+    fn kinds(msgs: &[Msg]) -> Vec<&'static str> {
+        msgs.iter()
+            .map(|m| match m {
+                Msg::Event(e) if e.patch(Format::JsonPatch).is_some() => "patch",
+                Msg::Event(_) | Msg::Snapshot(_) => "snapshot",
+                Msg::Error(_) => "error",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restored_history_serves_resumes_with_only_the_missed_patches() {
+        let t = topic();
+        t.restore("ep", (3..=6).map(stored).collect(), Bytes::from_static(br#"{"v":6}"#));
+        assert_eq!(t.position(), Some(("ep".to_string(), 6)));
+        let (initial, _) = t.open(Some(&ResumeId { epoch: "ep".into(), version: 4 }), Format::JsonPatch);
+        assert_eq!(kinds(&initial), ["patch", "patch"]);
+        let (initial, _) = t.open(Some(&ResumeId { epoch: "ep".into(), version: 1 }), Format::JsonPatch);
+        assert_eq!(kinds(&initial), ["snapshot"], "older than the history");
+    }
+
+    #[test]
+    fn subscribers_get_missed_patches_only_when_the_history_continues_their_document() {
+        let t = topic();
+        t.restore("ep", vec![stored(1)], Bytes::from_static(br#"{"v":1}"#));
+        let (_, mut rx) = t.open(None, Format::JsonPatch);
+        t.restore("ep", (2..=3).map(stored).collect(), Bytes::from_static(br#"{"v":3}"#));
+        let got: Vec<Msg> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(kinds(&got), ["patch", "patch"]);
+        // Another epoch: the patches are not for the document subscribers have.
+        t.restore("other", (7..=9).map(stored).collect(), Bytes::from_static(br#"{"v":9}"#));
+        let got: Vec<Msg> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(kinds(&got), ["snapshot"]);
+        assert_eq!(t.position(), Some(("other".to_string(), 9)));
+    }
+
+    #[test]
+    fn received_events_follow_on_are_ignored_when_old_and_refused_past_a_gap() {
+        let t = topic();
+        let delta = |v: u64| Delta {
+            snapshot: Bytes::from(format!(r#"{{"v":{v}}}"#)),
+            json_patch: stored(v).json_patch,
+            merge_patch: None,
+            cut_short: false,
+        };
+        assert_eq!(t.receive("ep", 5, delta(5)), Received::Published, "the first one is taken whole");
+        assert_eq!(t.receive("ep", 6, delta(6)), Received::Published);
+        assert_eq!(t.receive("ep", 6, delta(6)), Received::Stale);
+        assert_eq!(t.receive("ep", 9, delta(9)), Received::Gap);
+        let (_, mut rx) = t.open(None, Format::JsonPatch);
+        assert_eq!(t.receive("new", 2, delta(2)), Received::Published, "a new epoch");
+        let got: Vec<Msg> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(kinds(&got), ["snapshot"], "sent whole");
     }
 }

@@ -434,6 +434,12 @@ impl Topic {
     }
 
     fn publish(&self, state: &mut State, delta: Delta, version: u64) {
+        let event = self.record(state, delta, version);
+        let _ = self.tx.send(Msg::Event(event));
+    }
+
+    /// Makes `version` current and keeps it in the history, without sending it.
+    fn record(&self, state: &mut State, delta: Delta, version: u64) -> Arc<Event> {
         let previous = state.current.as_ref().map_or([0; 3], |c| c.offsets);
         let event = Arc::new(Event::new(&state.epoch, version, delta, previous));
         for (slot, offset) in self.published.iter().zip(event.offsets) {
@@ -460,7 +466,7 @@ impl Topic {
             state.history_bytes -= size;
             self.history_gauge.sub(size as i64);
         }
-        let _ = self.tx.send(Msg::Event(event));
+        event
     }
 }
 
