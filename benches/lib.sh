@@ -53,12 +53,13 @@ wait_http() { # wait_http host:port
 }
 
 # start_unpoll INTERVAL: unpoll with one stream route /doc and a plain route for the rest
-# (and the routes in EXTRA_ROUTES before it); sets UNPOLL and UNPOLL_ADMIN (host:port) and
-# UNPOLL_PID.
+# (and the routes in EXTRA_ROUTES before it; EXTRA_YAML is added at the end, e.g. a
+# `cluster:`); sets UNPOLL and UNPOLL_ADMIN (host:port) and UNPOLL_PID. Each call starts one
+# more unpoll.
 start_unpoll() {
   local port admin
   port="$(free_port)"; admin="$(free_port)"
-  cat > "$WORK/unpoll.yaml" <<YAML
+  cat > "$WORK/unpoll-$port.yaml" <<YAML
 server:
   listen: ["127.0.0.1:$port"]
   admin: "127.0.0.1:$admin"
@@ -77,8 +78,9 @@ routes:
 ${EXTRA_ROUTES:-}
   - match: /*
     upstream: bench
+${EXTRA_YAML:-}
 YAML
-  RUST_LOG=warn "$BIN/unpoll" run -c "$WORK/unpoll.yaml" --no-watch > "$WORK/unpoll.log" 2>&1 &
+  RUST_LOG=warn "$BIN/unpoll" run -c "$WORK/unpoll-$port.yaml" --no-watch > "$WORK/unpoll-$port.log" 2>&1 &
   UNPOLL_PID=$!
   PIDS+=("$UNPOLL_PID")
   UNPOLL="127.0.0.1:$port"

@@ -571,3 +571,28 @@ async fn a_reload_that_changes_the_cluster_is_refused_and_one_that_changes_route
         .await
     );
 }
+
+#[tokio::test]
+async fn nodes_authenticate_with_the_password_of_password_file() {
+    let redis = RedisServer::start_with_password(Some("hunter2-redis"));
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, "hunter2-redis\n").unwrap();
+    let setup = setup(&redis).cluster("password_file", file.display().to_string());
+    let nodes = [Proxy::launch(up.addr, &setup).await, Proxy::launch(up.addr, &setup).await];
+    let mut clients = vec![
+        Client::open(nodes[0].addr, "/doc", "sse", "json-patch", &[]).await,
+        Client::open(nodes[1].addr, "/doc", "websocket", "merge-patch", &[]).await,
+    ];
+    for c in &mut clients {
+        assert!(c.until(&doc(1), 10 * SECOND).await);
+    }
+    assert!(eventually(5 * SECOND, || async { leader(&nodes).await.is_some() }).await, "one leader: they share");
+    for n in &nodes {
+        assert_eq!(n.metric("unpoll_cluster_redis_up", &[]).await, 1.0, "{}", n.log());
+        assert_eq!(n.metric("unpoll_cluster_topics", &[("role", "local")]).await, 0.0, "{}", n.log());
+        assert!(!n.log().contains("hunter2"), "the password is never logged");
+    }
+}

@@ -8,25 +8,38 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// `requirepass`, if it has one.
+    password: Option<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with_password(None)
+    }
+
+    /// A server that answers only clients that give `password`.
+    pub fn start_with_password(password: Option<&str>) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { addr: SocketAddr::from(([127, 0, 0, 1], port)), child: None };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server = RedisServer { addr, child: None, password: password.map(str::to_string) };
         server.restart();
         server
     }
 
-    /// `redis://` for this server.
+    /// `redis://` for this server, without its password.
     pub fn url(&self) -> String {
         format!("redis://{}/0", self.addr)
     }
 
     /// Starts it (again), and waits until it answers.
     pub fn restart(&mut self) {
+        let mut args = vec!["--port".to_string(), self.addr.port().to_string()];
+        args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from));
+        if let Some(password) = &self.password {
+            args.extend(["--requirepass".to_string(), password.clone()]);
+        }
         let child = Command::new("redis-server")
-            .args(["--port", &self.addr.port().to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -51,7 +64,11 @@ impl RedisServer {
     }
 
     pub fn connection(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(self.url()).ok()?;
+        let url = match &self.password {
+            Some(p) => format!("redis://:{p}@{}/0", self.addr),
+            None => self.url(),
+        };
+        let client = redis::Client::open(url).ok()?;
         client.get_connection_with_timeout(Duration::from_secs(1)).ok()
     }
 
