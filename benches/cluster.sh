@@ -17,7 +17,8 @@ build >&2
 raise_somaxconn
 start_upstream --rate "$RATE" --size "$SIZE"
 RESULTS="$WORK/results.jsonl"
-common=(--protocol "$PROTOCOL" --duration "${DURATION:-10}" --warmup "${WARMUP:-2}" --interval "$INTERVAL" --json)
+# Every node is sent the same Host, as through one load balancer (a topic includes it).
+common=(--protocol "$PROTOCOL" --duration "${DURATION:-10}" --warmup "${WARMUP:-2}" --interval "$INTERVAL" --json --host api.example.com)
 
 label() { # label NAME: the report's `server` becomes NAME (the table's column)
   python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["server"]=sys.argv[1]; print(json.dumps(r))' "$1"

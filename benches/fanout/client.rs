@@ -56,6 +56,11 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// The `Host` header to send (by default the URL's address), as a load balancer in front
+    /// of several unpoll nodes passes the public name to each: a topic is the same on every
+    /// node only with the same `Host`.
+    #[arg(long)]
+    host: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -326,7 +331,8 @@ impl Target {
     }
 
     fn request(&self, args: &Args) -> Vec<u8> {
-        let mut req = format!("GET {} HTTP/1.1\r\nhost: {}\r\n", self.path, self.addr);
+        let host = args.host.clone().unwrap_or_else(|| self.addr.to_string());
+        let mut req = format!("GET {} HTTP/1.1\r\nhost: {host}\r\n", self.path);
         match self.protocol {
             Protocol::Sse => req.push_str("accept: text/event-stream\r\n"),
             Protocol::Ws => {
