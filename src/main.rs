@@ -93,14 +93,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command().map_err(anyhow::Error::msg)?;
-    // Pingora's own lines (a dozen at every start and stop) only from warn up, unless asked for
-    // by a more verbose level or by RUST_LOG.
+    // Pingora's own lines (a dozen at every start and stop) only from warn up; at debug and
+    // trace from info up, never lower: pingora's debug lines print whole request and response
+    // heads, credentials and cookies included. Only an explicit RUST_LOG lowers them.
     let quiet = ["error", "warn", "info"].contains(&cli.log_level.as_str());
-    let filters = if quiet {
-        format!("{},pingora_core=warn,pingora_proxy=warn,pingora_pool=warn", cli.log_level)
-    } else {
-        cli.log_level.clone()
-    };
+    let pingora = if quiet { "warn" } else { "info" };
+    let filters = format!("{},pingora_core={pingora},pingora_proxy={pingora},pingora_pool={pingora}", cli.log_level);
     env_logger::Builder::new().parse_filters(&filters).parse_env("RUST_LOG").format_timestamp_millis().init();
     // Before the configuration is read: the default max_connections follows the limit.
     let open_files = unpoll::sys::raise_open_files_limit();

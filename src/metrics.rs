@@ -22,8 +22,9 @@ pub const POLL_OUTCOMES: [&str; 12] = [
     "bad_encoding",
 ];
 /// `reason` of `unpoll_requests_rejected_total`.
-pub const REJECT_REASONS: [&str; 11] = [
+pub const REJECT_REASONS: [&str; 12] = [
     "unknown_format",
+    "bad_token",
     "bad_last_event_id",
     "bad_upgrade",
     "origin_not_allowed",

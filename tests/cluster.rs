@@ -536,8 +536,9 @@ async fn a_topic_polls_while_any_node_has_a_subscriber_and_stops_a_linger_after_
     assert!(gets_during(&up, "/doc", SECOND).await >= 3, "one poll per interval goes on");
     // The last subscriber anywhere leaves: polling stops a linger (plus a lease) later.
     drop(on_b);
-    let quiet = eventually(6 * SECOND, || async { gets_during(&up, "/doc", SECOND).await == 0 }).await;
-    assert!(quiet, "polling stopped after the last subscriber left");
+    // (Generous: on a loaded machine Redis calls time out, and nodes poll alone for a while.)
+    let quiet = eventually(15 * SECOND, || async { gets_during(&up, "/doc", SECOND).await == 0 }).await;
+    assert!(quiet, "polling stopped after the last subscriber left:\n{}\n{}", a.log(), b.log());
     let mut topics = 0.0;
     for n in [&a, &b] {
         for role in ["leader", "follower", "local"] {

@@ -51,7 +51,30 @@ pub fn check(w: &mut Walker, draft: &mut Draft) {
         if let Some(stream) = &mut route.stream {
             let given = w.given(&format!("{path}.stream.vary"));
             vary(w, stream, given, &format!("{path}.stream.vary"));
+            token(w, stream, &format!("{path}.stream.token"));
         }
+    }
+}
+
+/// A token stands for a request header: that header must split topics (a credential on a
+/// credentialed route, or one `vary` lists), or one user's token would poll for everyone.
+fn token(w: &mut Walker, stream: &StreamSettings, path: &str) {
+    let Some(token) = &stream.token else { return };
+    if token.query.is_none() && !token.first_message {
+        w.problem(path, "give `query` (a URL parameter) or `first_message: true` (WebSocket), or both");
+    }
+    let splits = match stream.share {
+        Share::Credentials => {
+            CREDENTIAL_HEADERS.contains(&token.header.as_str()) || stream.vary.contains(&token.header)
+        }
+        Share::Public => false,
+    };
+    if !splits {
+        let why = match stream.share {
+            Share::Public => "a `share: public` stream sends no credentials upstream: a token makes no sense there",
+            Share::Credentials => "the token's header must split topics: list it in `vary`",
+        };
+        w.problem(&format!("{path}.header"), why);
     }
 }
 

@@ -343,6 +343,8 @@ pub struct StreamSettings {
     pub origins: Option<Vec<String>>,
     /// Whether a request without `Origin` (not from a browser page) may subscribe.
     pub allow_missing_origin: bool,
+    /// `token`: credentials a browser can send without setting headers.
+    pub token: Option<TokenSettings>,
     /// The longest wait between polls of a failing upstream (or the interval, if longer).
     pub max_backoff: Duration,
     /// Let the upstream's `Cache-Control: max-age` lengthen the interval.
@@ -355,6 +357,34 @@ pub struct StreamSettings {
     pub patch_floor: usize,
     /// Work one JSON Patch diff may do; past it the change is sent as a snapshot.
     pub diff_budget: usize,
+}
+
+/// `routes[i].stream.token:` — a credential in the subscription's URL (or, on WebSocket, its
+/// first message) that becomes a request header before anything else looks at the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// `query`: the query parameter that carries the token (removed from the request).
+    pub query: Option<String>,
+    /// `header`: the request header it becomes, lower-case (default `authorization`).
+    pub header: String,
+    /// `prefix`: put before the token in the header (default `Bearer `).
+    pub prefix: String,
+    /// `first_message`: a WebSocket may send it as its first text frame instead.
+    pub first_message: bool,
+    /// `timeout`: how long a WebSocket may take to send that frame.
+    pub timeout: Duration,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            query: None,
+            header: "authorization".to_string(),
+            prefix: "Bearer ".to_string(),
+            first_message: false,
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The default `stream.patch_floor`, in bytes: a change of one or two fields of a small
@@ -387,6 +417,7 @@ impl Default for StreamSettings {
             max_subscribers: 10_000,
             origins: None,
             allow_missing_origin: true,
+            token: None,
             max_backoff: Duration::from_secs(30),
             respect_cache_control: false,
             array_id: None,

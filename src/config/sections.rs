@@ -300,8 +300,44 @@ const ROUTE: [Key<RouteDraft>; 3] = [
     }),
 ];
 
+/// `routes[i].stream.token:`.
+const TOKEN: [Key<TokenSettings>; 5] = [
+    Key::new("query", |w, v, p, t| {
+        let name = w.string(v, p)?;
+        let fine = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !fine || name.starts_with(RESERVED_QUERY_PREFIX) {
+            w.problem(p, format!("`{name}` is not a query parameter name a token can use (unpoll_* are unpoll's own)"));
+            return None;
+        }
+        set(&mut t.query, Some(Some(name)))
+    }),
+    Key::new("header", |w, v, p, t| {
+        let name = w.string(v, p)?.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            w.problem(p, format!("`{name}` is not a valid header name"));
+            return None;
+        }
+        set(&mut t.header, Some(name))
+    }),
+    Key::new("prefix", |w, v, p, t| {
+        let prefix = w.string(v, p)?;
+        if http::HeaderValue::from_str(&prefix).is_err() {
+            w.problem(p, "the prefix must be printable text");
+            return None;
+        }
+        set(&mut t.prefix, Some(prefix))
+    }),
+    Key::new("first_message", |w, v, p, t| set(&mut t.first_message, w.boolean(v, p))),
+    Key::new("timeout", |w, v, p, t| set(&mut t.timeout, w.duration(v, p, ms(100)))),
+];
+
 /// `routes[i].stream:`.
-const STREAM: [Key<StreamSettings>; 22] = [
+const STREAM: [Key<StreamSettings>; 23] = [
+    Key::new("token", |w, v, p, s| {
+        let mut t = TokenSettings::default();
+        w.section(v, p, &TOKEN, &mut t)?;
+        set(&mut s.token, Some(Some(t)))
+    }),
     Key::new("interval", |w, v, p, s| set(&mut s.interval, w.duration(v, p, ms(10)))),
     Key::new("format", |w, v, p, s| {
         set(&mut s.format, w.choice(v, p, "format", "json-patch, merge-patch or snapshot", Format::parse))
@@ -445,9 +481,10 @@ fn routes(w: &mut Walker, v: &Value, path: &str) -> Option<Vec<RouteDraft>> {
 /// The names of every key a section allows, by section: `server`, `upstreams.<name>`,
 /// `routes[i]`, `routes[i].stream` (the documentation test holds the example file to them).
 #[cfg(test)]
-pub fn keys() -> [(&'static str, Vec<&'static str>); 8] {
+pub fn keys() -> [(&'static str, Vec<&'static str>); 9] {
     [
         ("cluster", CLUSTER.iter().map(|k| k.name).collect()),
+        ("routes[i].stream.token", TOKEN.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.health", HEALTH.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.servers[i]", SERVER_ENTRY.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.sticky.cookie", STICKY_COOKIE.iter().map(|k| k.name).collect()),

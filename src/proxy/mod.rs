@@ -3,12 +3,14 @@
 
 pub mod client;
 pub mod connections;
+pub mod cors;
 pub mod detach;
 pub mod head_deadline;
 pub mod path;
 pub mod sticky;
 
 pub mod subscribe;
+pub mod token;
 
 use crate::config::{ServerSettings, Sticky, CREDENTIAL_HEADERS};
 use crate::metrics::Metrics;
@@ -61,6 +63,8 @@ pub struct Ctx {
     avoid: Option<SocketAddr>,
     /// Ask for the upstream connection to be closed after this request (see [`crate::pool`]).
     close: bool,
+    /// The origin the answer is let be read by (see [`cors`]).
+    cors: Option<String>,
 }
 
 /// The error that sends a request on to another connection: the pooled one it was given had
@@ -107,6 +111,29 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(route.clone());
         if let Some(stream_route) = StreamRoute::of(&route) {
+            let settings = &stream_route.stream;
+            if let Some(token) = &settings.token {
+                if let Err(reject) = token::from_query(session.req_header_mut(), token) {
+                    self.metrics.rejected.with_label_values(&[reject.reason]).inc();
+                    respond(session, &reject).await?;
+                    return Ok(true);
+                }
+            }
+            let req = session.req_header();
+            match cors::preflight(&req.method, &req.headers, settings) {
+                None => {}
+                Some(Ok(origin)) => {
+                    let origin = origin.to_string();
+                    preflight(session, &origin).await?;
+                    return Ok(true);
+                }
+                Some(Err(reject)) => {
+                    self.metrics.rejected.with_label_values(&[reject.reason]).inc();
+                    respond(session, &reject).await?;
+                    return Ok(true);
+                }
+            }
+            ctx.cors = cors::allowed(&req.headers, settings).map(str::to_string);
             match subscribe::classify(session.req_header(), &stream_route.stream) {
                 None => {}
                 Some(Err(reject)) => {
@@ -118,7 +145,8 @@ impl ProxyHttp for Gateway {
                     self.metrics.requests.with_label_values(&[route.label(), "subscribe"]).inc();
                     let server = table.server.clone();
                     drop(table);
-                    if let Err(e) = self.serve_subscription(session, &stream_route, request, &server).await {
+                    let cors = ctx.cors.take();
+                    if let Err(e) = self.serve_subscription(session, &stream_route, request, &server, cors).await {
                         log::debug!("stream on {} ended: {e}", route.label());
                     }
                     return Ok(true);
@@ -210,6 +238,11 @@ impl ProxyHttp for Gateway {
         if let Some(cookie) = ctx.set_cookie.take() {
             response.append_header(http::header::SET_COOKIE, cookie)?;
         }
+        if let Some(origin) = ctx.cors.take() {
+            response.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+            response.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+            response.append_header(http::header::VARY, "Origin")?;
+        }
         Ok(())
     }
 
@@ -300,6 +333,7 @@ impl Gateway {
         route: &StreamRoute,
         request: SubscribeRequest,
         server: &ServerSettings,
+        cors: Option<String>,
     ) -> pingora::Result<()> {
         let write_timeout = server.write_timeout;
         let settings = &route.stream;
@@ -366,9 +400,14 @@ impl Gateway {
                 }
             };
         sub.settle(request.resume.as_ref()).await;
+        // More header lines: a sticky cookie, and what lets another origin read the stream.
+        let extra_head = match (set_cookie, cors.as_deref().map(cors::head_lines)) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or_default() + &b.unwrap_or_default()),
+        };
         let handshake = (request.protocol == Protocol::WebSocket).then(|| {
             let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
-            ws::handshake_response(key, request.subprotocol, set_cookie.as_deref())
+            ws::handshake_response(key, request.subprotocol, extra_head.as_deref())
         });
         let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics);
         let Some(stream) = detach::detach(session) else {
@@ -386,7 +425,7 @@ impl Gateway {
         let (heartbeat, max_message) = (settings.heartbeat, server.websocket_max_message);
         tokio::spawn(async move {
             let result = match handshake {
-                None => sse::serve(down, delivery, heartbeat, http10, set_cookie, shutdown).await.map(|()| None),
+                None => sse::serve(down, delivery, heartbeat, http10, extra_head, shutdown).await.map(|()| None),
                 Some(handshake) => {
                     let limits = ws::Limits { heartbeat, write_timeout, max_message };
                     ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)
@@ -398,6 +437,19 @@ impl Gateway {
         });
         Ok(())
     }
+}
+
+/// Answers a preflight from an allowed origin: it may GET the route with credentials.
+async fn preflight(session: &mut Session, origin: &str) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(204, Some(7))?;
+    resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+    resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+    resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS")?;
+    resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_HEADERS, cors::ALLOWED_HEADERS)?;
+    resp.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, cors::PREFLIGHT_MAX_AGE.to_string())?;
+    resp.insert_header(http::header::VARY, "Origin")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(resp), true).await
 }
 
 /// Answers with a small JSON error body; clients never see internals.
