@@ -20,8 +20,13 @@ fn setup(redis: &RedisServer) -> Setup {
         .upstream("timeout", "1s")
         .cluster("redis", redis.url())
         .cluster("lease", "1s")
-        .cluster("timeout", "250ms")
+        .cluster("timeout", "300ms")
 }
+
+/// At most two of these tests at once: each runs two or three unpoll processes and a Redis, and
+/// on two cores more at once would make Redis calls time out (nodes then poll alone, which the
+/// tests would see as extra upstream GETs).
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 async fn nodes(up: &Upstream, redis: &RedisServer, n: usize) -> Vec<Proxy> {
     let setup = setup(redis);
@@ -154,6 +159,7 @@ const FORMATS: [&str; 3] = ["json-patch", "merge-patch", "snapshot"];
 
 #[tokio::test]
 async fn thirty_subscribers_on_three_nodes_make_one_poll_per_interval() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     // Large enough that a patch is smaller than the document (else it is sent whole).
@@ -216,6 +222,7 @@ async fn thirty_subscribers_on_three_nodes_make_one_poll_per_interval() {
 
 #[tokio::test]
 async fn a_client_resumes_on_another_node_with_only_what_it_missed() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
@@ -256,6 +263,7 @@ async fn a_client_resumes_on_another_node_with_only_what_it_missed() {
 
 #[tokio::test]
 async fn when_the_leader_is_killed_another_node_continues_its_versions() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
@@ -324,6 +332,7 @@ async fn when_the_leader_is_killed_another_node_continues_its_versions() {
 
 #[tokio::test]
 async fn a_leader_stopped_past_its_lease_publishes_nothing_when_it_wakes() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
@@ -369,6 +378,7 @@ async fn a_leader_stopped_past_its_lease_publishes_nothing_when_it_wakes() {
 
 #[tokio::test]
 async fn without_redis_every_node_polls_alone_and_shares_again_when_it_returns() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
@@ -419,6 +429,7 @@ async fn without_redis_every_node_polls_alone_and_shares_again_when_it_returns()
 
 #[tokio::test]
 async fn users_on_two_nodes_see_only_their_own_document_and_redis_holds_no_credential() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let (alice_token, bob_token) = ("Bearer alice-3f9a0c-secret", "Bearer bob-77d2e1-secret");
@@ -470,6 +481,7 @@ async fn users_on_two_nodes_see_only_their_own_document_and_redis_holds_no_crede
 /// does not follow the stored one, publishes nothing.
 #[tokio::test]
 async fn publication_is_fenced_by_the_lease_token_and_the_version_sequence() {
+    let _slot = SLOTS.acquire().await.unwrap();
     use unpoll::cluster::message::Message;
     use unpoll::cluster::scripts::PUBLISH;
     let redis = RedisServer::start();
@@ -512,6 +524,7 @@ async fn publication_is_fenced_by_the_lease_token_and_the_version_sequence() {
 
 #[tokio::test]
 async fn a_topic_polls_while_any_node_has_a_subscriber_and_stops_a_linger_after_the_last_leaves() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
@@ -550,6 +563,7 @@ async fn a_topic_polls_while_any_node_has_a_subscriber_and_stops_a_linger_after_
 
 #[tokio::test]
 async fn a_reload_that_changes_the_cluster_is_refused_and_one_that_changes_routes_applies() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let setup = setup(&redis);
@@ -575,6 +589,7 @@ async fn a_reload_that_changes_the_cluster_is_refused_and_one_that_changes_route
 
 #[tokio::test]
 async fn nodes_authenticate_with_the_password_of_password_file() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let redis = RedisServer::start_with_password(Some("hunter2-redis"));
     let up = Upstream::start().await;
     up.set_json("/doc", &doc(1));
