@@ -37,7 +37,8 @@ pub const REJECT_REASONS: [&str; 12] = [
     "too_many_topics_for_client",
 ];
 /// `reason` of `unpoll_subscribers_dropped_total`.
-pub const DROP_REASONS: [&str; 4] = ["ping_timeout", "write_timeout", "write_error", "protocol_error"];
+pub const DROP_REASONS: [&str; 5] =
+    ["ping_timeout", "write_timeout", "write_error", "protocol_error", "unauthenticated"];
 /// `result` of `unpoll_config_reloads_total`.
 pub const RELOAD_RESULTS: [&str; 3] = ["applied", "invalid", "rejected"];
 /// `protocol` of the per-subscriber families.

@@ -118,3 +118,38 @@ async fn a_token_must_name_a_header_that_splits_topics() {
         assert!(text.contains(expected), "{expected} not in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_websocket_may_send_its_token_as_its_first_message_and_nothing_starts_before() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let up = Upstream::start().await;
+    users(&up).await;
+    let setup = Setup::stream("/me")
+        .every("100ms")
+        .with("token", json!({"query": "access_token", "first_message": true, "timeout": "500ms"}));
+    let proxy = Proxy::launch(up.addr, &setup).await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/me", &[], &[]).await.expect("the 101 comes at once");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(up.count("/me"), 0, "nothing is polled before the auth message");
+    let auth = json!({"type": "auth", "token": ALICE}).to_string();
+    ws.send(Message::Text(auth.into())).await.unwrap();
+    let first = ws_event(&mut ws, 5 * SECOND).await;
+    assert_eq!((first["event"].as_str(), first["data"].clone()), (Some("snapshot"), json!({"user": "alice"})));
+    let seen = up.seen("/me");
+    assert!(seen.iter().all(|s| s.header("authorization") == Some(&format!("Bearer {ALICE}"))), "as the header would");
+    // Late, malformed, or not text: closed, with nothing polled for them.
+    let (mut late, _) = ws_connect(proxy.addr, "/me", &[], &[]).await.unwrap();
+    assert!(matches!(ws_next(&mut late, 5 * SECOND).await, Some(WsNext::Close(Some(4401)))));
+    for bad in [Message::Text("hello".into()), Message::Text(r#"{"type":"auth","token":""}"#.into()), Message::Binary(vec![1].into())] {
+        let (mut ws, _) = ws_connect(proxy.addr, "/me", &[], &[]).await.unwrap();
+        ws.send(bad.clone()).await.unwrap();
+        assert!(matches!(ws_next(&mut ws, 5 * SECOND).await, Some(WsNext::Close(Some(1008)))), "{bad:?}");
+    }
+    let polled = up.seen("/me");
+    assert!(polled.iter().all(|s| s.header("authorization").is_some()), "no poll without a credential");
+    assert_eq!(proxy.metric("unpoll_subscribers_dropped_total", &[("route", "/me"), ("reason", "unauthenticated")]).await, 4.0);
+    // A token in the URL (or a header) needs no first message.
+    let (mut direct, _) = ws_connect(proxy.addr, &format!("/me?access_token={BOB}"), &[], &[]).await.unwrap();
+    assert_eq!(ws_event(&mut direct, 5 * SECOND).await["data"], json!({"user": "bob"}));
+}

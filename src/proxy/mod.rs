@@ -9,21 +9,16 @@ pub mod head_deadline;
 pub mod path;
 pub mod sticky;
 
+mod serving;
 pub mod subscribe;
 pub mod token;
 
-use crate::config::{ServerSettings, Sticky, CREDENTIAL_HEADERS};
+use crate::config::{Sticky, CREDENTIAL_HEADERS};
 use crate::metrics::Metrics;
 use crate::pool::{self, Distrust};
 use crate::route_table::{Route, RouteTable, StreamRoute};
-use crate::stream::delivery::Delivery;
-use crate::stream::downstream::{self, Downstream};
-use crate::stream::{sse, ws};
 use crate::sys;
 use crate::topic::hub::Hub;
-use crate::topic::hub::{Limits, Refused};
-use crate::topic::key;
-use crate::wire::encode::Protocol;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,7 +30,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use subscribe::{Reject, SubscribeRequest};
+use subscribe::Reject;
 use tokio::sync::watch;
 
 /// The proxy: routes, the hub of topics, metrics, and the shutdown signal every stream watches.
@@ -323,119 +318,6 @@ impl ProxyHttp for Gateway {
             e.retry.decide_reuse(client_reused);
         }
         e
-    }
-}
-
-impl Gateway {
-    async fn serve_subscription(
-        &self,
-        session: &mut Session,
-        route: &StreamRoute,
-        request: SubscribeRequest,
-        server: &ServerSettings,
-        cors: Option<String>,
-    ) -> pingora::Result<()> {
-        let write_timeout = server.write_timeout;
-        let settings = &route.stream;
-        let req = session.req_header();
-        // HTTP/1.0 knows no chunked bodies: its SSE stream ends by closing.
-        let http10 = req.version == http::Version::HTTP_10;
-        let upstream = route.upstream();
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
-            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-            client::client_address(peer.ip(), forwarded, &server.trusted_proxies)
-        });
-        // On a sticky upstream the polls go where the subscriber's plain requests would (see
-        // `key::pin`); the sticky cookie itself is unpoll's, never sent upstream nor keyed on.
-        let (key, poll, set_cookie) = match &upstream.settings.sticky {
-            None => {
-                let (key, poll, _) =
-                    key::derive(route.label(), settings, req.uri.path(), req.uri.query(), &req.headers);
-                (key, poll, None)
-            }
-            Some(rule) => {
-                let choice = sticky::choose(upstream, &req.headers, req.uri.query(), client, None);
-                if let Some(result) = choice.result {
-                    self.metrics.sticky.with_label_values(&[&upstream.name, result]).inc();
-                }
-                let (pin, headers) = match rule {
-                    Sticky::Cookie(cookie) => {
-                        (key::Pin::Server(choice.server.id.clone()), sticky::strip(&req.headers, &cookie.name))
-                    }
-                    Sticky::Hash(on) => match sticky::key(on, &req.headers, req.uri.query(), client) {
-                        Some(attribute) => (key::Pin::Hash(attribute), req.headers.clone()),
-                        None => (key::Pin::Server(choice.server.id.clone()), req.headers.clone()),
-                    },
-                };
-                let (mut key, mut poll, _) =
-                    key::derive(route.label(), settings, req.uri.path(), req.uri.query(), &headers);
-                key::pin(&mut key, &mut poll, settings, pin);
-                (key, poll, choice.set_cookie.map(|c| format!("set-cookie: {c}\r\n")))
-            }
-        };
-        let limits = Limits {
-            subscribers: server.max_subscribers,
-            topics: server.max_topics,
-            per_topic: settings.max_subscribers,
-            per_client: server.max_topics_per_client,
-        };
-        let mut sub =
-            match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits, client) {
-                Ok(sub) => sub,
-                Err(refused) => {
-                    self.metrics.rejected.with_label_values(&[refused.reason()]).inc();
-                    let reject = match refused {
-                        Refused::TooManyTopicsForClient => Reject {
-                            status: 429,
-                            reason: refused.reason(),
-                            message: "this client has opened too many different streams; retry later".to_string(),
-                        },
-                        _ => Reject {
-                            status: 503,
-                            reason: refused.reason(),
-                            message: "the proxy is at its subscription limit; retry later".to_string(),
-                        },
-                    };
-                    return respond(session, &reject).await;
-                }
-            };
-        sub.settle(request.resume.as_ref()).await;
-        // More header lines: a sticky cookie, and what lets another origin read the stream.
-        let extra_head = match (set_cookie, cors.as_deref().map(cors::head_lines)) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or_default() + &b.unwrap_or_default()),
-        };
-        let handshake = (request.protocol == Protocol::WebSocket).then(|| {
-            let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
-            ws::handshake_response(key, request.subprotocol, extra_head.as_deref())
-        });
-        let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics);
-        let Some(stream) = detach::detach(session) else {
-            let reject =
-                Reject { status: 400, reason: "bad_request", message: "streams are served over HTTP/1.1".to_string() };
-            return respond(session, &reject).await;
-        };
-        // The stream is served from its own task, so pingora's state for this request is freed.
-        let (stream, id) = downstream::lean(head_deadline::HeadDeadline::unwrap(stream));
-        let hold = Box::new(self.connections.hold(id));
-        let down = Downstream::new(stream, hold, write_timeout);
-        let shutdown = self.shutdown.clone();
-        let metrics = self.metrics.clone();
-        let route = route.clone();
-        let (heartbeat, max_message) = (settings.heartbeat, server.websocket_max_message);
-        tokio::spawn(async move {
-            let result = match handshake {
-                None => sse::serve(down, delivery, heartbeat, http10, extra_head, shutdown).await.map(|()| None),
-                Some(handshake) => {
-                    let limits = ws::Limits { heartbeat, write_timeout, max_message };
-                    ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)
-                }
-            };
-            if let Some(reason) = result.unwrap_or_else(|failed| Some(failed.drop_reason())) {
-                metrics.dropped.with_label_values(&[route.label(), reason]).inc();
-            }
-        });
-        Ok(())
     }
 }
 

@@ -30,6 +30,8 @@ pub enum Ended {
     Normal,
     PingTimeout,
     ProtocolError,
+    /// No (or a malformed) credential in the first message, in time (see [`authenticate`]).
+    Unauthenticated,
 }
 
 impl Ended {
@@ -39,6 +41,7 @@ impl Ended {
             Ended::Normal => None,
             Ended::PingTimeout => Some("ping_timeout"),
             Ended::ProtocolError => Some("protocol_error"),
+            Ended::Unauthenticated => Some("unauthenticated"),
         }
     }
 }
@@ -130,6 +133,123 @@ impl Conn {
     fn take_outbox(&mut self) -> Option<Bytes> {
         (!self.io.outbox.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.io.outbox)))
     }
+}
+
+/// A WebSocket whose 101 was sent, waiting for its subscription (see [`authenticate`]).
+pub struct Opened {
+    conn: Conn,
+}
+
+/// What the first message of a WebSocket that authenticates in-band brought.
+pub enum Auth {
+    /// The token of a `{"type":"auth","token":"…"}` text frame.
+    Token(String, Box<Opened>),
+    /// It was closed (after `timeout` with nothing, 4401; a malformed first message, 1008), or
+    /// the client left.
+    Refused(Ended),
+}
+
+/// The close code of a missing or late credential (as HTTP's 401).
+pub const UNAUTHORIZED: u16 = 4401;
+
+/// Sends the 101, then waits at most `timeout` for the first message, which must be
+/// `{"type":"auth","token":"…"}` in a text frame. Nothing is subscribed before it comes.
+pub async fn authenticate(
+    down: &mut Downstream,
+    handshake: &[u8],
+    max_message: usize,
+    timeout: Duration,
+) -> Result<Auth, WriteFailed> {
+    let mut conn = Conn::new(max_message);
+    down.write(handshake).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut input = BytesMut::new();
+    loop {
+        let read = tokio::time::timeout_at(deadline, down.read(&mut input)).await;
+        match read {
+            Err(_) => {
+                let ended = finish(
+                    down,
+                    &mut conn,
+                    CloseCode::from(UNAUTHORIZED),
+                    "authentication required",
+                    Ended::Unauthenticated,
+                );
+                return ended.await.map(Auth::Refused);
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(Auth::Refused(Ended::Normal)),
+            Ok(Ok(_)) => {}
+        }
+        conn.io.inbox.extend_from_slice(&input.split());
+        loop {
+            match conn.ctx.read(&mut conn.io) {
+                Ok(Message::Text(text)) => match auth_token(&text) {
+                    Some(token) => return Ok(Auth::Token(token, Box::new(Opened { conn }))),
+                    None => {
+                        let ended = finish(
+                            down,
+                            &mut conn,
+                            CloseCode::Policy,
+                            "malformed auth message",
+                            Ended::Unauthenticated,
+                        );
+                        return ended.await.map(Auth::Refused);
+                    }
+                },
+                Ok(Message::Binary(_)) => {
+                    let ended =
+                        finish(down, &mut conn, CloseCode::Policy, "malformed auth message", Ended::Unauthenticated);
+                    return ended.await.map(Auth::Refused);
+                }
+                Ok(Message::Close(_)) => return Ok(Auth::Refused(Ended::Normal)),
+                Ok(_) => {}
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(WsError::Capacity(_)) => {
+                    return finish(down, &mut conn, CloseCode::Size, "message too big", Ended::ProtocolError)
+                        .await
+                        .map(Auth::Refused);
+                }
+                Err(_) => {
+                    return finish(down, &mut conn, CloseCode::Protocol, "protocol error", Ended::ProtocolError)
+                        .await
+                        .map(Auth::Refused);
+                }
+            }
+        }
+        let _ = conn.ctx.flush(&mut conn.io);
+        if let Some(out) = conn.take_outbox() {
+            down.write(&out).await?;
+        }
+    }
+}
+
+/// The token of an auth message, if that is what `text` is.
+fn auth_token(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    if v.get("type")?.as_str()? != "auth" {
+        return None;
+    }
+    let token = v.get("token")?.as_str()?;
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+/// Closes an opened WebSocket that cannot be subscribed after all, with `code` and `reason`.
+pub async fn refuse(mut down: Downstream, mut opened: Box<Opened>, code: u16, reason: &'static str) {
+    let _ = finish(&mut down, &mut opened.conn, CloseCode::from(code), reason, Ended::Normal).await;
+    down.close().await;
+}
+
+/// Serves an opened WebSocket (see [`authenticate`]) as [`serve`] does, without a 101.
+pub async fn serve_opened(
+    mut down: Downstream,
+    mut opened: Box<Opened>,
+    delivery: Delivery,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Ended, WriteFailed> {
+    let ended = run(&mut down, Vec::new(), &mut opened.conn, delivery, limits.heartbeat, shutdown).await?;
+    down.close().await;
+    Ok(ended)
 }
 
 /// Serves one WebSocket subscriber: the 101 response, then events until the topic ends, the

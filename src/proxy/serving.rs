@@ -1,0 +1,234 @@
+//! Serving a subscription: who it is (the topic key, with a sticky upstream's pin), joining
+//! the topic, and handing the socket to the SSE or WebSocket loop. A WebSocket whose
+//! credential comes in its first message (`stream.token.first_message`) is answered first,
+//! and joins only once that message came.
+
+use super::subscribe::{Reject, SubscribeRequest};
+use super::{client, cors, detach, head_deadline, respond, sticky, Gateway};
+use crate::config::{ServerSettings, Sticky};
+use crate::route_table::StreamRoute;
+use crate::stream::delivery::Delivery;
+use crate::stream::downstream::{self, Downstream};
+use crate::stream::{sse, ws};
+use crate::topic::hub::{Limits, Refused, Subscription};
+use crate::topic::key;
+use crate::wire::encode::Protocol;
+use http::HeaderMap;
+use pingora::proxy::Session;
+use std::net::IpAddr;
+
+impl Gateway {
+    pub(super) async fn serve_subscription(
+        &self,
+        session: &mut Session,
+        route: &StreamRoute,
+        request: SubscribeRequest,
+        server: &ServerSettings,
+        cors: Option<String>,
+    ) -> pingora::Result<()> {
+        let settings = &route.stream;
+        let req = session.req_header();
+        // HTTP/1.0 knows no chunked bodies: its SSE stream ends by closing.
+        let http10 = req.version == http::Version::HTTP_10;
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
+            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+            client::client_address(peer.ip(), forwarded, &server.trusted_proxies)
+        });
+        let in_band = settings.token.as_ref().filter(|t| {
+            t.first_message && request.protocol == Protocol::WebSocket && !req.headers.contains_key(t.header.as_str())
+        });
+        if in_band.is_some() {
+            return self.serve_authenticating(session, route, request, server, cors, client).await;
+        }
+        let (path, query) = (req.uri.path().to_string(), req.uri.query().map(str::to_string));
+        let headers = req.headers.clone();
+        let (mut sub, set_cookie) = match self.join(route, &path, query.as_deref(), &headers, client, &request, server)
+        {
+            Ok(joined) => joined,
+            Err(reject) => return respond(session, &reject).await,
+        };
+        sub.settle(request.resume.as_ref()).await;
+        // More header lines: a sticky cookie, and what lets another origin read the stream.
+        let extra_head = match (set_cookie, cors.as_deref().map(cors::head_lines)) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or_default() + &b.unwrap_or_default()),
+        };
+        let handshake = (request.protocol == Protocol::WebSocket).then(|| {
+            let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
+            ws::handshake_response(key, request.subprotocol, extra_head.as_deref())
+        });
+        let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics);
+        let Some(down) = self.detach(session, server).await? else { return Ok(()) };
+        let shutdown = self.shutdown.clone();
+        let metrics = self.metrics.clone();
+        let route = route.clone();
+        let limits = ws::Limits {
+            heartbeat: settings.heartbeat,
+            write_timeout: server.write_timeout,
+            max_message: server.websocket_max_message,
+        };
+        tokio::spawn(async move {
+            let result = match handshake {
+                None => sse::serve(down, delivery, limits.heartbeat, http10, extra_head, shutdown).await.map(|()| None),
+                Some(handshake) => {
+                    ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)
+                }
+            };
+            if let Some(reason) = result.unwrap_or_else(|failed| Some(failed.drop_reason())) {
+                metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+            }
+        });
+        Ok(())
+    }
+
+    /// A WebSocket that sends its credential as its first message: the 101 now, then that
+    /// message within `token.timeout`, and only then the topic (nothing is polled or sent
+    /// before). A sticky cookie cannot be set on it: the 101 went out before a server was
+    /// chosen.
+    async fn serve_authenticating(
+        &self,
+        session: &mut Session,
+        route: &StreamRoute,
+        request: SubscribeRequest,
+        server: &ServerSettings,
+        cors: Option<String>,
+        client: Option<IpAddr>,
+    ) -> pingora::Result<()> {
+        let token = route.stream.token.clone().expect("an in-band token route");
+        let req = session.req_header();
+        let (path, query) = (req.uri.path().to_string(), req.uri.query().map(str::to_string));
+        let mut headers = req.headers.clone();
+        let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
+        let handshake =
+            ws::handshake_response(key, request.subprotocol, cors.as_deref().map(cors::head_lines).as_deref());
+        let Some(mut down) = self.detach(session, server).await? else { return Ok(()) };
+        let gateway = Gateway {
+            table: self.table.clone(),
+            hub: self.hub.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            connections: self.connections.clone(),
+        };
+        let (route, server) = (route.clone(), server.clone());
+        tokio::spawn(async move {
+            let limits = ws::Limits {
+                heartbeat: route.stream.heartbeat,
+                write_timeout: server.write_timeout,
+                max_message: server.websocket_max_message,
+            };
+            let dropped = |reason: &str| gateway.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+            let (value, opened) = match ws::authenticate(&mut down, &handshake, limits.max_message, token.timeout).await
+            {
+                Ok(ws::Auth::Token(t, opened)) => {
+                    (http::HeaderValue::from_str(&format!("{}{t}", token.prefix)), opened)
+                }
+                Ok(ws::Auth::Refused(ended)) => {
+                    if let Some(reason) = ended.drop_reason() {
+                        dropped(reason);
+                    }
+                    return down.close().await;
+                }
+                Err(failed) => return dropped(failed.drop_reason()),
+            };
+            let Ok(value) = value else {
+                dropped("unauthenticated");
+                return ws::refuse(down, opened, 1008, "malformed auth message").await;
+            };
+            headers.insert(http::HeaderName::from_bytes(token.header.as_bytes()).expect("checked"), value);
+            let mut sub = match gateway.join(&route, &path, query.as_deref(), &headers, client, &request, &server) {
+                Ok((sub, _)) => sub,
+                // As the HTTP answer would be: try again later.
+                Err(reject) => return ws::refuse(down, opened, 1013, reject.reason).await,
+            };
+            sub.settle(request.resume.as_ref()).await;
+            let delivery =
+                Delivery::new(sub, Protocol::WebSocket, route.stream.queue_bytes, route.label(), &gateway.metrics);
+            let result = ws::serve_opened(down, opened, delivery, limits, gateway.shutdown.clone()).await;
+            if let Some(reason) = result.map(ws::Ended::drop_reason).unwrap_or_else(|failed| Some(failed.drop_reason()))
+            {
+                dropped(reason);
+            }
+        });
+        Ok(())
+    }
+
+    /// Takes the client's socket out of pingora, to be served from a task of its own (so
+    /// pingora's state for this request is freed). `None` once refused (not HTTP/1.1).
+    async fn detach(&self, session: &mut Session, server: &ServerSettings) -> pingora::Result<Option<Downstream>> {
+        let Some(stream) = detach::detach(session) else {
+            let reject =
+                Reject { status: 400, reason: "bad_request", message: "streams are served over HTTP/1.1".to_string() };
+            respond(session, &reject).await?;
+            return Ok(None);
+        };
+        let (stream, id) = downstream::lean(head_deadline::HeadDeadline::unwrap(stream));
+        let hold = Box::new(self.connections.hold(id));
+        Ok(Some(Downstream::new(stream, hold, server.write_timeout)))
+    }
+
+    /// Who the subscriber is (its topic key, pinned on a sticky upstream to where its plain
+    /// requests would go; the sticky cookie itself is unpoll's, never sent upstream nor keyed
+    /// on), and its subscription with a `set-cookie` line to send, or why it is refused.
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &self,
+        route: &StreamRoute,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+        request: &SubscribeRequest,
+        server: &ServerSettings,
+    ) -> Result<(Subscription, Option<String>), Reject> {
+        let settings = &route.stream;
+        let upstream = route.upstream();
+        let (key, poll, set_cookie) = match &upstream.settings.sticky {
+            None => {
+                let (key, poll, _) = key::derive(route.label(), settings, path, query, headers);
+                (key, poll, None)
+            }
+            Some(rule) => {
+                let choice = sticky::choose(upstream, headers, query, client, None);
+                if let Some(result) = choice.result {
+                    self.metrics.sticky.with_label_values(&[&upstream.name, result]).inc();
+                }
+                let (pin, headers) = match rule {
+                    Sticky::Cookie(cookie) => {
+                        (key::Pin::Server(choice.server.id.clone()), sticky::strip(headers, &cookie.name))
+                    }
+                    Sticky::Hash(on) => match sticky::key(on, headers, query, client) {
+                        Some(attribute) => (key::Pin::Hash(attribute), headers.clone()),
+                        None => (key::Pin::Server(choice.server.id.clone()), headers.clone()),
+                    },
+                };
+                let (mut key, mut poll, _) = key::derive(route.label(), settings, path, query, &headers);
+                key::pin(&mut key, &mut poll, settings, pin);
+                (key, poll, choice.set_cookie.map(|c| format!("set-cookie: {c}\r\n")))
+            }
+        };
+        let limits = Limits {
+            subscribers: server.max_subscribers,
+            topics: server.max_topics,
+            per_topic: settings.max_subscribers,
+            per_client: server.max_topics_per_client,
+        };
+        match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits, client) {
+            Ok(sub) => Ok((sub, set_cookie)),
+            Err(refused) => {
+                self.metrics.rejected.with_label_values(&[refused.reason()]).inc();
+                Err(match refused {
+                    Refused::TooManyTopicsForClient => Reject {
+                        status: 429,
+                        reason: refused.reason(),
+                        message: "this client has opened too many different streams; retry later".to_string(),
+                    },
+                    _ => Reject {
+                        status: 503,
+                        reason: refused.reason(),
+                        message: "the proxy is at its subscription limit; retry later".to_string(),
+                    },
+                })
+            }
+        }
+    }
+}
