@@ -2,7 +2,8 @@
 # Installs what building and testing unpoll needs beyond Rust, from Debian's packages, when it is
 # missing: cmake (pingora builds zlib-ng with it), chromium (the demo page's browser test) and
 # systemd's systemd-analyze (the test that rates deploy/unpoll.service), redis-server (the
-# cluster tests start their own, on a free port); and, from crates.io,
+# cluster tests start their own, on a free port), Node.js and npm (the JavaScript client's
+# tests); and, from crates.io,
 # cargo-deny (the licence and ban checks of ./scripts/test.sh; built once, in about 90 s).
 set -euo pipefail
 CARGO_DENY_VERSION=0.20.2
@@ -16,6 +17,7 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 [ -x "${UNPOLL_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
