@@ -141,14 +141,21 @@ async fn a_websocket_may_send_its_token_as_its_first_message_and_nothing_starts_
     // Late, malformed, or not text: closed, with nothing polled for them.
     let (mut late, _) = ws_connect(proxy.addr, "/me", &[], &[]).await.unwrap();
     assert!(matches!(ws_next(&mut late, 5 * SECOND).await, Some(WsNext::Close(Some(4401)))));
-    for bad in [Message::Text("hello".into()), Message::Text(r#"{"type":"auth","token":""}"#.into()), Message::Binary(vec![1].into())] {
+    for bad in [
+        Message::Text("hello".into()),
+        Message::Text(r#"{"type":"auth","token":""}"#.into()),
+        Message::Binary(vec![1].into()),
+    ] {
         let (mut ws, _) = ws_connect(proxy.addr, "/me", &[], &[]).await.unwrap();
         ws.send(bad.clone()).await.unwrap();
         assert!(matches!(ws_next(&mut ws, 5 * SECOND).await, Some(WsNext::Close(Some(1008)))), "{bad:?}");
     }
     let polled = up.seen("/me");
     assert!(polled.iter().all(|s| s.header("authorization").is_some()), "no poll without a credential");
-    assert_eq!(proxy.metric("unpoll_subscribers_dropped_total", &[("route", "/me"), ("reason", "unauthenticated")]).await, 4.0);
+    assert_eq!(
+        proxy.metric("unpoll_subscribers_dropped_total", &[("route", "/me"), ("reason", "unauthenticated")]).await,
+        4.0
+    );
     // A token in the URL (or a header) needs no first message.
     let (mut direct, _) = ws_connect(proxy.addr, &format!("/me?access_token={BOB}"), &[], &[]).await.unwrap();
     assert_eq!(ws_event(&mut direct, 5 * SECOND).await["data"], json!({"user": "bob"}));
