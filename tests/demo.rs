@@ -32,7 +32,16 @@ async fn the_demo_serves_its_page_and_live_streams() {
     assert!(eventually(15 * SECOND, || async { http_get(addr, "/").await.is_some_and(|r| r.status == 200) }).await);
     let page = http_get(addr, "/").await.unwrap();
     let html = String::from_utf8(page.body).unwrap();
-    assert!(html.contains("EventSource(") && html.contains("new WebSocket("), "the page subscribes both ways");
+    assert!(
+        html.contains(r#"import { subscribe } from "/unpoll-client/index.js""#)
+            && html.contains(r#"transport: "websocket""#),
+        "the page subscribes both ways, with the project's client"
+    );
+    for module in ["/unpoll-client/index.js", "/unpoll-client/patch.js"] {
+        let served = http_get(addr, module).await.unwrap();
+        assert_eq!(served.status, 200, "{module}");
+        assert!(String::from_utf8(served.body).unwrap().contains("export function"), "{module} is the client");
+    }
 
     let mut board = Sse::connect(addr, "/api/departures", &[]).await;
     let snap = board.next_event(5 * SECOND).await.unwrap();
@@ -46,6 +55,9 @@ async fn the_demo_serves_its_page_and_live_streams() {
     let (mut bob, _) =
         ws_connect(addr, "/api/me/notifications", &[], &[("authorization", "Bearer bob")]).await.unwrap();
     assert_eq!(ws_event(&mut bob, 5 * SECOND).await["data"]["user"], "bob");
+    // The page's way: the token in the URL (EventSource cannot send Authorization).
+    let mut carol = Sse::connect(addr, "/api/me/notifications?access_token=carol", &[]).await;
+    assert_eq!(carol.next_event(5 * SECOND).await.unwrap().json()["user"], "carol");
     let mut anonymous = Sse::connect(addr, "/api/me/notifications", &[]).await;
     let denied = anonymous.next_event(5 * SECOND).await.unwrap();
     assert_eq!((denied.kind(), denied.json()["status"].as_u64()), ("error", Some(401)));

@@ -116,6 +116,13 @@ impl ServeHttp for LegacyApi {
         match path.as_str() {
             "/" | "/index.html" => reply(200, "text/html; charset=utf-8", include_bytes!("page.html").to_vec()),
             "/favicon.ico" => reply(204, "image/x-icon", Vec::new()),
+            // The project's JavaScript client, which the page uses.
+            "/unpoll-client/index.js" => {
+                reply(200, "text/javascript; charset=utf-8", include_bytes!("../../clients/js/index.js").to_vec())
+            }
+            "/unpoll-client/patch.js" => {
+                reply(200, "text/javascript; charset=utf-8", include_bytes!("../../clients/js/patch.js").to_vec())
+            }
             "/api/departures" => {
                 self.board_requests.fetch_add(1, Ordering::Relaxed);
                 json_reply(200, self.departures())

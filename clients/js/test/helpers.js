@@ -39,8 +39,9 @@ export async function freePort() {
   return port;
 }
 
-/** unpoll in front of `up`, on free ports; `restart()` starts it again on the same ones. */
-export async function proxy(up) {
+/** unpoll in front of `up`, on free ports; `start()` starts it again on the same ones.
+ *  `origins` lists who may read `/me` across origins. */
+export async function proxy(up, origins) {
   const [port, admin] = [await freePort(), await freePort()];
   const dir = mkdtempSync(join(tmpdir(), "unpoll-js-"));
   const config = join(dir, "unpoll.yaml");
@@ -60,10 +61,17 @@ routes:
     stream: {interval: 100ms}
   - match: /me
     upstream: app
-    stream: {interval: 100ms, token: {query: access_token, first_message: true, timeout: 2s}}
-`,
+    stream:
+      interval: 100ms
+      token: {query: access_token, first_message: true, timeout: 2s}
+${origins ? `      origins: ${JSON.stringify(origins)}\n` : ""}`,
   );
-  const p = { url: `http://127.0.0.1:${port}`, child: undefined, log: join(dir, "unpoll.log") };
+  const p = {
+    url: `http://127.0.0.1:${port}`,
+    adminUrl: `http://127.0.0.1:${admin}`,
+    child: undefined,
+    log: join(dir, "unpoll.log"),
+  };
   p.start = async () => {
     p.child = spawn(UNPOLL, ["run", "-c", config, "--no-watch"], { stdio: ["ignore", "ignore", "pipe"] });
     const chunks = [];
