@@ -232,3 +232,51 @@ async fn a_route_moved_to_another_upstream_keeps_its_subscribers() {
     assert!(b.count("/doc") >= 3);
     assert_eq!(proxy.metric("unpoll_topics", &[]).await, 1.0, "one topic, kept");
 }
+
+#[tokio::test]
+async fn a_configmap_volume_update_is_applied() {
+    // The kubelet swaps the `..data` symlink to a new directory in one rename.
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_configmap(up.addr, BASE).await;
+    assert_eq!(http_get(proxy.addr, "/new").await.unwrap().status, 404);
+    proxy.swap_configmap(up.addr, &format!("{BASE}  - match: /new\n    upstream: app\n"), 2);
+    assert!(eventually(5 * SECOND, || async { generation(&proxy).await == 2.0 }).await, "{}", proxy.log());
+    assert_eq!(http_get(proxy.addr, "/new").await.unwrap().status, 200);
+    proxy.swap_configmap(up.addr, &format!("{BASE}  - match: /newer\n    upstream: app\n"), 3);
+    assert!(eventually(5 * SECOND, || async { generation(&proxy).await == 3.0 }).await, "{}", proxy.log());
+    assert_eq!(http_get(proxy.addr, "/newer").await.unwrap().status, 200);
+    assert_eq!(http_get(proxy.addr, "/new").await.unwrap().status, 404, "the swapped-out file is gone");
+}
+
+#[tokio::test]
+async fn an_editor_that_writes_a_new_file_and_renames_it_is_followed_and_no_change_is_missed() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, BASE).await;
+    let save = |route: &str| {
+        let text =
+            config_text(proxy.addr, proxy.admin, up.addr, "", &format!("{BASE}  - match: {route}\n    upstream: app\n"));
+        let tmp = proxy.config_path().with_extension("yaml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, proxy.config_path()).unwrap();
+    };
+    save("/first");
+    assert!(eventually(5 * SECOND, || async { generation(&proxy).await == 2.0 }).await, "{}", proxy.log());
+    assert_eq!(http_get(proxy.addr, "/first").await.unwrap().status, 200);
+    // Two saves inside one settle window (500 ms): the last one is what runs.
+    save("/second");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    save("/third");
+    assert!(
+        eventually(5 * SECOND, || async { http_get(proxy.addr, "/third").await.unwrap().status == 200 }).await,
+        "{}",
+        proxy.log()
+    );
+    // And a save landing just after a reload began is not lost either.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    save("/fourth");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    save("/fifth");
+    assert!(eventually(5 * SECOND, || async { http_get(proxy.addr, "/fifth").await.unwrap().status == 200 }).await);
+    assert_eq!(http_get(proxy.addr, "/fourth").await.unwrap().status, 404);
+    assert_eq!(proxy.metric("unpoll_config_reloads_total", &[("result", "invalid")]).await, 0.0);
+}

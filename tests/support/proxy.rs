@@ -55,6 +55,26 @@ impl Proxy {
         Proxy::start_full(upstream, server_extra, body, &[], None, env).await
     }
 
+    /// Like [`Proxy::start`], reading its file as a Kubernetes ConfigMap volume holds it:
+    /// `unpoll.yaml` → `..data/unpoll.yaml`, `..data` → `..v1` (see [`Proxy::swap_configmap`]).
+    pub async fn start_configmap(upstream: SocketAddr, body: &str) -> Proxy {
+        Proxy::start_full(upstream, "", body, &["--configmap-layout"], None, &[]).await
+    }
+
+    /// Updates the configuration as the kubelet updates a ConfigMap volume: the new file in a
+    /// new directory, `..data` swapped to it in one rename, the old directory removed.
+    pub fn swap_configmap(&self, upstream: SocketAddr, body: &str, version: u32) {
+        let dir = self.dir.path();
+        let fresh = dir.join(format!("..v{version}"));
+        std::fs::create_dir(&fresh).unwrap();
+        std::fs::write(fresh.join("unpoll.yaml"), config_text(self.addr, self.admin, upstream, "", body)).unwrap();
+        let _ = std::fs::remove_file(dir.join("..data_tmp"));
+        std::os::unix::fs::symlink(format!("..v{version}"), dir.join("..data_tmp")).unwrap();
+        let old = std::fs::read_link(dir.join("..data")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+
     async fn start_full(
         upstream: SocketAddr,
         server_extra: &str,
@@ -74,13 +94,24 @@ impl Proxy {
             let config = config_text(addr, admin, upstream, server_extra, body);
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("unpoll.yaml");
-            std::fs::write(&path, config).unwrap();
+            // `--configmap-layout` is the launcher's, not unpoll's: it lays the file out as a
+            // ConfigMap volume does.
+            let configmap = args.contains(&"--configmap-layout");
+            let args: Vec<&str> = args.iter().copied().filter(|a| *a != "--configmap-layout").collect();
+            if configmap {
+                std::fs::create_dir(dir.path().join("..v1")).unwrap();
+                std::fs::write(dir.path().join("..v1/unpoll.yaml"), config).unwrap();
+                std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+                std::os::unix::fs::symlink("..data/unpoll.yaml", &path).unwrap();
+            } else {
+                std::fs::write(&path, config).unwrap();
+            }
             let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
             let child = unpoll_command(open_files)
                 .envs(env.iter().copied())
                 .args(["--log-level", "info", "run", "-c"])
                 .arg(&path)
-                .args(args)
+                .args(&args)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
