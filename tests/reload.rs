@@ -253,8 +253,13 @@ async fn an_editor_that_writes_a_new_file_and_renames_it_is_followed_and_no_chan
     let up = Upstream::start().await;
     let proxy = Proxy::start(up.addr, BASE).await;
     let save = |route: &str| {
-        let text =
-            config_text(proxy.addr, proxy.admin, up.addr, "", &format!("{BASE}  - match: {route}\n    upstream: app\n"));
+        let text = config_text(
+            proxy.addr,
+            proxy.admin,
+            up.addr,
+            "",
+            &format!("{BASE}  - match: {route}\n    upstream: app\n"),
+        );
         let tmp = proxy.config_path().with_extension("yaml.swp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, proxy.config_path()).unwrap();
