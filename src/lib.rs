@@ -60,7 +60,8 @@
 //!   sticky cookies' opaque server ids, and each server's health.
 //! - [`pool`]: which requests may share a pooled upstream connection, and the checks that
 //!   keep a broken upstream's stray bytes from reaching another request.
-//! - [`metrics`]: every Prometheus metric; [`admin`] serves them on a listener of its own.
+//! - [`metrics`]: every Prometheus metric ([`procstat`]: the process's own figures);
+//!   [`admin`] serves them on a listener of its own.
 //! - [`config`]: the YAML configuration: the model with every default, parsed in passes (the
 //!   YAML tree with each key's line, each section through its table of keys, the checks
 //!   between keys, and names resolved in a last step, the only one with I/O), every problem
@@ -85,6 +86,7 @@ pub mod discovery;
 pub mod health;
 pub mod metrics;
 pub mod pool;
+pub mod procstat;
 pub mod proxy;
 pub mod reload;
 pub mod route_table;

@@ -4,7 +4,9 @@
 //! `rate()` and `absent()` work before the first event.
 
 use crate::config::Config;
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// `outcome` of `unpoll_upstream_polls_total`.
 pub const POLL_OUTCOMES: [&str; 12] = [
@@ -39,6 +41,8 @@ pub const REJECT_REASONS: [&str; 12] = [
 /// `reason` of `unpoll_subscribers_dropped_total`.
 pub const DROP_REASONS: [&str; 5] =
     ["ping_timeout", "write_timeout", "write_error", "protocol_error", "unauthenticated"];
+/// `status` of `unpoll_proxy_request_duration_seconds` (`none`: no answer reached the client).
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 /// `result` of `unpoll_config_reloads_total`.
 pub const RELOAD_RESULTS: [&str; 3] = ["applied", "invalid", "rejected"];
 /// `protocol` of the per-subscriber families.
@@ -125,6 +129,16 @@ pub struct Metrics {
     pub generation: IntGauge,
     /// `unpoll_http_requests_total{route,kind}`: kind is `proxy`, `subscribe`, `no_route`.
     pub requests: IntCounterVec,
+    /// `unpoll_upstream_poll_duration_seconds{upstream}`: from sending a poll to its answer read.
+    pub poll_duration: HistogramVec,
+    /// `unpoll_subscribe_duration_seconds{route}`: from a subscription's request to its first
+    /// events (the snapshot) handed to the socket.
+    pub subscribe_duration: HistogramVec,
+    /// `unpoll_proxy_request_duration_seconds{route,status}`: proxied requests, from their head
+    /// read to their answer sent; status is the class (`2xx`, …, `5xx`).
+    pub proxy_duration: HistogramVec,
+    /// The process's own figures (`process_*`) and `unpoll_build_info`.
+    process: crate::procstat::Process,
 }
 
 impl Metrics {
@@ -147,7 +161,36 @@ impl Metrics {
         let topic_creators =
             IntGauge::new("unpoll_topic_creators", "Clients with topics counted against them").expect("valid metric");
         registry.register(Box::new(topic_creators.clone())).expect("unique metric");
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let process = crate::procstat::Process::register(&registry);
         Metrics {
+            process,
+            // Polls of a nearby API take milliseconds; a struggling one, up to its timeout.
+            poll_duration: histogram(
+                "unpoll_upstream_poll_duration_seconds",
+                "Upstream polls, request to answer",
+                &["upstream"],
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            // 10,000 subscribed in about half a second (docs/benchmarks.md): one takes well under
+            // a millisecond unless the topic is new (its first poll) or comes from Redis.
+            subscribe_duration: histogram(
+                "unpoll_subscribe_duration_seconds",
+                "Subscriptions, request to first events written",
+                &["route"],
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            ),
+            proxy_duration: histogram(
+                "unpoll_proxy_request_duration_seconds",
+                "Proxied requests, head read to answer sent",
+                &["route", "status"],
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
             topic_creators,
             subscribers: gauge_vec("unpoll_subscribers", "Open subscriptions", &["route", "protocol"]),
             topics,
@@ -260,6 +303,7 @@ impl Metrics {
                 }
             }
             self.polls_in_flight.with_label_values(&[name]);
+            self.poll_duration.with_label_values(&[name]);
             self.poll_waits.with_label_values(&[name]);
             for reason in REUSE_REASONS {
                 self.reuse_refused.with_label_values(&[name, reason]);
@@ -267,6 +311,9 @@ impl Metrics {
         }
         for route in &config.routes {
             let label = route.pattern.as_str();
+            for class in STATUS_CLASSES {
+                self.proxy_duration.with_label_values(&[label, class]);
+            }
             for kind in REQUEST_KINDS {
                 self.requests.with_label_values(&[label, kind]);
             }
@@ -290,6 +337,7 @@ impl Metrics {
                 self.dropped.with_label_values(&[label, reason]);
             }
             self.diff_exhausted.with_label_values(&[label]);
+            self.subscribe_duration.with_label_values(&[label]);
             self.history_bytes.with_label_values(&[label]);
             self.history_trimmed.with_label_values(&[label]);
         }
@@ -302,6 +350,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.process.refresh();
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         out

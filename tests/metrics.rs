@@ -65,3 +65,49 @@ async fn the_metric_matcher_tells_an_absent_series_from_zero_and_shows_what_it_s
     let message = failure.into_panic().downcast::<String>().map(|s| *s).unwrap_or_default();
     assert!(message.contains("unpoll_topics"), "{message}");
 }
+
+#[tokio::test]
+async fn latencies_are_histograms_and_the_process_reports_itself() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let proxy = Proxy::launch(up.addr, &Setup::stream("/doc").every("100ms").route("/*")).await;
+    let text = proxy.metrics().await;
+    for (name, labels) in [
+        ("unpoll_upstream_poll_duration_seconds_count", vec![("upstream", "app")]),
+        ("unpoll_subscribe_duration_seconds_count", vec![("route", "/doc")]),
+        ("unpoll_proxy_request_duration_seconds_count", vec![("route", "/*"), ("status", "2xx")]),
+    ] {
+        assert_eq!(
+            metric_value(&text, name, &labels),
+            Some(0.0),
+            "{name} from the start:\n{}",
+            absent(&text, name, &labels)
+        );
+    }
+    let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
+    assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "snapshot");
+    assert_eq!(http_get(proxy.addr, "/plain").await.unwrap().status, 200);
+    assert!(
+        eventually(5 * SECOND, || async {
+            proxy.metric("unpoll_upstream_poll_duration_seconds_count", &[("upstream", "app")]).await >= 2.0
+        })
+        .await
+    );
+    assert_eq!(proxy.metric("unpoll_subscribe_duration_seconds_count", &[("route", "/doc")]).await, 1.0);
+    let proxied = [("route", "/*"), ("status", "2xx")];
+    assert_eq!(proxy.metric("unpoll_proxy_request_duration_seconds_count", &proxied).await, 1.0);
+    assert!(proxy.metric("unpoll_proxy_request_duration_seconds_sum", &proxied).await > 0.0);
+    // The standard process families, and what was built.
+    let text = proxy.metrics().await;
+    assert!(metric_value(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(metric_value(&text, "process_open_fds", &[]).unwrap() >= 5.0);
+    assert_eq!(metric_value(&text, "process_max_fds", &[]), Some(20000.0));
+    assert!(metric_value(&text, "process_cpu_seconds_total", &[]).is_some());
+    assert!(metric_value(&text, "process_start_time_seconds", &[]).unwrap() > 1.7e9);
+    let version = env!("CARGO_PKG_VERSION");
+    let build = text.lines().find(|l| l.starts_with("unpoll_build_info{")).expect("unpoll_build_info");
+    assert!(
+        build.contains(&format!("version=\"{version}\"")) && build.contains("commit=\"") && build.ends_with(" 1"),
+        "{build}"
+    );
+}

@@ -60,6 +60,10 @@ pub struct Ctx {
     close: bool,
     /// The origin the answer is let be read by (see [`cors`]).
     cors: Option<String>,
+    /// When the request's head was read.
+    started: Option<std::time::Instant>,
+    /// It was proxied (not served here): its duration is counted.
+    proxied: bool,
 }
 
 /// The error that sends a request on to another connection: the pooled one it was given had
@@ -71,7 +75,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx { started: Some(std::time::Instant::now()), ..Ctx::default() }
     }
 
     /// Routes the request; serves subscriptions and unrouted requests here (`Ok(true)`),
@@ -141,7 +145,9 @@ impl ProxyHttp for Gateway {
                     let server = table.server.clone();
                     drop(table);
                     let cors = ctx.cors.take();
-                    if let Err(e) = self.serve_subscription(session, &stream_route, request, &server, cors).await {
+                    let asked = ctx.started.unwrap_or_else(std::time::Instant::now);
+                    let served = self.serve_subscription(session, &stream_route, request, &server, cors, asked);
+                    if let Err(e) = served.await {
                         log::debug!("stream on {} ended: {e}", route.label());
                     }
                     return Ok(true);
@@ -149,7 +155,20 @@ impl ProxyHttp for Gateway {
             }
         }
         self.metrics.requests.with_label_values(&[route.label(), "proxy"]).inc();
+        ctx.proxied = true;
         Ok(false)
+    }
+
+    /// Counts a proxied request's duration, by route and status class.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let (Some(route), Some(started), true) = (ctx.route.as_ref(), ctx.started, ctx.proxied) else { return };
+        let class = match session.response_written().map(|r| r.status.as_u16()) {
+            Some(s @ 100..=599) => ["1xx", "2xx", "3xx", "4xx", "5xx"][(s / 100 - 1) as usize],
+            // No answer reached the client (it left, or the upstream failed before one).
+            _ => "none",
+        };
+        let h = self.metrics.proxy_duration.with_label_values(&[route.label(), class]);
+        h.observe(started.elapsed().as_secs_f64());
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {

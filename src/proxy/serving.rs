@@ -16,8 +16,11 @@ use crate::wire::encode::Protocol;
 use http::HeaderMap;
 use pingora::proxy::Session;
 use std::net::IpAddr;
+use std::time::Instant;
 
 impl Gateway {
+    /// `asked`: when the request's head was read.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn serve_subscription(
         &self,
         session: &mut Session,
@@ -25,6 +28,7 @@ impl Gateway {
         request: SubscribeRequest,
         server: &ServerSettings,
         cors: Option<String>,
+        asked: Instant,
     ) -> pingora::Result<()> {
         let settings = &route.stream;
         let req = session.req_header();
@@ -57,7 +61,8 @@ impl Gateway {
             let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
             ws::handshake_response(key, request.subprotocol, extra_head.as_deref())
         });
-        let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics);
+        let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics)
+            .asked_at(asked, &self.metrics, route.label());
         let Some(down) = self.detach(session, server).await? else { return Ok(()) };
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();

@@ -14,9 +14,10 @@ use crate::wire::encode::Protocol;
 use crate::wire::event::Kind;
 use crate::wire::event::Msg;
 use bytes::{Bytes, BytesMut};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::broadcast::error::RecvError;
 
 /// The next thing a stream handler must do.
@@ -45,6 +46,9 @@ pub struct Delivery {
     lagged_events: IntCounter,
     lagged_bytes: IntCounter,
     gauge: IntGauge,
+    /// When the subscription was asked for, and `unpoll_subscribe_duration_seconds{route}`:
+    /// observed once its first events are handed to the socket.
+    asked: Option<(Instant, Histogram)>,
 }
 
 impl Delivery {
@@ -66,11 +70,21 @@ impl Delivery {
             lagged_events: metrics.lagged.with_label_values(&[route, "events"]),
             lagged_bytes: metrics.lagged.with_label_values(&[route, "bytes"]),
             gauge,
+            asked: None,
         }
+    }
+
+    /// Counts the time from `asked` (the request) to the first events.
+    pub fn asked_at(mut self, asked: Instant, metrics: &Metrics, route: &str) -> Delivery {
+        self.asked = Some((asked, metrics.subscribe_duration.with_label_values(&[route])));
+        self
     }
 
     /// The subscriber's first bytes: what [`Subscription::initial`] holds, in one buffer.
     pub fn initial(&mut self) -> Next {
+        if let Some((asked, histogram)) = self.asked.take() {
+            histogram.observe(asked.elapsed().as_secs_f64());
+        }
         let msgs = std::mem::take(&mut self.sub.initial);
         match self.encode_all(&msgs) {
             Some(next) => next,

@@ -96,12 +96,14 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate:
         };
         in_flight.inc();
         let validators = topic.validators();
+        let sent = Instant::now();
         let poll = poller.fetch.fetch(upstream, &topic.request, &validators);
         // A panic inside the HTTP client (an answer it cannot read) is a failed poll, not a
         // dead topic.
         let fetched = AssertUnwindSafe(poll).catch_unwind().await.unwrap_or(Fetched::Unreadable);
         in_flight.dec();
         drop(permit);
+        metrics.poll_duration.with_label_values(&[&upstream.name]).observe(sent.elapsed().as_secs_f64());
         let (polled, mut label, hint) = classify(fetched);
         let staged = match polled {
             Polled::Body { body, validators, json } => match topic.prepare(body, validators, json) {
