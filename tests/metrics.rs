@@ -75,6 +75,7 @@ async fn latencies_are_histograms_and_the_process_reports_itself() {
     for (name, labels) in [
         ("unpoll_upstream_poll_duration_seconds_count", vec![("upstream", "app")]),
         ("unpoll_subscribe_duration_seconds_count", vec![("route", "/doc")]),
+        ("unpoll_fanout_lag_seconds_count", vec![("route", "/doc")]),
         ("unpoll_proxy_request_duration_seconds_count", vec![("route", "/*"), ("status", "2xx")]),
     ] {
         assert_eq!(
@@ -97,6 +98,15 @@ async fn latencies_are_histograms_and_the_process_reports_itself() {
     let proxied = [("route", "/*"), ("status", "2xx")];
     assert_eq!(proxy.metric("unpoll_proxy_request_duration_seconds_count", &proxied).await, 1.0);
     assert!(proxy.metric("unpoll_proxy_request_duration_seconds_sum", &proxied).await > 0.0);
+    // An event's fan-out lag is counted once the next version supersedes it.
+    for v in 2..=3 {
+        up.set_json("/doc", &doc(v));
+        assert_eq!(sse.next_event(5 * SECOND).await.unwrap().kind(), "patch");
+    }
+    let lag = proxy.metric("unpoll_fanout_lag_seconds_count", &[("route", "/doc")]).await;
+    assert!(lag >= 2.0, "the snapshot's version and the first patch's: {lag}");
+    let mean = proxy.metric("unpoll_fanout_lag_seconds_sum", &[("route", "/doc")]).await / lag;
+    assert!(mean > 0.0 && mean < 1.0, "from the poll's answer to the write: {mean} s");
     // The standard process families, and what was built.
     let text = proxy.metrics().await;
     assert!(metric_value(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);

@@ -170,10 +170,12 @@ impl Delivery {
         Some(match msg {
             Msg::Event(e) => {
                 let (bytes, kind) = e.frame(self.protocol, self.format)?;
+                e.note_written();
                 (bytes, kind, false, None, Some(e.offsets[self.format.index()]))
             }
             Msg::Snapshot(e) => {
                 let (bytes, kind) = e.frame(self.protocol, Format::Snapshot)?;
+                e.note_written();
                 (bytes, kind, false, None, Some(e.offsets[self.format.index()]))
             }
             Msg::Error(e) => (e.frame(self.protocol), Kind::Error, e.terminal, e.going_away, None),

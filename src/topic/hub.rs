@@ -144,6 +144,7 @@ impl Hub {
                 let metrics = TopicMetrics {
                     history_bytes: self.metrics.history_bytes.with_label_values(&[&key.route]),
                     history_trimmed: self.metrics.history_trimmed.with_label_values(&[&key.route]),
+                    fanout_lag: self.metrics.fanout_lag.with_label_values(&[&key.route]),
                 };
                 let topic = Arc::new(Topic::new(key, Arc::new(route.clone()), request, queue, metrics, client));
                 if !self.feed.starts_primed() {

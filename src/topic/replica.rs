@@ -154,6 +154,7 @@ mod tests {
         let m = TopicMetrics {
             history_bytes: metrics.history_bytes.with_label_values(&["/x"]),
             history_trimmed: metrics.history_trimmed.with_label_values(&["/x"]),
+            fanout_lag: metrics.fanout_lag.with_label_values(&["/x"]),
         };
         Topic::new(key, Arc::new(route), poll, 16, m, None)
     }

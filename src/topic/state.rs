@@ -9,7 +9,7 @@ use crate::topic::key::{PollRequest, TopicKey};
 use crate::wire::event::{ErrorEvent, Event, Msg, ResumeId};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -37,6 +37,8 @@ struct State {
     last_body: Option<Bytes>,
     validators: Validators,
     idle_since: Option<Instant>,
+    /// When the poll being settled was answered: the next event's birth.
+    answered: Option<Instant>,
     /// Per format, when its last subscriber left: its patches are still computed for `linger`
     /// after, so that the subscriber reconnecting gets only what it missed.
     format_left: [Option<Instant>; 3],
@@ -79,12 +81,15 @@ pub struct Topic {
     /// `unpoll_history_trimmed_total{route}`.
     history_gauge: IntGauge,
     trimmed: IntCounter,
+    fanout_lag: Histogram,
 }
 
 /// A topic's own metrics, resolved once.
 pub struct TopicMetrics {
     pub history_bytes: IntGauge,
     pub history_trimmed: IntCounter,
+    /// `unpoll_fanout_lag_seconds{route}`.
+    pub fanout_lag: Histogram,
 }
 
 /// What the poller learned from one poll, when it brought no new body.
@@ -137,6 +142,7 @@ impl Topic {
             all_formats: AtomicBool::new(false),
             history_gauge: metrics.history_bytes,
             trimmed: metrics.history_trimmed,
+            fanout_lag: metrics.fanout_lag,
         }
     }
 
@@ -351,6 +357,7 @@ impl Topic {
         let (previous, recently) = {
             let mut state = self.state();
             state.validators = validators;
+            state.answered = Some(Instant::now());
             if state.last_body.as_ref() == Some(&body) {
                 return Prepared::Settled(self.unchanged_locked(&state));
             }
@@ -441,12 +448,17 @@ impl Topic {
     /// Makes `version` current and keeps it in the history, without sending it.
     fn record(&self, state: &mut State, delta: Delta, version: u64) -> Arc<Event> {
         let previous = state.current.as_ref().map_or([0; 3], |c| c.offsets);
-        let event = Arc::new(Event::new(&state.epoch, version, delta, previous));
+        let born = state.answered.take().unwrap_or_else(Instant::now);
+        let event = Arc::new(Event::born_at(&state.epoch, version, delta, previous, born.into_std()));
         for (slot, offset) in self.published.iter().zip(event.offsets) {
             slot.store(offset, Ordering::Release);
         }
         if let Some(previous) = state.current.replace(event.clone()) {
             previous.release();
+            // Superseded: whoever was to get it has had it (or resynchronises past it).
+            if let Some(lag) = previous.fanout_lag() {
+                self.fanout_lag.observe(lag.as_secs_f64());
+            }
         }
         let (count, bytes) = {
             let s = &self.route().stream;

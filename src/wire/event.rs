@@ -7,7 +7,9 @@ use crate::diff::Delta;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 /// What a subscriber's queue carries.
 #[derive(Debug, Clone)]
@@ -74,6 +76,12 @@ pub struct Event {
     /// Encodings of the patches, per protocol and patch format.
     patch_frames: [OnceLock<Bytes>; 4],
     whole: ArcSwapOption<Whole>,
+    /// When the poll that made it was answered (or, for one received from a cluster's leader,
+    /// when it arrived).
+    born: Instant,
+    /// The latest time it was handed to a subscriber's socket, in nanoseconds after `born`
+    /// (0: never).
+    written: AtomicU64,
 }
 
 /// The whole document of a version and its encodings, one per protocol.
@@ -86,6 +94,11 @@ struct Whole {
 impl Event {
     /// A new version, following events whose offsets end at `previous`.
     pub fn new(epoch: &str, version: u64, delta: Delta, previous: [u64; 3]) -> Event {
+        Event::born_at(epoch, version, delta, previous, Instant::now())
+    }
+
+    /// A new version whose poll was answered at `born`.
+    pub fn born_at(epoch: &str, version: u64, delta: Delta, previous: [u64; 3], born: Instant) -> Event {
         let mut offsets = previous;
         for format in Format::ALL {
             offsets[format.index()] += delta.data(format).len() as u64;
@@ -99,7 +112,24 @@ impl Event {
             offsets,
             patch_frames: Default::default(),
             whole: ArcSwapOption::from_pointee(Whole { snapshot, frames: Default::default() }),
+            born,
+            written: AtomicU64::new(0),
         }
+    }
+
+    /// Notes that it is being handed to a subscriber's socket now.
+    pub fn note_written(&self) {
+        let after = self.born.elapsed().as_nanos().clamp(1, u64::MAX as u128) as u64;
+        // A read first: the shared line is written only when this is the latest hand-over.
+        if after > self.written.load(Ordering::Relaxed) {
+            self.written.fetch_max(after, Ordering::Relaxed);
+        }
+    }
+
+    /// From the poll's answer to its last hand-over to a subscriber, if it had one.
+    pub fn fanout_lag(&self) -> Option<std::time::Duration> {
+        let n = self.written.load(Ordering::Relaxed);
+        (n > 0).then(|| std::time::Duration::from_nanos(n))
     }
 
     /// The patch a subscriber in `format` is sent for this event, if there is one.
