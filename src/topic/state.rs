@@ -430,6 +430,8 @@ impl Topic {
             // An error is over, and there is no document yet to send again.
             state.error = None;
         }
+        // The poll's answer counts for its own version only.
+        state.answered = None;
         applied
     }
 
