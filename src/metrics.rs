@@ -117,7 +117,7 @@ pub struct Metrics {
     /// resynchronised with a snapshot.
     pub lagged: IntCounterVec,
     /// `unpoll_subscribers_dropped_total{route,reason}`: reason is `ping_timeout`,
-    /// `write_timeout`, `write_error`, `protocol_error`.
+    /// `write_timeout`, `write_error`, `protocol_error`, `unauthenticated`.
     pub dropped: IntCounterVec,
     /// `unpoll_requests_rejected_total{reason}`: requests and connections the proxy refused (bad
     /// subscriptions, oversized heads, limits); reason is the error name clients see.

@@ -37,6 +37,15 @@ async fn nodes(up: &Upstream, redis: &RedisServer, n: usize) -> Vec<Proxy> {
     nodes
 }
 
+/// A Redis, an upstream serving `doc(1)` at `/doc`, and `n` nodes sharing them.
+async fn started(n: usize) -> (RedisServer, Upstream, Vec<Proxy>) {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    up.set_json("/doc", &doc(1));
+    let nodes = nodes(&up, &redis, n).await;
+    (redis, up, nodes)
+}
+
 enum Conn {
     Sse(Sse),
     Ws(Ws),
@@ -223,10 +232,7 @@ async fn thirty_subscribers_on_three_nodes_make_one_poll_per_interval() {
 #[tokio::test]
 async fn a_client_resumes_on_another_node_with_only_what_it_missed() {
     let _slot = SLOTS.acquire().await.unwrap();
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    up.set_json("/doc", &doc(1));
-    let nodes = nodes(&up, &redis, 2).await;
+    let (_redis, up, nodes) = started(2).await;
     let mut a = Client::open(nodes[0].addr, "/doc", "sse", "json-patch", &[]).await;
     assert!(a.until(&doc(1), 10 * SECOND).await);
     up.set_json("/doc", &doc(2));
@@ -264,10 +270,7 @@ async fn a_client_resumes_on_another_node_with_only_what_it_missed() {
 #[tokio::test]
 async fn when_the_leader_is_killed_another_node_continues_its_versions() {
     let _slot = SLOTS.acquire().await.unwrap();
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    up.set_json("/doc", &doc(1));
-    let nodes = nodes(&up, &redis, 3).await;
+    let (_redis, up, nodes) = started(3).await;
     let mut clients = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         for transport in ["sse", "websocket"] {
@@ -333,10 +336,7 @@ async fn when_the_leader_is_killed_another_node_continues_its_versions() {
 #[tokio::test]
 async fn a_leader_stopped_past_its_lease_publishes_nothing_when_it_wakes() {
     let _slot = SLOTS.acquire().await.unwrap();
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    up.set_json("/doc", &doc(1));
-    let nodes = nodes(&up, &redis, 3).await;
+    let (_redis, up, nodes) = started(3).await;
     let mut clients = Vec::new();
     for node in &nodes {
         for (transport, format) in [("sse", "json-patch"), ("websocket", "merge-patch")] {
@@ -379,10 +379,7 @@ async fn a_leader_stopped_past_its_lease_publishes_nothing_when_it_wakes() {
 #[tokio::test]
 async fn without_redis_every_node_polls_alone_and_shares_again_when_it_returns() {
     let _slot = SLOTS.acquire().await.unwrap();
-    let mut redis = RedisServer::start();
-    let up = Upstream::start().await;
-    up.set_json("/doc", &doc(1));
-    let nodes = nodes(&up, &redis, 3).await;
+    let (mut redis, up, nodes) = started(3).await;
     let mut clients = Vec::new();
     for node in &nodes {
         clients.push(Client::open(node.addr, "/doc", "sse", "json-patch", &[]).await);

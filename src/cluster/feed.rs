@@ -16,7 +16,7 @@
 
 use super::gate::{keep, retain, Alone, Leading, Shared};
 use super::message::{Keys, Message};
-use super::scripts::{LEAVE, READ, REFRESH};
+use super::scripts::{self, text, Refreshed, LEAVE, READ};
 use super::{Cluster, Down};
 use crate::diff::Delta;
 use crate::topic::feed::{Feed, Gate, Retire, Stopped};
@@ -87,15 +87,6 @@ enum Next {
     Stop(Stopped),
 }
 
-/// What a refresh found.
-struct Refreshed {
-    leading: bool,
-    others: bool,
-    epoch: String,
-    version: u64,
-    failover: bool,
-}
-
 /// The stored state and history.
 struct Read {
     epoch: String,
@@ -148,35 +139,8 @@ impl Life {
     }
 
     async fn refresh(&self, want_lead: bool) -> Result<Refreshed, Down> {
-        let c = self.cluster();
-        let retain = retain(&self.topic, c.settings.lease);
-        let reply: Vec<Value> = c
-            .run(
-                "refresh",
-                REFRESH
-                    .key(&self.keys.lease)
-                    .key(&self.keys.nodes)
-                    .key(&self.keys.state)
-                    .key(&self.keys.stream)
-                    .arg(&self.token)
-                    .arg(c.settings.lease.as_millis() as u64)
-                    .arg(&c.settings.node)
-                    .arg(if want_lead { "1" } else { "0" })
-                    .arg(retain),
-            )
-            .await?;
-        let int = |v: Option<&Value>| match v {
-            Some(Value::Int(n)) => *n,
-            Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-            _ => 0,
-        };
-        Ok(Refreshed {
-            leading: int(reply.first()) == 1,
-            others: int(reply.get(1)) > 0,
-            epoch: text(reply.get(2)),
-            version: int(reply.get(3)).max(0) as u64,
-            failover: int(reply.get(4)) == 1,
-        })
+        let retain = retain(&self.topic, self.cluster().settings.lease);
+        scripts::refresh(self.cluster(), &self.keys, &self.token, want_lead, retain).await
     }
 
     async fn read(&self) -> Result<Read, Down> {
@@ -446,15 +410,6 @@ impl Life {
             }
             stopped => Next::Stop(stopped),
         }
-    }
-}
-
-fn text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(Value::SimpleString(s)) => s.clone(),
-        Some(Value::Int(n)) => n.to_string(),
-        _ => String::new(),
     }
 }
 

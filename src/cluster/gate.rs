@@ -3,13 +3,12 @@
 //! renews the lease; and that of a node polling alone.
 
 use super::message::{Keys, Message};
-use super::scripts::{PUBLISH, REFRESH, TELL};
+use super::scripts::{self, PUBLISH, TELL};
 use super::{Cluster, Down};
 use crate::topic::feed::{Always, Gate, Retire};
 use crate::topic::state::{Pending, Topic};
 use crate::wire::event::ErrorEvent;
 use futures_util::future::BoxFuture;
-use redis::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,25 +135,8 @@ pub async fn keep(gate: Arc<Leading>, topic: Arc<Topic>, retain: u64) {
     let every = c.settings.lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        let reply: Result<Vec<Value>, Down> = c
-            .run(
-                "refresh",
-                REFRESH
-                    .key(&gate.keys.lease)
-                    .key(&gate.keys.nodes)
-                    .key(&gate.keys.state)
-                    .key(&gate.keys.stream)
-                    .arg(&gate.token)
-                    .arg(c.settings.lease.as_millis() as u64)
-                    .arg(&c.settings.node)
-                    .arg("0")
-                    .arg(retain),
-            )
-            .await;
-        match reply {
-            Ok(reply) if matches!(reply.first(), Some(Value::Int(1))) => {
-                gate.others.store(matches!(reply.get(1), Some(Value::Int(n)) if *n > 0), Ordering::Relaxed);
-            }
+        match scripts::refresh(&c, &gate.keys, &gate.token, false, retain).await {
+            Ok(r) if r.leading => gate.others.store(r.others, Ordering::Relaxed),
             Ok(_) => {
                 log::info!("topic {} {}: the lease moved to another node", topic.key.route, topic.key.target);
                 gate.demote(true);

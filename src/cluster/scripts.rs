@@ -1,4 +1,5 @@
-//! The Lua scripts every node runs against Redis: each one step, atomic on the server. A
+//! The Lua scripts every node runs against Redis (and [`refresh`], the typed call of the one
+//! both a follower and a leader's keeper make): each one step, atomic on the server. A
 //! topic's keys share one hash tag (`{<hash>}`), so every script touches one slot.
 //!
 //! Keys of a topic (see [`super::message::Keys`]):
@@ -11,7 +12,9 @@
 //!   and merge patch `m` where it had them, trimmed to the route's `history`;
 //! - the channel (not a key): every event and error, as it is published.
 
-use redis::Script;
+use super::message::Keys;
+use super::{Cluster, Down};
+use redis::{Script, Value};
 use std::sync::LazyLock;
 
 /// Renews this node's interest and, when the lease is its own, the lease; takes the lease
@@ -50,6 +53,66 @@ return {leading, others, st[1] or '', st[2] or '0', failover}
 "#,
     )
 });
+
+/// What a [`refresh`] found.
+pub struct Refreshed {
+    pub leading: bool,
+    /// Other nodes have the topic too.
+    pub others: bool,
+    /// The stored epoch (empty: nothing stored) and version.
+    pub epoch: String,
+    pub version: u64,
+    /// It took a lease whose last publisher never let go of it.
+    pub failover: bool,
+}
+
+/// Runs [`REFRESH`] for a topic: renews `token`'s interest (and lease), taking the lease when
+/// it is free and `want_lead`; the stored state outlives it by `retain` ms.
+pub async fn refresh(
+    cluster: &Cluster,
+    keys: &Keys,
+    token: &str,
+    want_lead: bool,
+    retain: u64,
+) -> Result<Refreshed, Down> {
+    let reply: Vec<Value> = cluster
+        .run(
+            "refresh",
+            REFRESH
+                .key(&keys.lease)
+                .key(&keys.nodes)
+                .key(&keys.state)
+                .key(&keys.stream)
+                .arg(token)
+                .arg(cluster.settings.lease.as_millis() as u64)
+                .arg(&cluster.settings.node)
+                .arg(if want_lead { "1" } else { "0" })
+                .arg(retain),
+        )
+        .await?;
+    let int = |v: Option<&Value>| match v {
+        Some(Value::Int(n)) => *n,
+        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+        _ => 0,
+    };
+    Ok(Refreshed {
+        leading: int(reply.first()) == 1,
+        others: int(reply.get(1)) > 0,
+        epoch: text(reply.get(2)),
+        version: int(reply.get(3)).max(0) as u64,
+        failover: int(reply.get(4)) == 1,
+    })
+}
+
+/// A script reply's value as text (empty for nil).
+pub fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        Some(Value::Int(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
 
 /// Publishes one version, fenced: only the lease holder may, and only the next version of the
 /// stored epoch, unless `reset` (a new epoch, which replaces the history). The payload is what
