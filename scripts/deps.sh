@@ -3,8 +3,10 @@
 # missing: cmake (pingora builds zlib-ng with it), chromium (the demo page's browser test) and
 # systemd's systemd-analyze (the test that rates deploy/unpoll.service), redis-server (the
 # cluster tests start their own, on a free port), Node.js and npm (the JavaScript client's
-# tests); and, from crates.io,
-# cargo-deny (the licence and ban checks of ./scripts/test.sh; built once, in about 90 s).
+# tests), prometheus and its promtool (the alert rules' tests and the scrape test), python3
+# with venv; from crates.io, cargo-deny (the licence and ban checks of ./scripts/test.sh; built
+# once, in about 90 s); and from PyPI, kubernetes-validate (deploy/kubernetes checked offline
+# against Kubernetes' schemas), in a virtualenv under target/tools.
 set -euo pipefail
 CARGO_DENY_VERSION=0.20.2
 if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
@@ -18,11 +20,20 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "installing ${missing[*]}..." >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "installing ${missing[*]}..." >&2
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+KUBERNETES_VALIDATE_VERSION=1.37.0
+venv="$(cd "$(dirname "$0")/.." && pwd)/target/tools/venv"
+if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+  echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION..." >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi

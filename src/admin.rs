@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/status` (JSON,
+//! see [`crate::status`]).
 //!
 //! unpoll serves it itself rather than as a pingora service: pingora stops accepting on its
 //! listeners the moment a SIGTERM shutdown begins, and a load balancer asking `/readyz` during
@@ -8,6 +9,7 @@
 //! exits); anything else already listening on the port is an error.
 
 use crate::metrics::Metrics;
+use crate::status::Status;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -32,6 +34,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Set once shutdown (SIGTERM, or SIGQUIT after an upgrade hand-over) has begun.
     pub draining: watch::Receiver<bool>,
+    pub status: Status,
 }
 
 impl Admin {
@@ -42,7 +45,8 @@ impl Admin {
             "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
             "/readyz" if *self.draining.borrow() => (503, "text/plain", b"draining\n".to_vec()),
             "/readyz" => (200, "text/plain", b"ready\n".to_vec()),
-            _ => (404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n".to_vec()),
+            "/status" => (200, "application/json", self.status.render(*self.draining.borrow())),
+            _ => (404, "text/plain", b"not found: try /metrics, /healthz, /readyz or /status\n".to_vec()),
         }
     }
 }

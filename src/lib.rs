@@ -10,7 +10,10 @@
 //! in this table (read from the code's `use crate::` lines):
 //!
 //! ```text
-//! server       admin config discovery health metrics proxy reload route_table systemd topic
+//! server       admin cluster config discovery health metrics proxy reload route_table status systemd topic
+//! admin        metrics status
+//! status       cluster config metrics route_table topic wire
+//! cluster      config diff topic wire
 //! proxy        balance config metrics pool route_table stream sys topic wire
 //! stream       config metrics sys topic wire
 //! reload       config metrics route_table topic
@@ -22,10 +25,9 @@
 //! route_table  balance config metrics pool
 //! balance      config metrics
 //! pool         config sys
-//! admin        metrics
 //! metrics      config
 //! demo         config
-//! config, sys, systemd: nothing of the crate
+//! config, logging, sys, systemd: nothing of the crate
 //! ```
 //!
 //! - [`server`]: assembles the pingora server, the admin listener and reload (and the
@@ -46,7 +48,7 @@
 //! - [`cluster`]: cluster mode on Redis: per topic one leader polls and publishes each version
 //!   through Redis, fenced by its lease; the other nodes fan its events out; every node polls
 //!   alone while Redis is away. It plugs into [`topic::feed`] and is imported only by
-//!   [`server`].
+//!   [`server`] and [`status`] (which reads whether Redis is up).
 //! - [`reload`]: live reload: file watch and SIGHUP, validated off to the side, swapped
 //!   atomically (the route table, then the live topics), restart-only changes refused.
 //! - [`wire`]: events and their encodings, made once per protocol and format.
@@ -60,8 +62,11 @@
 //!   sticky cookies' opaque server ids, and each server's health.
 //! - [`pool`]: which requests may share a pooled upstream connection, and the checks that
 //!   keep a broken upstream's stray bytes from reaching another request.
-//! - [`metrics`]: every Prometheus metric ([`procstat`]: the process's own figures);
-//!   [`admin`] serves them on a listener of its own.
+//! - [`metrics`]: every Prometheus metric ([`procstat`]: the process's own figures; the
+//!   savings counters' sums); [`admin`] serves them on a listener of its own, with
+//!   [`status`]'s JSON of the live topics.
+//! - [`logging`]: text or JSON log lines; the access log's lines are made in
+//!   [`proxy::access`].
 //! - [`config`]: the YAML configuration: the model with every default, parsed in passes (the
 //!   YAML tree with each key's line, each section through its table of keys, the checks
 //!   between keys, and names resolved in a last step, the only one with I/O), every problem
@@ -84,6 +89,7 @@ pub mod demo;
 pub mod diff;
 pub mod discovery;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod procstat;
@@ -91,6 +97,7 @@ pub mod proxy;
 pub mod reload;
 pub mod route_table;
 pub mod server;
+pub mod status;
 pub mod stream;
 pub mod sys;
 pub mod systemd;

@@ -18,6 +18,9 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log lines as `text`, or as one JSON object each (`json`).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Serve with this configuration file: `unpoll -c FILE` is `unpoll run -c FILE`, as
     /// pingora and nginx take it.
     #[arg(short = 'c', long = "conf", value_name = "FILE")]
@@ -99,7 +102,8 @@ fn main() -> anyhow::Result<()> {
     let quiet = ["error", "warn", "info"].contains(&cli.log_level.as_str());
     let pingora = if quiet { "warn" } else { "info" };
     let filters = format!("{},pingora_core={pingora},pingora_proxy={pingora},pingora_pool={pingora}", cli.log_level);
-    env_logger::Builder::new().parse_filters(&filters).parse_env("RUST_LOG").format_timestamp_millis().init();
+    let format = unpoll::logging::Format::parse(&cli.log_format).expect("clap checked it");
+    unpoll::logging::init(&filters, format);
     // Before the configuration is read: the default max_connections follows the limit.
     let open_files = unpoll::sys::raise_open_files_limit();
     match command {

@@ -5,8 +5,11 @@
 
 use crate::config::Config;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// `outcome` of `unpoll_upstream_polls_total`.
 pub const POLL_OUTCOMES: [&str; 12] = [
@@ -140,8 +143,51 @@ pub struct Metrics {
     /// `unpoll_proxy_request_duration_seconds{route,status}`: proxied requests, from their head
     /// read to their answer sent; status is the class (`2xx`, …, `5xx`).
     pub proxy_duration: HistogramVec,
+    /// `unpoll_upstream_requests_saved_total{route}`: see [`Savings`].
+    pub requests_saved: IntCounterVec,
+    /// `unpoll_bytes_saved_total{route}`: see [`Savings`].
+    pub bytes_saved: IntCounterVec,
+    /// Per route, its savings' running sums.
+    savings: Mutex<HashMap<String, Arc<Savings>>>,
     /// The process's own figures (`process_*`) and `unpoll_build_info`.
     process: crate::procstat::Process,
+}
+
+/// What one route's subscribers would have cost the upstream had they polled it themselves,
+/// once per interval each, less what unpoll cost it: the two savings counters.
+///
+/// - `unpoll_upstream_requests_saved_total`: at each poll this node makes, the topic's
+///   subscribers on this node minus 1 (none when it has none, lingering); in a cluster a
+///   follower adds its subscribers for each interval that passed, since it polls nothing.
+/// - `unpoll_bytes_saved_total`: the bodies those polling clients would have downloaded (the
+///   document's length for each of them, at each poll answered with a document: changed,
+///   unchanged or `304`), minus the event bytes unpoll sent the route's subscribers
+///   (`unpoll_sent_bytes_total`). A counter cannot go down: it is the largest that difference
+///   has been, so a stretch where unpoll sent more than polling would have (many snapshots
+///   to reconnecting clients) is made up before it grows again.
+pub struct Savings {
+    requests: IntCounter,
+    bytes: IntCounter,
+    sent: [IntCounter; 2],
+    /// Bytes polling clients would have downloaded, all together.
+    would: AtomicU64,
+    /// The largest `would - sent` so far: what `bytes` holds.
+    mark: AtomicU64,
+}
+
+impl Savings {
+    /// `clients` requests polling clients would have made, each downloading `body` bytes,
+    /// where unpoll made `made`.
+    pub fn count(&self, clients: u64, made: u64, body: u64) {
+        self.requests.inc_by(clients.saturating_sub(made));
+        let would = self.would.fetch_add(clients * body, Ordering::Relaxed) + clients * body;
+        let sent: u64 = self.sent.iter().map(IntCounter::get).sum();
+        let saved = would.saturating_sub(sent);
+        let before = self.mark.fetch_max(saved, Ordering::Relaxed);
+        if saved > before {
+            self.bytes.inc_by(saved - before);
+        }
+    }
 }
 
 impl Metrics {
@@ -277,6 +323,17 @@ impl Metrics {
                 g
             },
             requests: counter_vec("unpoll_http_requests_total", "Requests by route and kind", &["route", "kind"]),
+            requests_saved: counter_vec(
+                "unpoll_upstream_requests_saved_total",
+                "Upstream requests polling subscribers would have made, minus those made",
+                &["route"],
+            ),
+            bytes_saved: counter_vec(
+                "unpoll_bytes_saved_total",
+                "Body bytes polling subscribers would have downloaded, minus event bytes sent",
+                &["route"],
+            ),
+            savings: Mutex::default(),
             registry,
         }
     }
@@ -347,11 +404,29 @@ impl Metrics {
                 self.dropped.with_label_values(&[label, reason]);
             }
             self.diff_exhausted.with_label_values(&[label]);
+            self.requests_saved.with_label_values(&[label]);
+            self.bytes_saved.with_label_values(&[label]);
             self.subscribe_duration.with_label_values(&[label]);
             self.fanout_lag.with_label_values(&[label]);
             self.history_bytes.with_label_values(&[label]);
             self.history_trimmed.with_label_values(&[label]);
         }
+    }
+
+    /// The savings of `route`, shared by its topics.
+    pub fn savings(&self, route: &str) -> Arc<Savings> {
+        let mut all = self.savings.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(route.to_string())
+            .or_insert_with(|| {
+                Arc::new(Savings {
+                    requests: self.requests_saved.with_label_values(&[route]),
+                    bytes: self.bytes_saved.with_label_values(&[route]),
+                    sent: PROTOCOLS.map(|p| self.bytes.with_label_values(&[route, p])),
+                    would: AtomicU64::new(0),
+                    mark: AtomicU64::new(0),
+                })
+            })
+            .clone()
     }
 
     /// Where metrics of other parts (a cluster's) are registered too.

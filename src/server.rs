@@ -10,6 +10,7 @@ use crate::proxy::connections::{Connections, Limited};
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::route_table::RouteTable;
+use crate::status::Status;
 use crate::topic::hub::Hub;
 use crate::topic::poller::Poller;
 use arc_swap::ArcSwap;
@@ -140,6 +141,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     metrics.prepare(config);
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::new(config, &metrics, None)));
     let poller = Poller::new(metrics.clone(), rx.clone(), config.server.diff_threads);
+    let mut in_cluster = None;
     let feed: Arc<dyn crate::topic::feed::Feed> = match &config.cluster {
         None => Arc::new(poller),
         Some(settings) => {
@@ -150,6 +152,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
             log::info!("cluster node {}: sharing polls through Redis", settings.node);
             let service = ClusterService { cluster: cluster.clone(), shutdown: rx.clone() };
             server.add_service(background_service("cluster", service));
+            in_cluster = Some(cluster.clone());
             Arc::new(ClusterFeed { poller: Arc::new(poller), cluster })
         }
     };
@@ -171,14 +174,14 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     let connections = Connections::new(metrics.clone());
     let gateway = Gateway {
         table: table.clone(),
-        hub,
+        hub: hub.clone(),
         metrics: metrics.clone(),
         shutdown: rx.clone(),
         connections: connections.clone(),
     };
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
-    let limited = Limited::new(http, table, connections.clone());
+    let limited = Limited::new(http, table.clone(), connections.clone());
     let mut proxy = Service::new("unpoll proxy".to_string(), limited);
     for addr in &config.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, 1460)));
@@ -186,7 +189,8 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     server.add_service(proxy);
     if let Some(addr) = &config.server.admin {
         let listener = admin::bind(addr, upgrade).map_err(|source| BuildError::Admin { addr: addr.clone(), source })?;
-        let admin = Admin { metrics, draining: rx.clone() };
+        let status = Status::new(hub, table, metrics.clone(), in_cluster);
+        let admin = Admin { metrics, draining: rx.clone(), status };
         server.add_service(background_service("admin", AdminService::new(listener, admin)));
     }
     let relay = ShutdownRelay { tx, connections, grace_period: config.server.grace_period };

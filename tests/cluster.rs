@@ -195,6 +195,18 @@ async fn thirty_subscribers_on_three_nodes_make_one_poll_per_interval() {
     }
     assert_eq!(roles.iter().map(|r| r.0).sum::<f64>(), 1.0, "{roles:?}");
     assert_eq!(roles.iter().map(|r| r.1).sum::<f64>(), 2.0, "{roles:?}");
+    // /status says the same, topic by topic, with Redis up on every node.
+    let mut said = Vec::new();
+    for n in &nodes {
+        let status: Value = http_get(n.admin, "/status").await.unwrap().json();
+        assert_eq!(status["cluster"]["redis_up"], true, "{status:#}");
+        let topics = status["routes"][0]["topics"].as_array().unwrap().clone();
+        assert_eq!(topics.len(), 1, "{status:#}");
+        assert_eq!(topics[0]["subscribers"]["total"], 10);
+        said.push(topics[0]["role"].as_str().unwrap().to_string());
+    }
+    said.sort();
+    assert_eq!(said, ["follower", "follower", "leader"]);
     // One GET per interval in all (three nodes polling alone would make three).
     let window = 4 * SECOND;
     let gets = gets_during(&up, "/doc", window).await;
@@ -227,6 +239,11 @@ async fn thirty_subscribers_on_three_nodes_make_one_poll_per_interval() {
         sum
     };
     assert!(received >= 10.0, "the two followers received the leader's events: {received}");
+    // Followers poll nothing, yet their subscribers saved the polls they would have made.
+    for n in &nodes {
+        let saved = n.metric("unpoll_upstream_requests_saved_total", &[("route", "/doc")]).await;
+        assert!(saved >= 100.0, "ten subscribers for five seconds at 200 ms: {saved}");
+    }
 }
 
 #[tokio::test]

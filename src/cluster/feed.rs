@@ -121,6 +121,7 @@ impl Life {
         loop {
             let gauge = self.cluster().metrics.topics.with_label_values(&[role.label()]);
             gauge.inc();
+            self.topic.set_role(role.label());
             let next = match role {
                 Role::Follower => self.follow().await,
                 Role::Leader { failover, others } => self.lead(failover, others).await,
@@ -217,11 +218,20 @@ impl Life {
         }
         let mut shutdown = self.feed.poller.shutdown.clone();
         let tick = self.cluster().settings.lease / 3;
+        let mut counted = Instant::now();
         loop {
             let r = match self.refresh(true).await {
                 Ok(r) => r,
                 Err(Down) => return Next::Be(Role::Alone),
             };
+            // Polls this node's subscribers would have made, one per interval each.
+            let interval = self.topic.route().stream.interval.max(std::time::Duration::from_millis(1));
+            let passed = (counted.elapsed().as_nanos() / interval.as_nanos()) as u32;
+            if passed > 0 {
+                counted += interval * passed;
+                let clients = self.topic.subscribers() as u64 * u64::from(passed);
+                self.topic.savings.count(clients, 0, self.topic.body_len() as u64);
+            }
             if r.leading {
                 return Next::Be(Role::Leader { failover: r.failover, others: r.others });
             }

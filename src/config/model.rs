@@ -107,6 +107,9 @@ pub struct ServerSettings {
     /// `upgrade_sock`: the Unix socket over which a new process (`run --upgrade`) takes over
     /// the listening sockets from this one on SIGQUIT.
     pub upgrade_sock: String,
+    /// `access_log`: log a line per proxied request, refused request and ended subscription
+    /// (target `unpoll::access`, at info).
+    pub access_log: bool,
 }
 
 /// `upstreams.<name>:` — a group of servers.
@@ -462,6 +465,7 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             websocket_max_message: 64 * 1024,
             upgrade_sock: "/tmp/unpoll_upgrade.sock".into(),
+            access_log: false,
             max_request_header: 16 * 1024,
             header_timeout: Duration::from_secs(10),
         }

@@ -1,6 +1,7 @@
 //! The pingora [`ProxyHttp`] implementation: decide and dispatch only. A request is either a
 //! subscription (served here, on the same port) or proxied unchanged to its route's upstream.
 
+pub mod access;
 pub mod client;
 pub mod connections;
 pub mod cors;
@@ -64,6 +65,14 @@ pub struct Ctx {
     started: Option<std::time::Instant>,
     /// It was proxied (not served here): its duration is counted.
     proxied: bool,
+    /// It asked for a subscription: once its socket is taken over, its stream writes its
+    /// own access log line when it ends.
+    subscription: bool,
+}
+
+/// The query parameter a route takes its token from, if it does.
+fn token_param(route: &Route) -> Option<&str> {
+    route.stream.as_ref()?.token.as_ref()?.query.as_deref()
 }
 
 /// The error that sends a request on to another connection: the pooled one it was given had
@@ -146,6 +155,7 @@ impl ProxyHttp for Gateway {
                     drop(table);
                     let cors = ctx.cors.take();
                     let asked = ctx.started.unwrap_or_else(std::time::Instant::now);
+                    ctx.subscription = true;
                     let served = self.serve_subscription(session, &stream_route, request, &server, cors, asked);
                     if let Err(e) = served.await {
                         log::debug!("stream on {} ended: {e}", route.label());
@@ -161,14 +171,43 @@ impl ProxyHttp for Gateway {
 
     /// Counts a proxied request's duration, by route and status class.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let (Some(route), Some(started), true) = (ctx.route.as_ref(), ctx.started, ctx.proxied) else { return };
-        let class = match session.response_written().map(|r| r.status.as_u16()) {
-            Some(s @ 100..=599) => ["1xx", "2xx", "3xx", "4xx", "5xx"][(s / 100 - 1) as usize],
-            // No answer reached the client (it left, or the upstream failed before one).
-            _ => "none",
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let started = ctx.started.unwrap_or_else(std::time::Instant::now);
+        if let (Some(route), true) = (ctx.route.as_ref(), ctx.proxied) {
+            let class = match status {
+                Some(s @ 100..=599) => ["1xx", "2xx", "3xx", "4xx", "5xx"][(s / 100 - 1) as usize],
+                // No answer reached the client (it left, or the upstream failed before one).
+                _ => "none",
+            };
+            let h = self.metrics.proxy_duration.with_label_values(&[route.label(), class]);
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        if ctx.subscription && status.is_none() {
+            return;
+        }
+        let table = self.table.load();
+        if !table.server.access_log {
+            return;
+        }
+        let req = session.req_header();
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
+            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+            client::client_address(peer.ip(), forwarded, &table.server.trusted_proxies)
+        });
+        let route = ctx.route.as_deref();
+        let entry = access::Entry {
+            client,
+            method: req.method.as_str(),
+            target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            route: route.map_or("", Route::label),
+            kind: if ctx.proxied { "proxy" } else { "local" },
+            status,
+            duration: started.elapsed(),
+            upstream: ctx.server,
+            bytes: session.body_bytes_sent() as u64,
+            stream: None,
         };
-        let h = self.metrics.proxy_duration.with_label_values(&[route.label(), class]);
-        h.observe(started.elapsed().as_secs_f64());
+        access::write(&entry, route.and_then(token_param));
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {

@@ -4,7 +4,7 @@
 //! and joins only once that message came.
 
 use super::subscribe::{Reject, SubscribeRequest};
-use super::{client, cors, detach, head_deadline, respond, sticky, Gateway};
+use super::{access, client, cors, detach, head_deadline, respond, sticky, Gateway};
 use crate::config::{ServerSettings, Sticky};
 use crate::route_table::StreamRoute;
 use crate::stream::delivery::Delivery;
@@ -61,8 +61,10 @@ impl Gateway {
             let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
             ws::handshake_response(key, request.subprotocol, extra_head.as_deref())
         });
+        let access = streamed(server, session, client, route, &request, asked);
         let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics)
-            .asked_at(asked, &self.metrics, route.label());
+            .asked_at(asked, &self.metrics, route.label())
+            .tallied(access.as_ref().map(|a| a.bytes.clone()));
         let Some(down) = self.detach(session, server).await? else { return Ok(()) };
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
@@ -79,8 +81,12 @@ impl Gateway {
                     ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)
                 }
             };
-            if let Some(reason) = result.unwrap_or_else(|failed| Some(failed.drop_reason())) {
+            let dropped = result.unwrap_or_else(|failed| Some(failed.drop_reason()));
+            if let Some(reason) = dropped {
                 metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+            }
+            if let Some(access) = access {
+                access.end(dropped.unwrap_or("closed"));
             }
         });
         Ok(())
@@ -106,6 +112,7 @@ impl Gateway {
         let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
         let handshake =
             ws::handshake_response(key, request.subprotocol, cors.as_deref().map(cors::head_lines).as_deref());
+        let access = streamed(server, session, client, route, &request, Instant::now());
         let Some(mut down) = self.detach(session, server).await? else { return Ok(()) };
         let gateway = Gateway {
             table: self.table.clone(),
@@ -121,15 +128,21 @@ impl Gateway {
                 write_timeout: server.write_timeout,
                 max_message: server.websocket_max_message,
             };
-            let dropped = |reason: &str| gateway.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+            let dropped = |reason: &'static str| {
+                gateway.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+                if let Some(access) = &access {
+                    access.end(reason);
+                }
+            };
             let (value, opened) = match ws::authenticate(&mut down, &handshake, limits.max_message, token.timeout).await
             {
                 Ok(ws::Auth::Token(t, opened)) => {
                     (http::HeaderValue::from_str(&format!("{}{t}", token.prefix)), opened)
                 }
                 Ok(ws::Auth::Refused(ended)) => {
-                    if let Some(reason) = ended.drop_reason() {
-                        dropped(reason);
+                    match ended.drop_reason() {
+                        Some(reason) => dropped(reason),
+                        None => access.as_ref().map_or((), |a| a.end("closed")),
                     }
                     return down.close().await;
                 }
@@ -143,15 +156,21 @@ impl Gateway {
             let mut sub = match gateway.join(&route, &path, query.as_deref(), &headers, client, &request, &server) {
                 Ok((sub, _)) => sub,
                 // As the HTTP answer would be: try again later.
-                Err(reject) => return ws::refuse(down, opened, 1013, reject.reason).await,
+                Err(reject) => {
+                    if let Some(access) = &access {
+                        access.end(reject.reason);
+                    }
+                    return ws::refuse(down, opened, 1013, reject.reason).await;
+                }
             };
             sub.settle(request.resume.as_ref()).await;
             let delivery =
-                Delivery::new(sub, Protocol::WebSocket, route.stream.queue_bytes, route.label(), &gateway.metrics);
+                Delivery::new(sub, Protocol::WebSocket, route.stream.queue_bytes, route.label(), &gateway.metrics)
+                    .tallied(access.as_ref().map(|a| a.bytes.clone()));
             let result = ws::serve_opened(down, opened, delivery, limits, gateway.shutdown.clone()).await;
-            if let Some(reason) = result.map(ws::Ended::drop_reason).unwrap_or_else(|failed| Some(failed.drop_reason()))
-            {
-                dropped(reason);
+            match result.map(ws::Ended::drop_reason).unwrap_or_else(|failed| Some(failed.drop_reason())) {
+                Some(reason) => dropped(reason),
+                None => access.as_ref().map_or((), |a| a.end("closed")),
             }
         });
         Ok(())
@@ -217,7 +236,16 @@ impl Gateway {
             per_topic: settings.max_subscribers,
             per_client: server.max_topics_per_client,
         };
-        match self.hub.subscribe(key, poll, route, request.resume.as_ref(), request.format, limits, client) {
+        match self.hub.subscribe(
+            key,
+            poll,
+            route,
+            request.resume.as_ref(),
+            request.format,
+            request.protocol,
+            limits,
+            client,
+        ) {
             Ok(sub) => Ok((sub, set_cookie)),
             Err(refused) => {
                 self.metrics.rejected.with_label_values(&[refused.reason()]).inc();
@@ -236,4 +264,30 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A subscription's access log line, when `server.access_log` is on.
+fn streamed(
+    server: &ServerSettings,
+    session: &Session,
+    client: Option<IpAddr>,
+    route: &StreamRoute,
+    request: &SubscribeRequest,
+    started: Instant,
+) -> Option<access::Streamed> {
+    if !server.access_log {
+        return None;
+    }
+    let req = session.req_header();
+    Some(access::Streamed {
+        client,
+        target: req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        route: route.label().to_string(),
+        token_param: route.stream.token.as_ref().and_then(|t| t.query.clone()),
+        status: if request.protocol == Protocol::WebSocket { 101 } else { 200 },
+        started,
+        protocol: request.protocol.name(),
+        format: request.format.name(),
+        bytes: Default::default(),
+    })
 }

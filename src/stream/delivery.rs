@@ -49,6 +49,8 @@ pub struct Delivery {
     /// When the subscription was asked for, and `unpoll_subscribe_duration_seconds{route}`:
     /// observed once its first events are handed to the socket.
     asked: Option<(Instant, Histogram)>,
+    /// This subscriber's own count of event bytes, for the access log.
+    tally: Option<Arc<AtomicU64>>,
 }
 
 impl Delivery {
@@ -71,6 +73,7 @@ impl Delivery {
             lagged_bytes: metrics.lagged.with_label_values(&[route, "bytes"]),
             gauge,
             asked: None,
+            tally: None,
         }
     }
 
@@ -78,6 +81,19 @@ impl Delivery {
     pub fn asked_at(mut self, asked: Instant, metrics: &Metrics, route: &str) -> Delivery {
         self.asked = Some((asked, metrics.subscribe_duration.with_label_values(&[route])));
         self
+    }
+
+    /// Counts this subscriber's event bytes into `tally` too.
+    pub fn tallied(mut self, tally: Option<Arc<AtomicU64>>) -> Delivery {
+        self.tally = tally;
+        self
+    }
+
+    fn count(&self, bytes: usize) {
+        self.bytes.inc_by(bytes as u64);
+        if let Some(tally) = &self.tally {
+            tally.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
     }
 
     /// The subscriber's first bytes: what [`Subscription::initial`] holds, in one buffer.
@@ -140,7 +156,7 @@ impl Delivery {
             let (bytes, kind, end, going_away, offset) = self.frame(msg)?;
             self.events[kind as usize].inc();
             self.delivered = offset.unwrap_or(self.delivered);
-            self.bytes.inc_by(bytes.len() as u64);
+            self.count(bytes.len());
             return Some(next(bytes, end, going_away));
         }
         let mut frames = Vec::with_capacity(msgs.len());
@@ -159,7 +175,7 @@ impl Delivery {
             out.extend_from_slice(bytes);
         }
         let bytes = out.freeze();
-        self.bytes.inc_by(bytes.len() as u64);
+        self.count(bytes.len());
         Some(next(bytes, end, going_away))
     }
 

@@ -6,6 +6,7 @@ use super::state::{Topic, TopicMetrics};
 use crate::config::Format;
 use crate::metrics::Metrics;
 use crate::route_table::{RouteTable, StreamRoute};
+use crate::wire::encode::Protocol;
 use crate::wire::event::ErrorEvent;
 use crate::wire::event::{Msg, ResumeId};
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub struct Subscription {
     pub topic: Weak<Topic>,
     /// The format it reads, counted in the topic while it lasts.
     pub format: Format,
+    /// Its protocol, counted in the topic too.
+    pub protocol: Protocol,
     pub initial: Vec<Msg>,
     pub rx: broadcast::Receiver<Msg>,
     total: Arc<AtomicUsize>,
@@ -61,7 +64,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.total.fetch_sub(1, Ordering::SeqCst);
         if let Some(topic) = self.topic.upgrade() {
-            topic.leave(self.format);
+            topic.leave(self.format, self.protocol);
         }
     }
 }
@@ -122,6 +125,7 @@ impl Hub {
         route: &StreamRoute,
         resume: Option<&ResumeId>,
         format: Format,
+        protocol: Protocol,
         limits: Limits,
         client: Option<IpAddr>,
     ) -> Result<Subscription, Refused> {
@@ -141,11 +145,7 @@ impl Hub {
             }
             let topic = table.topics.entry(key.clone()).or_insert_with(|| {
                 let queue = route.stream.queue;
-                let metrics = TopicMetrics {
-                    history_bytes: self.metrics.history_bytes.with_label_values(&[&key.route]),
-                    history_trimmed: self.metrics.history_trimmed.with_label_values(&[&key.route]),
-                    fanout_lag: self.metrics.fanout_lag.with_label_values(&[&key.route]),
-                };
+                let metrics = TopicMetrics::of(&self.metrics, &key.route);
                 let topic = Arc::new(Topic::new(key, Arc::new(route.clone()), request, queue, metrics, client));
                 if !self.feed.starts_primed() {
                     topic.unprime();
@@ -158,12 +158,12 @@ impl Hub {
                 tokio::spawn(self.clone().feed(topic.clone()));
                 topic
             });
-            topic.join(format);
+            topic.join(format, protocol);
             self.total.fetch_add(1, Ordering::SeqCst);
             topic.clone()
         };
         let (initial, rx) = topic.open(resume, format);
-        Ok(Subscription { topic: Arc::downgrade(&topic), format, initial, rx, total: self.total.clone() })
+        Ok(Subscription { topic: Arc::downgrade(&topic), format, protocol, initial, rx, total: self.total.clone() })
     }
 
     /// Runs a topic's feed, and retires the topic when it stops.
@@ -245,6 +245,11 @@ impl Hub {
         }
     }
 
+    /// Every live topic.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.table().topics.values().cloned().collect()
+    }
+
     /// Number of live topics.
     pub fn len(&self) -> usize {
         self.table().topics.len()
@@ -302,7 +307,8 @@ mod tests {
         let route = StreamRoute::of(&table.routes[0]).unwrap();
         let (key, poll, _) = crate::topic::key::derive("/x", &route.stream, "/x", None, &Default::default());
         let limits = Limits { subscribers: 10, topics: 10, per_topic: 10, per_client: 10 };
-        let mut sub = hub.subscribe(key, poll, &route, None, Format::JsonPatch, limits, None).ok().unwrap();
+        let mut sub =
+            hub.subscribe(key, poll, &route, None, Format::JsonPatch, Protocol::Sse, limits, None).ok().unwrap();
         loop {
             match sub.rx.recv().await.expect("a message before the end") {
                 Msg::Error(e) if e.error == "internal_error" => {

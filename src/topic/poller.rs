@@ -147,6 +147,9 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate:
             (_, l) => l,
         };
         metrics.polls.with_label_values(&[&route, label]).inc();
+        topic.polled(label);
+        let body = if applied == Applied::Failed || applied == Applied::Terminal { 0 } else { topic.body_len() };
+        topic.savings.count(topic.subscribers() as u64, 1, body as u64);
         if applied == Applied::Terminal {
             return Stopped::Terminal;
         }

@@ -71,7 +71,10 @@ impl Rig {
         let route = self.route();
         let (key, poll, _) = crate::topic::key::derive("/x", &route.stream, "/x", None, &Default::default());
         let limits = Limits { subscribers: 10, topics: 10, per_topic: 10, per_client: 10 };
-        self.hub.subscribe(key, poll, &route, None, Format::JsonPatch, limits, None).ok().unwrap()
+        self.hub
+            .subscribe(key, poll, &route, None, Format::JsonPatch, crate::wire::encode::Protocol::Sse, limits, None)
+            .ok()
+            .unwrap()
     }
 
     /// When each poll came, in milliseconds from the start.

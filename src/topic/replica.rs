@@ -151,11 +151,7 @@ mod tests {
         let table = RouteTable::new(&config, &metrics, None);
         let route = StreamRoute::of(&table.routes[0]).unwrap();
         let (key, poll, _) = crate::topic::key::derive("/x", &route.stream, "/x", None, &Default::default());
-        let m = TopicMetrics {
-            history_bytes: metrics.history_bytes.with_label_values(&["/x"]),
-            history_trimmed: metrics.history_trimmed.with_label_values(&["/x"]),
-            fanout_lag: metrics.fanout_lag.with_label_values(&["/x"]),
-        };
+        let m = TopicMetrics::of(&metrics, "/x");
         Topic::new(key, Arc::new(route), poll, 16, m, None)
     }
 

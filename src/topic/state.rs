@@ -2,10 +2,12 @@
 
 use crate::config::Format;
 use crate::diff::{Delta, DiffOptions, Wanted};
+use crate::metrics::{Metrics, Savings};
 use crate::route_table::StreamRoute;
 use crate::topic::compute::{DiffJob, Diffed};
 use crate::topic::fetch::Validators;
 use crate::topic::key::{PollRequest, TopicKey};
+use crate::wire::encode::Protocol;
 use crate::wire::event::{ErrorEvent, Event, Msg, ResumeId};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,6 +23,9 @@ use tokio::time::Instant;
 #[path = "replica.rs"]
 mod replica;
 pub use replica::{Received, Stored};
+#[path = "status.rs"]
+mod status;
+pub use status::{Report, TopicStatus};
 
 #[derive(Default)]
 struct State {
@@ -82,6 +87,12 @@ pub struct Topic {
     history_gauge: IntGauge,
     trimmed: IntCounter,
     fanout_lag: Histogram,
+    /// Its route's savings counters.
+    pub savings: Arc<Savings>,
+    /// Subscribers per protocol (see [`Protocol::index`]), for `/status`.
+    protocols: [AtomicUsize; 2],
+    /// Its last poll and this node's role, for `/status`.
+    report: Mutex<Report>,
 }
 
 /// A topic's own metrics, resolved once.
@@ -90,6 +101,19 @@ pub struct TopicMetrics {
     pub history_trimmed: IntCounter,
     /// `unpoll_fanout_lag_seconds{route}`.
     pub fanout_lag: Histogram,
+    pub savings: Arc<Savings>,
+}
+
+impl TopicMetrics {
+    /// The metrics of a topic of `route`.
+    pub fn of(metrics: &Metrics, route: &str) -> TopicMetrics {
+        TopicMetrics {
+            history_bytes: metrics.history_bytes.with_label_values(&[route]),
+            history_trimmed: metrics.history_trimmed.with_label_values(&[route]),
+            fanout_lag: metrics.fanout_lag.with_label_values(&[route]),
+            savings: metrics.savings(route),
+        }
+    }
 }
 
 /// What the poller learned from one poll, when it brought no new body.
@@ -143,6 +167,9 @@ impl Topic {
             history_gauge: metrics.history_bytes,
             trimmed: metrics.history_trimmed,
             fanout_lag: metrics.fanout_lag,
+            savings: metrics.savings,
+            protocols: Default::default(),
+            report: Mutex::default(),
         }
     }
 
@@ -234,17 +261,19 @@ impl Topic {
     }
 
     /// Counts a new subscriber, reading `format`. Called under the hub's lock.
-    pub(crate) fn join(&self, format: Format) {
+    pub(crate) fn join(&self, format: Format, protocol: Protocol) {
         self.subscribers.fetch_add(1, Ordering::SeqCst);
         self.joins.fetch_add(1, Ordering::Relaxed);
         self.formats[format.index()].fetch_add(1, Ordering::Relaxed);
+        self.protocols[protocol.index()].fetch_add(1, Ordering::Relaxed);
         self.state().idle_since = None;
     }
 
     /// Counts a departed subscriber of `format` out, and wakes the poller when it was the
     /// last. The format's patches go on being computed for `linger` after its last reader
     /// left, so that one reconnecting gets only what it missed.
-    pub(crate) fn leave(&self, format: Format) {
+    pub(crate) fn leave(&self, format: Format, protocol: Protocol) {
+        self.protocols[protocol.index()].fetch_sub(1, Ordering::Relaxed);
         let last_reader = self.formats[format.index()].fetch_sub(1, Ordering::Relaxed) == 1;
         let last = self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1;
         if last_reader || last {
