@@ -140,12 +140,14 @@ async fn savings_count_the_polls_and_bodies_subscribers_would_have_cost() {
 
 #[tokio::test]
 async fn the_access_log_names_each_request_and_subscription_without_tokens() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
     let up = Upstream::start().await;
     up.set_json("/plain", &json!({"ok": true}));
     up.set_user("Bearer t0ken-9d1c", &json!({"user": "alice"}));
     let setup = Setup::stream("/me")
         .every("100ms")
-        .with("token", json!({"query": "access_token"}))
+        .with("token", json!({"query": "access_token", "first_message": true}))
         .route("/plain")
         .server("access_log", true);
     let proxy = Proxy::start_args(up.addr, &setup.server_extra(), &setup.body(), &["--log-format", "json"]).await;
@@ -155,6 +157,15 @@ async fn the_access_log_names_each_request_and_subscription_without_tokens() {
     let mut sse = Sse::connect(proxy.addr, "/me?access_token=t0ken-9d1c&unpoll_format=merge-patch", &[]).await;
     assert_eq!(sse.next_event(5 * SECOND).await.unwrap().json(), json!({"user": "alice"}));
     drop(sse);
+    // A WebSocket that sends its token in its first message, and one that never does.
+    let (mut ws, _) = ws_connect(proxy.addr, "/me", &["unpoll.snapshot"], &[]).await.unwrap();
+    let auth = json!({"type": "auth", "token": "t0ken-9d1c"}).to_string();
+    ws.send(Message::Text(auth.into())).await.unwrap();
+    assert_eq!(ws_event(&mut ws, 5 * SECOND).await["data"], json!({"user": "alice"}));
+    ws.close(None).await.unwrap();
+    let (mut silent, _) = ws_connect(proxy.addr, "/me", &[], &[]).await.unwrap();
+    silent.send(Message::Text("hello".into())).await.unwrap();
+    assert!(matches!(ws_next(&mut silent, 5 * SECOND).await, Some(WsNext::Close(Some(1008)))));
     let lines = || -> Vec<Value> {
         proxy
             .log()
@@ -164,7 +175,7 @@ async fn the_access_log_names_each_request_and_subscription_without_tokens() {
             .collect()
     };
     let ended = eventually(5 * SECOND, || async {
-        lines().iter().any(|l| l["target"] == "unpoll::access" && l["kind"] == "subscribe")
+        lines().iter().filter(|l| l["target"] == "unpoll::access" && l["kind"] == "subscribe").count() == 3
     })
     .await;
     assert!(ended, "{}", proxy.log());
@@ -182,7 +193,12 @@ async fn the_access_log_names_each_request_and_subscription_without_tokens() {
     assert!(proxied["duration_ms"].as_f64().unwrap() >= 0.0);
     let local = of("local");
     assert_eq!((local["status"].clone(), local["route"].clone()), (json!(404), json!("")));
-    let sub = of("subscribe");
+    let subs: Vec<&Value> = access.iter().filter(|l| l["kind"] == "subscribe").collect();
+    let ws = subs.iter().find(|l| l["protocol"] == "websocket" && l["ended"] == "closed").expect("the WebSocket");
+    assert_eq!((ws["status"].clone(), ws["format"].clone()), (json!(101), json!("snapshot")));
+    assert!(ws["bytes"].as_u64().unwrap() > 0);
+    assert!(subs.iter().any(|l| l["protocol"] == "websocket" && l["ended"] == "unauthenticated"), "{subs:#?}");
+    let sub = subs.iter().find(|l| l["protocol"] == "sse").expect("the SSE stream");
     assert_eq!(sub["route"], "/me");
     assert_eq!(sub["protocol"], "sse");
     assert_eq!(sub["format"], "merge-patch");

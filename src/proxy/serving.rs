@@ -128,10 +128,13 @@ impl Gateway {
                 write_timeout: server.write_timeout,
                 max_message: server.websocket_max_message,
             };
-            let dropped = |reason: &'static str| {
-                gateway.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+            // How the stream ended: `None` when closed, else why it was dropped.
+            let ended = |reason: Option<&'static str>| {
+                if let Some(reason) = reason {
+                    gateway.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+                }
                 if let Some(access) = &access {
-                    access.end(reason);
+                    access.end(reason.unwrap_or("closed"));
                 }
             };
             let (value, opened) = match ws::authenticate(&mut down, &handshake, limits.max_message, token.timeout).await
@@ -139,17 +142,14 @@ impl Gateway {
                 Ok(ws::Auth::Token(t, opened)) => {
                     (http::HeaderValue::from_str(&format!("{}{t}", token.prefix)), opened)
                 }
-                Ok(ws::Auth::Refused(ended)) => {
-                    match ended.drop_reason() {
-                        Some(reason) => dropped(reason),
-                        None => access.as_ref().map_or((), |a| a.end("closed")),
-                    }
+                Ok(ws::Auth::Refused(how)) => {
+                    ended(how.drop_reason());
                     return down.close().await;
                 }
-                Err(failed) => return dropped(failed.drop_reason()),
+                Err(failed) => return ended(Some(failed.drop_reason())),
             };
             let Ok(value) = value else {
-                dropped("unauthenticated");
+                ended(Some("unauthenticated"));
                 return ws::refuse(down, opened, 1008, "malformed auth message").await;
             };
             headers.insert(http::HeaderName::from_bytes(token.header.as_bytes()).expect("checked"), value);
@@ -168,10 +168,7 @@ impl Gateway {
                 Delivery::new(sub, Protocol::WebSocket, route.stream.queue_bytes, route.label(), &gateway.metrics)
                     .tallied(access.as_ref().map(|a| a.bytes.clone()));
             let result = ws::serve_opened(down, opened, delivery, limits, gateway.shutdown.clone()).await;
-            match result.map(ws::Ended::drop_reason).unwrap_or_else(|failed| Some(failed.drop_reason())) {
-                Some(reason) => dropped(reason),
-                None => access.as_ref().map_or((), |a| a.end("closed")),
-            }
+            ended(result.map(ws::Ended::drop_reason).unwrap_or_else(|failed| Some(failed.drop_reason())));
         });
         Ok(())
     }
