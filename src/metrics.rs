@@ -79,6 +79,10 @@ pub struct Metrics {
     /// `unpoll_upstream_polls_total{route,outcome}`: outcome is `changed`, `unchanged`,
     /// `equivalent` (new bytes, same JSON), `not_modified`, `error_status`, `terminal_status`, `unreachable`, `timeout`, `too_large`, `unreadable`, `too_deep`, `bad_encoding`.
     pub polls: IntCounterVec,
+    /// `unpoll_upstream_polls_late_total{route}`: polls sent more than a quarter of their
+    /// interval (at least 10 ms) after they were due: waiting for `max_concurrent_polls`, a
+    /// previous poll that took longer than the interval, or a starved runtime.
+    pub polls_late: IntCounterVec,
     /// `unpoll_upstream_polls_in_flight{upstream}`: polls waiting for their answer.
     pub polls_in_flight: IntGaugeVec,
     /// `unpoll_upstream_poll_waits_total{upstream}`: polls that waited for a free slot
@@ -128,6 +132,9 @@ pub struct Metrics {
     /// `unpoll_config_reloads_total{result}`: result is `applied`, `invalid` (the file has
     /// problems) or `rejected` (a change that needs a restart).
     pub reloads: IntCounterVec,
+    /// `unpoll_config_last_reload_successful`: 0 while the file's last change was refused (its
+    /// problems, or a change that needs a restart), 1 otherwise (and at start).
+    pub reload_ok: IntGauge,
     /// `unpoll_config_generation`: 1 for the configuration loaded at start, +1 per applied reload.
     pub generation: IntGauge,
     /// `unpoll_http_requests_total{route,kind}`: kind is `proxy`, `subscribe`, `no_route`.
@@ -252,6 +259,18 @@ impl Metrics {
             topics,
             connections,
             polls: counter_vec("unpoll_upstream_polls_total", "Upstream polls by outcome", &["route", "outcome"]),
+            polls_late: counter_vec(
+                "unpoll_upstream_polls_late_total",
+                "Polls sent over a quarter of their interval after they were due",
+                &["route"],
+            ),
+            reload_ok: {
+                let g = IntGauge::new("unpoll_config_last_reload_successful", "0 while the last reload was refused")
+                    .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g.set(1);
+                g
+            },
             polls_in_flight: gauge_vec("unpoll_upstream_polls_in_flight", "Upstream polls in flight", &["upstream"]),
             poll_waits: counter_vec(
                 "unpoll_upstream_poll_waits_total",
@@ -397,6 +416,7 @@ impl Metrics {
             for outcome in POLL_OUTCOMES {
                 self.polls.with_label_values(&[label, outcome]);
             }
+            self.polls_late.with_label_values(&[label]);
             for reason in LAG_REASONS {
                 self.lagged.with_label_values(&[label, reason]);
             }

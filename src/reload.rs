@@ -121,6 +121,7 @@ impl Reloader {
             log::error!("configuration reload ({why}) refused, the running configuration stays: {e}");
         }
         self.metrics.reloads.with_label_values(&[label]).inc();
+        self.metrics.reload_ok.set(i64::from(label == "applied"));
     }
 }
 

@@ -222,3 +222,21 @@ async fn without_access_log_no_line_is_written_and_text_is_the_default_format() 
     let serving = log.lines().find(|l| l.contains("serving on")).expect("the start line");
     assert!(serving.starts_with('[') && serving.contains(" INFO  unpoll] "), "{serving}");
 }
+
+#[tokio::test]
+async fn polls_answered_slower_than_their_interval_are_counted_late() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &json!({"v": 1}));
+    // A 400 ms interval: a poll is late past 100 ms, well beyond a busy test machine's jitter.
+    let proxy = Proxy::launch(up.addr, &Setup::stream("/doc").every("400ms")).await;
+    let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
+    sse.next_event(5 * SECOND).await.unwrap();
+    let late = || async { proxy.metric("unpoll_upstream_polls_late_total", &[("route", "/doc")]).await };
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    assert!(up.count("/doc") >= 4, "polled on time");
+    assert_eq!(late().await, 0.0, "a healthy upstream's polls are on time");
+    // Each answer now takes three intervals: every poll after it is sent late.
+    up.set_delay(std::time::Duration::from_millis(1200));
+    assert!(eventually(10 * SECOND, || async { late().await >= 2.0 }).await, "late polls are counted");
+    drop(sse);
+}

@@ -22,6 +22,7 @@ async fn a_changed_file_is_applied_and_a_broken_one_is_not() {
     assert!(eventually(5 * SECOND, || async { generation(&proxy).await == 2.0 }).await, "{}", proxy.log());
     assert_eq!(http_get(proxy.addr, "/new").await.unwrap().status, 200);
     assert_eq!(proxy.metric("unpoll_config_reloads_total", &[("result", "applied")]).await, 1.0);
+    assert_eq!(proxy.metric("unpoll_config_last_reload_successful", &[]).await, 1.0);
 
     // Unknown key and bad duration: refused, every problem logged with its path, old config stays.
     let broken =
@@ -48,6 +49,11 @@ async fn a_changed_file_is_applied_and_a_broken_one_is_not() {
         .await
     );
     assert_eq!(http_get(proxy.addr, "/new").await.unwrap().status, 200);
+    assert_eq!(proxy.metric("unpoll_config_last_reload_successful", &[]).await, 0.0, "the alert's signal");
+    // Fixed: applied, and the signal clears.
+    proxy.write_config(up.addr, "", BASE);
+    assert!(eventually(5 * SECOND, || async { generation(&proxy).await == 3.0 }).await, "{}", proxy.log());
+    assert_eq!(proxy.metric("unpoll_config_last_reload_successful", &[]).await, 1.0);
 }
 
 #[tokio::test]

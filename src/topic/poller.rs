@@ -68,6 +68,9 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate:
     let mut shutdown = poller.shutdown.clone();
     let mut failures: u32 = 0;
     let mut first = true;
+    // When the next poll is due (none before the first).
+    let mut due: Option<Instant> = None;
+    let late = metrics.polls_late.with_label_values(&[&route]);
     log::debug!("topic {} {} polls (epoch {})", route, topic.key.target, topic.epoch());
     loop {
         if topic.is_closed() {
@@ -97,6 +100,10 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate:
         in_flight.inc();
         let validators = topic.validators();
         let sent = Instant::now();
+        let allowed = (settings.interval / 4).max(Duration::from_millis(10));
+        if due.is_some_and(|d| sent.saturating_duration_since(d) > allowed) {
+            late.inc();
+        }
         let poll = poller.fetch.fetch(upstream, &topic.request, &validators);
         // A panic inside the HTTP client (an answer it cannot read) is a failed poll, not a
         // dead topic.
@@ -214,6 +221,7 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate:
                 scheduled_for = latest;
             }
             if Instant::now() >= next_poll {
+                due = Some(next_poll);
                 break;
             }
         }
