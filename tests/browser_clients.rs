@@ -63,6 +63,35 @@ async fn a_query_token_becomes_the_header_splits_topics_and_leaves_the_url() {
 }
 
 #[tokio::test]
+async fn an_allowed_origin_can_read_why_it_was_refused() {
+    let up = Upstream::start().await;
+    users(&up).await;
+    let proxy = Proxy::launch(up.addr, &setup().with("max_subscribers", 1)).await;
+    let origin = "http://app.example:3000";
+    let first = Sse::connect(proxy.addr, &format!("/me?access_token={ALICE}"), &[("Origin", origin)]).await;
+    assert_eq!(first.conn.status, 200);
+    let refused = |path: String, from: &'static str| async move {
+        Sse::connect(proxy.addr, &path, &[("Origin", from)]).await.conn.read_to_end(5 * SECOND).await
+    };
+    // The topic is full, the format unknown, the token malformed: each refusal is readable.
+    for (path, status, error) in [
+        (format!("/me?access_token={ALICE}"), 503, "topic_full"),
+        (format!("/me?access_token={ALICE}&unpoll_format=yaml"), 400, "unknown_format"),
+        ("/me?access_token=%0d%0a".to_string(), 400, "bad_token"),
+    ] {
+        let r = refused(path.clone(), origin).await;
+        assert_eq!((r.status, r.json()["error"].as_str()), (status, Some(error)), "{path}");
+        assert_eq!(r.header("access-control-allow-origin"), Some(origin), "{path}");
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        assert_eq!(r.header("vary"), Some("Origin"));
+        // Another origin's refusal is not readable.
+        let other = refused(path.clone(), "http://evil.example").await;
+        assert_eq!(other.header("access-control-allow-origin"), None, "{path}");
+    }
+    drop(first);
+}
+
+#[tokio::test]
 async fn an_allowed_origin_may_read_streams_and_gets_and_preflights_are_answered() {
     let up = Upstream::start().await;
     users(&up).await;

@@ -1,7 +1,9 @@
 //! Cross-origin reads of a stream route (its `origins`): a page from an allowed origin may
 //! read its subscriptions (an `EventSource` with `withCredentials`) and its plain GETs, so
 //! their answers carry `Access-Control-Allow-Origin: <that origin>` with credentials allowed;
-//! a preflight `OPTIONS` is answered here. Without `origins`, nothing of this is sent.
+//! a preflight `OPTIONS` is answered here. A refusal of a request from an allowed origin (a
+//! bad token or format, a limit's 503 or 429) carries them too, so that the page can read why.
+//! Without `origins`, nothing of this is sent.
 
 use super::subscribe::Reject;
 use crate::config::StreamSettings;
@@ -17,6 +19,14 @@ pub fn allowed<'a>(headers: &'a HeaderMap, settings: &StreamSettings) -> Option<
 /// The header lines (each ending in CRLF) that let `origin` read the answer.
 pub fn head_lines(origin: &str) -> String {
     format!("access-control-allow-origin: {origin}\r\naccess-control-allow-credentials: true\r\nvary: Origin\r\n")
+}
+
+/// The same, on a response pingora writes: the origin, credentials, and `Vary: Origin`.
+pub fn add_headers(response: &mut pingora::http::ResponseHeader, origin: &str) -> pingora::Result<()> {
+    response.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+    response.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+    response.append_header(http::header::VARY, "Origin")?;
+    Ok(())
 }
 
 /// How long a browser may keep a preflight's answer.

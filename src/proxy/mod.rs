@@ -120,10 +120,12 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route.clone());
         if let Some(stream_route) = StreamRoute::of(&route) {
             let settings = &stream_route.stream;
+            // The origin a page may read the answers from, refusals included.
+            ctx.cors = cors::allowed(&session.req_header().headers, settings).map(str::to_string);
             if let Some(token) = &settings.token {
                 if let Err(reject) = token::from_query(session.req_header_mut(), token) {
                     self.metrics.rejected.with_label_values(&[reject.reason]).inc();
-                    respond(session, &reject).await?;
+                    respond_to(session, &reject, ctx.cors.as_deref()).await?;
                     return Ok(true);
                 }
             }
@@ -141,12 +143,11 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 }
             }
-            ctx.cors = cors::allowed(&req.headers, settings).map(str::to_string);
             match subscribe::classify(session.req_header(), &stream_route.stream) {
                 None => {}
                 Some(Err(reject)) => {
                     self.metrics.rejected.with_label_values(&[reject.reason]).inc();
-                    respond(session, &reject).await?;
+                    respond_to(session, &reject, ctx.cors.as_deref()).await?;
                     return Ok(true);
                 }
                 Some(Ok(request)) => {
@@ -292,9 +293,7 @@ impl ProxyHttp for Gateway {
             response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         if let Some(origin) = ctx.cors.take() {
-            response.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
-            response.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
-            response.append_header(http::header::VARY, "Origin")?;
+            cors::add_headers(response, &origin)?;
         }
         Ok(())
     }
@@ -394,6 +393,12 @@ async fn preflight(session: &mut Session, origin: &str) -> pingora::Result<()> {
 
 /// Answers with a small JSON error body; clients never see internals.
 async fn respond(session: &mut Session, reject: &Reject) -> pingora::Result<()> {
+    respond_to(session, reject, None).await
+}
+
+/// [`respond`], readable by a page from `origin` when the route lets that origin read it (see
+/// [`cors`]): a browser client then sees why it was refused.
+async fn respond_to(session: &mut Session, reject: &Reject, origin: Option<&str>) -> pingora::Result<()> {
     let body = serde_json::json!({"error": reject.reason, "message": reject.message});
     let body = Bytes::from(serde_json::to_vec(&body).expect("a Value always serialises"));
     let mut resp = ResponseHeader::build(reject.status, Some(3))?;
@@ -404,6 +409,9 @@ async fn respond(session: &mut Session, reject: &Reject) -> pingora::Result<()> 
     }
     if reject.status == 503 || reject.status == 429 {
         resp.insert_header("retry-after", "5")?;
+    }
+    if let Some(origin) = origin {
+        cors::add_headers(&mut resp, origin)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await

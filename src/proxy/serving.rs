@@ -4,7 +4,7 @@
 //! and joins only once that message came.
 
 use super::subscribe::{Reject, SubscribeRequest};
-use super::{access, client, cors, detach, head_deadline, respond, sticky, Gateway};
+use super::{access, client, cors, detach, head_deadline, respond, respond_to, sticky, Gateway};
 use crate::config::{ServerSettings, Sticky};
 use crate::route_table::StreamRoute;
 use crate::stream::delivery::Delivery;
@@ -49,7 +49,7 @@ impl Gateway {
         let (mut sub, set_cookie) = match self.join(route, &path, query.as_deref(), &headers, client, &request, server)
         {
             Ok(joined) => joined,
-            Err(reject) => return respond(session, &reject).await,
+            Err(reject) => return respond_to(session, &reject, cors.as_deref()).await,
         };
         sub.settle(request.resume.as_ref()).await;
         // More header lines: a sticky cookie, and what lets another origin read the stream.
