@@ -66,9 +66,14 @@ impl Status {
                 "topics": listed,
             }));
         }
-        // Topics whose route a reload just removed, until they are gone.
+        // Topics whose route a reload just removed, until they are gone, by route.
+        let mut removed: std::collections::BTreeMap<&str, Vec<&Arc<Topic>>> = Default::default();
         for t in topics.iter().filter(|t| !table.routes.iter().any(|r| r.label() == t.key.route)) {
-            routes.push(json!({"route": t.key.route, "removed": true, "topics": [self.topic(t)]}));
+            removed.entry(t.key.route.as_str()).or_default().push(t);
+        }
+        for (route, of_route) in removed {
+            let listed: Vec<Value> = of_route.iter().take(TOPICS_LISTED).map(|t| self.topic(t)).collect();
+            routes.push(json!({"route": route, "removed": true, "topic_count": of_route.len(), "topics": listed}));
         }
         let cluster = self.cluster.as_ref().map(|c| json!({"node": c.settings.node, "redis_up": c.is_up()}));
         let body = json!({
