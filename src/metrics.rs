@@ -210,13 +210,16 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
-        let topics = IntGauge::new("unpoll_topics", "Topics with a running poller").expect("valid metric");
-        registry.register(Box::new(topics.clone())).expect("unique metric");
-        let connections = IntGauge::new("unpoll_connections", "Open downstream connections").expect("valid metric");
-        registry.register(Box::new(connections.clone())).expect("unique metric");
-        let topic_creators =
-            IntGauge::new("unpoll_topic_creators", "Clients with topics counted against them").expect("valid metric");
-        registry.register(Box::new(topic_creators.clone())).expect("unique metric");
+        // A gauge without labels, starting at `start`.
+        let gauge = |name: &str, help: &str, start: i64| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g.set(start);
+            g
+        };
+        let topics = gauge("unpoll_topics", "Topics with a running poller", 0);
+        let connections = gauge("unpoll_connections", "Open downstream connections", 0);
+        let topic_creators = gauge("unpoll_topic_creators", "Clients with topics counted against them", 0);
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
                 .expect("valid metric");
@@ -264,13 +267,7 @@ impl Metrics {
                 "Polls sent over a quarter of their interval after they were due",
                 &["route"],
             ),
-            reload_ok: {
-                let g = IntGauge::new("unpoll_config_last_reload_successful", "0 while the last reload was refused")
-                    .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g.set(1);
-                g
-            },
+            reload_ok: gauge("unpoll_config_last_reload_successful", "0 while the last reload was refused", 1),
             polls_in_flight: gauge_vec("unpoll_upstream_polls_in_flight", "Upstream polls in flight", &["upstream"]),
             poll_waits: counter_vec(
                 "unpoll_upstream_poll_waits_total",
@@ -278,12 +275,7 @@ impl Metrics {
                 &["upstream"],
             ),
             diff_waits: counter_vec("unpoll_diff_waits_total", "Diffs that waited for a diff thread", &["lane"]),
-            diffs_running: {
-                let g =
-                    IntGauge::new("unpoll_diffs_running", "Diffs running on the diff threads").expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
+            diffs_running: gauge("unpoll_diffs_running", "Diffs running on the diff threads", 0),
             diff_exhausted: counter_vec(
                 "unpoll_diff_budget_exhausted_total",
                 "Changes sent as a snapshot because the diff used up its budget",
@@ -334,13 +326,7 @@ impl Metrics {
             ),
             rejected: counter_vec("unpoll_requests_rejected_total", "Requests and connections refused", &["reason"]),
             reloads: counter_vec("unpoll_config_reloads_total", "Configuration reloads by result", &["result"]),
-            generation: {
-                let g = IntGauge::new("unpoll_config_generation", "Configuration generation in force")
-                    .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g.set(1);
-                g
-            },
+            generation: gauge("unpoll_config_generation", "Configuration generation in force", 1),
             requests: counter_vec("unpoll_http_requests_total", "Requests by route and kind", &["route", "kind"]),
             requests_saved: counter_vec(
                 "unpoll_upstream_requests_saved_total",

@@ -70,6 +70,14 @@ pub struct Ctx {
     subscription: bool,
 }
 
+/// The client's address as limits and logs count it (see [`client::client_address`]): the
+/// peer's, or what a trusted proxy in front forwarded.
+fn client_of(session: &Session, trusted: &[crate::config::Cidr]) -> Option<std::net::IpAddr> {
+    let peer = session.client_addr()?.as_inet()?.ip();
+    let forwarded = session.req_header().headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    Some(client::client_address(peer, forwarded, trusted))
+}
+
 /// The query parameter a route takes its token from, if it does.
 fn token_param(route: &Route) -> Option<&str> {
     route.stream.as_ref()?.token.as_ref()?.query.as_deref()
@@ -191,10 +199,7 @@ impl ProxyHttp for Gateway {
             return;
         }
         let req = session.req_header();
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
-            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-            client::client_address(peer.ip(), forwarded, &table.server.trusted_proxies)
-        });
+        let client = client_of(session, &table.server.trusted_proxies);
         let route = ctx.route.as_deref();
         let entry = access::Entry {
             client,
@@ -216,10 +221,7 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         // The client's address is worked out only when it is what the upstream hashes on.
         let by_address = matches!(route.upstream.settings.sticky, Some(Sticky::Hash(crate::config::HashOn::SourceIp)));
-        let client = session.client_addr().and_then(|a| a.as_inet()).filter(|_| by_address).map(|peer| {
-            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-            client::client_address(peer.ip(), forwarded, &self.table.load().server.trusted_proxies)
-        });
+        let client = by_address.then(|| client_of(session, &self.table.load().server.trusted_proxies)).flatten();
         let choice = sticky::choose(&route.upstream, &req.headers, req.uri.query(), client, ctx.avoid);
         if let Some(result) = choice.result {
             self.metrics.sticky.with_label_values(&[&route.upstream.name, result]).inc();

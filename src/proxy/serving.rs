@@ -4,7 +4,7 @@
 //! and joins only once that message came.
 
 use super::subscribe::{Reject, SubscribeRequest};
-use super::{access, client, cors, detach, head_deadline, respond, respond_to, sticky, Gateway};
+use super::{access, client_of, cors, detach, head_deadline, respond, respond_to, sticky, Gateway};
 use crate::config::{ServerSettings, Sticky};
 use crate::route_table::StreamRoute;
 use crate::stream::delivery::Delivery;
@@ -34,10 +34,7 @@ impl Gateway {
         let req = session.req_header();
         // HTTP/1.0 knows no chunked bodies: its SSE stream ends by closing.
         let http10 = req.version == http::Version::HTTP_10;
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|peer| {
-            let forwarded = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-            client::client_address(peer.ip(), forwarded, &server.trusted_proxies)
-        });
+        let client = client_of(session, &server.trusted_proxies);
         let in_band = settings.token.as_ref().filter(|t| {
             t.first_message && request.protocol == Protocol::WebSocket && !req.headers.contains_key(t.header.as_str())
         });
