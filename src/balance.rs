@@ -51,7 +51,11 @@ pub struct Server {
     /// address, which names it without revealing its address, and stays the same across
     /// reloads and restarts (and across instances).
     pub id: String,
+    /// Requests and polls in a row that could not reach it (passive health).
     failures: AtomicU32,
+    /// Active checks in a row that failed: counted apart from `failures`, so that traffic
+    /// the server still answers never undoes what its checks say.
+    check_failures: AtomicU32,
     /// Passed checks in a row while it is out.
     passes: AtomicU32,
     out_until: Mutex<Option<Instant>>,
@@ -100,6 +104,7 @@ impl Server {
             weight: s.weight,
             id,
             failures: AtomicU32::new(0),
+            check_failures: AtomicU32::new(0),
             passes: AtomicU32::new(0),
             out_until: Mutex::new(None),
             checked_out: AtomicBool::new(false),
@@ -155,10 +160,11 @@ impl Server {
         self.back()
     }
 
-    /// An active check failed.
+    /// An active check failed: `unhealthy_after` in a row take it out, whatever requests and
+    /// polls meanwhile say.
     pub fn check_failed(&self, rules: Rules) -> Option<Transition> {
         self.passes.store(0, Ordering::Relaxed);
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = self.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures < rules.unhealthy_after {
             return None;
         }
@@ -168,7 +174,7 @@ impl Server {
 
     /// An active check passed: a server that is out comes back after `healthy_after` in a row.
     pub fn check_passed(&self, rules: Rules) -> Option<Transition> {
-        self.failures.store(0, Ordering::Relaxed);
+        self.check_failures.store(0, Ordering::Relaxed);
         if self.up.load(Ordering::Relaxed) {
             return None;
         }
@@ -407,5 +413,25 @@ mod tests {
         assert_eq!(s.check_passed(rules), None);
         assert_eq!(s.check_passed(rules), Some(Transition::Up), "after healthy_after passes in a row");
         assert!(s.healthy());
+    }
+
+    #[test]
+    fn traffic_that_is_answered_does_not_undo_failed_checks() {
+        let b = balancer("app", &servers(2, |_| 1));
+        let s = b.servers()[0].clone();
+        let rules = Rules { unhealthy_after: 3, healthy_after: 1, out_for: Duration::from_secs(60) };
+        for _ in 0..2 {
+            assert_eq!(s.check_failed(rules), None);
+            assert_eq!(s.answered(), None, "a request it answered between two checks");
+        }
+        assert_eq!(s.check_failed(rules), Some(Transition::Down), "the third failed check in a row");
+        assert!(!s.healthy());
+        // Nor do failed requests count towards its checks, or passed checks clear them.
+        let t = b.servers()[1].clone();
+        assert_eq!(t.failed(rules), None);
+        assert_eq!(t.check_failed(rules), None);
+        assert_eq!(t.check_passed(rules), None);
+        assert_eq!(t.failed(rules), None);
+        assert_eq!(t.failed(rules), Some(Transition::Down), "three failed requests in a row");
     }
 }

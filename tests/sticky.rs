@@ -285,6 +285,57 @@ async fn active_checks_take_a_failing_server_out_and_bring_it_back_after_healthy
 }
 
 #[tokio::test]
+async fn failed_checks_take_a_server_out_however_much_traffic_it_answers() {
+    let servers = pool(2).await;
+    for s in &servers {
+        s.set_json("/healthz", &json!({"ok": true}));
+    }
+    let health =
+        json!({"path": "/healthz", "interval": "150ms", "timeout": "100ms", "healthy_after": 1, "unhealthy_after": 3});
+    let setup = Setup::new()
+        .upstream("servers", addresses(&servers))
+        .upstream("sticky", json!({"cookie": {}}))
+        .upstream("health", health)
+        .route("/*");
+    let proxy = Proxy::launch(servers[0].addr, &setup).await;
+    let c0 = cookie_for(&proxy, "s0").await;
+    let label = servers[0].addr.to_string();
+    let labels = [("server", label.as_str())];
+    let up = || proxy.metric("unpoll_upstream_server_up", &labels);
+    // s0 drains: its health path answers 503 while it still answers every request, and its
+    // sticky client keeps sending them, several between two checks.
+    servers[0].set("/healthz", 503, "text/plain", "draining");
+    let started = std::time::Instant::now();
+    let mut out = false;
+    while started.elapsed() < 3 * SECOND {
+        let r = request(&proxy, "GET", &[("cookie", &c0)]).await;
+        assert_eq!(r.status, 200);
+        if up().await == 0.0 {
+            out = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let failed = proxy.metric("unpoll_health_checks_total", &[("server", &label), ("result", "failed")]).await;
+    assert!(out, "still in rotation after {failed} failed checks, because its requests were answered");
+    assert_eq!(served_by(&request(&proxy, "GET", &[("cookie", &c0)]).await), "s1", "its client moves");
+    // Too slow to answer its checks counts as failing them too, traffic or not.
+    servers[0].set_json("/healthz", &json!({"ok": true}));
+    assert!(eventually(3 * SECOND, || async { up().await == 1.0 }).await);
+    servers[0].set_delay(std::time::Duration::from_millis(300));
+    let slow = std::time::Instant::now();
+    let mut out = false;
+    while slow.elapsed() < 4 * SECOND {
+        let _ = request(&proxy, "GET", &[("cookie", &c0)]).await;
+        if up().await == 0.0 {
+            out = true;
+            break;
+        }
+    }
+    assert!(out, "a server slower than health.timeout is taken out while it answers requests");
+}
+
+#[tokio::test]
 async fn a_reload_that_changes_the_servers_keeps_the_affinity_of_those_that_stay() {
     let servers = pool(3).await;
     let with = |n: usize| {
