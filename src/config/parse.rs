@@ -283,7 +283,7 @@ routes:
             ("sid", Some(Duration::from_secs(3600)), true, true)
         );
         assert_eq!(c.upstreams["b"].sticky, Some(Sticky::Hash(HashOn::Header("x-session".into()))));
-        let bad = "upstreams:\n  a:\n    servers: [{weight: 2}, {addr: '127.0.0.1:2', weight: 0}]\n    sticky: {cookie: {}, hash: {source_ip: true}}\n  b:\n    servers: ['127.0.0.1:3']\n    sticky: {hash: {header: x, query: y}}\n  c:\n    servers: ['127.0.0.1:4']\n    sticky: {cookie: {name: 'a b', same_site: loose}}\nroutes: [{match: /x, upstream: a}]\n";
+        let bad = "upstreams:\n  a:\n    servers: [{weight: 2}, {addr: '127.0.0.1:2', weight: 0}]\n    sticky: {cookie: {}, hash: {source_ip: true}}\n  b:\n    servers: ['127.0.0.1:3']\n    sticky: {hash: {header: x, query: y}}\n  c:\n    servers: ['127.0.0.1:4']\n    sticky: {cookie: {name: 'a b', same_site: loose}}\n  d:\n    servers: ['127.0.0.1:5']\n    sticky: {cookie: {same_site: none}}\nroutes: [{match: /x, upstream: a}]\n";
         let errs = parse_config(bad).unwrap_err().0;
         let paths: Vec<&str> = errs.iter().map(|p| p.path.as_str()).collect();
         for expected in [
@@ -293,9 +293,12 @@ routes:
             "upstreams.b.sticky.hash",
             "upstreams.c.sticky.cookie.name",
             "upstreams.c.sticky.cookie.same_site",
+            "upstreams.d.sticky.cookie.same_site",
         ] {
             assert!(paths.contains(&expected), "{expected} not in {paths:?}");
         }
+        let secure = good.replace("secure: true", "secure: true, same_site: none");
+        assert!(parse_config(&secure).is_ok(), "SameSite=None with Secure is fine");
     }
 
     #[test]

@@ -220,6 +220,15 @@ fn sticky(w: &mut Walker, v: &Value, p: &str) -> Option<Sticky> {
             if !matches!(c, Value::Bool(true) | Value::Null) {
                 w.section(c, &join(p, "cookie"), &STICKY_COOKIE, &mut cookie)?;
             }
+            // Browsers drop a `SameSite=None` cookie that is not `Secure`: every request would
+            // then come without it and be assigned a server again.
+            if cookie.same_site == "none" && !cookie.secure {
+                w.problem(
+                    &join(p, "cookie.same_site"),
+                    "`none` needs `secure: true` (browsers reject a SameSite=None cookie without Secure)",
+                );
+                return None;
+            }
             Some(Sticky::Cookie(cookie))
         }
         (None, Some(h)) => hash_on(w, h, &join(p, "hash")).map(Sticky::Hash),
