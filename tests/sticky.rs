@@ -210,6 +210,30 @@ async fn a_subscribers_polls_go_to_its_server_and_two_pinned_apart_never_share_a
 }
 
 #[tokio::test]
+async fn cookies_with_bytes_beyond_ascii_reach_the_upstream_and_split_topics() {
+    let (servers, proxy) = streaming_pool(1).await;
+    let pin = cookie_for(&proxy, "s0").await;
+    // Raw UTF-8 in a cookie value, as browsers send it, beside unpoll's own cookie.
+    let alice = "session=alice-café";
+    let r = request(&proxy, "GET", &[("cookie", &format!("{alice}; {pin}; theme=é"))]).await;
+    assert_eq!(served_by(&r), "s0", "the sticky cookie is still read");
+    let seen = servers[0].seen("/who");
+    let last = seen.last().unwrap().header("cookie").expect("the cookie header reaches the upstream");
+    assert_eq!(last, format!("{alice}; theme=é"), "every cookie but unpoll's, byte for byte");
+    // Two subscribers whose cookies differ only beyond ASCII: each is polled with its own.
+    let bob = "session=bob-café";
+    let mut a = Sse::connect(proxy.addr, "/who", &[("cookie", &format!("{alice}; {pin}"))]).await;
+    let mut b = Sse::connect(proxy.addr, "/who", &[("cookie", bob)]).await;
+    assert_eq!(a.next_event(5 * SECOND).await.unwrap().json()["server"], "s0");
+    assert_eq!(b.next_event(5 * SECOND).await.unwrap().json()["server"], "s0");
+    assert_eq!(proxy.metric("unpoll_topics", &[]).await, 2.0, "one topic per cookie");
+    let cookies: Vec<String> =
+        servers[0].seen("/who").iter().filter_map(|r| r.header("cookie").map(str::to_string)).collect();
+    assert!(cookies.iter().any(|c| c == alice), "alice's polls carry her cookie: {cookies:?}");
+    assert!(cookies.iter().any(|c| c == bob), "bob's polls carry his: {cookies:?}");
+}
+
+#[tokio::test]
 async fn a_stream_whose_server_dies_keeps_flowing_from_another_without_reconnecting() {
     let (servers, proxy) = streaming_pool(2).await;
     let c0 = cookie_for(&proxy, "s0").await;

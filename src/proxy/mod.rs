@@ -269,11 +269,10 @@ impl ProxyHttp for Gateway {
         // The sticky cookie is unpoll's own: the upstream never sees it.
         let route = ctx.route.as_ref().expect("routed");
         if let Some(crate::config::Sticky::Cookie(cookie)) = &route.upstream.settings.sticky {
-            let kept: Vec<String> = upstream_request
+            let kept: Vec<http::HeaderValue> = upstream_request
                 .headers
                 .get_all(http::header::COOKIE)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
                 .filter_map(|v| sticky::without_cookie(v, &cookie.name))
                 .collect();
             upstream_request.remove_header(&http::header::COOKIE);

@@ -31,7 +31,8 @@ pub fn choose(
         None => Choice { server: balancer.round_robin(avoid).clone(), set_cookie: None, result: None },
         Some(Sticky::Cookie(cookie)) => {
             let named = cookie_value(headers, &cookie.name);
-            if let Some(server) = named.and_then(|id| balancer.by_id(id)).filter(|s| Some(s.addr) != avoid) {
+            let id = named.and_then(|id| std::str::from_utf8(id).ok());
+            if let Some(server) = id.and_then(|id| balancer.by_id(id)).filter(|s| Some(s.addr) != avoid) {
                 return Choice { server: server.clone(), set_cookie: None, result: Some("hit") };
             }
             let server = balancer.round_robin(avoid).clone();
@@ -41,7 +42,7 @@ pub fn choose(
         }
         Some(Sticky::Hash(on)) => {
             let server = match key(on, headers, query, client) {
-                Some(key) => balancer.by_hash(key.as_bytes(), avoid).clone(),
+                Some(key) => balancer.by_hash(&key, avoid).clone(),
                 None => balancer.round_robin(avoid).clone(),
             };
             Choice { server, set_cookie: None, result: None }
@@ -49,55 +50,68 @@ pub fn choose(
     }
 }
 
-/// The value a request hashes on, if it has one.
-pub fn key(on: &HashOn, headers: &HeaderMap, query: Option<&str>, client: Option<IpAddr>) -> Option<String> {
+/// The value a request hashes on, if it has one: header and cookie values as the bytes they
+/// are (a value that is not UTF-8 still pins its client).
+pub fn key(on: &HashOn, headers: &HeaderMap, query: Option<&str>, client: Option<IpAddr>) -> Option<Vec<u8>> {
     match on {
-        HashOn::Header(name) => headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string),
-        HashOn::Cookie(name) => cookie_value(headers, name).map(str::to_string),
+        HashOn::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        HashOn::Cookie(name) => cookie_value(headers, name).map(<[u8]>::to_vec),
         HashOn::Query(name) => query?
             .split('&')
             .filter_map(|p| p.split_once('=').or(Some((p, ""))))
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.to_string()),
-        HashOn::SourceIp => client.map(|ip| ip.to_string()),
+            .map(|(_, v)| v.as_bytes().to_vec()),
+        HashOn::SourceIp => client.map(|ip| ip.to_string().into_bytes()),
     }
 }
 
+/// The `name=value` pairs of one `Cookie` header, as bytes: browsers send whatever bytes a
+/// cookie was set with, UTF-8 or not, and a header is never read as text here.
+fn pairs(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    header.split(|b| *b == b';').map(<[u8]>::trim_ascii).filter(|pair| !pair.is_empty())
+}
+
+/// A pair's name (all of it, for a pair without `=`).
+fn pair_name(pair: &[u8]) -> &[u8] {
+    pair.split(|b| *b == b'=').next().unwrap_or(pair).trim_ascii()
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim())
+        .flat_map(|v| pairs(v.as_bytes()))
+        .find(|pair| pair_name(pair) == name.as_bytes())
+        .and_then(|pair| pair.iter().position(|b| *b == b'=').map(|at| pair[at + 1..].trim_ascii()))
 }
 
-/// `headers` without cookie `name` in their `Cookie` headers.
+/// `headers` without cookie `name` in their `Cookie` headers (every other cookie kept, byte
+/// for byte).
 pub fn strip(headers: &HeaderMap, name: &str) -> HeaderMap {
     let mut out = headers.clone();
     if cookie_value(headers, name).is_none() {
         return out;
     }
     out.remove(http::header::COOKIE);
-    for value in headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()) {
-        if let Some(kept) = without_cookie(value, name).and_then(|k| http::HeaderValue::from_str(&k).ok()) {
+    for value in headers.get_all(http::header::COOKIE) {
+        if let Some(kept) = without_cookie(value, name) {
             out.append(http::header::COOKIE, kept);
         }
     }
     out
 }
 
-/// The `Cookie` header without cookie `name`; `None` when nothing else is left.
-pub fn without_cookie(header: &str, name: &str) -> Option<String> {
-    let rest: Vec<&str> = header
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(n, _)| n) != name)
-        .collect();
-    (!rest.is_empty()).then(|| rest.join("; "))
+/// The `Cookie` header without cookie `name`; `None` when nothing else is left. What is kept
+/// is the header's own bytes (joined by `; `), so it is always a valid header value.
+pub fn without_cookie(header: &http::HeaderValue, name: &str) -> Option<http::HeaderValue> {
+    let rest: Vec<&[u8]> = pairs(header.as_bytes()).filter(|pair| pair_name(pair) != name.as_bytes()).collect();
+    if rest.is_empty() {
+        return None;
+    }
+    // Pieces of a valid value joined by `; ` are a valid value; were they ever not, the header
+    // goes on whole rather than a credential being lost.
+    Some(http::HeaderValue::from_bytes(&rest.join(&b"; "[..])).unwrap_or_else(|_| header.clone()))
 }
 
 fn set_cookie(cookie: &StickyCookie, id: &str) -> String {
@@ -129,11 +143,31 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("cookie", "a=1; unpoll_server=abc".parse().unwrap());
         h.append("cookie", "b=2".parse().unwrap());
-        assert_eq!(cookie_value(&h, "unpoll_server"), Some("abc"));
-        assert_eq!(cookie_value(&h, "b"), Some("2"));
+        assert_eq!(cookie_value(&h, "unpoll_server"), Some(&b"abc"[..]));
+        assert_eq!(cookie_value(&h, "b"), Some(&b"2"[..]));
         assert_eq!(cookie_value(&h, "c"), None);
-        assert_eq!(without_cookie("a=1; unpoll_server=abc; c=3", "unpoll_server").as_deref(), Some("a=1; c=3"));
-        assert_eq!(without_cookie("unpoll_server=abc", "unpoll_server"), None);
+        let value = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        let kept = without_cookie(&value("a=1; unpoll_server=abc; c=3"), "unpoll_server");
+        assert_eq!(kept.unwrap(), "a=1; c=3");
+        assert_eq!(without_cookie(&value("unpoll_server=abc"), "unpoll_server"), None);
+    }
+
+    #[test]
+    fn cookies_that_are_not_utf8_are_kept_byte_for_byte() {
+        let raw = http::HeaderValue::from_bytes(b"session=caf\xc3\xa9-\xff42; unpoll_server=abc; theme=d\xe9").unwrap();
+        let mut h = HeaderMap::new();
+        h.append("cookie", raw.clone());
+        assert_eq!(cookie_value(&h, "session"), Some(&b"caf\xc3\xa9-\xff42"[..]));
+        assert_eq!(cookie_value(&h, "unpoll_server"), Some(&b"abc"[..]), "the sticky id is found beside them");
+        let kept = without_cookie(&raw, "unpoll_server").unwrap();
+        assert_eq!(kept.as_bytes(), b"session=caf\xc3\xa9-\xff42; theme=d\xe9");
+        let stripped = strip(&h, "unpoll_server");
+        assert_eq!(
+            stripped.get_all("cookie").iter().map(|v| v.as_bytes().to_vec()).collect::<Vec<_>>(),
+            [kept.as_bytes().to_vec()]
+        );
+        let on = HashOn::Cookie("session".into());
+        assert_eq!(key(&on, &h, None, None).as_deref(), Some(&b"caf\xc3\xa9-\xff42"[..]));
     }
 
     #[test]
@@ -148,7 +182,7 @@ mod tests {
     #[test]
     fn a_query_parameter_is_found_by_name() {
         let on = HashOn::Query("tenant".into());
-        assert_eq!(key(&on, &HeaderMap::new(), Some("a=1&tenant=acme"), None).as_deref(), Some("acme"));
+        assert_eq!(key(&on, &HeaderMap::new(), Some("a=1&tenant=acme"), None).as_deref(), Some(&b"acme"[..]));
         assert_eq!(key(&on, &HeaderMap::new(), Some("a=1"), None), None);
     }
 }

@@ -104,7 +104,7 @@ pub async fn fetch(
     // A pinned topic polls its server while it is in rotation, and another meanwhile.
     let first = match &request.pin {
         Some(super::key::Pin::Server(id)) => upstream.balancer().by_id(id).cloned().unwrap_or_else(|| upstream.pick()),
-        Some(super::key::Pin::Hash(attribute)) => upstream.balancer().by_hash(attribute.as_bytes(), None).clone(),
+        Some(super::key::Pin::Hash(attribute)) => upstream.balancer().by_hash(attribute, None).clone(),
         None => upstream.pick(),
     };
     let fetched = fetch_from(connector, upstream, &first, request, validators, refused).await;
@@ -113,7 +113,7 @@ pub async fn fetch(
     }
     let balancer = upstream.balancer();
     let next = match &request.pin {
-        Some(super::key::Pin::Hash(attribute)) => balancer.by_hash(attribute.as_bytes(), Some(first.addr)),
+        Some(super::key::Pin::Hash(attribute)) => balancer.by_hash(attribute, Some(first.addr)),
         _ => balancer.round_robin(Some(first.addr)),
     }
     .clone();

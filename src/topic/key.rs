@@ -43,8 +43,8 @@ pub struct PollRequest {
 pub enum Pin {
     /// The server a sticky cookie names (its opaque id).
     Server(String),
-    /// The attribute a hashed upstream hashes on.
-    Hash(String),
+    /// The attribute a hashed upstream hashes on (its bytes, as the request carried them).
+    Hash(Vec<u8>),
 }
 
 /// Pins a topic's polls: on a credentialed route the pin becomes part of the key, so that
@@ -56,7 +56,7 @@ pub fn pin(key: &mut TopicKey, poll: &mut PollRequest, settings: &StreamSettings
     }
     let (kind, value) = match &pin {
         Pin::Server(id) => (b"server", id.as_bytes()),
-        Pin::Hash(attribute) => (b"hashed", attribute.as_bytes()),
+        Pin::Hash(attribute) => (b"hashed", &attribute[..]),
     };
     let mut hasher = Sha256::new();
     hasher.update(key.headers_hash);
