@@ -127,6 +127,92 @@ async fn an_allowed_origin_may_read_streams_and_gets_and_preflights_are_answered
 }
 
 #[tokio::test]
+async fn a_star_lets_any_origin_read_without_credentials_and_null_only_when_listed() {
+    let up = Upstream::start().await;
+    users(&up).await;
+    let star = json!(["*", "http://app.example:3000"]);
+    let setup = Setup::stream("/me")
+        .every("100ms")
+        .with("token", json!({"query": "access_token"}))
+        .with("origins", star)
+        .stream_route("/sandboxed")
+        .with("origins", json!(["null"]))
+        .route("/*");
+    let proxy = Proxy::launch(up.addr, &setup).await;
+    let (app, evil) = ("http://app.example:3000", "http://evil.example");
+    let bearer = format!("Bearer {ALICE}");
+    // Another origin, carrying credentials the browser would add by itself: they are not used.
+    let mut ambient = Sse::connect(proxy.addr, "/me", &[("Origin", evil), ("Authorization", &bearer)]).await;
+    assert_eq!(ambient.conn.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(ambient.conn.header("access-control-allow-credentials"), None, "`*` never with credentials");
+    let first = ambient.next_event(5 * SECOND).await.unwrap();
+    assert_eq!((first.kind(), first.json()["status"].as_u64()), ("error", Some(401)), "served as anonymous");
+    // A token the page chose to send (in the URL) still works from any origin.
+    let mut token = Sse::connect(proxy.addr, &format!("/me?access_token={ALICE}"), &[("Origin", evil)]).await;
+    assert_eq!(token.next_event(5 * SECOND).await.unwrap().json(), json!({"user": "alice"}));
+    // WebSocket has no CORS: its ambient credentials are not used either.
+    let (mut ws, response) =
+        ws_connect(proxy.addr, "/me", &[], &[("origin", evil), ("authorization", &bearer)]).await.unwrap();
+    assert_eq!(response.headers().get("access-control-allow-credentials"), None);
+    let event = ws_event(&mut ws, 5 * SECOND).await;
+    assert_eq!((event["event"].as_str(), event["data"]["status"].as_u64()), (Some("error"), Some(401)));
+    // A listed origin keeps its credentials.
+    let mut listed = Sse::connect(proxy.addr, "/me", &[("Origin", app), ("Authorization", &bearer)]).await;
+    assert_eq!(listed.conn.header("access-control-allow-origin"), Some(app));
+    assert_eq!(listed.conn.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(listed.next_event(5 * SECOND).await.unwrap().json(), json!({"user": "alice"}));
+    // Plain GETs and preflights say the same.
+    let get =
+        |origin: &str| format!("GET /me HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAuthorization: {bearer}\r\n\r\n");
+    let r = RawConn::send(proxy.addr, get(evil).as_bytes()).await.read_to_end(5 * SECOND).await;
+    assert_eq!(
+        (r.header("access-control-allow-origin"), r.header("access-control-allow-credentials")),
+        (Some("*"), None)
+    );
+    let preflight =
+        format!("OPTIONS /me HTTP/1.1\r\nHost: x\r\nOrigin: {evil}\r\nAccess-Control-Request-Method: GET\r\n\r\n");
+    let r = RawConn::send(proxy.addr, preflight.as_bytes()).await.read_to_end(5 * SECOND).await;
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (204, Some("*")));
+    assert_eq!(r.header("access-control-allow-credentials"), None);
+    // `null` (sandboxed frames, files) is not covered by `*`; listed literally, it reads without credentials.
+    let null = Sse::connect(proxy.addr, "/me", &[("Origin", "null")]).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!((null.status, null.header("access-control-allow-origin")), (403, None));
+    let r = RawConn::send(proxy.addr, get("null").as_bytes()).await.read_to_end(5 * SECOND).await;
+    assert_eq!(r.header("access-control-allow-origin"), None, "a GET from null on a `*` route");
+    up.set_json("/sandboxed", &doc(1));
+    let sandboxed = Sse::connect(proxy.addr, "/sandboxed", &[("Origin", "null")]).await;
+    assert_eq!(sandboxed.conn.status, 200);
+    assert_eq!(sandboxed.conn.header("access-control-allow-origin"), Some("null"));
+    assert_eq!(sandboxed.conn.header("access-control-allow-credentials"), None);
+}
+
+#[tokio::test]
+async fn every_answer_of_a_route_with_origins_varies_on_origin() {
+    let up = Upstream::start().await;
+    users(&up).await;
+    up.set_json("/plain", &doc(1));
+    let proxy = Proxy::launch(up.addr, &setup().route("/*")).await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    // No Origin at all: a shared cache must still not serve this copy to a page that sends one.
+    let r = RawConn::send(proxy.addr, get(&format!("/me?access_token={ALICE}")).as_bytes())
+        .await
+        .read_to_end(5 * SECOND)
+        .await;
+    assert_eq!((r.status, r.header("vary")), (200, Some("Origin")));
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let sse = Sse::connect(proxy.addr, &format!("/me?access_token={ALICE}"), &[]).await;
+    assert_eq!(sse.conn.header("vary"), Some("Origin"));
+    let refused = Sse::connect(proxy.addr, "/me?unpoll_format=yaml", &[]).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!((refused.status, refused.header("vary")), (400, Some("Origin")));
+    let other =
+        Sse::connect(proxy.addr, "/me", &[("Origin", "http://evil.example")]).await.conn.read_to_end(5 * SECOND).await;
+    assert_eq!((other.status, other.header("vary")), (403, Some("Origin")));
+    // A route without origins adds nothing.
+    let plain = RawConn::send(proxy.addr, get("/plain").as_bytes()).await.read_to_end(5 * SECOND).await;
+    assert_eq!((plain.status, plain.header("vary")), (200, None));
+}
+
+#[tokio::test]
 async fn a_token_must_name_a_header_that_splits_topics() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -401,9 +401,12 @@ const STREAM: [Key<StreamSettings>; 23] = [
     Key::new("max_subscribers", |w, v, p, s| set(&mut s.max_subscribers, w.count(v, p, 1, 10_000_000))),
     Key::new("origins", |w, v, p, s| {
         let list = w.each(v, p, |w, o, p| {
-            let valid = o == "*" || ((o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/'));
+            // `*` and `null` read without credentials (see `proxy::cors`); a named origin with them.
+            let valid = o == "*"
+                || o == "null"
+                || ((o.starts_with("http://") || o.starts_with("https://")) && !o.ends_with('/'));
             if !valid {
-                w.problem(p, format!("`{o}` is not an origin such as `https://app.example.com` (or `*`)"));
+                w.problem(p, format!("`{o}` is not an origin such as `https://app.example.com` (or `*`, or `null`)"));
                 return None;
             }
             Some(o.to_string())

@@ -59,8 +59,8 @@ pub struct Ctx {
     avoid: Option<SocketAddr>,
     /// Ask for the upstream connection to be closed after this request (see [`crate::pool`]).
     close: bool,
-    /// The origin the answer is let be read by (see [`cors`]).
-    cors: Option<String>,
+    /// What CORS adds to the answers (see [`cors`]).
+    cors: cors::Cors,
     /// When the request's head was read.
     started: Option<std::time::Instant>,
     /// It was proxied (not served here): its duration is counted.
@@ -129,25 +129,29 @@ impl ProxyHttp for Gateway {
         if let Some(stream_route) = StreamRoute::of(&route) {
             let settings = &stream_route.stream;
             // The origin a page may read the answers from, refusals included.
-            ctx.cors = cors::allowed(&session.req_header().headers, settings).map(str::to_string);
+            ctx.cors = cors::Cors::of(&session.req_header().headers, settings);
+            // A subscription from an origin let read only without credentials is served without
+            // the ones a browser sends by itself (WebSocket has no CORS to stop it otherwise).
+            if !ctx.cors.keeps_credentials() && subscribe::asks(session.req_header()) {
+                cors::drop_ambient_credentials(session.req_header_mut());
+            }
             if let Some(token) = &settings.token {
                 if let Err(reject) = token::from_query(session.req_header_mut(), token) {
                     self.metrics.rejected.with_label_values(&[reject.reason]).inc();
-                    respond_to(session, &reject, ctx.cors.as_deref()).await?;
+                    respond_to(session, &reject, &ctx.cors).await?;
                     return Ok(true);
                 }
             }
             let req = session.req_header();
-            match cors::preflight(&req.method, &req.headers, settings) {
+            match cors::preflight(&req.method, &req.headers, &ctx.cors) {
                 None => {}
-                Some(Ok(origin)) => {
-                    let origin = origin.to_string();
-                    preflight(session, &origin).await?;
+                Some(Ok(grant)) => {
+                    preflight(session, &grant).await?;
                     return Ok(true);
                 }
                 Some(Err(reject)) => {
                     self.metrics.rejected.with_label_values(&[reject.reason]).inc();
-                    respond(session, &reject).await?;
+                    respond_to(session, &reject, &cors::Cors::Vary).await?;
                     return Ok(true);
                 }
             }
@@ -155,14 +159,14 @@ impl ProxyHttp for Gateway {
                 None => {}
                 Some(Err(reject)) => {
                     self.metrics.rejected.with_label_values(&[reject.reason]).inc();
-                    respond_to(session, &reject, ctx.cors.as_deref()).await?;
+                    respond_to(session, &reject, &ctx.cors).await?;
                     return Ok(true);
                 }
                 Some(Ok(request)) => {
                     self.metrics.requests.with_label_values(&[route.label(), "subscribe"]).inc();
                     let server = table.server.clone();
                     drop(table);
-                    let cors = ctx.cors.take();
+                    let cors = std::mem::take(&mut ctx.cors);
                     let asked = ctx.started.unwrap_or_else(std::time::Instant::now);
                     ctx.subscription = true;
                     let served = self.serve_subscription(session, &stream_route, request, &server, cors, asked);
@@ -293,9 +297,7 @@ impl ProxyHttp for Gateway {
         if let Some(cookie) = ctx.set_cookie.take() {
             response.append_header(http::header::SET_COOKIE, cookie)?;
         }
-        if let Some(origin) = ctx.cors.take() {
-            cors::add_headers(response, &origin)?;
-        }
+        ctx.cors.add_headers(response)?;
         Ok(())
     }
 
@@ -379,27 +381,26 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Answers a preflight from an allowed origin: it may GET the route with credentials.
-async fn preflight(session: &mut Session, origin: &str) -> pingora::Result<()> {
+/// Answers a preflight from an allowed origin: it may GET the route (with credentials when
+/// the grant says so).
+async fn preflight(session: &mut Session, grant: &cors::Grant) -> pingora::Result<()> {
     let mut resp = ResponseHeader::build(204, Some(7))?;
-    resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
-    resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+    cors::Cors::Granted(grant.clone()).add_headers(&mut resp)?;
     resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS")?;
     resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_HEADERS, cors::ALLOWED_HEADERS)?;
     resp.insert_header(http::header::ACCESS_CONTROL_MAX_AGE, cors::PREFLIGHT_MAX_AGE.to_string())?;
-    resp.insert_header(http::header::VARY, "Origin")?;
     resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
     session.write_response_header(Box::new(resp), true).await
 }
 
 /// Answers with a small JSON error body; clients never see internals.
 async fn respond(session: &mut Session, reject: &Reject) -> pingora::Result<()> {
-    respond_to(session, reject, None).await
+    respond_to(session, reject, &cors::Cors::Off).await
 }
 
-/// [`respond`], readable by a page from `origin` when the route lets that origin read it (see
-/// [`cors`]): a browser client then sees why it was refused.
-async fn respond_to(session: &mut Session, reject: &Reject, origin: Option<&str>) -> pingora::Result<()> {
+/// [`respond`], readable by a page from another origin when the route lets that origin read
+/// it (see [`cors`]): a browser client then sees why it was refused.
+async fn respond_to(session: &mut Session, reject: &Reject, cors: &cors::Cors) -> pingora::Result<()> {
     let body = serde_json::json!({"error": reject.reason, "message": reject.message});
     let body = Bytes::from(serde_json::to_vec(&body).expect("a Value always serialises"));
     let mut resp = ResponseHeader::build(reject.status, Some(3))?;
@@ -411,9 +412,7 @@ async fn respond_to(session: &mut Session, reject: &Reject, origin: Option<&str>
     if reject.status == 503 || reject.status == 429 {
         resp.insert_header("retry-after", "5")?;
     }
-    if let Some(origin) = origin {
-        cors::add_headers(&mut resp, origin)?;
-    }
+    cors.add_headers(&mut resp)?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }

@@ -27,7 +27,7 @@ impl Gateway {
         route: &StreamRoute,
         request: SubscribeRequest,
         server: &ServerSettings,
-        cors: Option<String>,
+        cors: cors::Cors,
         asked: Instant,
     ) -> pingora::Result<()> {
         let settings = &route.stream;
@@ -46,11 +46,11 @@ impl Gateway {
         let (mut sub, set_cookie) = match self.join(route, &path, query.as_deref(), &headers, client, &request, server)
         {
             Ok(joined) => joined,
-            Err(reject) => return respond_to(session, &reject, cors.as_deref()).await,
+            Err(reject) => return respond_to(session, &reject, &cors).await,
         };
         sub.settle(request.resume.as_ref()).await;
         // More header lines: a sticky cookie, and what lets another origin read the stream.
-        let extra_head = match (set_cookie, cors.as_deref().map(cors::head_lines)) {
+        let extra_head = match (set_cookie, cors.head_lines()) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or_default() + &b.unwrap_or_default()),
         };
@@ -99,7 +99,7 @@ impl Gateway {
         route: &StreamRoute,
         request: SubscribeRequest,
         server: &ServerSettings,
-        cors: Option<String>,
+        cors: cors::Cors,
         client: Option<IpAddr>,
     ) -> pingora::Result<()> {
         let token = route.stream.token.clone().expect("an in-band token route");
@@ -107,8 +107,7 @@ impl Gateway {
         let (path, query) = (req.uri.path().to_string(), req.uri.query().map(str::to_string));
         let mut headers = req.headers.clone();
         let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
-        let handshake =
-            ws::handshake_response(key, request.subprotocol, cors.as_deref().map(cors::head_lines).as_deref());
+        let handshake = ws::handshake_response(key, request.subprotocol, cors.head_lines().as_deref());
         let access = streamed(server, session, client, route, &request, Instant::now());
         let Some(mut down) = self.detach(session, server).await? else { return Ok(()) };
         let gateway = Gateway {

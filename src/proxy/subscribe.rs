@@ -47,32 +47,39 @@ fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
         .any(|v| v.split(',').any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(token)))
 }
 
+/// Whether the request asks for a subscription (a GET upgrading to WebSocket, or accepting an
+/// event stream), valid or not.
+pub fn asks(req: &RequestHeader) -> bool {
+    req.method == Method::GET
+        && (has_token(&req.headers, "upgrade", "websocket") || has_token(&req.headers, "accept", "text/event-stream"))
+}
+
 /// `None` when the request is not a subscription (it is proxied); otherwise the validated
 /// subscription or the reason it is refused.
 pub fn classify(req: &RequestHeader, settings: &StreamSettings) -> Option<Result<SubscribeRequest, Reject>> {
-    if req.method != Method::GET {
+    if !asks(req) {
         return None;
     }
-    let headers = &req.headers;
-    let websocket = has_token(headers, "upgrade", "websocket");
-    let sse = !websocket && has_token(headers, "accept", "text/event-stream");
-    if !websocket && !sse {
-        return None;
-    }
+    let websocket = has_token(&req.headers, "upgrade", "websocket");
     Some(validate(req, settings, websocket))
 }
 
 /// The route's `origins` allowlist: a browser page from another site must not be able to open a
-/// stream with the user's cookies (cross-site WebSocket hijacking).
+/// stream with the user's cookies (cross-site WebSocket hijacking). An origin let read only
+/// without credentials (see [`super::cors`]) may subscribe, with its ambient credentials gone.
 fn check_origin(headers: &HeaderMap, settings: &StreamSettings) -> Result<(), Reject> {
     let Some(allowed) = &settings.origins else {
         return Ok(());
     };
-    match header(headers, "origin") {
+    let origin = headers.get(http::header::ORIGIN);
+    match origin {
         None if settings.allow_missing_origin => Ok(()),
         None => Err(reject(403, "origin_not_allowed", "this stream needs an Origin header")),
-        Some(origin) if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) => Ok(()),
-        Some(origin) => Err(reject(403, "origin_not_allowed", format!("origin `{origin}` may not subscribe here"))),
+        Some(o) if super::cors::grant(Some(o.as_bytes()), allowed).is_some() => Ok(()),
+        Some(o) => {
+            let shown = String::from_utf8_lossy(o.as_bytes());
+            Err(reject(403, "origin_not_allowed", format!("origin `{shown}` may not subscribe here")))
+        }
     }
 }
 
@@ -250,6 +257,11 @@ mod tests {
         let mut ws = WS.to_vec();
         ws.push(("origin", "https://evil.example"));
         assert_eq!(classify(&req("/x", &ws), &strict).unwrap().unwrap_err().status, 403);
+        let star = StreamSettings { origins: Some(vec!["*".into()]), ..strict.clone() };
+        assert!(classify(&sse(Some("https://evil.example")), &star).unwrap().is_ok(), "`*`: any origin");
+        assert_eq!(classify(&sse(Some("null")), &star).unwrap().unwrap_err().status, 403, "but not null");
+        let null = StreamSettings { origins: Some(vec!["null".into()]), ..strict.clone() };
+        assert!(classify(&sse(Some("null")), &null).unwrap().is_ok(), "null listed literally");
     }
 
     #[test]

@@ -11,7 +11,12 @@ const here = dirname(fileURLToPath(import.meta.url));
 /** The binary the Rust tests build; UNPOLL_BIN overrides. */
 export const UNPOLL = process.env.UNPOLL_BIN ?? join(here, "../../../target/debug/unpoll");
 
-/** An upstream whose documents the test sets: `/doc`, and `/me` per Authorization. */
+/** The value of cookie `name` in a request, or "". */
+const cookie = (req, name) =>
+  (req.headers.cookie ?? "").split(";").map((c) => c.trim().split("=")).find(([n]) => n === name)?.[1] ?? "";
+
+/** An upstream whose documents the test sets: `/doc`, `/me` per Authorization, and `/mine`
+ *  per `session` cookie (users keyed `session=<value>`; `session=` for a request without). */
 export async function upstream() {
   const state = { doc: { v: 0 }, users: new Map(), gets: 0 };
   const server = http.createServer((req, res) => {
@@ -20,8 +25,9 @@ export async function upstream() {
     let body;
     if (path === "/doc") body = state.doc;
     else if (path === "/me") body = state.users.get(req.headers.authorization ?? "");
+    else if (path === "/mine") body = state.users.get(`session=${cookie(req, "session")}`);
     if (body === undefined) {
-      res.writeHead(path === "/me" ? 401 : 404, { "content-type": "application/json" });
+      res.writeHead(path === "/me" || path === "/mine" ? 401 : 404, { "content-type": "application/json" });
       return res.end("{}");
     }
     res.writeHead(200, { "content-type": "application/json" });
@@ -40,8 +46,8 @@ export async function freePort() {
 }
 
 /** unpoll in front of `up`, on free ports; `start()` starts it again on the same ones.
- *  `origins` lists who may read `/me` across origins. */
-export async function proxy(up, origins) {
+ *  `origins` lists who may read `/me` across origins; `routes` is more YAML for `routes:`. */
+export async function proxy(up, origins, routes = "") {
   const [port, admin] = [await freePort(), await freePort()];
   const dir = mkdtempSync(join(tmpdir(), "unpoll-js-"));
   const config = join(dir, "unpoll.yaml");
@@ -64,7 +70,7 @@ routes:
     stream:
       interval: 100ms
       token: {query: access_token, first_message: true, timeout: 2s}
-${origins ? `      origins: ${JSON.stringify(origins)}\n` : ""}`,
+${origins ? `      origins: ${JSON.stringify(origins)}\n` : ""}${routes}`,
   );
   const p = {
     url: `http://127.0.0.1:${port}`,
