@@ -10,22 +10,23 @@
 //! in this table (read from the code's `use crate::` lines):
 //!
 //! ```text
-//! server       admin cluster config discovery health metrics proxy reload route_table status systemd topic
+//! server       admin cluster config discovery health metrics proxy redact reload route_table status systemd topic
 //! admin        metrics status
-//! status       cluster config metrics route_table topic wire
-//! cluster      config diff topic wire
-//! proxy        balance config metrics pool route_table stream sys topic wire
+//! status       cluster config metrics redact route_table topic wire
+//! cluster      config diff redact topic wire
+//! proxy        balance config metrics pool redact route_table stream sys topic wire
 //! stream       config metrics sys topic wire
-//! reload       config metrics route_table topic
+//! reload       config metrics redact route_table topic
 //! health       balance metrics route_table
 //! discovery    config metrics route_table
-//! topic        balance config diff metrics pool route_table sys wire
+//! topic        balance config diff metrics pool redact route_table sys wire
 //! wire         config diff
 //! diff         config
 //! route_table  balance config metrics pool
 //! balance      config metrics
 //! pool         config sys
 //! metrics      config
+//! redact       config
 //! demo         config
 //! config, logging, sys, systemd: nothing of the crate
 //! ```
@@ -66,7 +67,8 @@
 //!   savings counters' sums); [`admin`] serves them on a listener of its own, with
 //!   [`status`]'s JSON of the live topics.
 //! - [`logging`]: text or JSON log lines; the access log's lines are made in
-//!   [`proxy::access`].
+//!   [`proxy::access`]; [`redact`]: which query parameters carry credentials, hidden in
+//!   every log line and in `/status`.
 //! - [`config`]: the YAML configuration: the model with every default, parsed in passes (the
 //!   YAML tree with each key's line, each section through its table of keys, the checks
 //!   between keys, and names resolved in a last step, the only one with I/O), every problem
@@ -94,6 +96,7 @@ pub mod metrics;
 pub mod pool;
 pub mod procstat;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod route_table;
 pub mod server;

@@ -99,6 +99,7 @@ impl Reloader {
         let next = Arc::new(RouteTable::new(&config, &self.metrics, Some(&running)));
         self.metrics.prepare(&config);
         self.table.store(next.clone());
+        crate::redact::install(&config);
         self.hub.reconcile(&next);
         Ok(())
     }

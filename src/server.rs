@@ -139,6 +139,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     let (tx, rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     metrics.prepare(config);
+    crate::redact::install(config);
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::new(config, &metrics, None)));
     let poller = Poller::new(metrics.clone(), rx.clone(), config.server.diff_threads);
     let mut in_cluster = None;

@@ -3,7 +3,9 @@
 //! Per stream route its live topics: subscribers by protocol and format, the last poll's time
 //! and outcome, the current version, the error subscribers were told, and in a cluster this
 //! node's role. A topic is named by its route, its target (path and query as sent upstream,
-//! with `unpoll_*` and token parameters already gone) and a short hash of the headers that
+//! with `unpoll_*` and token parameters already gone, and the value of any parameter whose
+//! name looks like a credential written `redacted`, see [`crate::redact`]) and a short hash
+//! of the headers that
 //! split it. That hash is salted per process, so it tells topics apart without letting anyone
 //! confirm a guessed credential; no header value appears. At most [`TOPICS_LISTED`] topics
 //! are listed per route, the most subscribed first, with the route's `topic_count`.
@@ -106,9 +108,11 @@ impl Status {
             let ago = SystemTime::now().duration_since(at).map_or(0.0, |d| d.as_secs_f64());
             json!({"at": httpdate::fmt_http_date(at), "unix": unix, "ago_seconds": ago, "outcome": outcome})
         });
+        // A query parameter that carries a credential is not shown (see `redact`).
+        let target = crate::redact::target(&topic.key.target);
         json!({
-            "topic": format!("{} {} #{hash}", topic.key.route, topic.key.target),
-            "target": topic.key.target,
+            "topic": format!("{} {target} #{hash}", topic.key.route),
+            "target": target,
             "hash": hash,
             "subscribers": {"total": topic.subscribers(), "sse": status.protocols[Protocol::Sse.index()], "websocket": status.protocols[Protocol::WebSocket.index()]},
             "formats": formats,

@@ -211,6 +211,49 @@ async fn the_access_log_names_each_request_and_subscription_without_tokens() {
 }
 
 #[tokio::test]
+async fn credentials_in_query_strings_reach_no_log_line_and_no_status() {
+    let up = Upstream::start().await;
+    up.set_json("/plain", &json!({"ok": true}));
+    up.set_json("/items/a", &json!({"n": 1}));
+    let setup = Setup::stream("/me")
+        .with("token", json!({"query": "access_token"}))
+        .stream_route("/items/*")
+        .route("/plain")
+        .server("access_log", true);
+    let proxy = Proxy::launch(up.addr, &setup).await;
+    let secrets = ["s1-bad-path", "s2-no-route", "s3-encoded", "s4-api-key", "s5-signature", "s6-password"];
+    // Refused before any route is known: the token parameter is still in the target.
+    let bad = RawConn::send(proxy.addr, b"GET /a/%2e%2e%2fb?access_token=s1-bad-path HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(bad.await.read_to_end(5 * SECOND).await.status, 400);
+    assert_eq!(http_get(proxy.addr, "/nowhere?access_token=s2-no-route").await.unwrap().status, 404);
+    // Proxied, under an encoded name, beside names that look like credentials.
+    let plain = http_get(proxy.addr, "/plain?access%5Ftoken=s3-encoded&api_key=s4-api-key&page=2").await.unwrap();
+    assert_eq!(plain.status, 200);
+    // A topic whose target carries a signature: /status names it without the value.
+    let mut sse = Sse::connect(proxy.addr, "/items/a?X-Amz-Signature=s5-signature", &[]).await;
+    sse.next_event(5 * SECOND).await.unwrap();
+    let (s, text) = status(&proxy).await;
+    topic(&s, "/items/*", "/items/a?X-Amz-Signature=redacted");
+    // pingora's own error line for a request it could not proxy.
+    up.stop();
+    assert_eq!(http_get(proxy.addr, "/plain?password=s6-password").await.unwrap().status, 502);
+    let wrote = |needle: &'static str| proxy.log().contains(needle);
+    assert!(eventually(5 * SECOND, || async { wrote("password=redacted") }).await, "{}", proxy.log());
+    let log = proxy.log();
+    for secret in secrets {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        assert!(!text.contains(secret), "{secret} in /status:\n{text}");
+    }
+    for line in [
+        "GET /a/%2e%2e%2fb?access_token=redacted 400",
+        "GET /nowhere?access_token=redacted 404",
+        "GET /plain?access%5Ftoken=redacted&api_key=redacted&page=2 200",
+    ] {
+        assert!(log.contains(line), "`{line}` not in:\n{log}");
+    }
+}
+
+#[tokio::test]
 async fn without_access_log_no_line_is_written_and_text_is_the_default_format() {
     let up = Upstream::start().await;
     up.set_json("/plain", &json!({"ok": true}));

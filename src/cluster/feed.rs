@@ -343,7 +343,7 @@ impl Life {
                 log::info!(
                     "topic {} {}: took over polling, continuing version {} (epoch {})",
                     self.topic.key.route,
-                    self.topic.key.target,
+                    crate::redact::target(&self.topic.key.target),
                     read.version,
                     read.epoch
                 );

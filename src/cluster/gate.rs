@@ -93,7 +93,7 @@ impl Gate for Leading {
                     log::info!(
                         "topic {} {}: version {} not published: {}; following the node that polls it now",
                         topic.key.route,
-                        topic.key.target,
+                        crate::redact::target(&topic.key.target),
                         pending.version,
                         if refused == 0 { "the lease moved on" } else { "the stored version moved on" }
                     );
@@ -138,7 +138,11 @@ pub async fn keep(gate: Arc<Leading>, topic: Arc<Topic>, retain: u64) {
         match scripts::refresh(&c, &gate.keys, &gate.token, false, retain).await {
             Ok(r) if r.leading => gate.others.store(r.others, Ordering::Relaxed),
             Ok(_) => {
-                log::info!("topic {} {}: the lease moved to another node", topic.key.route, topic.key.target);
+                log::info!(
+                    "topic {} {}: the lease moved to another node",
+                    topic.key.route,
+                    crate::redact::target(&topic.key.target)
+                );
                 gate.demote(true);
                 topic.wake.notify_one();
                 return;

@@ -71,6 +71,10 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// `server.redact_params` by default: the parts of a query parameter's name that make its
+/// value a credential in logs and `/status`.
+pub const REDACT_PARAMS: [&str; 6] = ["token", "key", "secret", "password", "auth", "signature"];
+
 /// `server:` — listeners and process-wide settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
@@ -110,6 +114,10 @@ pub struct ServerSettings {
     /// `access_log`: log a line per proxied request, refused request and ended subscription
     /// (target `unpoll::access`, at info).
     pub access_log: bool,
+    /// `redact_params`: parts of query parameter names (any case, after decoding) whose
+    /// values every log line and `/status` write `redacted`; every route's token parameter
+    /// is hidden too, whatever this says.
+    pub redact_params: Vec<String>,
 }
 
 /// `upstreams.<name>:` — a group of servers.
@@ -466,6 +474,7 @@ impl Default for ServerSettings {
             websocket_max_message: 64 * 1024,
             upgrade_sock: "/tmp/unpoll_upgrade.sock".into(),
             access_log: false,
+            redact_params: REDACT_PARAMS.map(String::from).to_vec(),
             max_request_header: 16 * 1024,
             header_timeout: Duration::from_secs(10),
         }

@@ -92,7 +92,7 @@ const CLUSTER: [Key<ClusterSettings>; 8] = [
 ];
 
 /// `server:`.
-const SERVER: [Key<ServerSettings>; 16] = [
+const SERVER: [Key<ServerSettings>; 17] = [
     Key::new("listen", |w, v, p, s| {
         let list = w.each(v, p, |w, a, p| w.address(a, p))?;
         if list.is_empty() {
@@ -128,6 +128,16 @@ const SERVER: [Key<ServerSettings>; 16] = [
     Key::new("header_timeout", |w, v, p, s| set(&mut s.header_timeout, w.duration(v, p, ms(100)))),
     Key::new("diff_threads", |w, v, p, s| set(&mut s.diff_threads, w.count(v, p, 1, 256))),
     Key::new("access_log", |w, v, p, s| set(&mut s.access_log, w.boolean(v, p))),
+    Key::new("redact_params", |w, v, p, s| {
+        let list = w.each(v, p, |w, part, p| {
+            if part.trim().is_empty() {
+                w.problem(p, "an empty part would hide every parameter; remove it");
+                return None;
+            }
+            Some(part.to_string())
+        });
+        set(&mut s.redact_params, list)
+    }),
     Key::new("max_topics_per_client", |w, v, p, s| set(&mut s.max_topics_per_client, w.count(v, p, 1, 10_000_000))),
     Key::new("trusted_proxies", |w, v, p, s| {
         let list = w.each(v, p, |w, text, p| {

@@ -7,8 +7,9 @@
 //! `format` and `ended` (`closed`, or why the proxy dropped it).
 //!
 //! The target is the path and query as routed: a token parameter was already moved into its
-//! header, and the value of every `unpoll_*` parameter and of a route's token parameter is
-//! written `redacted`. No header is logged.
+//! header, and every parameter that carries a credential (any route's token parameter, those
+//! whose names look like one, see [`crate::redact`]) and every `unpoll_*` one is written
+//! `redacted`. No header is logged.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 pub struct Entry<'a> {
     pub client: Option<IpAddr>,
     pub method: &'a str,
-    /// The path and query (see [`redact`]).
+    /// The path and query (see [`crate::redact`]).
     pub target: &'a str,
     pub route: &'a str,
     pub kind: &'static str,
@@ -31,8 +32,8 @@ pub struct Entry<'a> {
 }
 
 /// Writes `entry`'s line.
-pub fn write(entry: &Entry, token_param: Option<&str>) {
-    let target = redact(entry.target, token_param);
+pub fn write(entry: &Entry) {
+    let target = crate::redact::target(entry.target);
     let client = entry.client.map_or_else(|| "-".to_string(), |c| c.to_string());
     let upstream = entry.upstream.map_or_else(|| "-".to_string(), |u| u.to_string());
     let status = entry.status.map_or(0, u64::from);
@@ -42,7 +43,7 @@ pub fn write(entry: &Entry, token_param: Option<&str>) {
         target: "unpoll::access",
         client = client.as_str(),
         method = entry.method,
-        path = target.as_str(),
+        path = target.as_ref(),
         route = entry.route,
         kind = entry.kind,
         status = status,
@@ -56,31 +57,11 @@ pub fn write(entry: &Entry, token_param: Option<&str>) {
     );
 }
 
-/// `target` with the value of every `unpoll_*` parameter, and of `token_param`, replaced by
-/// `redacted`.
-pub fn redact(target: &str, token_param: Option<&str>) -> String {
-    let Some((path, query)) = target.split_once('?') else { return target.to_string() };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
-            let secret = name.starts_with("unpoll_") || Some(name) == token_param;
-            if secret && pair.contains('=') {
-                format!("{name}=redacted")
-            } else {
-                pair.to_string()
-            }
-        })
-        .collect();
-    format!("{path}?{}", parts.join("&"))
-}
-
 /// A subscription's line, written when it ends.
 pub struct Streamed {
     pub client: Option<IpAddr>,
     pub target: String,
     pub route: String,
-    pub token_param: Option<String>,
     /// 200 (SSE) or 101 (WebSocket).
     pub status: u16,
     pub started: std::time::Instant,
@@ -105,21 +86,6 @@ impl Streamed {
             bytes: self.bytes.load(std::sync::atomic::Ordering::Relaxed),
             stream: Some((self.protocol, self.format, ended)),
         };
-        write(&entry, self.token_param.as_deref());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn unpoll_and_token_parameters_are_redacted() {
-        assert_eq!(
-            redact("/a?x=1&unpoll_last_event_id=e-3&access_token=s3cr3t&y", Some("access_token")),
-            "/a?x=1&unpoll_last_event_id=redacted&access_token=redacted&y"
-        );
-        assert_eq!(redact("/a?access_token=s", None), "/a?access_token=s");
-        assert_eq!(redact("/a", Some("t")), "/a");
+        write(&entry);
     }
 }

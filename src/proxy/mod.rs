@@ -78,11 +78,6 @@ fn client_of(session: &Session, trusted: &[crate::config::Cidr]) -> Option<std::
     Some(client::client_address(peer, forwarded, trusted))
 }
 
-/// The query parameter a route takes its token from, if it does.
-fn token_param(route: &Route) -> Option<&str> {
-    route.stream.as_ref()?.token.as_ref()?.query.as_deref()
-}
-
 /// The error that sends a request on to another connection: the pooled one it was given had
 /// bytes waiting, or was closed. Nothing was sent on it, so any request may be retried.
 const STALE: ErrorType = ErrorType::Custom("stale pooled upstream connection");
@@ -182,6 +177,15 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
+    /// How pingora's own log lines (a failed proxy attempt, at error) name the request: as
+    /// pingora does, with credential parameters hidden (see [`crate::redact`]).
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let host = req.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()));
+        format!("{} {}, Host: {}", req.method, crate::redact::target(target), host.as_deref().unwrap_or(""))
+    }
+
     /// Counts a proxied request's duration, by route and status class.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map(|r| r.status.as_u16());
@@ -217,7 +221,7 @@ impl ProxyHttp for Gateway {
             bytes: session.body_bytes_sent() as u64,
             stream: None,
         };
-        access::write(&entry, route.and_then(token_param));
+        access::write(&entry);
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {

@@ -276,7 +276,6 @@ fn streamed(
         client,
         target: req.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
         route: route.label().to_string(),
-        token_param: route.stream.token.as_ref().and_then(|t| t.query.clone()),
         status: if request.protocol == Protocol::WebSocket { 101 } else { 200 },
         started,
         protocol: request.protocol.name(),

@@ -175,7 +175,11 @@ impl Hub {
             // Removed already, in the same step that found it idle.
             Stopped::Idle => {}
             Stopped::Failed => {
-                log::error!("topic {} {}: its feed failed; the topic is retired", topic.key.route, topic.key.target);
+                log::error!(
+                    "topic {} {}: its feed failed; the topic is retired",
+                    topic.key.route,
+                    crate::redact::target(&topic.key.target)
+                );
                 self.remove(&topic);
                 topic.close(ErrorEvent::going_away(
                     500,

@@ -71,7 +71,7 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate:
     // When the next poll is due (none before the first).
     let mut due: Option<Instant> = None;
     let late = metrics.polls_late.with_label_values(&[&route]);
-    log::debug!("topic {} {} polls (epoch {})", route, topic.key.target, topic.epoch());
+    log::debug!("topic {} {} polls (epoch {})", route, crate::redact::target(&topic.key.target), topic.epoch());
     loop {
         if topic.is_closed() {
             return Stopped::Closed;
@@ -190,7 +190,7 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate:
             let idle_deadline = idle_since.map(|t| t + linger);
             let now = Instant::now();
             if idle_deadline.is_some_and(|d| d <= now) && retire.retire_if_idle(topic) {
-                log::debug!("topic {} {} stops: no subscribers", route, topic.key.target);
+                log::debug!("topic {} {} stops: no subscribers", route, crate::redact::target(&topic.key.target));
                 return Stopped::Idle;
             }
             let uncount_at = idle_since.filter(|_| topic.counted()).map(|t| t + settings.linger_unshared);
