@@ -126,6 +126,37 @@ async fn an_allowed_origin_may_read_streams_and_gets_and_preflights_are_answered
     assert_eq!((open.conn.status, open.conn.header("access-control-allow-origin")), (200, None));
 }
 
+/// A client's text frame (masked, as clients must), of under 126 bytes.
+fn client_text_frame(text: &str) -> Vec<u8> {
+    assert!(text.len() < 126);
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn an_auth_message_sent_in_the_same_write_as_the_handshake_is_not_lost() {
+    let up = Upstream::start().await;
+    users(&up).await;
+    let setup = Setup::stream("/me").every("100ms").with("token", json!({"first_message": true, "timeout": "2s"}));
+    let proxy = Proxy::launch(up.addr, &setup).await;
+    let handshake = "GET /me HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut request = handshake.as_bytes().to_vec();
+    request.extend(client_text_frame(&json!({"type": "auth", "token": ALICE}).to_string()));
+    // One write: the head and the first frame reach the proxy in the same segment.
+    let mut conn = RawConn::send(proxy.addr, &request).await;
+    assert_eq!(conn.status, 101);
+    let alice = br#"{"user":"alice"}"#;
+    let got = conn.read_until(5 * SECOND, |b| b.windows(alice.len()).any(|w| w == alice)).await;
+    assert!(got, "the snapshot, not a 4401 close: {:?}", String::from_utf8_lossy(&conn.body));
+    assert!(up.seen("/me").iter().all(|s| s.header("authorization") == Some(&format!("Bearer {ALICE}"))));
+    let dropped = proxy.metric("unpoll_subscribers_dropped_total", &[("route", "/me"), ("reason", "unauthenticated")]);
+    assert_eq!(dropped.await, 0.0);
+}
+
 #[tokio::test]
 async fn a_star_lets_any_origin_read_without_credentials_and_null_only_when_listed() {
     let up = Upstream::start().await;

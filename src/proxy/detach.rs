@@ -5,6 +5,7 @@
 //! just shuts the placeholder down, and nothing reaches the client.
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::protocols::http::ServerSession as HttpSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
@@ -16,17 +17,39 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The client's stream of an HTTP/1 session, or None (the session is left as it was) for
-/// other kinds of session.
-pub fn detach(session: &mut Session) -> Option<Stream> {
+/// The client's stream of an HTTP/1 session, with the bytes pingora already read past the
+/// request's head (a WebSocket client may send its first frames in the same write as its
+/// handshake); None (the session is left as it was) for other kinds of session, or if the
+/// stream could not be taken.
+pub async fn detach(session: &mut Session) -> Option<(Stream, BytesMut)> {
     let mut placeholder = HttpSession::new_http1(Box::new(Detached));
     placeholder.set_keepalive(None);
-    match std::mem::replace(&mut *session.downstream_session, placeholder) {
-        HttpSession::H1(h1) => Some(h1.into_inner()),
+    let mut h1 = match std::mem::replace(&mut *session.downstream_session, placeholder) {
+        HttpSession::H1(h1) => h1,
         other => {
             *session.downstream_session = other;
-            None
+            return None;
         }
+    };
+    // pingora hands over what it read ahead only with a session kept alive for another
+    // request ("pipelining"): ask for that, on a request without a body (a subscription is a
+    // GET), and take the stream and those bytes back out. Otherwise (a body, or `Connection:
+    // close`) the stream alone, as before.
+    if h1.is_body_done() {
+        h1.set_pipelining_enabled(true);
+        h1.set_keepalive_reuses_remaining(None);
+        h1.set_server_keepalive(Some(0));
+    }
+    if !h1.is_body_done() || !h1.will_keepalive() {
+        return Some((h1.into_inner(), BytesMut::new()));
+    }
+    match h1.reuse().await {
+        Ok(Some(reusable)) => {
+            let (stream, ahead) = reusable.into_parts();
+            Some((stream, ahead.unwrap_or_default()))
+        }
+        // Not reached for a request without a body; the connection is gone if it were.
+        _ => None,
     }
 }
 

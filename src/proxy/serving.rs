@@ -62,7 +62,7 @@ impl Gateway {
         let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics)
             .asked_at(asked, &self.metrics, route.label())
             .tallied(access.as_ref().map(|a| a.bytes.clone()));
-        let Some(down) = self.detach(session, server).await? else { return Ok(()) };
+        let Some(down) = self.detach(session, server, request.protocol).await? else { return Ok(()) };
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
         let route = route.clone();
@@ -109,7 +109,7 @@ impl Gateway {
         let key = request.ws_key.as_deref().expect("validated upgrades carry a key");
         let handshake = ws::handshake_response(key, request.subprotocol, cors.head_lines().as_deref());
         let access = streamed(server, session, client, route, &request, Instant::now());
-        let Some(mut down) = self.detach(session, server).await? else { return Ok(()) };
+        let Some(mut down) = self.detach(session, server, Protocol::WebSocket).await? else { return Ok(()) };
         let gateway = Gateway {
             table: self.table.clone(),
             hub: self.hub.clone(),
@@ -170,9 +170,16 @@ impl Gateway {
     }
 
     /// Takes the client's socket out of pingora, to be served from a task of its own (so
-    /// pingora's state for this request is freed). `None` once refused (not HTTP/1.1).
-    async fn detach(&self, session: &mut Session, server: &ServerSettings) -> pingora::Result<Option<Downstream>> {
-        let Some(stream) = detach::detach(session) else {
+    /// pingora's state for this request is freed). `None` once refused (not HTTP/1.1). A
+    /// WebSocket's bytes that came with its handshake are read first; an SSE client sends
+    /// nothing that matters (what it sends only says it left).
+    async fn detach(
+        &self,
+        session: &mut Session,
+        server: &ServerSettings,
+        protocol: Protocol,
+    ) -> pingora::Result<Option<Downstream>> {
+        let Some((stream, ahead)) = detach::detach(session).await else {
             let reject =
                 Reject { status: 400, reason: "bad_request", message: "streams are served over HTTP/1.1".to_string() };
             respond(session, &reject).await?;
@@ -180,7 +187,8 @@ impl Gateway {
         };
         let (stream, id) = downstream::lean(head_deadline::HeadDeadline::unwrap(stream));
         let hold = Box::new(self.connections.hold(id));
-        Ok(Some(Downstream::new(stream, hold, server.write_timeout)))
+        let down = Downstream::new(stream, hold, server.write_timeout);
+        Ok(Some(if protocol == Protocol::WebSocket { down.read_ahead(ahead) } else { down }))
     }
 
     /// Who the subscriber is (its topic key, pinned on a sticky upstream to where its plain

@@ -67,11 +67,21 @@ pub struct Downstream {
     _hold: Box<dyn Send + Sync>,
     stream: Socket,
     write_timeout: Duration,
+    /// What the client sent that was read before the stream was taken over: the next read
+    /// returns it first.
+    ahead: bytes::BytesMut,
 }
 
 impl Downstream {
     pub fn new(stream: Socket, hold: Box<dyn Send + Sync>, write_timeout: Duration) -> Downstream {
-        Downstream { _hold: hold, stream, write_timeout }
+        Downstream { _hold: hold, stream, write_timeout, ahead: bytes::BytesMut::new() }
+    }
+
+    /// The same, with `ahead` (bytes the client sent with its request's head, read already)
+    /// to be read first.
+    pub fn read_ahead(mut self, ahead: bytes::BytesMut) -> Downstream {
+        self.ahead = ahead;
+        self
     }
 
     /// Writes all of `bytes` and flushes them, within `write_timeout`.
@@ -103,6 +113,11 @@ impl Downstream {
 
     /// Reads what the client sent into `buf`; 0 when it closed the connection.
     pub async fn read(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        if !self.ahead.is_empty() {
+            let n = self.ahead.len();
+            buf.unsplit(self.ahead.split());
+            return Ok(n);
+        }
         if buf.capacity() - buf.len() < 256 {
             buf.reserve(256);
         }
