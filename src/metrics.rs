@@ -26,6 +26,8 @@ pub const POLL_OUTCOMES: [&str; 12] = [
     "too_deep",
     "bad_encoding",
 ];
+/// `reason` of `unpoll_admin_connections_closed_total`.
+pub const ADMIN_CLOSE_REASONS: [&str; 3] = ["evicted", "refused", "timeout"];
 /// `reason` of `unpoll_requests_rejected_total`.
 pub const REJECT_REASONS: [&str; 12] = [
     "unknown_format",
@@ -76,6 +78,13 @@ pub struct Metrics {
     pub topic_creators: IntGauge,
     /// `unpoll_connections`: open downstream connections on the proxy listener.
     pub connections: IntGauge,
+    /// `unpoll_admin_connections`: open connections on the admin listener (at most
+    /// `server.admin_max_connections`).
+    pub admin_connections: IntGauge,
+    /// `unpoll_admin_connections_closed_total{reason}`: admin connections closed by unpoll:
+    /// `evicted` (idle, to make room for a newcomer), `refused` (full, none idle), `timeout`
+    /// (no request in time).
+    pub admin_closed: IntCounterVec,
     /// `unpoll_upstream_polls_total{route,outcome}`: outcome is `changed`, `unchanged`,
     /// `equivalent` (new bytes, same JSON), `not_modified`, `error_status`, `terminal_status`, `unreachable`, `timeout`, `too_large`, `unreadable`, `too_deep`, `bad_encoding`.
     pub polls: IntCounterVec,
@@ -261,6 +270,12 @@ impl Metrics {
             subscribers: gauge_vec("unpoll_subscribers", "Open subscriptions", &["route", "protocol"]),
             topics,
             connections,
+            admin_connections: gauge("unpoll_admin_connections", "Open connections on the admin listener", 0),
+            admin_closed: counter_vec(
+                "unpoll_admin_connections_closed_total",
+                "Admin connections closed by unpoll: evicted, refused, timeout",
+                &["reason"],
+            ),
             polls: counter_vec("unpoll_upstream_polls_total", "Upstream polls by outcome", &["route", "outcome"]),
             polls_late: counter_vec(
                 "unpoll_upstream_polls_late_total",
@@ -355,6 +370,9 @@ impl Metrics {
         }
         for lane in LANES {
             self.diff_waits.with_label_values(&[lane]);
+        }
+        for reason in ADMIN_CLOSE_REASONS {
+            self.admin_closed.with_label_values(&[reason]);
         }
         self.requests.with_label_values(&["", "no_route"]);
         for (name, upstream) in &config.upstreams {

@@ -44,6 +44,9 @@ pub fn restart_needed(running: &ServerSettings, new: &ServerSettings) -> Option<
     if running.admin != new.admin {
         changed.push("server.admin");
     }
+    if running.admin_max_connections != new.admin_max_connections {
+        changed.push("server.admin_max_connections");
+    }
     if running.threads != new.threads {
         changed.push("server.threads");
     }

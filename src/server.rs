@@ -192,7 +192,8 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
         let listener = admin::bind(addr, upgrade).map_err(|source| BuildError::Admin { addr: addr.clone(), source })?;
         let status = Status::new(hub, table, metrics.clone(), in_cluster);
         let admin = Admin { metrics, draining: rx.clone(), status };
-        server.add_service(background_service("admin", AdminService::new(listener, admin)));
+        let service = AdminService::new(listener, admin, config.server.admin_max_connections);
+        server.add_service(background_service("admin", service));
     }
     let relay = ShutdownRelay { tx, connections, grace_period: config.server.grace_period };
     server.add_service(background_service("shutdown relay", relay));

@@ -464,3 +464,73 @@ async fn a_websocket_upgrade_with_two_keys_is_refused() {
     assert_eq!((resp.status, resp.json()["error"].as_str()), (400, Some("bad_upgrade")));
     assert_eq!(up.count("/doc"), 0);
 }
+
+/// Holds a connection to `admin` open, sending a request now and then, and comes back 100 ms
+/// after the proxy closes it; until `stop`.
+async fn hold_admin(admin: std::net::SocketAddr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(mut c) = tokio::net::TcpStream::connect(admin).await {
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                if c.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(5 * SECOND, c.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => break,
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn probes_answer_while_two_hundred_idle_connections_hold_the_admin_listener() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = Upstream::start().await;
+    let proxy = Proxy::launch(up.addr, &Setup::new().route("/*")).await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let holders: Vec<_> = (0..200).map(|_| tokio::spawn(hold_admin(proxy.admin, stop.clone()))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // A probe a fresh connection makes, as a kubelet's: every one answers, and soon.
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(2 * SECOND, http_get(proxy.admin, "/healthz")).await;
+        let status = answer.ok().flatten().map(|r| r.status);
+        assert_eq!(status, Some(200), "probe {i} unanswered after {:?}", started.elapsed());
+        for path in ["/readyz", "/metrics"] {
+            let r = tokio::time::timeout(2 * SECOND, http_get(proxy.admin, path)).await.ok().flatten();
+            assert_eq!(r.map(|r| r.status), Some(200), "{path} during probe {i}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let metrics = http_get(proxy.admin, "/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let open = metric_value(&text, "unpoll_admin_connections", &[]).unwrap();
+    assert!(open <= 64.0, "at most admin_max_connections held: {open}");
+    let evicted = metric_value(&text, "unpoll_admin_connections_closed_total", &[("reason", "evicted")]).unwrap();
+    assert!(evicted > 0.0, "idle holders made room");
+    stop.store(true, Ordering::Relaxed);
+    for h in holders {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_admin_connection_that_sends_nothing_is_closed_after_its_first_request_timeout() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start().await;
+    let proxy = Proxy::launch(up.addr, &Setup::new().route("/*")).await;
+    let mut silent = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(10 * SECOND, silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed: {read:?}");
+    let took = started.elapsed();
+    assert!(took >= 4 * SECOND && took < 8 * SECOND, "after about 5 s: {took:?}");
+    assert_eq!(proxy.metric("unpoll_admin_connections_closed_total", &[("reason", "timeout")]).await, 1.0);
+}

@@ -82,6 +82,9 @@ pub struct ServerSettings {
     pub listen: Vec<String>,
     /// `admin`: address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin: Option<String>,
+    /// `admin_max_connections`: connections the admin listener holds at once (one peer at
+    /// most half); when full, an idle one is closed to make room for a newcomer.
+    pub admin_max_connections: usize,
     /// `threads`: worker threads of the proxy.
     pub threads: usize,
     /// `grace_period`: the longest a SIGTERM shutdown takes.
@@ -462,6 +465,7 @@ impl Default for ServerSettings {
         ServerSettings {
             listen: vec!["0.0.0.0:8080".into()],
             admin: None,
+            admin_max_connections: 64,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             diff_threads: std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             grace_period: Duration::from_secs(5),

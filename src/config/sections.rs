@@ -92,7 +92,7 @@ const CLUSTER: [Key<ClusterSettings>; 8] = [
 ];
 
 /// `server:`.
-const SERVER: [Key<ServerSettings>; 17] = [
+const SERVER: [Key<ServerSettings>; 18] = [
     Key::new("listen", |w, v, p, s| {
         let list = w.each(v, p, |w, a, p| w.address(a, p))?;
         if list.is_empty() {
@@ -105,6 +105,7 @@ const SERVER: [Key<ServerSettings>; 17] = [
         let text = w.string(v, p)?;
         set(&mut s.admin, w.address(&text, p).map(Some))
     }),
+    Key::new("admin_max_connections", |w, v, p, s| set(&mut s.admin_max_connections, w.count(v, p, 2, 10_000))),
     Key::new("threads", |w, v, p, s| set(&mut s.threads, w.count(v, p, 1, 256))),
     // Pingora gives streams `grace_period - 1s` to close before it cancels tasks: at least a
     // second, so that every stream can end cleanly.

@@ -13,6 +13,7 @@ use crate::status::Status;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use slots::{Slot, Slots};
 use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -20,14 +21,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-/// Admin connections served at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 64;
+pub mod slots;
+
 /// Largest request head the admin listener reads.
 const MAX_HEAD: usize = 8192;
-/// How long an admin connection may take to send a request, or stay idle between two.
+/// How long a new admin connection may take to send its first request.
+const FIRST_REQUEST: Duration = Duration::from_secs(5);
+/// How long a kept-alive admin connection may stay idle between two requests.
 const IDLE: Duration = Duration::from_secs(30);
+/// How long an answer may take to write (a client that does not read is dropped).
+const WRITE: Duration = Duration::from_secs(10);
 
 /// What the admin endpoints answer.
 pub struct Admin {
@@ -77,15 +82,20 @@ pub fn bind(addr: &str, upgrade: bool) -> io::Result<std::net::TcpListener> {
 }
 
 /// The admin listener as a background service: it ignores pingora's shutdown, so it answers
-/// (`/readyz`: `503 draining`) until the process exits.
+/// (`/readyz`: `503 draining`) until the process exits. At most `max_connections` at once;
+/// when full, an idle one makes room for a newcomer (see [`slots`]), so that probes answer
+/// however many connections others hold open.
 pub struct AdminService {
     listener: Mutex<Option<std::net::TcpListener>>,
     admin: Arc<Admin>,
+    slots: Arc<Slots>,
 }
 
 impl AdminService {
-    pub fn new(listener: std::net::TcpListener, admin: Admin) -> AdminService {
-        AdminService { listener: Mutex::new(Some(listener)), admin: Arc::new(admin) }
+    pub fn new(listener: std::net::TcpListener, admin: Admin, max_connections: usize) -> AdminService {
+        let metrics = &admin.metrics;
+        let slots = Slots::new(max_connections, metrics.admin_connections.clone(), metrics.admin_closed.clone());
+        AdminService { listener: Mutex::new(Some(listener)), admin: Arc::new(admin), slots }
     }
 }
 
@@ -100,29 +110,41 @@ impl BackgroundService for AdminService {
                 return;
             }
         };
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+            let Some(slot) = self.slots.take(peer.ip()) else { continue };
             let admin = self.admin.clone();
             tokio::spawn(async move {
-                let _ = serve(stream, &admin).await;
+                let _ = serve(stream, &admin, &slot).await;
                 drop(slot);
             });
         }
     }
 }
 
-/// Answers requests on one keep-alive connection.
-async fn serve(mut stream: TcpStream, admin: &Admin) -> io::Result<()> {
+/// Answers requests on one keep-alive connection, until the client closes it, is idle too
+/// long, or its slot is wanted for another.
+async fn serve(mut stream: TcpStream, admin: &Admin, slot: &Slot) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
+    let mut wait = FIRST_REQUEST;
     loop {
-        let Some((path, close, used)) = tokio::time::timeout(IDLE, read_head(&mut stream, &mut buf)).await?? else {
+        slot.idle();
+        let head = tokio::select! {
+            head = tokio::time::timeout(wait, read_head(&mut stream, &mut buf)) => head,
+            _ = slot.evicted.notified() => return Ok(()),
+        };
+        let Ok(head) = head else {
+            slot.timed_out();
             return Ok(());
         };
+        let Some((path, close, used)) = head? else {
+            return Ok(());
+        };
+        slot.busy();
+        wait = IDLE;
         buf.drain(..used);
         let (status, content_type, body) = admin.answer(&path);
         let reason = match status {
@@ -138,7 +160,7 @@ async fn serve(mut stream: TcpStream, admin: &Admin) -> io::Result<()> {
         );
         let mut response = head.into_bytes();
         response.extend_from_slice(&body);
-        stream.write_all(&response).await?;
+        tokio::time::timeout(WRITE, stream.write_all(&response)).await??;
         if close {
             return Ok(());
         }
