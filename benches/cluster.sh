@@ -42,8 +42,10 @@ run_cluster() {
   redis_pid=$!
   PIDS+=("$redis_pid")
   wait_http "127.0.0.1:$redis_port"
+  # The cluster's secret, the same for every node.
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/cluster.secret"
   for name in a b c; do
-    EXTRA_YAML="cluster: {redis: \"redis://127.0.0.1:$redis_port/0\", node: node-$name}" start_unpoll "${INTERVAL_MS}ms"
+    EXTRA_YAML="cluster: {redis: \"redis://127.0.0.1:$redis_port/0\", node: node-$name, secret_file: \"$WORK/cluster.secret\"}" start_unpoll "${INTERVAL_MS}ms"
     nodes+=("$UNPOLL"); pids+=("$UNPOLL_PID")
   done
   cpu0="$(cpu_seconds "$redis_pid")"

@@ -19,6 +19,7 @@ fn setup(redis: &RedisServer) -> Setup {
         .every("200ms")
         .upstream("timeout", "1s")
         .cluster("redis", redis.url())
+        .cluster("secret_file", redis.secret_file())
         .cluster("lease", "1s")
         .cluster("timeout", "300ms")
 }
@@ -508,6 +509,8 @@ async fn publication_is_fenced_by_the_lease_token_and_the_version_sequence() {
             document: bytes::Bytes::from(format!("{{\"v\":{version}}}")),
             json_patch: Some(bytes::Bytes::from_static(b"[]")),
             merge_patch: None,
+            document_tag: [1; 32],
+            patches_tag: [2; 32],
         };
         let (payload, spans) = message.encode();
         let s = spans.unwrap();
@@ -516,7 +519,7 @@ async fn publication_is_fenced_by_the_lease_token_and_the_version_sequence() {
         for (at, len) in [s.document, s.json_patch, s.merge_patch] {
             call.arg(at).arg(len);
         }
-        call.arg(8).arg(60_000).arg(if reset { "1" } else { "0" });
+        call.arg(8).arg(60_000).arg(if reset { "1" } else { "0" }).arg(&[1u8; 32][..]).arg(&[2u8; 32][..]);
         call.invoke(c).unwrap()
     };
     let _: () = redis::cmd("SET").arg(keys[0]).arg("b").arg("PX").arg(5000).query(&mut c).unwrap();
@@ -528,12 +531,14 @@ async fn publication_is_fenced_by_the_lease_token_and_the_version_sequence() {
     assert_eq!(publish(&mut c, "b", 4, false), -1, "a gap");
     let _: () = redis::cmd("SET").arg(keys[0]).arg("c").arg("PX").arg(5000).query(&mut c).unwrap();
     assert_eq!(publish(&mut c, "b", 3, false), 0, "the lease moved on");
-    let stored: Vec<String> = redis::cmd("HMGET").arg(keys[1]).arg("version").arg("doc").query(&mut c).unwrap();
-    assert_eq!(stored, ["2", "{\"v\":2}"]);
-    let history: Vec<(String, Vec<String>)> =
+    let stored: Vec<Vec<u8>> =
+        redis::cmd("HMGET").arg(keys[1]).arg("version").arg("doc").arg("tag").query(&mut c).unwrap();
+    assert_eq!(stored, [b"2".to_vec(), b"{\"v\":2}".to_vec(), vec![1; 32]], "the document with its tag");
+    let history: Vec<(String, Vec<Vec<u8>>)> =
         redis::cmd("XRANGE").arg(keys[2]).arg("-").arg("+").query(&mut c).unwrap();
     assert_eq!(history.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["1-1", "2-1"]);
-    assert_eq!(history[1].1, ["j", "[]"], "the JSON Patch kept; no merge patch");
+    let fields = [b"t".to_vec(), vec![2; 32], b"j".to_vec(), b"[]".to_vec()];
+    assert_eq!(history[1].1, fields, "the patches' tag and the JSON Patch kept; no merge patch");
 }
 
 #[tokio::test]
@@ -625,4 +630,111 @@ async fn nodes_authenticate_with_the_password_of_password_file() {
         assert_eq!(n.metric("unpoll_cluster_topics", &[("role", "local")]).await, 0.0, "{}", n.log());
         assert!(!n.log().contains("hunter2"), "the password is never logged");
     }
+}
+
+/// A topic's stored state, straight from Redis: its key prefix (`unpoll:{id}`), epoch,
+/// version, document and the document's tag.
+struct Stored {
+    prefix: String,
+    epoch: String,
+    version: u64,
+    document: Vec<u8>,
+    tag: Vec<u8>,
+}
+
+/// The stored topic whose document holds `needle`.
+fn stored_with(redis: &RedisServer, needle: &str) -> Stored {
+    let mut c = redis.connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*:state").query(&mut c).unwrap();
+    for key in keys {
+        let fields: Vec<Vec<u8>> =
+            redis::cmd("HMGET").arg(&key).arg("epoch").arg("version").arg("doc").arg("tag").query(&mut c).unwrap();
+        if String::from_utf8_lossy(&fields[2]).contains(needle) {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            return Stored {
+                prefix: key.trim_end_matches(":state").to_string(),
+                epoch: text(&fields[0]),
+                version: text(&fields[1]).parse().unwrap(),
+                document: fields[2].clone(),
+                tag: fields[3].clone(),
+            };
+        }
+    }
+    panic!("no stored document holds {needle}");
+}
+
+/// Someone who can write to Redis, but does not know the cluster's secret, tries to put one
+/// user's document in another user's stream and to end it with a sentence of their own.
+#[tokio::test]
+async fn forged_messages_and_stored_entries_never_reach_a_subscriber() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    use unpoll::cluster::message::Message;
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let (alice_token, bob_token) = ("Bearer alice-5eed", "Bearer bob-5eed");
+    up.set_user(alice_token, &json!({"user": "alice", "iban": "DE00 1111"}));
+    up.set_user(bob_token, &json!({"user": "bob", "n": 1}));
+    let nodes = nodes(&up, &redis, 2).await;
+    let mut alice = Client::open(nodes[0].addr, "/me", "sse", "json-patch", &[("Authorization", alice_token)]).await;
+    assert!(alice.until(&json!({"user": "alice", "iban": "DE00 1111"}), 10 * SECOND).await);
+    // Bob on both nodes: whichever does not poll his topic follows it through Redis.
+    let mut bob = Vec::new();
+    for (node, transport) in nodes.iter().zip(["sse", "websocket"]) {
+        let mut c = Client::open(node.addr, "/me", transport, "json-patch", &[("Authorization", bob_token)]).await;
+        assert!(c.until(&json!({"user": "bob", "n": 1}), 10 * SECOND).await);
+        bob.push(c);
+    }
+    let (a, b) = (stored_with(&redis, "alice"), stored_with(&redis, "\"bob\""));
+    let channel = format!("{}:events", b.prefix);
+    let mut c = redis.connection().unwrap();
+    let mut publish = |message: Message| {
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(&message.encode().0[..]).query(&mut c).unwrap();
+    };
+    // Alice's document as Bob's next version, with made-up tags; then with Alice's own
+    // authentic tag (bound to her topic, not his); then a terminal error he never got.
+    let forged = |epoch: &str, version: u64, tag: [u8; 32]| Message::Event {
+        epoch: epoch.to_string(),
+        version,
+        document: bytes::Bytes::from(a.document.clone()),
+        json_patch: None,
+        merge_patch: None,
+        document_tag: tag,
+        patches_tag: tag,
+    };
+    publish(forged(&b.epoch, b.version + 1, [0; 32]));
+    publish(forged(&a.epoch, a.version, a.tag.clone().try_into().unwrap()));
+    let (epoch, version) = (b.epoch.clone(), b.version);
+    publish(Message::Error { epoch, version, status: 401, error: "unauthorized".into(), terminal: true, tag: [7; 32] });
+    // And in the stored state: Alice's document over Bob's, for a node that reads it back.
+    let mut c = redis.connection().unwrap();
+    let _: () =
+        redis::cmd("HSET").arg(format!("{}:state", b.prefix)).arg("doc").arg(&a.document).query(&mut c).unwrap();
+    let third = Proxy::launch(up.addr, &setup(&redis)).await;
+    let mut late = Client::open(third.addr, "/me", "sse", "json-patch", &[("Authorization", bob_token)]).await;
+    // Bob's document moves on; every stream of his follows, and none ever held Alice's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    up.set_user(bob_token, &json!({"user": "bob", "n": 2}));
+    for c in bob.iter_mut().chain([&mut late]) {
+        // (An error event would panic in `next`: the forged terminal error must not arrive.)
+        assert!(c.until(&json!({"user": "bob", "n": 2}), 10 * SECOND).await, "bob's stream goes on: {:?}", c.seen);
+        assert_eq!(c.doc.value.as_ref().unwrap()["user"], "bob");
+    }
+    let mut dropped = 0.0;
+    for n in nodes.iter().chain([&third]) {
+        for what in ["message", "document", "history"] {
+            dropped += n.metric("unpoll_cluster_unauthenticated_total", &[("what", what)]).await;
+        }
+        assert!(!n.log().contains("DE00"), "alice's data in a log");
+    }
+    assert!(dropped >= 4.0, "three forged messages and the forged document were dropped and counted: {dropped}");
+    let followers: f64 = {
+        let mut f = 0.0;
+        for n in &nodes {
+            f += n.metric("unpoll_cluster_unauthenticated_total", &[("what", "message")]).await;
+        }
+        f
+    };
+    assert_eq!(followers, 3.0, "the follower of bob's topic dropped the three messages");
+    let read_back = third.metric("unpoll_cluster_unauthenticated_total", &[("what", "document")]).await;
+    assert!(read_back >= 1.0, "the third node read the forged document and dropped it");
 }

@@ -82,7 +82,13 @@ fn the_dockerfile_builds_from_files_that_exist_and_runs_unpoll_unprivileged() {
     let config = read("deploy/docker/unpoll.yaml");
     assert!(config.contains(r#"listen: ["0.0.0.0:8080"]"#) && config.contains(r#"admin: "0.0.0.0:9090""#));
     check_config("deploy/docker/unpoll.yaml", &config, &["legacy-api"]);
-    check_config("deploy/docker/cluster.yaml", &read("deploy/docker/cluster.yaml"), &["api", "redis"]);
+    // The compose file's `secret` service makes the cluster's secret; here, a file of ours.
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "0123456789abcdef".repeat(4)).unwrap();
+    let cluster = read("deploy/docker/cluster.yaml");
+    assert!(cluster.contains("secret_file: /run/secrets/unpoll/cluster"), "the compose file's secret");
+    let cluster = cluster.replace("/run/secrets/unpoll/cluster", &secret.path().display().to_string());
+    check_config("deploy/docker/cluster.yaml", &cluster, &["api", "redis"]);
     let ignore = read(".dockerignore");
     for entry in ["target/", "**/node_modules/", ".git/"] {
         assert!(ignore.lines().any(|l| l == entry), ".dockerignore leaves out {entry}");
@@ -93,7 +99,10 @@ fn the_dockerfile_builds_from_files_that_exist_and_runs_unpoll_unprivileged() {
 fn the_compose_files_parse_and_name_files_that_exist() {
     for (file, services) in [
         ("deploy/docker-compose.yml", &["unpoll", "prometheus", "grafana"][..]),
-        ("deploy/docker-compose.cluster.yml", &["redis", "api", "node-a", "node-b", "node-c", "prometheus"][..]),
+        (
+            "deploy/docker-compose.cluster.yml",
+            &["secret", "redis", "api", "node-a", "node-b", "node-c", "prometheus"][..],
+        ),
     ] {
         let compose = yaml(file);
         let defined = compose["services"].as_mapping().unwrap_or_else(|| panic!("{file}: no services"));
@@ -109,7 +118,14 @@ fn the_compose_files_parse_and_name_files_that_exist() {
             }
             for volume in service.get("volumes").and_then(|v| v.as_sequence()).into_iter().flatten() {
                 let source = volume.as_str().unwrap().split(':').next().unwrap();
-                assert!(source.starts_with("./"), "{file}: {name}: {source} is not a file of deploy/");
+                if !source.starts_with("./") {
+                    // A named volume, which the file declares.
+                    assert!(
+                        compose["volumes"].get(source).is_some(),
+                        "{file}: {name}: volume {source} is not declared"
+                    );
+                    continue;
+                }
                 let path = format!("{ROOT}/deploy/{source}");
                 assert!(std::path::Path::new(&path).exists(), "{file}: {name} mounts {path}, which is missing");
             }
@@ -125,6 +141,14 @@ fn the_compose_files_parse_and_name_files_that_exist() {
                 }
             }
         }
+    }
+    // Every cluster node reads the secret the `secret` service made, once it has.
+    let cluster = yaml("deploy/docker-compose.cluster.yml");
+    for node in ["node-a", "node-b", "node-c"] {
+        let node = &cluster["services"][node];
+        let mounts: Vec<&str> = node["volumes"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
+        assert!(mounts.contains(&"cluster-secret:/run/secrets/unpoll:ro"), "{mounts:?}");
+        assert_eq!(node["depends_on"]["secret"]["condition"], "service_completed_successfully");
     }
     // Grafana is provisioned with the dashboard file and a datasource of the uid it names.
     let datasource = yaml("deploy/grafana/provisioning/datasources/prometheus.yaml");

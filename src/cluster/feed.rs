@@ -17,6 +17,7 @@
 use super::gate::{keep, retain, Alone, Leading, Shared};
 use super::message::{Keys, Message};
 use super::scripts::{self, text, Refreshed, LEAVE, READ};
+use super::seal::Seal;
 use super::{Cluster, Down};
 use crate::diff::Delta;
 use crate::topic::feed::{Feed, Gate, Retire, Stopped};
@@ -40,7 +41,7 @@ impl Feed for ClusterFeed {
     fn run(self: Arc<Self>, topic: Arc<Topic>, retire: Arc<dyn Retire>) -> BoxFuture<'static, Stopped> {
         Box::pin(async move {
             let cluster = self.cluster.clone();
-            let keys = Keys::of(&cluster.settings.prefix, &topic.key);
+            let keys = cluster.keys(&topic.key);
             let token = format!("{}:{:016x}", cluster.settings.node, rand::random::<u64>());
             let inbox = cluster.inbox.register(&keys.channel);
             let mut life = Life { feed: self, topic, retire, keys, token, inbox, own: false, held: None };
@@ -144,23 +145,39 @@ impl Life {
         scripts::refresh(self.cluster(), &self.keys, &self.token, want_lead, retain).await
     }
 
+    /// The stored state, as far as it is authentic: a document whose tag does not match is as
+    /// if nothing were stored (a leader then starts a new epoch over it), and a history with an
+    /// entry whose tag does not match is dropped whole (the document is sent whole instead).
     async fn read(&self) -> Result<Read, Down> {
         let reply: Vec<Value> =
             self.cluster().run("read", READ.key(&self.keys.state).key(&self.keys.stream).arg(0)).await?;
+        let nothing = Read { epoch: String::new(), version: 0, document: Bytes::new(), history: Vec::new() };
+        let epoch = text(reply.first());
+        if epoch.is_empty() {
+            return Ok(nothing);
+        }
         let version = text(reply.get(1)).parse().unwrap_or(0);
-        let document = match reply.get(2) {
-            Some(Value::BulkString(b)) => Bytes::from(b.clone()),
-            _ => Bytes::new(),
-        };
+        let document = bulk(reply.get(2)).unwrap_or_default();
+        let (c, id) = (self.cluster(), &self.keys.id);
+        let tag = bulk(reply.get(4)).unwrap_or_default();
+        if !Seal::matches(&c.seal.document(id, &epoch, version, &document), &tag) {
+            c.unauthenticated("document");
+            return Ok(nothing);
+        }
         let mut history = Vec::new();
         if let Some(Value::Array(entries)) = reply.get(3) {
             for entry in entries {
-                if let Some(stored) = stored(entry) {
-                    history.push(stored);
+                let Some((s, tag)) = stored(entry) else { continue };
+                let expected = c.seal.patches(id, &epoch, s.version, s.json_patch.as_deref(), s.merge_patch.as_deref());
+                if !tag.is_some_and(|t| Seal::matches(&expected, &t)) {
+                    c.unauthenticated("history");
+                    history.clear();
+                    break;
                 }
+                history.push(s);
             }
         }
-        Ok(Read { epoch: text(reply.first()), version, document, history })
+        Ok(Read { epoch, version, document, history })
     }
 
     /// Brings the topic to the stored state: only the versions it missed when it can, else the
@@ -277,15 +294,25 @@ impl Life {
         }
     }
 
-    /// One message from the channel; a terminal error ends the topic.
+    /// One message from the channel, if it is authentic; a terminal error ends the topic.
     async fn take(&mut self, payload: Bytes) -> Result<Option<Stopped>, Down> {
         let c = self.cluster();
         let Some(message) = Message::decode(payload) else {
             c.metrics.dropped.inc();
             return Ok(None);
         };
+        let id = &self.keys.id;
         match message {
-            Message::Event { epoch, version, document, json_patch, merge_patch } => {
+            Message::Event { epoch, version, document, json_patch, merge_patch, document_tag, patches_tag } => {
+                let authentic = Seal::matches(&c.seal.document(id, &epoch, version, &document), &document_tag)
+                    && Seal::matches(
+                        &c.seal.patches(id, &epoch, version, json_patch.as_deref(), merge_patch.as_deref()),
+                        &patches_tag,
+                    );
+                if !authentic {
+                    c.unauthenticated("message");
+                    return Ok(None);
+                }
                 let delta = Delta { snapshot: document, json_patch, merge_patch, cut_short: false };
                 match self.topic.receive(&epoch, version, delta) {
                     Received::Published => {
@@ -298,8 +325,25 @@ impl Life {
                 }
                 Ok(None)
             }
-            Message::Error { status, error, message, terminal } => {
-                self.topic.tell(Arc::new(ErrorEvent::new(status, &error, &message, terminal)));
+            Message::Error { epoch, version, status, error, terminal, tag } => {
+                // Only a name this node knows, told with this node's own sentence for it: no
+                // text from Redis reaches a subscriber.
+                let authentic = Seal::matches(&c.seal.error(id, &epoch, version, status, &error, terminal), &tag)
+                    && terminal == poller::terminal(&error);
+                let Some(sentence) = poller::sentence(&error, status).filter(|_| authentic) else {
+                    c.unauthenticated("message");
+                    return Ok(None);
+                };
+                // Told at the leader's position: one told before this node's (a replay) is not
+                // told again.
+                let current = match self.topic.position() {
+                    None => true,
+                    Some((e, v)) => e == epoch && version >= v,
+                };
+                if !current {
+                    return Ok(None);
+                }
+                self.topic.tell(Arc::new(ErrorEvent::new(status, &error, &sentence, terminal)));
                 Ok(terminal.then_some(Stopped::Terminal))
             }
         }
@@ -423,8 +467,17 @@ impl Life {
     }
 }
 
-/// One history entry, `[id, [field, value, …]]` (RESP2) or `[id, {field: value}]` (RESP3).
-fn stored(entry: &Value) -> Option<Stored> {
+/// A bulk string of a script's reply.
+fn bulk(v: Option<&Value>) -> Option<Bytes> {
+    match v {
+        Some(Value::BulkString(b)) => Some(Bytes::from(b.clone())),
+        _ => None,
+    }
+}
+
+/// One history entry, `[id, [field, value, …]]` (RESP2) or `[id, {field: value}]` (RESP3),
+/// and its tag.
+fn stored(entry: &Value) -> Option<(Stored, Option<Bytes>)> {
     let Value::Array(parts) = entry else { return None };
     let id = text(parts.first());
     let version = id.split_once('-')?.0.parse().ok()?;
@@ -446,5 +499,5 @@ fn stored(entry: &Value) -> Option<Stored> {
         _ => return None,
     };
     let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    Some(Stored { version, json_patch: field("j"), merge_patch: field("m") })
+    Some((Stored { version, json_patch: field("j"), merge_patch: field("m") }, field("t")))
 }

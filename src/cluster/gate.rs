@@ -48,12 +48,18 @@ impl Gate for Leading {
     fn admit<'a>(&'a self, topic: &'a Topic, pending: &'a Pending) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             let Some(delta) = &pending.delta else { return true };
+            let (seal, id, epoch, version) = (&self.cluster.seal, &self.keys.id, &pending.epoch, pending.version);
+            let (json_patch, merge_patch) = (delta.json_patch.as_deref(), delta.merge_patch.as_deref());
+            let document_tag = seal.document(id, epoch, version, &delta.snapshot);
+            let patches_tag = seal.patches(id, epoch, version, json_patch, merge_patch);
             let message = Message::Event {
-                epoch: pending.epoch.clone(),
-                version: pending.version,
+                epoch: epoch.clone(),
+                version,
                 document: delta.snapshot.clone(),
                 json_patch: delta.json_patch.clone(),
                 merge_patch: delta.merge_patch.clone(),
+                document_tag,
+                patches_tag,
             };
             let (payload, spans) = message.encode();
             let Some(spans) = spans else { return false };
@@ -80,7 +86,9 @@ impl Gate for Leading {
                         .arg(spans.merge_patch.1)
                         .arg(history)
                         .arg(retain(topic, self.cluster.settings.lease))
-                        .arg(if reset { "1" } else { "0" }),
+                        .arg(if reset { "1" } else { "0" })
+                        .arg(&document_tag[..])
+                        .arg(&patches_tag[..]),
                 )
                 .await;
             match result {
@@ -108,14 +116,13 @@ impl Gate for Leading {
         })
     }
 
-    fn told<'a>(&'a self, _: &'a Topic, error: &'a ErrorEvent) -> BoxFuture<'a, ()> {
+    fn told<'a>(&'a self, topic: &'a Topic, error: &'a ErrorEvent) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let message = Message::Error {
-                status: error.status,
-                error: error.error.clone(),
-                message: error.message.clone(),
-                terminal: error.terminal,
-            };
+            // Told at the leader's position: a follower takes it only at that position or after.
+            let (epoch, version) = topic.position().unwrap_or_default();
+            let (status, name, terminal) = (error.status, error.error.clone(), error.terminal);
+            let tag = self.cluster.seal.error(&self.keys.id, &epoch, version, status, &name, terminal);
+            let message = Message::Error { epoch, version, status, error: name, terminal, tag };
             let (payload, _) = message.encode();
             let mut invocation = TELL.key(&self.keys.lease);
             invocation.key(&self.keys.channel).arg(&self.token).arg(&payload[..]);

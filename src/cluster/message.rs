@@ -1,13 +1,15 @@
 //! What nodes say to each other through Redis: a topic's key names, and the messages on its
-//! channel. No path, header or credential appears in either: a topic is named by a hash.
+//! channel. No path, header or credential appears in either: a topic is named by its keyed
+//! id (see [`super::seal`]), and every message carries the tags that let a node check it.
 
-use crate::topic::key::TopicKey;
+use super::seal::Tag;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use sha2::{Digest, Sha256};
 
 /// The Redis names of one topic, all with the same hash tag (one slot in a Redis Cluster).
 #[derive(Debug, Clone)]
 pub struct Keys {
+    /// The topic's id ([`super::seal::Seal::topic_id`]), which every tag is bound to.
+    pub id: String,
     pub lease: String,
     pub nodes: String,
     pub state: String,
@@ -16,35 +18,36 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn of(prefix: &str, key: &TopicKey) -> Keys {
-        let tag = format!("{prefix}{{{}}}", hash(key));
+    pub fn of(prefix: &str, id: String) -> Keys {
+        let tag = format!("{prefix}{{{id}}}");
         Keys {
             lease: format!("{tag}:lease"),
             nodes: format!("{tag}:nodes"),
             state: format!("{tag}:state"),
             stream: format!("{tag}:history"),
             channel: format!("{tag}:events"),
+            id,
         }
     }
-}
-
-/// 128 bits of SHA-256 over the whole key: the route, the target, and the hash of the headers
-/// that split topics (itself a SHA-256, so no credential can be read back from it).
-pub fn hash(key: &TopicKey) -> String {
-    let mut h = Sha256::new();
-    for part in [key.route.as_bytes(), b"\0", key.target.as_bytes(), b"\0", &key.headers_hash] {
-        h.update(part);
-    }
-    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One message on a topic's channel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    /// A new version: the whole document and its patches (`None` where it goes out whole).
-    Event { epoch: String, version: u64, document: Bytes, json_patch: Option<Bytes>, merge_patch: Option<Bytes> },
-    /// An error the leader's subscribers were told.
-    Error { status: u16, error: String, message: String, terminal: bool },
+    /// A new version: the whole document and its patches (`None` where it goes out whole),
+    /// with the tags of the document and of the patches.
+    Event {
+        epoch: String,
+        version: u64,
+        document: Bytes,
+        json_patch: Option<Bytes>,
+        merge_patch: Option<Bytes>,
+        document_tag: Tag,
+        patches_tag: Tag,
+    },
+    /// An error the leader's subscribers were told, by name (each node tells its own
+    /// subscribers its own sentence for it), at the leader's position, with its tag.
+    Error { epoch: String, version: u64, status: u16, error: String, terminal: bool, tag: Tag },
 }
 
 /// Where the document and patches sit in an encoded event, for the publishing script to store
@@ -63,16 +66,22 @@ impl Message {
     /// The bytes on the channel, and for an event where its parts are.
     pub fn encode(&self) -> (Bytes, Option<Spans>) {
         let mut out = BytesMut::new();
+        let position = |out: &mut BytesMut, epoch: &str, version: u64| {
+            let epoch = &epoch.as_bytes()[..epoch.len().min(255)];
+            out.put_u8(epoch.len() as u8);
+            out.put_slice(epoch);
+            out.put_u64(version);
+        };
         match self {
-            Message::Event { epoch, version, document, json_patch, merge_patch } => {
+            Message::Event { epoch, version, document, json_patch, merge_patch, document_tag, patches_tag } => {
                 out.put_u8(EVENT);
-                out.put_u8(epoch.len() as u8);
-                out.put_slice(&epoch.as_bytes()[..epoch.len().min(255)]);
-                out.put_u64(*version);
+                position(&mut out, epoch, *version);
                 let len = |b: &Option<Bytes>| b.as_ref().map_or(NONE, |b| b.len() as u32);
                 out.put_u32(document.len() as u32);
                 out.put_u32(len(json_patch));
                 out.put_u32(len(merge_patch));
+                out.put_slice(document_tag);
+                out.put_slice(patches_tag);
                 let mut at = out.len();
                 let mut span = |b: Option<&Bytes>, out: &mut BytesMut| match b {
                     Some(b) => {
@@ -88,30 +97,38 @@ impl Message {
                 let merge_patch = span(merge_patch.as_ref(), &mut out);
                 (out.freeze(), Some(Spans { document, json_patch, merge_patch }))
             }
-            Message::Error { status, error, message, terminal } => {
+            Message::Error { epoch, version, status, error, terminal, tag } => {
                 out.put_u8(ERROR);
+                position(&mut out, epoch, *version);
                 out.put_u16(*status);
                 out.put_u8(u8::from(*terminal));
-                out.put_u16(error.len() as u16);
-                out.put_slice(error.as_bytes());
-                out.put_slice(message.as_bytes());
+                out.put_slice(tag);
+                out.put_slice(&error.as_bytes()[..error.len().min(255)]);
                 (out.freeze(), None)
             }
         }
     }
 
-    /// Reads a message; `None` for anything malformed (it is dropped and counted).
+    /// Reads a message; `None` for anything malformed (it is dropped and counted). Reading is
+    /// not trusting: the caller checks the tags.
     pub fn decode(mut b: Bytes) -> Option<Message> {
         let need = |b: &Bytes, n: usize| (b.remaining() >= n).then_some(());
-        need(&b, 1)?;
-        match b.get_u8() {
+        need(&b, 2)?;
+        let kind = b.get_u8();
+        let n = b.get_u8() as usize;
+        need(&b, n + 8)?;
+        let epoch = String::from_utf8(b.split_to(n).to_vec()).ok()?;
+        let version = b.get_u64();
+        let tag = |b: &mut Bytes| -> Option<Tag> {
+            need(b, 32)?;
+            b.split_to(32)[..].try_into().ok()
+        };
+        match kind {
             EVENT => {
-                need(&b, 1)?;
-                let n = b.get_u8() as usize;
-                need(&b, n + 20)?;
-                let epoch = String::from_utf8(b.split_to(n).to_vec()).ok()?;
-                let version = b.get_u64();
+                need(&b, 12)?;
                 let (d, j, m) = (b.get_u32(), b.get_u32(), b.get_u32());
+                let document_tag = tag(&mut b)?;
+                let patches_tag = tag(&mut b)?;
                 let mut take = |len: u32| -> Option<Option<Bytes>> {
                     if len == NONE {
                         return Some(None);
@@ -122,17 +139,15 @@ impl Message {
                 let document = take(d)??;
                 let json_patch = take(j)?;
                 let merge_patch = take(m)?;
-                Some(Message::Event { epoch, version, document, json_patch, merge_patch })
+                Some(Message::Event { epoch, version, document, json_patch, merge_patch, document_tag, patches_tag })
             }
             ERROR => {
-                need(&b, 5)?;
+                need(&b, 3)?;
                 let status = b.get_u16();
                 let terminal = b.get_u8() == 1;
-                let n = b.get_u16() as usize;
-                need(&b, n)?;
-                let error = String::from_utf8(b.split_to(n).to_vec()).ok()?;
-                let message = String::from_utf8(b.to_vec()).ok()?;
-                Some(Message::Error { status, error, message, terminal })
+                let tag = tag(&mut b)?;
+                let error = String::from_utf8(b.to_vec()).ok()?;
+                Some(Message::Error { epoch, version, status, error, terminal, tag })
             }
             _ => None,
         }
@@ -151,6 +166,8 @@ mod tests {
             document: Bytes::from_static(br#"{"a":1}"#),
             json_patch: None,
             merge_patch: Some(Bytes::from_static(br#"{"a":1}"#)),
+            document_tag: [1; 32],
+            patches_tag: [2; 32],
         };
         let (bytes, spans) = event.encode();
         let spans = spans.unwrap();
@@ -162,19 +179,26 @@ mod tests {
         for n in 0..bytes.len() {
             assert_eq!(Message::decode(bytes.slice(..n)), None, "cut at {n}");
         }
-        let error =
-            Message::Error { status: 503, error: "upstream_unavailable".into(), message: "m".into(), terminal: false };
-        assert_eq!(Message::decode(error.encode().0), Some(error));
+        let error = Message::Error {
+            epoch: "0badcafe".into(),
+            version: 3,
+            status: 503,
+            error: "upstream_unavailable".into(),
+            terminal: false,
+            tag: [3; 32],
+        };
+        let (bytes, _) = error.encode();
+        assert_eq!(Message::decode(bytes.clone()), Some(error));
+        for n in 0..bytes.len() - "upstream_unavailable".len() {
+            assert_eq!(Message::decode(bytes.slice(..n)), None, "cut at {n}");
+        }
     }
 
     #[test]
-    fn key_names_hold_no_part_of_the_topic_key() {
-        let key = TopicKey { route: "/users/*".into(), target: "/users/alice?x=1".into(), headers_hash: [7; 32] };
-        let keys = Keys::of("unpoll:", &key);
+    fn key_names_hold_the_id_only() {
+        let keys = Keys::of("unpoll:", "00ff".into());
         for name in [&keys.lease, &keys.nodes, &keys.state, &keys.stream, &keys.channel] {
-            assert!(name.starts_with("unpoll:{") && !name.contains("alice") && !name.contains("users"), "{name}");
+            assert!(name.starts_with("unpoll:{00ff}:"), "{name}");
         }
-        let other = TopicKey { headers_hash: [8; 32], ..key.clone() };
-        assert_ne!(hash(&key), hash(&other), "other credentials, another topic");
     }
 }

@@ -5,6 +5,9 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 /// Roles a topic has on this node.
 pub const ROLES: [&str; 3] = ["leader", "follower", "local"];
 
+/// `what` of `unpoll_cluster_unauthenticated_total`.
+pub const UNAUTHENTICATED: [&str; 3] = ["message", "document", "history"];
+
 /// Redis calls, by the label of their histogram.
 pub const CALLS: [&str; 7] = ["refresh", "publish", "tell", "read", "leave", "subscribe", "ping"];
 
@@ -35,6 +38,10 @@ pub struct ClusterMetrics {
     /// `unpoll_cluster_inbox_dropped_total`: messages dropped at `cluster.inbox` (or
     /// unreadable); their topics catch up from the stored history.
     pub dropped: IntCounter,
+    /// `unpoll_cluster_unauthenticated_total{what}`: what this node read from Redis and
+    /// dropped because its tag did not match (forged, altered, another topic's, or another
+    /// secret's): a channel `message`, the stored `document`, or `history` entries.
+    pub unauthenticated: IntCounterVec,
     /// `unpoll_cluster_local_fallbacks_total`: times a topic fell back to polling alone.
     pub fallbacks: IntCounter,
     /// `unpoll_cluster_node_info{node}`: 1, naming this node.
@@ -84,11 +91,19 @@ impl ClusterMetrics {
             waits: counter("unpoll_cluster_redis_waits_total", "Redis calls that waited for a free slot"),
             received: counter_vec("unpoll_cluster_events_received_total", "Events from other nodes", &["route"]),
             dropped: counter("unpoll_cluster_inbox_dropped_total", "Messages from Redis dropped"),
+            unauthenticated: counter_vec(
+                "unpoll_cluster_unauthenticated_total",
+                "What was read from Redis and dropped: its tag did not match",
+                &["what"],
+            ),
             fallbacks: counter("unpoll_cluster_local_fallbacks_total", "Topics that fell back to polling alone"),
             node: gauge_vec("unpoll_cluster_node_info", "This cluster node", &["node"]),
         };
         for role in ROLES {
             m.topics.with_label_values(&[role]);
+        }
+        for what in UNAUTHENTICATED {
+            m.unauthenticated.with_label_values(&[what]);
         }
         for call in CALLS {
             m.duration.with_label_values(&[call]);

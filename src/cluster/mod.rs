@@ -4,7 +4,9 @@
 //! and history; every node with subscribers of the topic fans the events out locally. While
 //! Redis is away, every node polls its own topics. See docs/cluster.md.
 //!
-//! - [`message`]: key names (hashes, never a path or credential) and the channel's messages;
+//! - [`seal`]: the cluster's secret: topic ids (keyed hashes, never a path or credential) and
+//!   the tags that authenticate every message and stored entry;
+//! - [`message`]: key names and the channel's messages;
 //! - [`scripts`]: the Lua scripts, each one atomic step;
 //! - [`inbox`]: the subscription connection, and handing each message to its topic;
 //! - [`feed`]: a topic's life as leader, follower, or alone;
@@ -16,6 +18,7 @@ pub mod inbox;
 pub mod message;
 pub mod metrics;
 pub mod scripts;
+pub mod seal;
 
 use crate::config::ClusterSettings;
 use metrics::ClusterMetrics;
@@ -35,6 +38,8 @@ pub struct Down;
 pub struct Cluster {
     pub settings: ClusterSettings,
     pub metrics: ClusterMetrics,
+    /// The secret every node shares (`cluster.secret_file`).
+    pub seal: seal::Seal,
     /// Commands (made once the cluster service runs, see [`Cluster::connect`]).
     commands: OnceLock<ConnectionManager>,
     pub inbox: inbox::Inbox,
@@ -45,6 +50,8 @@ pub struct Cluster {
     changed: watch::Sender<u64>,
     /// Set once the connections are made.
     connected: watch::Sender<bool>,
+    /// When an unauthenticated read was last logged.
+    warned: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Cluster {
@@ -52,6 +59,7 @@ impl Cluster {
         let metrics = ClusterMetrics::new(registry);
         metrics.node.with_label_values(&[&settings.node]).set(1);
         Arc::new(Cluster {
+            seal: seal::Seal::new(settings.secret.0.as_bytes()),
             in_flight: Semaphore::new(settings.max_in_flight),
             inbox: inbox::Inbox::new(settings.inbox, metrics.dropped.clone()),
             settings,
@@ -60,6 +68,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             changed: watch::Sender::new(0),
             connected: watch::Sender::new(false),
+            warned: std::sync::Mutex::new(None),
         })
     }
 
@@ -98,6 +107,11 @@ impl Cluster {
     pub async fn connected(&self) {
         let mut rx = self.connected.subscribe();
         let _ = tokio::time::timeout(self.settings.timeout, rx.wait_for(|c| *c)).await;
+    }
+
+    /// The Redis names of the topic `key`.
+    pub fn keys(&self, key: &crate::topic::key::TopicKey) -> message::Keys {
+        message::Keys::of(&self.settings.prefix, self.seal.topic_id(key))
     }
 
     /// Whether Redis answered the last call.
@@ -157,6 +171,20 @@ impl Cluster {
                 log::debug!("cluster: Redis call {call} timed out");
                 self.failed(call)
             }
+        }
+    }
+
+    /// Counts what was read from Redis and dropped because its tag did not match, and says
+    /// so in the log (at most once a minute: whoever forges messages should not fill it).
+    pub fn unauthenticated(&self, what: &'static str) {
+        self.metrics.unauthenticated.with_label_values(&[what]).inc();
+        let mut last = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            log::warn!(
+                "cluster: dropped a {what} read from Redis whose tag does not match: forged, altered, or written \
+                 with another cluster.secret_file (unpoll_cluster_unauthenticated_total counts them)"
+            );
         }
     }
 

@@ -6,10 +6,11 @@
 //! - `lease`: the token of the node that polls the topic, expiring after `cluster.lease`;
 //! - `nodes`: a sorted set of the nodes with the topic, each scored by when its interest
 //!   expires (Redis's own clock, so nodes' clocks never matter);
-//! - `state`: a hash of the current `epoch`, `version` and `doc`, and the `owner` token of
-//!   whoever published last;
+//! - `state`: a hash of the current `epoch`, `version`, `doc` and the document's `tag`, and
+//!   the `owner` token of whoever published last;
 //! - `stream`: the history, one entry per version (id `<version>-1`), with its JSON Patch `j`
-//!   and merge patch `m` where it had them, trimmed to the route's `history`;
+//!   and merge patch `m` where it had them and the patches' tag `t`, trimmed to the route's
+//!   `history`;
 //! - the channel (not a key): every event and error, as it is published.
 
 use super::message::Keys;
@@ -122,7 +123,7 @@ pub fn text(v: Option<&Value>) -> String {
 ///
 /// KEYS: lease, state, stream, channel. ARGV: token, epoch, version, payload, document offset
 /// and length, JSON Patch offset and length (-1: none), merge patch offset and length,
-/// history, retain ms, reset.
+/// history, retain ms, reset, the document's tag, the patches' tag.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -138,11 +139,10 @@ local p = ARGV[4]
 local function cut(off, len)
   return string.sub(p, tonumber(off) + 1, tonumber(off) + tonumber(len))
 end
-redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'version', v, 'doc', cut(ARGV[5], ARGV[6]), 'owner', ARGV[1])
-local fields = {}
+redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'version', v, 'doc', cut(ARGV[5], ARGV[6]), 'tag', ARGV[14], 'owner', ARGV[1])
+local fields = {'t', ARGV[15]}
 if tonumber(ARGV[8]) >= 0 then table.insert(fields, 'j'); table.insert(fields, cut(ARGV[7], ARGV[8])) end
 if tonumber(ARGV[10]) >= 0 then table.insert(fields, 'm'); table.insert(fields, cut(ARGV[9], ARGV[10])) end
-if #fields == 0 then fields = {'w', '1'} end
 redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[11], v .. '-1', unpack(fields))
 redis.call('PEXPIRE', KEYS[2], ARGV[12])
 redis.call('PEXPIRE', KEYS[3], ARGV[12])
@@ -166,16 +166,16 @@ return 1
 });
 
 /// Reads the stored state and the history from a version on, in one step. Returns `{epoch,
-/// version, document, entries}`.
+/// version, document, entries, document tag}`.
 ///
 /// KEYS: state, stream. ARGV: the first version wanted.
 pub static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local st = redis.call('HMGET', KEYS[1], 'epoch', 'version', 'doc')
-if not st[1] then return {'', '0', '', {}} end
+local st = redis.call('HMGET', KEYS[1], 'epoch', 'version', 'doc', 'tag')
+if not st[1] then return {'', '0', '', {}, ''} end
 local entries = redis.call('XRANGE', KEYS[2], ARGV[1] .. '-1', '+')
-return {st[1], st[2], st[3], entries}
+return {st[1], st[2], st[3], entries, st[4] or ''}
 "#,
     )
 });

@@ -28,6 +28,12 @@ pub struct ClusterSettings {
     pub password_file: Option<String>,
     /// What `password_file` holds.
     pub password: Option<Secret>,
+    /// `secret_file`: a file holding the cluster's secret, the same on every node (read when
+    /// the configuration is loaded). Every message and stored entry is authenticated with it,
+    /// and Redis key names are derived from it.
+    pub secret_file: String,
+    /// What `secret_file` holds (at least [`MIN_CLUSTER_SECRET`] bytes).
+    pub secret: Secret,
     /// `node`: this instance's name in logs, metrics and leases. By default the host name and
     /// the process id.
     pub node: String,
@@ -51,6 +57,8 @@ impl ClusterSettings {
             redis: Secret(url.to_string()),
             password_file: None,
             password: None,
+            secret_file: String::new(),
+            secret: Secret(String::new()),
             node: String::new(),
             lease: Duration::from_secs(5),
             prefix: "unpoll:".to_string(),
@@ -60,6 +68,9 @@ impl ClusterSettings {
         }
     }
 }
+
+/// The shortest `cluster.secret_file` content accepted, in bytes (256 bits of hex digits).
+pub const MIN_CLUSTER_SECRET: usize = 32;
 
 /// A value never shown: its `Debug` prints `<secret>`.
 #[derive(Clone, PartialEq, Eq)]

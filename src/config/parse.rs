@@ -305,18 +305,25 @@ routes:
     fn cluster_is_read_with_its_defaults_and_checked() {
         let base = "upstreams: {a: {servers: ['127.0.0.1:1']}}\nroutes: [{match: /x, upstream: a}]\n";
         assert_eq!(parse_config(base).unwrap().cluster, None, "no cluster: no Redis");
-        let c = parse_config(&format!("{base}cluster: {{redis: 'redis://:pw@127.0.0.1:6379/2', lease: 3s}}\n"))
-            .unwrap()
-            .cluster
-            .unwrap();
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), format!("{}\n", "5ec7e7".repeat(6))).unwrap();
+        let secret_file = format!("secret_file: '{}'", secret.path().display());
+        let c = parse_config(&format!(
+            "{base}cluster: {{redis: 'redis://:pw@127.0.0.1:6379/2', lease: 3s, {secret_file}}}\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
         assert_eq!(
             (c.lease, c.timeout, c.prefix.as_str()),
             (Duration::from_secs(3), Duration::from_secs(1), "unpoll:")
         );
         assert!(c.node.ends_with(&format!("-{}", std::process::id())), "host name and pid: {}", c.node);
         assert_eq!(format!("{:?}", c.redis), "<secret>", "the URL may hold a password: never shown");
+        assert_eq!(c.secret.0, "5ec7e7".repeat(6), "read, without its line end");
+        assert_eq!(format!("{:?}", c.secret), "<secret>");
         let bad = format!(
-            "{base}cluster: {{redis: 'http://user:hunter2@host', node: 'a b', lease: 1s, timeout: 500ms, prefix: 'a b'}}\n"
+            "{base}cluster: {{redis: 'http://user:hunter2@host', node: 'a b', lease: 1s, timeout: 500ms, prefix: 'a b', {secret_file}}}\n"
         );
         let errs = parse_config(&bad).unwrap_err();
         let paths: Vec<&str> = errs.0.iter().map(|p| p.path.as_str()).collect();
@@ -324,18 +331,29 @@ routes:
             assert!(paths.contains(&expected), "{expected} not in {paths:?}");
         }
         assert!(!errs.to_string().contains("hunter2"), "{errs}");
-        let between =
-            format!("{base}cluster: {{redis: 'redis://:pw@h:1', lease: 1s, timeout: 500ms, password_file: /x}}\n");
+        let between = format!(
+            "{base}cluster: {{redis: 'redis://:pw@h:1', lease: 1s, timeout: 500ms, password_file: /x, {secret_file}}}\n"
+        );
         let errs = parse(&between).unwrap_err();
         let paths: Vec<&str> = errs.0.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["cluster.timeout", "cluster.password_file"]);
         let missing = parse(&format!("{base}cluster: {{lease: 5s}}\n")).unwrap_err();
-        assert_eq!(missing.0[0].path, "cluster.redis");
+        let paths: Vec<&str> = missing.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["cluster.redis", "cluster.secret_file"], "both are required");
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), "s3cret\n").unwrap();
-        let with_file =
-            format!("{base}cluster: {{redis: 'redis://h:1', password_file: '{}'}}\n", file.path().display());
+        let with_file = format!(
+            "{base}cluster: {{redis: 'redis://h:1', password_file: '{}', {secret_file}}}\n",
+            file.path().display()
+        );
         let c = parse_config(&with_file).unwrap().cluster.unwrap();
         assert_eq!(c.password.map(|p| p.0), Some("s3cret".to_string()), "read, without its line end");
+        // A secret too short to resist guessing, or a file that is not there.
+        let short = format!("{base}cluster: {{redis: 'redis://h:1', secret_file: '{}'}}\n", file.path().display());
+        let errs = parse_config(&short).unwrap_err();
+        assert_eq!(errs.0[0].path, "cluster.secret_file");
+        assert!(errs.0[0].message.contains("at least 32") && !errs.to_string().contains("s3cret"), "{errs}");
+        let absent = parse_config(&format!("{base}cluster: {{redis: 'redis://h:1', secret_file: /no/such/file}}\n"));
+        assert_eq!(absent.unwrap_err().0[0].path, "cluster.secret_file");
     }
 }

@@ -7,7 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::host;
-use super::model::{Config, Secret, ServerAddr, ServerEntry};
+use super::model::{Config, Secret, ServerAddr, ServerEntry, MIN_CLUSTER_SECRET};
 use super::walk::Walker;
 use std::net::SocketAddr;
 use std::net::ToSocketAddrs;
@@ -42,6 +42,21 @@ pub fn resolve(w: &mut Walker, config: &mut Config, max_connections_given: bool)
                 Ok(text) => cluster.password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_string())),
                 Err(e) => w.problem("cluster.password_file", format!("cannot read {path}: {e}")),
             }
+        }
+        let path = &cluster.secret_file;
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let secret = text.trim_end_matches(['\r', '\n']);
+                if secret.len() < MIN_CLUSTER_SECRET {
+                    let problem = format!(
+                        "{path} holds {} bytes; at least {MIN_CLUSTER_SECRET} are needed (e.g. `openssl rand -hex 32`)",
+                        secret.len()
+                    );
+                    w.problem("cluster.secret_file", problem);
+                }
+                cluster.secret = Secret(secret.to_string());
+            }
+            Err(e) => w.problem("cluster.secret_file", format!("cannot read {path}: {e}")),
         }
         if cluster.node.is_empty() {
             cluster.node = format!("{}-{}", host::name(), std::process::id());

@@ -48,7 +48,7 @@ fn cluster(w: &mut Walker, v: &Value, p: &str) -> Option<ClusterSettings> {
     Some(c)
 }
 
-const CLUSTER: [Key<ClusterSettings>; 8] = [
+const CLUSTER: [Key<ClusterSettings>; 9] = [
     Key::required("redis", "the Redis to share polls through, e.g. redis://127.0.0.1:6379/0", |w, v, p, c| {
         let url = w.string(v, p)?;
         let well_formed = (url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -68,6 +68,19 @@ const CLUSTER: [Key<ClusterSettings>; 8] = [
         }
         set(&mut c.password_file, Some(Some(path)))
     }),
+    Key::required(
+        "secret_file",
+        "every node needs the same secret to authenticate what it reads from Redis: a file of at least 32 \
+         characters, e.g. `openssl rand -hex 32 > /etc/unpoll/cluster.secret`",
+        |w, v, p, c| {
+            let path = w.string(v, p)?;
+            if !path.starts_with('/') {
+                w.problem(p, format!("`{path}` must be an absolute path"));
+                return None;
+            }
+            set(&mut c.secret_file, Some(path))
+        },
+    ),
     Key::new("node", |w, v, p, c| {
         let node = w.string(v, p)?;
         if node.is_empty() || node.len() > 64 || !node.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))

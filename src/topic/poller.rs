@@ -123,9 +123,8 @@ pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate:
                     }
                     Err(BodyError::TooDeep) => {
                         label = "too_deep";
-                        let message = format!("the upstream's JSON nests deeper than {MAX_DEPTH} levels; retrying");
                         let detail = Some(format!("JSON nested deeper than {MAX_DEPTH} levels"));
-                        Err(Outcome::Failed { status: 502, error: "upstream_body_too_deep", message, detail })
+                        Err(failed(502, "upstream_body_too_deep", detail))
                     }
                 },
                 Prepared::Settled(pending) => Ok(pending),
@@ -253,37 +252,57 @@ fn classify(fetched: Fetched) -> (Polled, &'static str, Option<Duration>) {
         }
         Fetched::Status { status, retry_after } => {
             let error = if status >= 500 { "upstream_unavailable" } else { "upstream_status" };
-            let message = format!("the upstream answered {status}; retrying");
             // Retry-After is honoured on 429 and 503, as RFC 9110 defines it for them.
             let hint = retry_after.filter(|_| status == 429 || status == 503);
-            (Outcome::Failed { status, error, message, detail: None }, "error_status", hint)
+            (failed(status, error, None), "error_status", hint)
         }
         Fetched::Unreachable(_) => {
             // The detail (addresses, OS errors) is logged by `fetch`, never sent to clients.
-            let message = "the upstream could not be reached; retrying".to_string();
-            (Outcome::Failed { status: 502, error: "upstream_unreachable", message, detail: None }, "unreachable", None)
+            (failed(502, "upstream_unreachable", None), "unreachable", None)
         }
-        Fetched::TimedOut => {
-            let message = "the upstream did not answer in time; retrying".to_string();
-            (Outcome::Failed { status: 504, error: "upstream_timeout", message, detail: None }, "timeout", None)
-        }
+        Fetched::TimedOut => (failed(504, "upstream_timeout", None), "timeout", None),
         Fetched::BadEncoding(coding) => {
-            let message = "the upstream's answer came in an encoding the proxy cannot read; retrying".to_string();
             let detail = Some(format!("a content coding that is not decoded: {coding}"));
-            (Outcome::Failed { status: 502, error: "upstream_encoding", message, detail }, "bad_encoding", None)
+            (failed(502, "upstream_encoding", detail), "bad_encoding", None)
         }
         Fetched::Unreadable => {
-            let message = "the upstream's answer could not be read; retrying".to_string();
             let detail = Some("the HTTP client failed reading the answer (see the panic above)".to_string());
-            (Outcome::Failed { status: 502, error: "upstream_unreadable", message, detail }, "unreadable", None)
+            (failed(502, "upstream_unreadable", detail), "unreadable", None)
         }
         Fetched::TooLarge(n) => {
-            let message = "the upstream's answer is larger than the proxy accepts; retrying".to_string();
             let detail = Some(format!("a body over the upstream's max_body ({n}+ bytes)"));
-            (Outcome::Failed { status: 502, error: "upstream_body_too_large", message, detail }, "too_large", None)
+            (failed(502, "upstream_body_too_large", detail), "too_large", None)
         }
     };
     (Polled::Settled(outcome), label, hint)
+}
+
+/// A failed poll's outcome: the error's name, its sentence, and the detail for the log.
+fn failed(status: u16, error: &'static str, detail: Option<String>) -> Outcome {
+    let message = sentence(error, status).expect("a name of this table");
+    Outcome::Failed { status, error, message, detail }
+}
+
+/// The sentence subscribers are told for an error a poll ends in: fixed text per name, the
+/// only place these sentences are written (a cluster's follower makes its own from the name
+/// the leader sends, never taking text from Redis). `None` for a name unpoll never sends.
+pub fn sentence(error: &str, status: u16) -> Option<String> {
+    Some(match error {
+        "upstream_unavailable" | "upstream_status" => format!("the upstream answered {status}; retrying"),
+        "upstream_unreachable" => "the upstream could not be reached; retrying".to_string(),
+        "upstream_timeout" => "the upstream did not answer in time; retrying".to_string(),
+        "upstream_encoding" => "the upstream's answer came in an encoding the proxy cannot read; retrying".to_string(),
+        "upstream_unreadable" => "the upstream's answer could not be read; retrying".to_string(),
+        "upstream_body_too_large" => "the upstream's answer is larger than the proxy accepts; retrying".to_string(),
+        "upstream_body_too_deep" => format!("the upstream's JSON nests deeper than {MAX_DEPTH} levels; retrying"),
+        name if terminal(name) => format!("the upstream answered {status}; the stream ends"),
+        _ => return None,
+    })
+}
+
+/// Whether an error of this name ends the stream (the upstream answered 401, 403, 404, 410).
+pub fn terminal(error: &str) -> bool {
+    matches!(error, "unauthorized" | "forbidden" | "not_found" | "gone")
 }
 
 /// Exponential backoff from the interval after `failures` failed polls, capped at

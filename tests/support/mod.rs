@@ -9,7 +9,7 @@ mod upstream;
 
 pub use clients::*;
 pub use proxy::{config_text, unpoll_command, Proxy};
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, CLUSTER_SECRET};
 pub use setup::Setup;
 pub use upstream::{Seen, Upstream};
 

@@ -10,7 +10,12 @@ pub struct RedisServer {
     child: Option<Child>,
     /// `requirepass`, if it has one.
     password: Option<String>,
+    /// Holds the nodes' `cluster.secret_file`.
+    dir: tempfile::TempDir,
 }
+
+/// The secret of the tests' clusters.
+pub const CLUSTER_SECRET: &str = "7e57c1u57e75ec2e7f0rn0de5a11a9ree0n17bu7n0b0dye15e";
 
 impl RedisServer {
     pub fn start() -> RedisServer {
@@ -21,9 +26,17 @@ impl RedisServer {
     pub fn start_with_password(password: Option<&str>) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut server = RedisServer { addr, child: None, password: password.map(str::to_string) };
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = RedisServer { addr, child: None, password: password.map(str::to_string), dir };
         server.restart();
         server
+    }
+
+    /// A `cluster.secret_file` holding [`CLUSTER_SECRET`], for the nodes of this server.
+    pub fn secret_file(&self) -> String {
+        let path = self.dir.path().join("cluster.secret");
+        std::fs::write(&path, format!("{CLUSTER_SECRET}\n")).unwrap();
+        path.display().to_string()
     }
 
     /// `redis://` for this server, without its password.
