@@ -738,3 +738,58 @@ async fn forged_messages_and_stored_entries_never_reach_a_subscriber() {
     let read_back = third.metric("unpoll_cluster_unauthenticated_total", &[("what", "document")]).await;
     assert!(read_back >= 1.0, "the third node read the forged document and dropped it");
 }
+
+/// A Redis that answers `PING` but refuses every write (full, under `noeviction`) is down: each
+/// node says so once, polls alone without flapping, and shares again once writes succeed.
+#[tokio::test]
+async fn a_redis_out_of_memory_is_down_once_not_a_flapping_node() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let (redis, up, nodes) = started(2).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(Client::open(node.addr, "/doc", "sse", "json-patch", &[]).await);
+    }
+    for c in &mut clients {
+        assert!(c.until(&doc(1), 10 * SECOND).await);
+    }
+    assert!(eventually(5 * SECOND, || async { leader(&nodes).await.is_some() }).await);
+    let mut c = redis.connection().unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query(&mut c).unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query(&mut c).unwrap();
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG", "it still answers");
+    for n in &nodes {
+        assert!(eventually(5 * SECOND, || async { n.metric("unpoll_cluster_redis_up", &[]).await == 0.0 }).await);
+    }
+    // Five seconds full: down the whole time, on every node.
+    let until = Instant::now() + 5 * SECOND;
+    while Instant::now() < until {
+        for n in &nodes {
+            assert_eq!(n.metric("unpoll_cluster_redis_up", &[]).await, 0.0, "up again while Redis is full");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    up.set_json("/doc", &doc(2));
+    for c in &mut clients {
+        assert!(c.until(&doc(2), 10 * SECOND).await, "streams flow, each node polling alone");
+    }
+    for n in &nodes {
+        let log = n.log();
+        assert_eq!(log.matches("Redis refuses writes: it is out of memory").count(), 1, "said once:\n{log}");
+        assert_eq!(n.metric("unpoll_cluster_redis_outages_total", &[("reason", "out_of_memory")]).await, 1.0);
+        let fallbacks = n.metric("unpoll_cluster_local_fallbacks_total", &[]).await;
+        assert_eq!(fallbacks, 1.0, "the topic fell back once, not once per flap");
+    }
+    // Room again: writes succeed, and the nodes share one poll again.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query(&mut c).unwrap();
+    for n in &nodes {
+        assert!(eventually(5 * SECOND, || async { n.metric("unpoll_cluster_redis_up", &[]).await == 1.0 }).await);
+        assert!(n.log().contains("Redis accepts writes; topics share their polls again"));
+    }
+    assert!(eventually(5 * SECOND, || async { leader(&nodes).await.is_some() }).await);
+    up.set_json("/doc", &doc(3));
+    for c in &mut clients {
+        assert!(c.until(&doc(3), 10 * SECOND).await);
+        in_order(&c.seen).unwrap();
+    }
+}

@@ -67,7 +67,12 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 async fn every_metric_the_rules_and_the_dashboard_query_is_exported() {
     // A cluster configuration (its Redis need not answer) exports the cluster families too.
     let up = Upstream::start().await;
-    let setup = Setup::stream("/doc").cluster("redis", "redis://127.0.0.1:9/0").route("/*");
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), CLUSTER_SECRET).unwrap();
+    let setup = Setup::stream("/doc")
+        .cluster("redis", "redis://127.0.0.1:9/0")
+        .cluster("secret_file", secret.path().display().to_string())
+        .route("/*");
     let proxy = Proxy::launch(up.addr, &setup).await;
     let exported = proxy.metrics().await;
     let series: BTreeSet<&str> =

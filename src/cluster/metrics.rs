@@ -12,7 +12,7 @@ pub const UNAUTHENTICATED: [&str; 3] = ["message", "document", "history"];
 pub const CALLS: [&str; 7] = ["refresh", "publish", "tell", "read", "leave", "subscribe", "ping"];
 
 pub struct ClusterMetrics {
-    /// `unpoll_cluster_redis_up`: 1 while Redis answers, 0 while this node polls alone.
+    /// `unpoll_cluster_redis_up`: 1 while Redis accepts writes, 0 while this node polls alone.
     pub redis_up: IntGauge,
     /// `unpoll_cluster_topics{role}`: this node's topics by role: `leader` (it polls and
     /// publishes), `follower` (events come from the leader), `local` (Redis is away: it polls
@@ -28,6 +28,10 @@ pub struct ClusterMetrics {
     pub duration: HistogramVec,
     /// `unpoll_cluster_redis_errors_total{call}`: calls that failed or timed out.
     pub errors: IntCounterVec,
+    /// `unpoll_cluster_redis_outages_total{reason}`: times Redis was counted down (topics then
+    /// poll alone until a write succeeds again): `timeout`, `connection`, `out_of_memory`,
+    /// `error`.
+    pub outages: IntCounterVec,
     /// `unpoll_cluster_redis_in_flight`: calls waiting for their answer (at most
     /// `cluster.max_in_flight`).
     pub in_flight: IntGauge,
@@ -87,6 +91,11 @@ impl ClusterMetrics {
             fenced: counter("unpoll_cluster_fenced_total", "Versions not published: the lease had moved on"),
             duration,
             errors: counter_vec("unpoll_cluster_redis_errors_total", "Redis calls failed or timed out", &["call"]),
+            outages: counter_vec(
+                "unpoll_cluster_redis_outages_total",
+                "Times Redis was counted down, by reason",
+                &["reason"],
+            ),
             in_flight: gauge("unpoll_cluster_redis_in_flight", "Redis calls waiting for their answer"),
             waits: counter("unpoll_cluster_redis_waits_total", "Redis calls that waited for a free slot"),
             received: counter_vec("unpoll_cluster_events_received_total", "Events from other nodes", &["route"]),
@@ -101,6 +110,9 @@ impl ClusterMetrics {
         };
         for role in ROLES {
             m.topics.with_label_values(&[role]);
+        }
+        for reason in super::Outage::LABELS {
+            m.outages.with_label_values(&[reason]);
         }
         for what in UNAUTHENTICATED {
             m.unauthenticated.with_label_values(&[what]);

@@ -45,6 +45,8 @@ pub struct Cluster {
     pub inbox: inbox::Inbox,
     /// Bounds calls in flight (`cluster.max_in_flight`).
     in_flight: Semaphore,
+    /// Whether Redis accepts writes: set by [`Cluster::watch`] only (a write succeeded, and
+    /// the backoff passed), cleared by any call that fails.
     up: AtomicBool,
     /// Bumped on every change of `up`: wakes topics polling alone when Redis comes back.
     changed: watch::Sender<u64>,
@@ -52,6 +54,8 @@ pub struct Cluster {
     connected: watch::Sender<bool>,
     /// When an unauthenticated read was last logged.
     warned: std::sync::Mutex<Option<Instant>>,
+    /// Outages and recoveries, for the backoff.
+    health: std::sync::Mutex<Health>,
 }
 
 impl Cluster {
@@ -69,6 +73,7 @@ impl Cluster {
             changed: watch::Sender::new(0),
             connected: watch::Sender::new(false),
             warned: std::sync::Mutex::new(None),
+            health: std::sync::Mutex::default(),
         })
     }
 
@@ -114,7 +119,7 @@ impl Cluster {
         message::Keys::of(&self.settings.prefix, self.seal.topic_id(key))
     }
 
-    /// Whether Redis answered the last call.
+    /// Whether Redis accepts writes (see [`Cluster::watch`]).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -124,16 +129,43 @@ impl Cluster {
         self.changed.subscribe()
     }
 
-    fn set_up(&self, up: bool) {
-        if self.up.swap(up, Ordering::AcqRel) != up {
-            self.metrics.redis_up.set(i64::from(up));
-            if up {
-                log::info!("cluster: Redis answers; topics share their polls again");
-            } else {
-                log::warn!("cluster: Redis does not answer; each topic polls on this node alone until it does");
-            }
+    /// Redis accepts writes again (the watch's ping wrote).
+    fn set_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            self.metrics.redis_up.set(1);
+            self.health().up_since = Some(Instant::now());
+            log::info!("cluster: Redis accepts writes; topics share their polls again");
             self.changed.send_modify(|n| *n += 1);
         }
+    }
+
+    /// A call failed: Redis is down until a write succeeds again, after a backoff that grows
+    /// while Redis keeps coming and going. Logged once per outage, with its reason.
+    fn set_down(&self, reason: Outage, detail: &str) {
+        if !self.up.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.metrics.redis_up.set(0);
+        self.metrics.outages.with_label_values(&[reason.label()]).inc();
+        let backoff = {
+            let mut h = self.health();
+            // Down again soon after coming back: wait longer before the next try.
+            let flapping = h.up_since.is_some_and(|at| at.elapsed() < FLAP_WINDOW);
+            h.flaps = if flapping { (h.flaps + 1).min(16) } else { 0 };
+            h.down_at = Some(Instant::now());
+            backoff(h.flaps)
+        };
+        log::warn!(
+            "cluster: Redis {} ({detail}); each topic polls on this node alone until a write to Redis succeeds again \
+             (next try in {} ms)",
+            reason.sentence(),
+            backoff.as_millis()
+        );
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs a script, bounded by `max_in_flight` and `timeout`, timed and counted. A failure
@@ -159,17 +191,15 @@ impl Cluster {
         drop(permit);
         self.metrics.duration.with_label_values(&[call]).observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(value)) => {
-                self.set_up(true);
-                Ok(value)
-            }
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 log::debug!("cluster: Redis call {call} failed: {e}");
-                self.failed(call)
+                let detail: String = e.to_string().chars().take(200).collect();
+                self.failed(call, Outage::of(&e), &detail)
             }
             Err(_) => {
                 log::debug!("cluster: Redis call {call} timed out");
-                self.failed(call)
+                self.failed(call, Outage::Timeout, "no answer within cluster.timeout")
             }
         }
     }
@@ -188,23 +218,109 @@ impl Cluster {
         }
     }
 
-    fn failed<T>(&self, call: &'static str) -> Result<T, Down> {
+    fn failed<T>(&self, call: &'static str, reason: Outage, detail: &str) -> Result<T, Down> {
         self.metrics.errors.with_label_values(&[call]).inc();
-        self.set_up(false);
+        self.set_down(reason, detail);
         Err(Down)
     }
 
-    /// Asks Redis whether it answers, every half second while it does not: topics polling
-    /// alone go back to sharing once it does.
+    /// Asks Redis, every lease while it is up and every half second while it is not, whether
+    /// it accepts a **write** (a key of this node's, expiring after a lease): a Redis that
+    /// answers `PING` but refuses writes (out of memory under `noeviction`, a read-only
+    /// replica) is down. Topics polling alone go back to sharing once it accepts one, and
+    /// not before the backoff since it went down has passed.
     pub async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let ping = redis::Script::new("return 1");
+        let ping = redis::Script::new("redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1");
+        let key = format!("{}node:{}", self.settings.prefix, self.settings.node);
+        let lease = self.settings.lease.as_millis() as u64;
         loop {
+            let wrote: Result<i64, Down> = self.run("ping", ping.key(&key).arg(1).arg(lease)).await;
+            if wrote.is_ok() && !self.is_up() {
+                let h = *self.health();
+                if h.down_at.is_none_or(|at| at.elapsed() >= backoff(h.flaps)) {
+                    self.set_up();
+                }
+            }
             let every = if self.is_up() { self.settings.lease } else { Duration::from_millis(500) };
-            let _: Result<i64, Down> = self.run("ping", &ping.prepare_invoke()).await;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Down again within this long of coming back counts as flapping: the next wait doubles.
+const FLAP_WINDOW: Duration = Duration::from_secs(30);
+
+/// How long Redis stays down before a successful write brings it back, after `flaps` outages
+/// that each began soon after the last recovery: half a second, doubling, at most 30 s.
+pub fn backoff(flaps: u32) -> Duration {
+    Duration::from_millis(500).saturating_mul(1 << flaps.min(6)).min(Duration::from_secs(30))
+}
+
+/// Where this node is with Redis's outages.
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    /// When the current (or last) outage began.
+    down_at: Option<Instant>,
+    /// When Redis last came back.
+    up_since: Option<Instant>,
+    /// Outages in a row that began within [`FLAP_WINDOW`] of a recovery.
+    flaps: u32,
+}
+
+/// Why Redis is counted down (`unpoll_cluster_redis_outages_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// No answer within `cluster.timeout`.
+    Timeout,
+    /// No connection: refused, dropped, or not made yet.
+    Connection,
+    /// Out of memory: it answers, but refuses writes.
+    OutOfMemory,
+    /// Any other error a call returned (a read-only replica, a script error).
+    Error,
+}
+
+impl Outage {
+    /// The `reason` label.
+    pub const LABELS: [&'static str; 4] = ["timeout", "connection", "out_of_memory", "error"];
+
+    fn of(e: &RedisError) -> Outage {
+        if e.code() == Some("OOM") || e.to_string().contains("OOM ") {
+            Outage::OutOfMemory
+        } else if e.is_timeout() {
+            Outage::Timeout
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+            Outage::Connection
+        } else {
+            Outage::Error
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        Outage::LABELS[self as usize]
+    }
+
+    fn sentence(self) -> &'static str {
+        match self {
+            Outage::Timeout => "does not answer in time",
+            Outage::Connection => "cannot be reached",
+            Outage::OutOfMemory => "refuses writes: it is out of memory (maxmemory with noeviction)",
+            Outage::Error => "refuses a call",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_before_redis_counts_up_again_doubles_while_it_flaps() {
+        let waits: Vec<u128> = (0..9).map(|f| backoff(f).as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(30));
     }
 }
