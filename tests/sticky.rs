@@ -262,14 +262,13 @@ async fn a_stream_whose_server_dies_keeps_flowing_from_another_without_reconnect
     assert_eq!(doc.value.as_ref().unwrap()["v"], 2);
 }
 
-#[tokio::test]
-async fn active_checks_take_a_failing_server_out_and_bring_it_back_after_healthy_after() {
+/// Two sticky servers whose `/healthz` passes, checked with `health`; and a cookie pinning
+/// its holder to the first.
+async fn checked_pool(health: Value) -> (Vec<Upstream>, Proxy, String) {
     let servers = pool(2).await;
     for s in &servers {
         s.set_json("/healthz", &json!({"ok": true}));
     }
-    let health =
-        json!({"path": "/healthz", "interval": "200ms", "timeout": "100ms", "healthy_after": 2, "unhealthy_after": 2});
     let setup = Setup::new()
         .upstream("servers", addresses(&servers))
         .upstream("sticky", json!({"cookie": {}}))
@@ -277,6 +276,14 @@ async fn active_checks_take_a_failing_server_out_and_bring_it_back_after_healthy
         .route("/*");
     let proxy = Proxy::launch(servers[0].addr, &setup).await;
     let c0 = cookie_for(&proxy, "s0").await;
+    (servers, proxy, c0)
+}
+
+#[tokio::test]
+async fn active_checks_take_a_failing_server_out_and_bring_it_back_after_healthy_after() {
+    let health =
+        json!({"path": "/healthz", "interval": "200ms", "timeout": "100ms", "healthy_after": 2, "unhealthy_after": 2});
+    let (servers, proxy, c0) = checked_pool(health).await;
     let label = servers[0].addr.to_string();
     let labels = [("server", label.as_str())];
     let up = || proxy.metric("unpoll_upstream_server_up", &labels);
@@ -310,19 +317,9 @@ async fn active_checks_take_a_failing_server_out_and_bring_it_back_after_healthy
 
 #[tokio::test]
 async fn failed_checks_take_a_server_out_however_much_traffic_it_answers() {
-    let servers = pool(2).await;
-    for s in &servers {
-        s.set_json("/healthz", &json!({"ok": true}));
-    }
     let health =
         json!({"path": "/healthz", "interval": "150ms", "timeout": "100ms", "healthy_after": 1, "unhealthy_after": 3});
-    let setup = Setup::new()
-        .upstream("servers", addresses(&servers))
-        .upstream("sticky", json!({"cookie": {}}))
-        .upstream("health", health)
-        .route("/*");
-    let proxy = Proxy::launch(servers[0].addr, &setup).await;
-    let c0 = cookie_for(&proxy, "s0").await;
+    let (servers, proxy, c0) = checked_pool(health).await;
     let label = servers[0].addr.to_string();
     let labels = [("server", label.as_str())];
     let up = || proxy.metric("unpoll_upstream_server_up", &labels);
