@@ -92,3 +92,28 @@ pub fn resume_id(data: &[u8]) {
         assert_eq!(unpoll::wire::event::ResumeId::parse(&format!("{}-{}", id.epoch, id.version)), Some(id));
     }
 }
+
+/// A message read from a cluster's Redis channel (anyone who can write to Redis chooses its
+/// bytes): reading never panics, what is read encodes back to the same bytes, and its tags,
+/// whatever they are, do not pass for a secret's.
+pub fn cluster_message(data: &[u8]) {
+    use unpoll::cluster::message::Message;
+    use unpoll::cluster::seal::Seal;
+    let Some(message) = Message::decode(bytes::Bytes::copy_from_slice(data)) else { return };
+    let roundtrips = match &message {
+        Message::Error { error, .. } => error.len() <= 255,
+        Message::Event { .. } => true,
+    };
+    if roundtrips {
+        assert_eq!(&message.encode().0[..], data, "{message:?}");
+    }
+    let seal = Seal::new(b"a fuzzing secret of 32 bytes or more");
+    match &message {
+        Message::Event { epoch, version, document, document_tag, .. } => {
+            assert!(!Seal::matches(&seal.document("t", epoch, *version, document), document_tag));
+        }
+        Message::Error { epoch, version, status, error, terminal, tag } => {
+            assert!(!Seal::matches(&seal.error("t", epoch, *version, *status, error, *terminal), tag));
+        }
+    }
+}

@@ -41,3 +41,8 @@ fn websocket_input_corpus() {
 fn resume_id_corpus() {
     run("resume_id", checks::resume_id);
 }
+
+#[test]
+fn cluster_message_corpus() {
+    run("cluster_message", checks::cluster_message);
+}
