@@ -22,6 +22,7 @@ use super::{Cluster, Down};
 use crate::diff::Delta;
 use crate::topic::feed::{Feed, Gate, Retire, Stopped};
 use crate::topic::poller::{self, Poller};
+use crate::topic::sentence;
 use crate::topic::state::{Received, Stored, Topic};
 use crate::wire::event::ErrorEvent;
 use bytes::Bytes;
@@ -329,8 +330,8 @@ impl Life {
                 // Only a name this node knows, told with this node's own sentence for it: no
                 // text from Redis reaches a subscriber.
                 let authentic = Seal::matches(&c.seal.error(id, &epoch, version, status, &error, terminal), &tag)
-                    && terminal == poller::terminal(&error);
-                let Some(sentence) = poller::sentence(&error, status).filter(|_| authentic) else {
+                    && terminal == sentence::terminal(&error);
+                let Some(said) = sentence::sentence(&error, status).filter(|_| authentic) else {
                     c.unauthenticated("message");
                     return Ok(None);
                 };
@@ -343,7 +344,7 @@ impl Life {
                 if !current {
                     return Ok(None);
                 }
-                self.topic.tell(Arc::new(ErrorEvent::new(status, &error, &sentence, terminal)));
+                self.topic.tell(Arc::new(ErrorEvent::new(status, &error, &said, terminal)));
                 Ok(terminal.then_some(Stopped::Terminal))
             }
         }

@@ -19,7 +19,6 @@
 //! Every answer on a route with `origins` says `Vary: Origin`, whether or not the request had
 //! one, so that a shared cache never serves one origin's copy to another.
 
-use super::subscribe::Reject;
 use crate::config::StreamSettings;
 use http::HeaderMap;
 use pingora::http::RequestHeader;
@@ -133,17 +132,10 @@ pub const PREFLIGHT_MAX_AGE: u32 = 600;
 /// Request headers a preflight may ask for: what a stream subscription or its GET sends.
 pub const ALLOWED_HEADERS: &str = "authorization, last-event-id, cache-control, content-type";
 
-/// A preflight for the route: `None` when the request is not one (or the route lists no
-/// origins); otherwise the grant it is answered with, or the refusal.
-pub fn preflight(method: &http::Method, headers: &HeaderMap, cors: &Cors) -> Option<Result<Grant, Reject>> {
-    if method != http::Method::OPTIONS || *cors == Cors::Off || !headers.contains_key("access-control-request-method") {
-        return None;
-    }
-    Some(cors.granted().cloned().ok_or_else(|| Reject {
-        status: 403,
-        reason: "origin_not_allowed",
-        message: "this origin may not read this route".to_string(),
-    }))
+/// Whether the request is a preflight for a route with origins (answered by unpoll: with the
+/// grant, or `403 origin_not_allowed`), not a plain `OPTIONS` to proxy.
+pub fn is_preflight(method: &http::Method, headers: &HeaderMap, cors: &Cors) -> bool {
+    method == http::Method::OPTIONS && *cors != Cors::Off && headers.contains_key("access-control-request-method")
 }
 
 #[cfg(test)]
@@ -174,13 +166,16 @@ mod tests {
         assert_eq!(Cors::of(&from_app, &listed), with_credentials("https://app.example"));
         assert_eq!(Cors::of(&headers(&[("origin", "https://evil.example")]), &listed), Cors::Vary);
         assert_eq!(Cors::of(&HeaderMap::new(), &listed), Cors::Vary, "no Origin: Vary all the same");
+        let options = http::Method::OPTIONS;
         let ask = headers(&[("origin", "https://evil.example"), ("access-control-request-method", "GET")]);
-        let refused = preflight(&http::Method::OPTIONS, &ask, &Cors::of(&ask, &listed));
-        assert_eq!(refused.unwrap().unwrap_err().status, 403);
+        assert!(is_preflight(&options, &ask, &Cors::of(&ask, &listed)), "answered (refused) here");
+        assert_eq!(Cors::of(&ask, &listed).granted(), None);
         let ask = headers(&[("origin", "https://app.example"), ("access-control-request-method", "GET")]);
-        let answered = preflight(&http::Method::OPTIONS, &ask, &Cors::of(&ask, &listed)).unwrap().unwrap();
-        assert_eq!(answered, Grant { allow: "https://app.example".into(), credentials: true });
-        assert!(preflight(&http::Method::OPTIONS, &from_app, &Cors::of(&from_app, &listed)).is_none());
+        assert!(is_preflight(&options, &ask, &Cors::of(&ask, &listed)));
+        let answered = Cors::of(&ask, &listed).granted().cloned();
+        assert_eq!(answered, Some(Grant { allow: "https://app.example".into(), credentials: true }));
+        assert!(!is_preflight(&options, &from_app, &Cors::of(&from_app, &listed)), "a plain OPTIONS is proxied");
+        assert!(!is_preflight(&options, &ask, &Cors::of(&ask, &StreamSettings::default())), "no origins");
         let lines = with_credentials("https://app.example").head_lines().unwrap();
         assert!(lines.contains("access-control-allow-credentials: true\r\n") && lines.contains("vary: Origin"));
     }

@@ -138,17 +138,17 @@ impl ProxyHttp for Gateway {
                 }
             }
             let req = session.req_header();
-            match cors::preflight(&req.method, &req.headers, &ctx.cors) {
-                None => {}
-                Some(Ok(grant)) => {
-                    preflight(session, &grant).await?;
-                    return Ok(true);
+            if cors::is_preflight(&req.method, &req.headers, &ctx.cors) {
+                match ctx.cors.granted().cloned() {
+                    Some(grant) => preflight(session, &grant).await?,
+                    None => {
+                        let reason = "origin_not_allowed";
+                        self.metrics.rejected.with_label_values(&[reason]).inc();
+                        let message = "this origin may not read this route".to_string();
+                        respond_to(session, &Reject { status: 403, reason, message }, &ctx.cors).await?;
+                    }
                 }
-                Some(Err(reject)) => {
-                    self.metrics.rejected.with_label_values(&[reject.reason]).inc();
-                    respond_to(session, &reject, &cors::Cors::Vary).await?;
-                    return Ok(true);
-                }
+                return Ok(true);
             }
             match subscribe::classify(session.req_header(), &stream_route.stream) {
                 None => {}

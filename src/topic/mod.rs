@@ -1,6 +1,7 @@
 //! The shared poll: which subscribers share one ([`key`], the security-critical part), the
 //! hub of live topics, each topic's document and history ([`state`]), the upstream GET
-//! ([`fetch`]), the poll loop ([`poller`]) and the diff threads ([`compute`]).
+//! ([`fetch`]), the poll loop ([`poller`]), the diff threads ([`compute`]) and what
+//! subscribers are told when a poll fails ([`sentence`]).
 
 pub mod compute;
 pub mod feed;
@@ -8,4 +9,5 @@ pub mod fetch;
 pub mod hub;
 pub mod key;
 pub mod poller;
+pub mod sentence;
 pub mod state;

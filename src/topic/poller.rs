@@ -279,30 +279,8 @@ fn classify(fetched: Fetched) -> (Polled, &'static str, Option<Duration>) {
 
 /// A failed poll's outcome: the error's name, its sentence, and the detail for the log.
 fn failed(status: u16, error: &'static str, detail: Option<String>) -> Outcome {
-    let message = sentence(error, status).expect("a name of this table");
+    let message = super::sentence::sentence(error, status).expect("a name of its table");
     Outcome::Failed { status, error, message, detail }
-}
-
-/// The sentence subscribers are told for an error a poll ends in: fixed text per name, the
-/// only place these sentences are written (a cluster's follower makes its own from the name
-/// the leader sends, never taking text from Redis). `None` for a name unpoll never sends.
-pub fn sentence(error: &str, status: u16) -> Option<String> {
-    Some(match error {
-        "upstream_unavailable" | "upstream_status" => format!("the upstream answered {status}; retrying"),
-        "upstream_unreachable" => "the upstream could not be reached; retrying".to_string(),
-        "upstream_timeout" => "the upstream did not answer in time; retrying".to_string(),
-        "upstream_encoding" => "the upstream's answer came in an encoding the proxy cannot read; retrying".to_string(),
-        "upstream_unreadable" => "the upstream's answer could not be read; retrying".to_string(),
-        "upstream_body_too_large" => "the upstream's answer is larger than the proxy accepts; retrying".to_string(),
-        "upstream_body_too_deep" => format!("the upstream's JSON nests deeper than {MAX_DEPTH} levels; retrying"),
-        name if terminal(name) => format!("the upstream answered {status}; the stream ends"),
-        _ => return None,
-    })
-}
-
-/// Whether an error of this name ends the stream (the upstream answered 401, 403, 404, 410).
-pub fn terminal(error: &str) -> bool {
-    matches!(error, "unauthorized" | "forbidden" | "not_found" | "gone")
 }
 
 /// Exponential backoff from the interval after `failures` failed polls, capped at

@@ -363,7 +363,7 @@ impl Topic {
                 (Applied::Failed, Some(e))
             }
             Outcome::Terminal { status, error } => {
-                let message = super::poller::sentence(error, status).unwrap_or_default();
+                let message = super::sentence::sentence(error, status).unwrap_or_default();
                 let e = Arc::new(ErrorEvent::new(status, error, &message, true));
                 self.tell(e.clone());
                 (Applied::Terminal, Some(e))
