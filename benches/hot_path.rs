@@ -1,4 +1,5 @@
-//! Microbenchmarks of the per-event hot path: diff, event encoding, TopicKey derivation.
+//! Microbenchmarks of the per-event hot path: diff, event encoding, TopicKey derivation, and a
+//! cluster event's tags.
 //! Run: cargo bench --bench hot_path
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -87,5 +88,23 @@ fn topic_key(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, diff, encoding, topic_key);
+/// What authenticating a cluster event costs: the leader tags each version once (document and
+/// patches), and every other node with the topic checks both tags once.
+fn cluster_tags(c: &mut Criterion) {
+    use unpoll::cluster::seal::Seal;
+    let seal = Seal::new(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    for size in [1_000, 10_000, 100_000] {
+        let doc = serde_json::to_vec(&document(size)).unwrap();
+        let patch = br#"[{"op":"replace","path":"/rows/3/delay","value":5}]"#;
+        c.bench_function(&format!("cluster event tags {}KB", size / 1000), |b| {
+            b.iter(|| {
+                let d = seal.document("0123456789abcdef", "9f2c1a3b", 42, black_box(&doc));
+                let p = seal.patches("0123456789abcdef", "9f2c1a3b", 42, Some(black_box(patch)), None);
+                (d, p)
+            })
+        });
+    }
+}
+
+criterion_group!(benches, diff, encoding, topic_key, cluster_tags);
 criterion_main!(benches);
