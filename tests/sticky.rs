@@ -262,9 +262,9 @@ async fn a_stream_whose_server_dies_keeps_flowing_from_another_without_reconnect
     assert_eq!(doc.value.as_ref().unwrap()["v"], 2);
 }
 
-/// Two sticky servers whose `/healthz` passes, checked with `health`; and a cookie pinning
-/// its holder to the first.
-async fn checked_pool(health: Value) -> (Vec<Upstream>, Proxy, String) {
+/// Two sticky servers whose `/healthz` passes, checked with `health`; a cookie pinning its
+/// holder to the first, and the first's `server` label.
+async fn checked_pool(health: Value) -> (Vec<Upstream>, Proxy, String, String) {
     let servers = pool(2).await;
     for s in &servers {
         s.set_json("/healthz", &json!({"ok": true}));
@@ -276,15 +276,15 @@ async fn checked_pool(health: Value) -> (Vec<Upstream>, Proxy, String) {
         .route("/*");
     let proxy = Proxy::launch(servers[0].addr, &setup).await;
     let c0 = cookie_for(&proxy, "s0").await;
-    (servers, proxy, c0)
+    let label = servers[0].addr.to_string();
+    (servers, proxy, c0, label)
 }
 
 #[tokio::test]
 async fn active_checks_take_a_failing_server_out_and_bring_it_back_after_healthy_after() {
     let health =
         json!({"path": "/healthz", "interval": "200ms", "timeout": "100ms", "healthy_after": 2, "unhealthy_after": 2});
-    let (servers, proxy, c0) = checked_pool(health).await;
-    let label = servers[0].addr.to_string();
+    let (servers, proxy, c0, label) = checked_pool(health).await;
     let labels = [("server", label.as_str())];
     let up = || proxy.metric("unpoll_upstream_server_up", &labels);
     // s0 still answers requests, but says it is unhealthy: only an active check can tell.
@@ -319,8 +319,7 @@ async fn active_checks_take_a_failing_server_out_and_bring_it_back_after_healthy
 async fn failed_checks_take_a_server_out_however_much_traffic_it_answers() {
     let health =
         json!({"path": "/healthz", "interval": "150ms", "timeout": "100ms", "healthy_after": 1, "unhealthy_after": 3});
-    let (servers, proxy, c0) = checked_pool(health).await;
-    let label = servers[0].addr.to_string();
+    let (servers, proxy, c0, label) = checked_pool(health).await;
     let labels = [("server", label.as_str())];
     let up = || proxy.metric("unpoll_upstream_server_up", &labels);
     // s0 drains: its health path answers 503 while it still answers every request, and its

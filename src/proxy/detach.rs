@@ -35,12 +35,13 @@ pub async fn detach(session: &mut Session) -> Option<(Stream, BytesMut)> {
     // request ("pipelining"): ask for that, on a request without a body (a subscription is a
     // GET), and take the stream and those bytes back out. Otherwise (a body, or `Connection:
     // close`) the stream alone, as before.
-    if h1.is_body_done() {
+    let bodiless = h1.is_body_done();
+    if bodiless {
         h1.set_pipelining_enabled(true);
         h1.set_keepalive_reuses_remaining(None);
         h1.set_server_keepalive(Some(0));
     }
-    if !h1.is_body_done() || !h1.will_keepalive() {
+    if !bodiless || !h1.will_keepalive() {
         return Some((h1.into_inner(), BytesMut::new()));
     }
     match h1.reuse().await {
