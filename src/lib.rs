@@ -10,21 +10,18 @@
 //! in this table (read from the code's `use crate::` lines):
 //!
 //! ```text
-//! server       admin cluster config discovery health metrics proxy redact reload route_table status systemd topic
+//! server       admin cluster config metrics proxy redact reload route_table status systemd topic upstream
 //! admin        metrics status
 //! status       cluster config metrics redact route_table topic wire
 //! cluster      config diff redact topic wire
-//! proxy        balance config metrics pool redact route_table stream sys topic wire
+//! proxy        config metrics redact route_table stream sys topic upstream wire
 //! stream       config metrics sys topic wire
 //! reload       config metrics redact route_table topic
-//! health       balance metrics route_table
-//! discovery    config metrics route_table
-//! topic        balance config diff metrics pool redact route_table sys wire
+//! topic        config diff metrics redact route_table sys upstream wire
 //! wire         config diff
 //! diff         config
-//! route_table  balance config metrics pool
-//! balance      config metrics
-//! pool         config sys
+//! route_table  config metrics upstream
+//! upstream     config metrics sys
 //! metrics      config
 //! redact       config
 //! demo         config
@@ -55,14 +52,16 @@
 //! - [`wire`]: events and their encodings, made once per protocol and format.
 //! - [`diff`]: pure JSON diffing into RFC 6902 and RFC 7396 patches, with the size gate and
 //!   the work budget.
-//! - [`health`]: active health checks of upstream servers; [`discovery`]: server names
-//!   resolved again every `resolve_interval`.
-//! - [`route_table`]: the routes and upstreams in force, compiled from a configuration and
-//!   read lock-free (arc-swap); each upstream's servers and connection-reuse state.
-//! - [`balance`]: choosing a server: weighted round robin, the Ketama ring of hash affinity,
-//!   sticky cookies' opaque server ids, and each server's health.
-//! - [`pool`]: which requests may share a pooled upstream connection, and the checks that
-//!   keep a broken upstream's stray bytes from reaching another request.
+//! - [`route_table`]: the routes in force, compiled from a configuration and read lock-free
+//!   (arc-swap), each with its upstream.
+//! - [`upstream`]: everything about reaching a server. Each upstream's servers and
+//!   connection-reuse state; choosing a server ([`upstream::balance`]: weighted round robin,
+//!   the Ketama ring of hash affinity, sticky cookies' opaque server ids, and each server's
+//!   health); active health checks ([`upstream::health`]); server names resolved again every
+//!   `resolve_interval` ([`upstream::discovery`]); which requests may share a pooled
+//!   connection, and the checks that keep a broken upstream's stray bytes from reaching
+//!   another request ([`upstream::pool`]); and the one place that builds a server's peer,
+//!   plain or TLS ([`upstream::peer`]).
 //! - [`metrics`]: every Prometheus metric ([`procstat`]: the process's own figures; the
 //!   savings counters' sums); [`admin`] serves them on a listener of its own, with
 //!   [`status`]'s JSON of the live topics.
@@ -84,16 +83,12 @@
 //! seed corpora, which `tests/fuzz_corpus.rs` runs), `benches/` (criterion), `docs/`.
 
 pub mod admin;
-pub mod balance;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod diff;
-pub mod discovery;
-pub mod health;
 pub mod logging;
 pub mod metrics;
-pub mod pool;
 pub mod procstat;
 pub mod proxy;
 pub mod redact;
@@ -105,4 +100,5 @@ pub mod stream;
 pub mod sys;
 pub mod systemd;
 pub mod topic;
+pub mod upstream;
 pub mod wire;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// `outcome` of `unpoll_upstream_polls_total`.
-pub const POLL_OUTCOMES: [&str; 12] = [
+pub const POLL_OUTCOMES: [&str; 13] = [
     "changed",
     "unchanged",
     "equivalent",
@@ -20,6 +20,7 @@ pub const POLL_OUTCOMES: [&str; 12] = [
     "error_status",
     "terminal_status",
     "unreachable",
+    "tls",
     "timeout",
     "too_large",
     "unreadable",
@@ -62,6 +63,8 @@ pub const SERVER_REQUEST_KINDS: [&str; 2] = ["proxy", "poll"];
 pub const STICKY_RESULTS: [&str; 3] = ["hit", "assigned", "reassigned"];
 /// `reason` of `unpoll_upstream_reuse_refused_total`.
 pub const REUSE_REASONS: [&str; 2] = ["stray_bytes", "doubtful_framing"];
+/// `kind` of `unpoll_upstream_tls_failures_total`.
+pub const TLS_FAILURE_KINDS: [&str; 3] = ["proxy", "poll", "health"];
 /// `lane` of `unpoll_diff_waits_total`.
 pub const LANES: [&str; 2] = ["small", "large"];
 /// `kind` of `unpoll_http_requests_total`, for a route (`no_route` has the route `""`).
@@ -106,6 +109,10 @@ pub struct Metrics {
     /// `unpoll_upstream_requests_total{upstream,server,kind}`: requests sent to each server
     /// (`proxy`: proxied requests; `poll`: polls).
     pub server_requests: IntCounterVec,
+    /// `unpoll_upstream_tls_failures_total{upstream,server,kind}`: requests (`proxy`), polls
+    /// (`poll`) and health checks (`health`) to a TLS upstream that failed in TLS: a
+    /// certificate that does not verify, a client certificate refused, a failed handshake.
+    pub tls_failures: IntCounterVec,
     /// `unpoll_sticky_total{upstream,result}`: sticky choices: `hit` (the client's server),
     /// `assigned` (a client without one), `reassigned` (its server is gone or down).
     pub sticky: IntCounterVec,
@@ -317,6 +324,11 @@ impl Metrics {
                 "Requests sent to each upstream server, proxied or polls",
                 &["upstream", "server", "kind"],
             ),
+            tls_failures: counter_vec(
+                "unpoll_upstream_tls_failures_total",
+                "Requests, polls and health checks to TLS upstreams that failed in TLS",
+                &["upstream", "server", "kind"],
+            ),
             health_checks: counter_vec(
                 "unpoll_health_checks_total",
                 "Active health checks by result",
@@ -380,6 +392,11 @@ impl Metrics {
                 let label = server.label();
                 for kind in SERVER_REQUEST_KINDS {
                     self.server_requests.with_label_values(&[name, &label, kind]);
+                }
+                if upstream.tls.is_some() {
+                    for kind in TLS_FAILURE_KINDS {
+                        self.tls_failures.with_label_values(&[name, &label, kind]);
+                    }
                 }
                 if upstream.health.is_some() {
                     for result in ["ok", "failed"] {

@@ -1,4 +1,5 @@
-//! Live reload: the configuration file is watched (and reloaded on SIGHUP), parsed and
+//! Live reload: the configuration file is watched, with the files it names for upstream TLS
+//! (and reloaded on SIGHUP), parsed and
 //! validated off to the side, and swapped in atomically; anything wrong keeps the running
 //! configuration.
 
@@ -78,6 +79,22 @@ impl Reloader {
             .map_err(|source| ReloadError::Read { path: self.path.display().to_string(), source })
     }
 
+    /// What a change of is a reason to reload: the file, and the files of the running
+    /// configuration's upstream TLS settings (a renewed certificate or CA is read again).
+    fn snapshot(&self) -> Option<(String, Vec<Option<Vec<u8>>>)> {
+        let text = self.read().ok()?;
+        let table = self.table.load();
+        let files = table
+            .upstreams()
+            .iter()
+            .filter_map(|u| u.settings.tls.as_ref())
+            .flat_map(|t| [&t.ca, &t.client_cert, &t.client_key])
+            .flatten()
+            .map(|path| std::fs::read(path).ok())
+            .collect();
+        Some((text, files))
+    }
+
     /// Reads, parses and validates the file, resolving its names on a blocking thread (DNS
     /// never runs on the async workers).
     async fn load(&self) -> Result<Config, ReloadError> {
@@ -139,18 +156,18 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
-        let mut seen = self.read().ok();
+        let mut seen = self.snapshot();
         let mut tick = tokio::time::interval(WATCH_PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = hangup.recv() => {
-                    seen = self.read().ok();
+                    seen = self.snapshot();
                     self.reload("SIGHUP").await;
                 }
                 _ = tick.tick(), if self.watch => {
-                    let now = self.read().ok();
+                    let now = self.snapshot();
                     if now == seen {
                         continue;
                     }
@@ -158,14 +175,15 @@ impl BackgroundService for Reloader {
                     let mut settled = now;
                     loop {
                         tokio::time::sleep(SETTLE).await;
-                        let again = self.read().ok();
+                        let again = self.snapshot();
                         if again == settled {
                             break;
                         }
                         settled = again;
                     }
-                    seen = settled;
                     self.reload("file changed").await;
+                    // The files of the configuration now in force.
+                    seen = self.snapshot().or(settled);
                 }
             }
         }

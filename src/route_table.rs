@@ -1,145 +1,10 @@
 //! The route table in force: compiled from a [`Config`] and read lock-free through arc-swap.
 
-use crate::balance::{Balancer, Rules, Server, Transition};
-use crate::config::{ClusterSettings, Config, RouteSettings, ServerSettings, StreamSettings, UpstreamSettings};
+use crate::config::{ClusterSettings, Config, RouteSettings, ServerSettings, StreamSettings};
 use crate::metrics::Metrics;
-use crate::pool::{self, Distrust, Plan, Quarantine};
-use arc_swap::ArcSwap;
-use prometheus::IntCounterVec;
+use crate::upstream::Upstream;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// A group of upstream servers (see [`crate::balance`] for how one is chosen).
-#[derive(Debug)]
-pub struct Upstream {
-    pub name: String,
-    pub settings: UpstreamSettings,
-    /// Its servers and how one is chosen; replaced when names resolve to other addresses
-    /// (service discovery).
-    balancer: ArcSwap<Balancer>,
-    /// When its names were last resolved.
-    pub(crate) resolved_at: std::sync::Mutex<Option<std::time::Instant>>,
-    /// Names that did not resolve last time.
-    pub(crate) failing_names: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// One permit per poll in flight: `max_concurrent_polls`.
-    pub polls: tokio::sync::Semaphore,
-    /// Servers whose connections are not reused for now (see [`crate::pool`]).
-    quarantine: Quarantine,
-}
-
-impl Upstream {
-    /// The next healthy server in weighted round-robin order.
-    pub fn pick(&self) -> Arc<Server> {
-        self.balancer().round_robin(None).clone()
-    }
-
-    /// Whether its names are due to be resolved again (and marks them done).
-    pub fn discovery_due(&self) -> bool {
-        let named = self.settings.addresses.iter().any(|e| e.address.parse::<SocketAddr>().is_err());
-        if !named {
-            return false;
-        }
-        let mut last = self.resolved_at.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < self.settings.resolve_interval) {
-            return false;
-        }
-        *last = Some(now);
-        true
-    }
-
-    /// Its servers and how one is chosen, as they are now.
-    pub fn balancer(&self) -> arc_swap::Guard<Arc<Balancer>> {
-        self.balancer.load()
-    }
-
-    /// Puts `servers` in rotation; those it had already keep their health.
-    pub fn set_servers(&self, servers: &[crate::config::ServerAddr], metrics: &Metrics) {
-        let next = Balancer::new(&self.name, servers, metrics, Some(&self.balancer()));
-        self.balancer.store(Arc::new(next));
-    }
-
-    /// A poll of `server` failed for a reason of the server's (unreachable, no answer, 5xx):
-    /// logged at `warn` when it begins an outage, with the detail clients are not shown.
-    pub fn failing(&self, server: &Server, detail: &str) {
-        if server.outage_begins() {
-            log::warn!(
-                "upstream {} server {} is failing: {detail}; its topics retry with backoff",
-                self.name,
-                server.label
-            );
-        }
-    }
-
-    /// A poll of `server` was answered: the end of its outage, if it had one, is logged.
-    pub fn answering(&self, server: &Server) {
-        if server.outage_ends() {
-            log::info!("upstream {} server {} answers again", self.name, server.label);
-        }
-    }
-
-    /// `server` could not be reached (refused, reset, timed out): it counts towards taking it
-    /// out of rotation (see [`crate::balance`]).
-    pub fn unreachable(&self, server: &Server) {
-        let rules = self.rules();
-        let change = server.failed(rules);
-        self.changed(server, change, &format!("after {} failures in a row", rules.unhealthy_after));
-    }
-
-    /// `server` answered.
-    pub fn reached(&self, server: &Server) {
-        self.changed(server, server.answered(), "it answers");
-    }
-
-    /// When servers are taken out and brought back.
-    pub fn rules(&self) -> Rules {
-        match &self.settings.health {
-            Some(h) => {
-                Rules { unhealthy_after: h.unhealthy_after, healthy_after: h.healthy_after, out_for: h.interval }
-            }
-            None => Rules::default(),
-        }
-    }
-
-    /// Logs a change in `server`'s health, once, and when every server is out.
-    pub fn changed(&self, server: &Server, change: Option<Transition>, why: &str) {
-        match change {
-            Some(Transition::Down) => {
-                log::warn!("upstream {} server {} is out of rotation ({why})", self.name, server.label);
-                if self.balancer().all_down() {
-                    log::warn!("upstream {}: every server is out; requests still go to one of them", self.name);
-                }
-            }
-            Some(Transition::Up) => {
-                log::info!("upstream {} server {} is back in rotation ({why})", self.name, server.label)
-            }
-            None => {}
-        }
-    }
-
-    /// How a request made for `identity` (see [`pool::identity`]) gets its connection to `server`.
-    pub fn plan(&self, server: SocketAddr, identity: u64) -> Plan {
-        pool::plan(self.settings.reuse, self.quarantine.holds(server), identity)
-    }
-
-    /// Stops reusing connections to `server` for a while: it left bytes behind or framed a
-    /// response doubtfully. Counted in `refused` (`unpoll_upstream_reuse_refused_total`).
-    pub fn distrust(&self, server: SocketAddr, why: Distrust, refused: &IntCounterVec) {
-        refused.with_label_values(&[&self.name, why.label()]).inc();
-        if self.quarantine.begin(server) {
-            log::warn!(
-                "upstream {} server {server}: {} on a connection; its connections are not reused for {}s",
-                self.name,
-                match why {
-                    Distrust::StrayBytes => "bytes arrived outside any response",
-                    Distrust::DoubtfulFraming => "a response's framing is in doubt",
-                },
-                pool::QUARANTINE.as_secs()
-            );
-        }
-    }
-}
 
 /// A route with its upstream resolved.
 #[derive(Debug)]
@@ -197,20 +62,7 @@ impl RouteTable {
             .iter()
             .map(|(name, settings)| {
                 let before = previous.and_then(|p| p.upstream(name)).map(|u| u.balancer());
-                let u = Upstream {
-                    name: name.clone(),
-                    settings: settings.clone(),
-                    balancer: ArcSwap::from_pointee(Balancer::new(
-                        name,
-                        &settings.servers,
-                        metrics,
-                        before.as_ref().map(|b| &***b),
-                    )),
-                    resolved_at: std::sync::Mutex::new(Some(std::time::Instant::now())),
-                    failing_names: Default::default(),
-                    polls: tokio::sync::Semaphore::new(settings.max_concurrent_polls),
-                    quarantine: Quarantine::default(),
-                };
+                let u = Upstream::new(name, settings, metrics, before.as_ref().map(|b| &***b));
                 (name.clone(), Arc::new(u))
             })
             .collect();

@@ -168,9 +168,13 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
         };
         server.add_service(background_service("config reload", reloader));
     }
-    let checks = crate::health::HealthChecks { table: table.clone(), metrics: metrics.clone() };
+    let in_force: crate::upstream::InForce = {
+        let table = table.clone();
+        Arc::new(move || table.load().upstreams())
+    };
+    let checks = crate::upstream::health::HealthChecks::new(in_force.clone(), metrics.clone());
     server.add_service(background_service("health checks", checks));
-    let discovery = crate::discovery::Discovery { table: table.clone(), metrics: metrics.clone() };
+    let discovery = crate::upstream::discovery::Discovery { upstreams: in_force, metrics: metrics.clone() };
     server.add_service(background_service("service discovery", discovery));
     let connections = Connections::new(metrics.clone());
     let gateway = Gateway {

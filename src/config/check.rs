@@ -3,6 +3,7 @@
 
 use super::model::*;
 use super::sections::Draft;
+use super::tls::Scheme;
 use super::walk::Walker;
 
 /// Checks and completes what depends on more than one key.
@@ -18,7 +19,8 @@ pub fn check(w: &mut Walker, draft: &mut Draft) {
             );
         }
     }
-    for (name, upstream) in &draft.upstreams {
+    for (name, upstream) in &mut draft.upstreams {
+        tls(w, &format!("upstreams.{name}"), upstream);
         if let Some(h) = &upstream.health {
             // One check of a server at a time: each ends before the next is due.
             if h.timeout >= h.interval {
@@ -52,6 +54,50 @@ pub fn check(w: &mut Walker, draft: &mut Draft) {
             let given = w.given(&format!("{path}.stream.vary"));
             vary(w, stream, given, &format!("{path}.stream.vary"));
             token(w, stream, &format!("{path}.stream.token"));
+        }
+    }
+}
+
+/// Checks `upstreams.<name>.tls` against the servers of `upstreams.<name>` (at `path`) for what depends on both its servers and its `tls`,
+/// and turns TLS on when a server is written `https://…`.
+fn tls(w: &mut Walker, path: &str, upstream: &mut UpstreamSettings) {
+    let schemes: Vec<(usize, Scheme)> =
+        upstream.addresses.iter().enumerate().filter_map(|(i, e)| e.scheme.map(|s| (i, s))).collect();
+    let https = schemes.iter().any(|(_, s)| *s == Scheme::Https);
+    if upstream.tls.is_none() && https {
+        upstream.tls = Some(super::tls::UpstreamTls::default());
+    }
+    if let Some((i, _)) = schemes.iter().find(|(_, s)| *s == Scheme::Http).filter(|_| upstream.tls.is_some()) {
+        let why = if https { "other servers of this upstream are `https://`" } else { "the upstream has `tls`" };
+        w.problem(
+            &format!("{path}.servers[{i}]"),
+            format!("`http://` here, but {why}: one upstream speaks one of them"),
+        );
+    }
+    let Some(tls) = &upstream.tls else { return };
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        let (missing, given) = if tls.client_cert.is_some() { ("key", "cert") } else { ("cert", "key") };
+        w.problem(&format!("{path}.tls.client_{missing}"), format!("`client_{given}` needs `client_{missing}` too"));
+    }
+    if tls.sni.is_some() || tls.insecure_skip_verify {
+        return;
+    }
+    for (i, entry) in upstream.addresses.iter().enumerate() {
+        if super::tls::host_of(&entry.address).parse::<std::net::IpAddr>().is_ok() {
+            let at = if w.given(&format!("{path}.tls")) {
+                format!("{path}.tls.sni")
+            } else {
+                format!("{path}.servers[{i}]")
+            };
+            w.problem(
+                &at,
+                format!(
+                    "server `{}` is an IP address, which names no certificate: give `tls.sni`, the name its \
+                     certificate is for (or `tls.insecure_skip_verify: true`, to accept any certificate)",
+                    entry.address
+                ),
+            );
+            return;
         }
     }
 }

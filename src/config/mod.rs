@@ -10,6 +10,7 @@ mod pattern;
 mod problem;
 mod resolve;
 mod sections;
+mod tls;
 mod walk;
 mod yaml;
 
@@ -19,6 +20,7 @@ pub use model::*;
 pub use parse::{parse, parse_config, ConfigErrors, Parsed, Problem};
 pub use pattern::Pattern;
 pub use resolve::lookup;
+pub use tls::{host_of, ClientIdentity, Scheme, TlsFiles, UpstreamTls};
 
 use std::path::Path;
 

@@ -159,6 +159,8 @@ pub struct UpstreamSettings {
     pub max_concurrent_polls: usize,
     /// `reuse`: which requests may share a pooled connection to one of the servers.
     pub reuse: Reuse,
+    /// `tls`: HTTPS to every server (also when a server is written `https://…`).
+    pub tls: Option<super::tls::UpstreamTls>,
 }
 
 /// `upstreams.<name>.servers[i]` as written.
@@ -168,6 +170,8 @@ pub struct ServerEntry {
     pub address: String,
     /// `weight`: its share of new clients, against the others' (default 1).
     pub weight: u32,
+    /// The scheme it was written with (`https://host`), if any.
+    pub scheme: Option<super::tls::Scheme>,
 }
 
 /// A server with its address resolved.
@@ -467,6 +471,7 @@ impl Default for UpstreamSettings {
             max_body: 8 * 1024 * 1024,
             max_concurrent_polls: 32,
             reuse: Reuse::PerCredential,
+            tls: None,
         }
     }
 }

@@ -141,7 +141,7 @@ upstreams:
   legacy:
     servers: []
   other:
-    servers: ["http://x:1"]
+    servers: ["ftp://x:1"]
     reuse: sometimes
 routes:
   - match: orders

@@ -63,6 +63,9 @@ pub fn resolve(w: &mut Walker, config: &mut Config, max_connections_given: bool)
         }
     }
     for (name, upstream) in &mut config.upstreams {
+        if let Some(tls) = &mut upstream.tls {
+            super::tls::load(w, &format!("upstreams.{name}"), tls);
+        }
         let mut servers = Vec::new();
         for (i, entry) in upstream.addresses.iter().enumerate() {
             match lookup(&entry.address) {

@@ -166,7 +166,7 @@ const SERVER: [Key<ServerSettings>; 18] = [
 ];
 
 /// `upstreams.<name>:`.
-const UPSTREAM: [Key<UpstreamSettings>; 9] = [
+const UPSTREAM: [Key<UpstreamSettings>; 10] = [
     Key::required("servers", "list the upstream's `host:port` servers", |w, v, p, u| {
         let Value::Sequence(items) = v else {
             w.problem(p, format!("expected a list, found {}", super::walk::kind(v)));
@@ -195,6 +195,11 @@ const UPSTREAM: [Key<UpstreamSettings>; 9] = [
         w.section(v, p, &HEALTH, &mut health)?;
         set(&mut u.health, Some(Some(health)))
     }),
+    Key::new("tls", |w, v, p, u| {
+        let mut tls = super::tls::UpstreamTls::default();
+        w.section(v, p, &super::tls::TLS, &mut tls)?;
+        set(&mut u.tls, Some(Some(tls)))
+    }),
 ];
 
 const HEALTH: [Key<HealthSettings>; 5] = [
@@ -212,20 +217,32 @@ const HEALTH: [Key<HealthSettings>; 5] = [
     Key::new("unhealthy_after", |w, v, p, h| set(&mut h.unhealthy_after, w.count(v, p, 1, 100).map(|n| n as u32))),
 ];
 
-/// `servers[i]`: `host:port`, or `{addr: host:port, weight: n}`.
+/// `servers[i]`: `host:port` or `https://host[:port]`, or `{addr: …, weight: n}`.
 fn server(w: &mut Walker, v: &Value, p: &str) -> Option<ServerEntry> {
     if let Value::String(text) = v {
-        return Some(ServerEntry { address: w.address(text, p)?, weight: 1 });
+        let (address, scheme) = server_address(w, text, p)?;
+        return Some(ServerEntry { address, weight: 1, scheme });
     }
-    let mut entry = ServerEntry { address: String::new(), weight: 1 };
+    let mut entry = ServerEntry { address: String::new(), weight: 1, scheme: None };
     w.section(v, p, &SERVER_ENTRY, &mut entry)?;
     (!entry.address.is_empty()).then_some(entry)
+}
+
+/// A server's `host:port`, and the scheme it was written with.
+fn server_address(w: &mut Walker, text: &str, p: &str) -> Option<(String, Option<super::tls::Scheme>)> {
+    let Some((address, scheme)) = super::tls::strip_scheme(text) else {
+        w.problem(p, format!("`{text}`: write `host:port` or `https://host[:port]`, without a path"));
+        return None;
+    };
+    Some((w.address(&address, p)?, scheme))
 }
 
 const SERVER_ENTRY: [Key<ServerEntry>; 2] = [
     Key::required("addr", "give the server's `host:port`", |w, v, p, e| {
         let text = w.string(v, p)?;
-        set(&mut e.address, w.address(&text, p))
+        let (address, scheme) = server_address(w, &text, p)?;
+        e.scheme = scheme;
+        set(&mut e.address, Some(address))
     }),
     Key::new("weight", |w, v, p, e| set(&mut e.weight, w.count(v, p, 1, 1000).map(|n| n as u32))),
 ];
@@ -518,11 +535,12 @@ fn routes(w: &mut Walker, v: &Value, path: &str) -> Option<Vec<RouteDraft>> {
 /// The names of every key a section allows, by section: `server`, `upstreams.<name>`,
 /// `routes[i]`, `routes[i].stream` (the documentation test holds the example file to them).
 #[cfg(test)]
-pub fn keys() -> [(&'static str, Vec<&'static str>); 9] {
+pub fn keys() -> [(&'static str, Vec<&'static str>); 10] {
     [
         ("cluster", CLUSTER.iter().map(|k| k.name).collect()),
         ("routes[i].stream.token", TOKEN.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.health", HEALTH.iter().map(|k| k.name).collect()),
+        ("upstreams.<name>.tls", super::tls::TLS.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.servers[i]", SERVER_ENTRY.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.sticky.cookie", STICKY_COOKIE.iter().map(|k| k.name).collect()),
         ("server", SERVER.iter().map(|k| k.name).collect()),

@@ -189,7 +189,7 @@ impl Walker {
     /// step (see `resolve.rs`), never while parsing.
     pub fn address(&mut self, text: &str, path: &str) -> Option<String> {
         if text.contains("://") {
-            self.problem(path, format!("`{text}`: write `host:port` without a scheme (upstreams are plain HTTP)"));
+            self.problem(path, format!("`{text}`: write `host:port`, without a scheme"));
             return None;
         }
         let well_formed = text.rsplit_once(':').is_some_and(|(host, port)| {

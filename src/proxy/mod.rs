@@ -16,10 +16,11 @@ pub mod token;
 
 use crate::config::{Sticky, CREDENTIAL_HEADERS};
 use crate::metrics::Metrics;
-use crate::pool::{self, Distrust};
 use crate::route_table::{Route, RouteTable, StreamRoute};
 use crate::sys;
 use crate::topic::hub::Hub;
+use crate::upstream::peer::is_tls_error;
+use crate::upstream::pool::{self, Distrust};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,14 +51,14 @@ pub struct Ctx {
     route: Option<Arc<Route>>,
     server: Option<SocketAddr>,
     /// The server chosen, for its health and counters.
-    chosen: Option<Arc<crate::balance::Server>>,
+    chosen: Option<Arc<crate::upstream::balance::Server>>,
     /// A sticky cookie to set on the response (the client was assigned a server).
     set_cookie: Option<String>,
     /// Whether a failed connection was already retried on another server.
     retried: bool,
     /// The server whose connection failed, avoided on the retry.
     avoid: Option<SocketAddr>,
-    /// Ask for the upstream connection to be closed after this request (see [`crate::pool`]).
+    /// Ask for the upstream connection to be closed after this request (see [`crate::upstream::pool`]).
     close: bool,
     /// What CORS adds to the answers (see [`cors`]).
     cors: cors::Cors,
@@ -242,9 +243,7 @@ impl ProxyHttp for Gateway {
         // Requests with different credentials never share an upstream connection.
         let identity = pool::identity(&session.req_header().headers, CREDENTIAL_HEADERS);
         let plan = route.upstream.plan(server, identity);
-        let mut peer = HttpPeer::new(server, false, String::new());
-        peer.options.connection_timeout = Some(route.upstream.settings.connect_timeout);
-        peer.group_key = plan.group_key;
+        let peer = route.upstream.peer(ctx.chosen.as_ref().expect("chosen above"), plan.group_key);
         ctx.server = Some(server);
         ctx.close = plan.close;
         Ok(Box::new(peer))
@@ -274,8 +273,12 @@ impl ProxyHttp for Gateway {
         if ctx.close {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
         }
-        // The sticky cookie is unpoll's own: the upstream never sees it.
         let route = ctx.route.as_ref().expect("routed");
+        // A TLS upstream is asked for its own name (the client's is in X-Forwarded-Host).
+        if let Some(host) = ctx.chosen.as_ref().and_then(|server| route.upstream.host(server)) {
+            upstream_request.insert_header(http::header::HOST, host)?;
+        }
+        // The sticky cookie is unpoll's own: the upstream never sees it.
         if let Some(crate::config::Sticky::Cookie(cookie)) = &route.upstream.settings.sticky {
             let kept: Vec<http::HeaderValue> = upstream_request
                 .headers
@@ -310,6 +313,9 @@ impl ProxyHttp for Gateway {
     fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         if let (Some(route), Some(server)) = (ctx.route.as_ref(), ctx.chosen.as_ref()) {
             route.upstream.unreachable(server);
+            if is_tls_error(&e) {
+                route.upstream.tls_failed(server, &e, "proxy");
+            }
         }
         let idempotent =
             matches!(session.req_header().method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS);
@@ -323,7 +329,7 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    /// A pooled connection carries the request only if nothing waits on it (see [`crate::pool`]).
+    /// A pooled connection carries the request only if nothing waits on it (see [`crate::upstream::pool`]).
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -336,7 +342,8 @@ impl ProxyHttp for Gateway {
         if !reused {
             return Ok(());
         }
-        match pool::reusable(sys::pending_fd(fd)) {
+        let tls = ctx.route.as_ref().is_some_and(|r| r.upstream.is_tls());
+        match pool::reusable_by_socket(sys::pending_fd(fd), tls) {
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(why) => {
@@ -355,6 +362,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         if let (Some(route), Some(server)) = (ctx.route.as_ref(), ctx.chosen.as_ref()) {
             route.upstream.reached(server);
+            route.upstream.answering(server);
         }
         if pool::doubtful_framing(upstream_response.status, &upstream_response.headers, None) {
             let (route, server) = (ctx.route.as_ref().expect("routed"), ctx.server.expect("picked"));
@@ -368,9 +376,15 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        // A server that refuses the client certificate says so after the handshake (TLS 1.3).
+        if let (Some(route), Some(server)) = (ctx.route.as_ref(), ctx.chosen.as_ref()) {
+            if is_tls_error(&e) {
+                route.upstream.tls_failed(server, &e, "proxy");
+            }
+        }
         let stale = e.etype() == &STALE;
         let mut e = e.more_context(format!("Peer: {peer}"));
         if stale {

@@ -2,9 +2,9 @@
 //! (while that server is healthy), the one its hashed attribute maps to, or the next in
 //! weighted round robin.
 
-use crate::balance::Server;
 use crate::config::{HashOn, Sticky, StickyCookie};
-use crate::route_table::Upstream;
+use crate::upstream::balance::Server;
+use crate::upstream::Upstream;
 use http::HeaderMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

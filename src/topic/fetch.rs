@@ -1,21 +1,21 @@
 //! One upstream GET through pingora's pooled HTTP connector, with the reuse checks of
-//! [`crate::pool`].
+//! [`crate::upstream::pool`].
 
 use super::key::PollRequest;
-use crate::balance::Server;
-use crate::pool::{self, Distrust, Plan};
-use crate::route_table::Upstream;
 use crate::sys::{self, Pending};
+use crate::upstream::balance::Server;
+use crate::upstream::pool::{self, Distrust, Plan};
+use crate::upstream::Upstream;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::HeaderMap;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use prometheus::IntCounterVec;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 /// The validators of the last body, sent back as `If-None-Match` / `If-Modified-Since`.
@@ -36,6 +36,9 @@ pub enum Fetched {
     Status { status: u16, retry_after: Option<Duration> },
     /// Connection refused or reset, protocol error, with the detail (for the log only).
     Unreachable(String),
+    /// A TLS upstream's handshake failed, or it refused the connection in TLS (a certificate
+    /// that does not verify, a client certificate refused), with the detail (for the log only).
+    Tls(String),
     /// The poll took longer than the upstream's `timeout`.
     TimedOut,
     /// The body was larger than the upstream's `max_body`.
@@ -93,7 +96,7 @@ impl Fetch for HttpFetch {
 /// Polls `request` on its server of `upstream` (see [`super::key::Pin`]), or the next one.
 /// A server that cannot be reached is tried no more for this poll: the poll goes once to
 /// another, so a pinned topic moves on without an error event. Connections that cannot be
-/// trusted with another request are counted in `refused` (see [`crate::pool`]).
+/// trusted with another request are counted in `refused` (see [`crate::upstream::pool`]).
 pub async fn fetch(
     connector: &Connector,
     upstream: &Upstream,
@@ -108,7 +111,7 @@ pub async fn fetch(
         None => upstream.pick(),
     };
     let fetched = fetch_from(connector, upstream, &first, request, validators, refused).await;
-    if !matches!(fetched, Fetched::Unreachable(_)) || upstream.balancer().servers().len() < 2 {
+    if !matches!(fetched, Fetched::Unreachable(_) | Fetched::Tls(_)) || upstream.balancer().servers().len() < 2 {
         return fetched;
     }
     let balancer = upstream.balancer();
@@ -134,12 +137,16 @@ async fn fetch_from(
     refused: &IntCounterVec,
 ) -> Fetched {
     let timeout = upstream.settings.timeout;
-    let addr = server.addr;
     server.polled.inc();
     let fetched =
-        match tokio::time::timeout(timeout, fetch_inner(connector, upstream, addr, request, validators, refused)).await
+        match tokio::time::timeout(timeout, fetch_inner(connector, upstream, server, request, validators, refused))
+            .await
         {
             Ok(Ok(f)) => f,
+            Ok(Err(e)) if crate::upstream::peer::is_tls_error(&e) => {
+                upstream.tls_failed(server, &e, "poll");
+                Fetched::Tls(e.to_string())
+            }
             Ok(Err(e)) => Fetched::Unreachable(e.to_string()),
             Err(_) => Fetched::TimedOut,
         };
@@ -150,6 +157,8 @@ async fn fetch_from(
             upstream.unreachable(server);
             upstream.failing(server, detail);
         }
+        // Counted and logged by `tls_failed` above.
+        Fetched::Tls(_) => upstream.unreachable(server),
         Fetched::TimedOut => {
             upstream.unreachable(server);
             upstream.failing(server, &format!("no answer within {timeout:?}"));
@@ -166,49 +175,66 @@ async fn fetch_from(
     fetched
 }
 
-/// A session to `addr` for a request on behalf of `identity`, and how it was planned. A pooled
-/// connection is used only if nothing waits on it; one with bytes waiting quarantines the
-/// server, and the request then gets a new connection.
+/// A session to `server` for a request on behalf of `identity`, and how it was planned. A
+/// pooled connection is used only if nothing waits on it; one with bytes waiting quarantines
+/// the server, and the request then gets a new connection.
 async fn connect(
     connector: &Connector,
     upstream: &Upstream,
-    addr: SocketAddr,
+    server: &Server,
     identity: u64,
     refused: &IntCounterVec,
 ) -> pingora::Result<(HttpSession, HttpPeer, Plan)> {
     for _ in 0..MAX_STALE {
-        let plan = upstream.plan(addr, identity);
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(upstream.settings.connect_timeout);
-        peer.group_key = plan.group_key;
+        let plan = upstream.plan(server.addr, identity);
+        let peer = upstream.peer(server, plan.group_key);
         let (session, reused) = connector.get_http_session(&peer).await?;
         if !reused {
             return Ok((session, peer, plan));
         }
-        match pool::reusable(session.stream().map_or(Pending::Closed, sys::pending)) {
+        let (session, pending) = waiting(session, &peer, upstream.is_tls()).await;
+        match pool::reusable(pending) {
             Ok(true) => return Ok((session, peer, plan)),
             Ok(false) => {}
-            Err(why) => upstream.distrust(addr, why, refused),
+            Err(why) => upstream.distrust(server.addr, why, refused),
         }
     }
     Error::e_explain(ErrorType::ConnectError, "every pooled connection was stale")
 }
 
+/// What waits on `session`'s connection: asked of the kernel, and on a TLS connection whose
+/// socket holds records, read through TLS (see [`pool::look_through_tls`]). The session is
+/// given back, ready for a new request when nothing waits.
+async fn waiting(session: HttpSession, peer: &HttpPeer, tls: bool) -> (HttpSession, Pending) {
+    let kernel = session.stream().map_or(Pending::Closed, sys::pending);
+    if !tls || kernel != Pending::Data {
+        return (session, kernel);
+    }
+    let HttpSession::H1(h1) = session else { return (session, Pending::Closed) };
+    let mut stream = h1.into_inner();
+    let pending = pool::look_through_tls(&mut stream).await;
+    (HttpSession::H1(Http1Session::new_with_options(stream, peer)), pending)
+}
+
 async fn fetch_inner(
     connector: &Connector,
     upstream: &Upstream,
-    addr: SocketAddr,
+    server: &Server,
     request: &PollRequest,
     request_validators: &Validators,
     refused: &IntCounterVec,
 ) -> pingora::Result<Fetched> {
     let validators = request_validators;
-    let (mut session, peer, plan) = connect(connector, upstream, addr, request.identity, refused).await?;
+    let addr = server.addr;
+    let (mut session, peer, plan) = connect(connector, upstream, server, request.identity, refused).await?;
     let mut req = RequestHeader::build("GET", request.target.as_bytes(), None)?;
     for (name, value) in &request.headers {
         req.append_header(name.clone(), value.clone())?;
     }
-    if req.headers.get(http::header::HOST).is_none() {
+    // A TLS upstream is asked for its own name; a plain one gets the subscriber's `Host`.
+    if let Some(host) = upstream.host(server) {
+        req.insert_header(http::header::HOST, host)?;
+    } else if req.headers.get(http::header::HOST).is_none() {
         req.insert_header(http::header::HOST, addr.to_string())?;
     }
     req.insert_header(http::header::ACCEPT, "application/json")?;
@@ -261,12 +287,14 @@ async fn fetch_inner(
         }
         body.extend_from_slice(&chunk);
     }
-    // Bytes already waiting after the end of the response belong to no request.
-    let after = session.stream().map_or(Pending::Closed, sys::pending);
+    // Bytes already waiting after the end of the response belong to no request. (A TLS
+    // connection read through to find out is not pooled again: its session was taken apart.)
+    let kernel = session.stream().map_or(Pending::Closed, sys::pending);
+    let (session, after) = waiting(session, &peer, upstream.is_tls()).await;
     if after == Pending::Data || doubtful {
         let why = if doubtful { Distrust::DoubtfulFraming } else { Distrust::StrayBytes };
         upstream.distrust(addr, why, refused);
-    } else if after == Pending::Nothing && !plan.close {
+    } else if after == Pending::Nothing && kernel == Pending::Nothing && !plan.close {
         connector.release_http_session(session, &peer, Some(IDLE_POOL_TIMEOUT)).await;
     }
     let asked_conditionally = request_validators.etag.is_some() || request_validators.last_modified.is_some();

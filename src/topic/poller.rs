@@ -260,6 +260,10 @@ fn classify(fetched: Fetched) -> (Polled, &'static str, Option<Duration>) {
             // The detail (addresses, OS errors) is logged by `fetch`, never sent to clients.
             (failed(502, "upstream_unreachable", None), "unreachable", None)
         }
+        Fetched::Tls(_) => {
+            // Why (the certificate, the alert) is logged by `fetch`, never sent to clients.
+            (failed(502, "upstream_tls", None), "tls", None)
+        }
         Fetched::TimedOut => (failed(504, "upstream_timeout", None), "timeout", None),
         Fetched::BadEncoding(coding) => {
             let detail = Some(format!("a content coding that is not decoded: {coding}"));
@@ -328,6 +332,16 @@ mod tests {
         let (outcome, label, _) = classify(Fetched::Unreadable);
         assert_eq!(label, "unreadable");
         assert!(matches!(outcome, Polled::Settled(Outcome::Failed { status: 502, error: "upstream_unreadable", .. })));
+    }
+
+    #[test]
+    fn a_tls_failure_is_its_own_error_that_retries() {
+        let (outcome, label, _) = classify(Fetched::Tls("invalid peer certificate: UnknownIssuer".into()));
+        assert_eq!(label, "tls");
+        let Polled::Settled(Outcome::Failed { status: 502, error: "upstream_tls", message, .. }) = outcome else {
+            panic!("not an upstream_tls failure")
+        };
+        assert!(!message.contains("UnknownIssuer"), "clients are not told the detail: {message}");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use super::*;
 use crate::config::{parse_config, Format};
-use crate::route_table::Upstream;
 use crate::route_table::{RouteTable, StreamRoute};
 use crate::topic::hub::{Hub, Limits, Subscription};
 use crate::topic::key::PollRequest;
+use crate::upstream::Upstream;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 

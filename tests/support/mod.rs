@@ -5,6 +5,7 @@ mod clients;
 mod proxy;
 mod redis_server;
 mod setup;
+pub mod tls;
 mod upstream;
 
 pub use clients::*;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 /// A scripted response.
@@ -55,6 +55,9 @@ struct State {
     whoami: u64,
     /// Connections accepted so far.
     connections: usize,
+    /// TLS handshakes completed (a TLS upstream), and the name each asked for (SNI).
+    handshakes: usize,
+    sni: Vec<Option<String>>,
     /// Paths answered with these bytes exactly, framing and all.
     raw: HashMap<String, Vec<u8>>,
     /// Served at `/me`: per `Authorization` value, that user's document (401 for anyone else).
@@ -65,13 +68,24 @@ pub struct Upstream {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Serving HTTPS: every connection is a TLS one, with this configuration.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::listen(None)
+    }
+
+    /// An HTTPS upstream, serving with `tls` (see `support::tls`).
+    pub async fn start_tls(tls: rustls::ServerConfig) -> Upstream {
+        Upstream::listen(Some(Arc::new(tls)))
+    }
+
+    fn listen(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
         let listener = bind("127.0.0.1:0".parse().unwrap());
         let addr = listener.local_addr().unwrap();
-        let up = Upstream { addr, state: Arc::default(), tasks: Arc::default() };
+        let up = Upstream { addr, state: Arc::default(), tasks: Arc::default(), tls };
         up.serve(listener);
         up
     }
@@ -79,6 +93,7 @@ impl Upstream {
     fn serve(&self, listener: TcpListener) {
         let state = self.state.clone();
         let tasks = self.tasks.clone();
+        let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let id = {
@@ -86,11 +101,35 @@ impl Upstream {
                     s.connections += 1;
                     s.connections
                 };
-                let conn = tokio::spawn(connection(stream, state.clone(), id));
+                let conn = match &tls {
+                    None => tokio::spawn(connection(stream, state.clone(), id)),
+                    Some(acceptor) => {
+                        let (acceptor, state) = (acceptor.clone(), state.clone());
+                        tokio::spawn(async move {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            {
+                                let mut s = state.lock().unwrap();
+                                s.handshakes += 1;
+                                s.sni.push(stream.get_ref().1.server_name().map(str::to_string));
+                            }
+                            connection(stream, state, id).await
+                        })
+                    }
+                };
                 tasks.lock().unwrap().push(conn);
             }
         });
         self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// TLS handshakes completed so far.
+    pub fn handshakes(&self) -> usize {
+        self.state.lock().unwrap().handshakes
+    }
+
+    /// The name (SNI) each completed handshake asked for.
+    pub fn sni(&self) -> Vec<Option<String>> {
+        self.state.lock().unwrap().sni.clone()
     }
 
     /// Answers `/me` for requests whose `Authorization` is `authorization` with `doc`.
@@ -219,7 +258,7 @@ fn bind(addr: SocketAddr) -> TcpListener {
     try_bind(addr).expect("bind test upstream")
 }
 
-async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>, id: usize) {
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Mutex<State>>, id: usize) {
     let mut buf = Vec::new();
     loop {
         let Some((mut seen, used)) = read_request(&mut stream, &mut buf).await else {
@@ -328,7 +367,7 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>, id: usize) 
     }
 }
 
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize)> {
+async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<(Seen, usize)> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
@@ -390,7 +429,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen
     }
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+async fn fill<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 8192];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => false,
@@ -401,7 +440,13 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-async fn write_response(stream: &mut TcpStream, status: u16, ct: &str, extra: &[(&str, &str)], body: &[u8]) -> bool {
+async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    ct: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> bool {
     let mut head = format!("HTTP/1.1 {status} X\r\ncontent-type: {ct}\r\ncontent-length: {}\r\n", body.len());
     for (k, v) in extra {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -440,7 +485,7 @@ fn shuffled(target: &str) -> Vec<u8> {
 }
 
 /// A chunked body sent in three parts, 150 ms apart.
-async fn slow_stream(stream: &mut TcpStream) -> bool {
+async fn slow_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> bool {
     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
     if stream.write_all(head.as_bytes()).await.is_err() {
         return false;

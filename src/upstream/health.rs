@@ -1,27 +1,34 @@
 //! Active health checks: every `health.interval`, each server of an upstream with `health`
 //! is asked `GET health.path` on a connection of its own; a 2xx or 3xx answer within
-//! `health.timeout` passes. The servers' health is in [`crate::balance`]; this only asks.
+//! `health.timeout` passes. The servers' health is in [`crate::upstream::balance`]; this only asks.
 
+use super::balance::Server;
+use super::{InForce, Upstream};
 use crate::metrics::Metrics;
-use crate::route_table::{RouteTable, Upstream};
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How often the checker looks for checks that are due.
 const TICK: Duration = Duration::from_millis(100);
-/// The most of an answer a check reads (its status line is all it needs).
-const MAX_ANSWER: usize = 1024;
 
-/// Runs the checks of the route table in force.
+/// Runs the checks of the upstreams in force.
 pub struct HealthChecks {
-    pub table: Arc<ArcSwap<RouteTable>>,
+    pub upstreams: InForce,
     pub metrics: Arc<Metrics>,
+    /// Connections of their own (never pooled), made as polls and requests make theirs (see
+    /// [`super::peer`]): over TLS to a TLS upstream.
+    pub connector: Arc<Connector>,
+}
+
+impl HealthChecks {
+    pub fn new(upstreams: InForce, metrics: Arc<Metrics>) -> HealthChecks {
+        HealthChecks { upstreams, metrics, connector: Arc::new(Connector::new(None)) }
+    }
 }
 
 #[async_trait]
@@ -34,7 +41,7 @@ impl BackgroundService for HealthChecks {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            for upstream in self.table.load().upstreams() {
+            for upstream in (self.upstreams)() {
                 self.due(&upstream);
             }
         }
@@ -55,9 +62,15 @@ impl HealthChecks {
                 *next = Some(now + health.interval);
             }
             let (upstream, server, metrics) = (upstream.clone(), server.clone(), self.metrics.clone());
-            let (path, timeout) = (health.path.clone(), health.timeout);
+            let (path, timeout, connector) = (health.path.clone(), health.timeout, self.connector.clone());
             tokio::spawn(async move {
-                let passed = matches!(tokio::time::timeout(timeout, check(server.addr, &path)).await, Ok(Ok(true)));
+                let checked = tokio::time::timeout(timeout, check(&connector, &upstream, &server, &path)).await;
+                if let Ok(Err(e)) = &checked {
+                    if super::peer::is_tls_error(e) {
+                        upstream.tls_failed(&server, e, "health");
+                    }
+                }
+                let passed = matches!(checked, Ok(Ok(true)));
                 let result = if passed { "ok" } else { "failed" };
                 metrics.health_checks.with_label_values(&[&upstream.name, &server.label, result]).inc();
                 let rules = upstream.rules();
@@ -73,26 +86,18 @@ impl HealthChecks {
     }
 }
 
-/// One check: whether `GET path` on `addr` is answered 2xx or 3xx.
-async fn check(addr: SocketAddr, path: &str) -> std::io::Result<bool> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: unpoll-health\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::with_capacity(128);
-    let mut buf = [0u8; 256];
-    while answer.len() < MAX_ANSWER {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        answer.extend_from_slice(&buf[..n]);
-        if answer.windows(2).any(|w| w == b"\r\n") {
-            break;
-        }
-    }
-    let line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
-    let status =
-        std::str::from_utf8(line).ok().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse::<u16>().ok());
-    Ok(status.is_some_and(|s| (200..400).contains(&s)))
+/// One check: whether `GET path` on `server` is answered 2xx or 3xx, on a connection of its
+/// own, closed after it.
+async fn check(connector: &Connector, upstream: &Upstream, server: &Server, path: &str) -> pingora::Result<bool> {
+    let peer = upstream.peer(server, rand::random());
+    let (mut session, _) = connector.get_http_session(&peer).await?;
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
+    req.insert_header(http::header::HOST, upstream.host(server).unwrap_or_else(|| server.addr.to_string()))?;
+    req.insert_header(http::header::USER_AGENT, "unpoll-health")?;
+    req.insert_header(http::header::CONNECTION, "close")?;
+    session.write_request_header(Box::new(req)).await?;
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    let status = session.response_header().map_or(0, |r| r.status.as_u16());
+    Ok((200..400).contains(&status))
 }

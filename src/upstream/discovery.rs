@@ -4,10 +4,9 @@
 //! their sticky clients. A name that stops resolving keeps its last addresses, and the log
 //! says so once. Lookups block, so they run on a blocking thread.
 
+use super::{InForce, Upstream};
 use crate::config::{self, ServerAddr};
 use crate::metrics::Metrics;
-use crate::route_table::{RouteTable, Upstream};
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -21,9 +20,9 @@ const TICK: Duration = Duration::from_secs(1);
 /// A lookup: every address a `host:port` resolves to, or why it does not.
 pub type Lookup = fn(&str) -> Result<Vec<SocketAddr>, String>;
 
-/// Re-resolves the servers of the route table in force.
+/// Re-resolves the servers of the upstreams in force.
 pub struct Discovery {
-    pub table: Arc<ArcSwap<RouteTable>>,
+    pub upstreams: InForce,
     pub metrics: Arc<Metrics>,
 }
 
@@ -37,7 +36,7 @@ impl BackgroundService for Discovery {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            for upstream in self.table.load().upstreams().into_iter().filter(|u| u.discovery_due()) {
+            for upstream in (self.upstreams)().into_iter().filter(|u| u.discovery_due()) {
                 let metrics = self.metrics.clone();
                 let _ = tokio::task::spawn_blocking(move || rediscover(&upstream, &metrics, config::lookup)).await;
             }
@@ -109,8 +108,8 @@ mod tests {
         let text =
             "upstreams: {a: {servers: ['localhost:8081', '127.0.0.9:80']}}\nroutes: [{match: /x, upstream: a}]\n";
         let metrics = Metrics::default();
-        let table = RouteTable::new(&parse_config(text).unwrap(), &metrics, None);
-        let upstream = table.upstream("a").unwrap();
+        let config = parse_config(text).unwrap();
+        let upstream = &Upstream::new("a", &config.upstreams["a"], &metrics, None);
         *ANSWER.lock().unwrap() = Some(Ok(addrs(&["127.0.0.2:8081", "127.0.0.3:8081"])));
         assert!(rediscover(upstream, &metrics, scripted));
         assert_eq!(

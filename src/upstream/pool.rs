@@ -11,7 +11,13 @@
 //!   the same credentials (pingora's `group_key`): whatever a server leaves behind can only
 //!   reach the user it was meant for;
 //! - right before a pooled connection carries a request, the kernel is asked whether anything
-//!   waits on it ([`crate::sys::pending`]); a connection with bytes waiting is dropped;
+//!   waits on it ([`crate::sys::pending`]); a connection with bytes waiting is dropped. On a
+//!   TLS connection the socket holds ciphertext, which may be the protocol's own (a session
+//!   ticket, a key update, a close): where the TLS stream is at hand (polls), it is read
+//!   through ([`look_through_tls`]) to tell stray application bytes from those; where only the
+//!   socket is (proxied requests), bytes waiting refuse reuse without counting against the
+//!   server ([`reusable_by_socket`]). Bytes already decrypted and held by the TLS layer are
+//!   found by pingora's own read before reuse, which drops such a connection;
 //! - a response whose framing is in doubt ([`doubtful_framing`]) is not followed by reuse;
 //! - a server caught leaving bytes behind is quarantined for [`QUARANTINE`]: every request to
 //!   it gets a new connection, closed after it.
@@ -19,11 +25,13 @@
 use crate::config::Reuse;
 use crate::sys::Pending;
 use http::{HeaderMap, StatusCode};
+use pingora::protocols::Stream;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 /// How long a server caught leaving bytes behind gets no connection reuse (renewed each time).
 pub const QUARANTINE: Duration = Duration::from_secs(300);
@@ -97,6 +105,32 @@ pub fn reusable(pending: Pending) -> Result<bool, Distrust> {
         Pending::Nothing => Ok(true),
         Pending::Closed => Ok(false),
         Pending::Data => Err(Distrust::StrayBytes),
+    }
+}
+
+/// [`reusable`] for a connection seen only through its socket's descriptor: on a TLS one
+/// (`tls`), bytes waiting are ciphertext that may be the protocol's own, so they refuse reuse
+/// without being evidence against the server.
+pub fn reusable_by_socket(pending: Pending, tls: bool) -> Result<bool, Distrust> {
+    match pending {
+        Pending::Data if tls => Ok(false),
+        _ => reusable(pending),
+    }
+}
+
+/// How long [`look_through_tls`] waits for the records the socket holds to be read.
+pub const TLS_LOOK: Duration = Duration::from_millis(50);
+
+/// What the records waiting on TLS `stream`'s socket hold, read through TLS: application
+/// bytes ([`Pending::Data`], consumed: the connection is not to be used again), a close
+/// ([`Pending::Closed`]), or only the protocol's own records, which leave nothing to read
+/// ([`Pending::Nothing`]).
+pub async fn look_through_tls(stream: &mut Stream) -> Pending {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(TLS_LOOK, stream.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Pending::Closed,
+        Ok(Ok(_)) => Pending::Data,
+        Err(_) => Pending::Nothing,
     }
 }
 
@@ -185,6 +219,10 @@ mod tests {
         assert_eq!(reusable(Pending::Nothing), Ok(true));
         assert_eq!(reusable(Pending::Closed), Ok(false));
         assert_eq!(reusable(Pending::Data), Err(Distrust::StrayBytes));
+        assert_eq!(reusable_by_socket(Pending::Data, false), Err(Distrust::StrayBytes));
+        assert_eq!(reusable_by_socket(Pending::Data, true), Ok(false), "ciphertext: not reused, no evidence");
+        assert_eq!(reusable_by_socket(Pending::Nothing, true), Ok(true));
+        assert_eq!(reusable_by_socket(Pending::Closed, true), Ok(false));
     }
 
     #[test]
