@@ -127,6 +127,8 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     let mut conf = ServerConf {
         threads: config.server.threads,
         upgrade_sock: config.server.upgrade_sock.clone(),
+        // The proxy's connector reads the same root store as the polls' (see upstream::peer).
+        ca_file: crate::upstream::peer::roots_file(),
         ..Default::default()
     };
     // Pingora sleeps the grace period, then gives runtimes one more second: the sum is ours.

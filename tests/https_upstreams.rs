@@ -339,3 +339,24 @@ async fn check_names_each_bad_tls_setting_and_file_at_its_key() {
     says(&text, "upstreams.mismatch.tls.client_key", "is not the key of the certificate");
     says(&text, "upstreams.nokey.tls.client_key", "holds no private key");
 }
+
+#[tokio::test]
+async fn a_host_without_a_readable_root_store_still_serves_and_check_asks_for_a_ca() {
+    let plain = Upstream::start().await;
+    let no_roots = [("SSL_CERT_FILE", "/nonexistent/unpoll-test-roots.pem")];
+    // Pingora panics on a root store it cannot read; unpoll gives it an empty one.
+    let proxy = Proxy::start_with_env(plain.addr, "", &Setup::new().route("/*").body(), &no_roots).await;
+    assert_eq!(http_get(proxy.addr, "/x").await.unwrap().status, 200);
+    assert!(proxy.log().contains("the system's root store cannot be read"), "{}", proxy.log());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = tls::write(
+        dir.path(),
+        "unpoll.yaml",
+        "upstreams: {a: {servers: ['https://localhost']}}\nroutes: [{match: /x, upstream: a}]\n",
+    );
+    let out = unpoll_command(None).envs(no_roots).args(["check", "-c"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    says(&text, "upstreams.a.tls.ca", "the system's root store cannot be read");
+}

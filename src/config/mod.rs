@@ -20,7 +20,7 @@ pub use model::*;
 pub use parse::{parse, parse_config, ConfigErrors, Parsed, Problem};
 pub use pattern::Pattern;
 pub use resolve::lookup;
-pub use tls::{host_of, ClientIdentity, Scheme, TlsFiles, UpstreamTls};
+pub use tls::{host_of, system_roots, ClientIdentity, Scheme, TlsFiles, UpstreamTls};
 
 use std::path::Path;
 

@@ -126,10 +126,26 @@ fn absolute(w: &mut Walker, v: &yaml_serde::Value, p: &str) -> Option<String> {
     Some(path)
 }
 
+/// Whether the system's root store can be read, as pingora's rustls backend reads it (the
+/// platform's files, or `SSL_CERT_FILE` / `SSL_CERT_DIR`): `Err` with why not.
+pub fn system_roots() -> Result<usize, String> {
+    let found = rustls_native_certs::load_native_certs();
+    match found.errors.first() {
+        None => Ok(found.certs.len()),
+        Some(e) => Err(e.to_string()),
+    }
+}
+
 /// Reads the files `tls` names (for `upstreams.<name>` at `path`), reporting each that cannot be
 /// used at its key path.
 pub fn load(w: &mut Walker, path: &str, tls: &mut UpstreamTls) {
     let mut ca = Vec::new();
+    if tls.ca.is_none() && !tls.insecure_skip_verify {
+        if let Err(why) = system_roots() {
+            let problem = format!("the system's root store cannot be read ({why}): give `ca`, the CA file to trust");
+            w.problem(&format!("{path}.tls.ca"), problem);
+        }
+    }
     if let Some(file) = &tls.ca {
         let at = format!("{path}.tls.ca");
         if let Some(certs) = certificates(w, &at, file) {

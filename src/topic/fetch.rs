@@ -78,7 +78,7 @@ pub struct HttpFetch {
 
 impl HttpFetch {
     pub fn new(refused: IntCounterVec) -> HttpFetch {
-        HttpFetch { connector: Connector::new(None), refused }
+        HttpFetch { connector: crate::upstream::peer::connector(), refused }
     }
 }
 

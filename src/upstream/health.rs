@@ -27,7 +27,7 @@ pub struct HealthChecks {
 
 impl HealthChecks {
     pub fn new(upstreams: InForce, metrics: Arc<Metrics>) -> HealthChecks {
-        HealthChecks { upstreams, metrics, connector: Arc::new(Connector::new(None)) }
+        HealthChecks { upstreams, metrics, connector: Arc::new(super::peer::connector()) }
     }
 }
 

@@ -96,6 +96,29 @@ impl Upstream {
     }
 }
 
+/// The CA file pingora's connectors are given instead of the system's root store, when that
+/// cannot be read: an empty one (pingora panics on an unreadable store). TLS upstreams then
+/// verify against their own `tls.ca` only (the configuration insists on one).
+pub fn roots_file() -> Option<String> {
+    static FILE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| match crate::config::system_roots() {
+        Ok(_) => None,
+        Err(why) => {
+            log::warn!("the system's root store cannot be read ({why}): TLS upstreams need `tls.ca`");
+            Some("/dev/null".to_string())
+        }
+    })
+    .clone()
+}
+
+/// A connector for polls and health checks, reading the same root store as the proxy's.
+pub fn connector() -> pingora::connectors::http::Connector {
+    // Pingora's default pool size (what `Connector::new(None)` gets).
+    let mut options = pingora::connectors::ConnectorOptions::new(128);
+    options.ca_file = roots_file();
+    pingora::connectors::http::Connector::new(Some(options))
+}
+
 /// Whether `e` is a TLS failure: a handshake that failed (a certificate that does not verify,
 /// a name it is not for, a protocol the server refuses) or an alert the server sent after it
 /// (a client certificate refused, in TLS 1.3).
