@@ -393,10 +393,8 @@ impl Metrics {
                 for kind in SERVER_REQUEST_KINDS {
                     self.server_requests.with_label_values(&[name, &label, kind]);
                 }
-                if upstream.tls.is_some() {
-                    for kind in TLS_FAILURE_KINDS {
-                        self.tls_failures.with_label_values(&[name, &label, kind]);
-                    }
+                for kind in TLS_FAILURE_KINDS {
+                    self.tls_failures.with_label_values(&[name, &label, kind]);
                 }
                 if upstream.health.is_some() {
                     for result in ["ok", "failed"] {

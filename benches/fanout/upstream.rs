@@ -36,6 +36,13 @@ pub struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Serve HTTPS with this PEM certificate chain (and `--tls-key`), for polls over TLS
+    /// (see benches/https_polls.sh).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Rows of the document at `/shuffled`, served in a new random order on every request:
     /// the most expensive document to diff (see benches/hostile.sh).
     #[arg(long, default_value_t = 2000)]
@@ -153,18 +160,42 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }
         });
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     loop {
         let (stream, _) = listener.accept().await?;
-        let state = state.clone();
+        stream.set_nodelay(true)?;
+        let (state, tls) = (state.clone(), tls.clone());
         tokio::spawn(async move {
-            let _ = connection(stream, &state).await;
+            match tls {
+                None => connection(stream, &state).await,
+                Some(acceptor) => connection(acceptor.accept(stream).await?, &state).await,
+            }
         });
     }
 }
 
+/// A TLS acceptor serving the chain in `cert` with the key in `key`.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves requests on one keep-alive connection. Requests have no bodies (GETs).
-async fn connection(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    state: &State,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
     loop {

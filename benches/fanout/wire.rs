@@ -2,7 +2,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 /// Microseconds since the Unix epoch: the clock `sent_us` and receive times are read from.
 pub fn now_us() -> u64 {
@@ -25,7 +24,10 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, String)> {
 /// Reads from `s` into `buf` until it holds a whole head, then takes the head out of `buf`
 /// (what follows it stays) and returns it in lower case. None when the peer closed first or
 /// the head passed 64 KiB.
-pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
     let end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;

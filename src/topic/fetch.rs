@@ -272,6 +272,7 @@ async fn fetch_inner(
         return Ok(Fetched::Status { status, retry_after: None });
     }
     let headers = resp.headers.clone();
+    let keeps_alive = pool::keeps_alive(resp.version, &headers, plan.close);
     let raw_head = session.as_http1().map(|h| h.get_headers_raw_bytes());
     let doubtful = pool::doubtful_framing(resp.status, &headers, raw_head.as_deref());
     let text = |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -287,11 +288,20 @@ async fn fetch_inner(
         }
         body.extend_from_slice(&chunk);
     }
+    // Bytes read past the end of a response that announced keep-alive: the server sent more
+    // than it framed (pingora then closes the connection, but says nothing of it).
+    let overread = match &mut session {
+        HttpSession::H1(h1) if keeps_alive => {
+            h1.respect_keepalive();
+            !h1.will_keepalive()
+        }
+        _ => false,
+    };
     // Bytes already waiting after the end of the response belong to no request. (A TLS
     // connection read through to find out is not pooled again: its session was taken apart.)
     let kernel = session.stream().map_or(Pending::Closed, sys::pending);
     let (session, after) = waiting(session, &peer, upstream.is_tls()).await;
-    if after == Pending::Data || doubtful {
+    if after == Pending::Data || overread || doubtful {
         let why = if doubtful { Distrust::DoubtfulFraming } else { Distrust::StrayBytes };
         upstream.distrust(addr, why, refused);
     } else if after == Pending::Nothing && kernel == Pending::Nothing && !plan.close {

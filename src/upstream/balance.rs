@@ -94,6 +94,9 @@ impl Server {
         let label = s.label();
         let up_gauge = metrics.server_up.with_label_values(&[upstream, &label]);
         up_gauge.set(1);
+        for kind in crate::metrics::TLS_FAILURE_KINDS {
+            metrics.tls_failures.with_label_values(&[upstream, &label, kind]);
+        }
         Server {
             addr: s.addr,
             name: s.name.clone(),
@@ -243,6 +246,9 @@ impl Balancer {
                 }
                 for result in ["ok", "failed"] {
                     let _ = metrics.health_checks.remove_label_values(&[upstream, &old.label, result]);
+                }
+                for kind in crate::metrics::TLS_FAILURE_KINDS {
+                    let _ = metrics.tls_failures.remove_label_values(&[upstream, &old.label, kind]);
                 }
             }
         }

@@ -19,6 +19,9 @@
 //!   server ([`reusable_by_socket`]). Bytes already decrypted and held by the TLS layer are
 //!   found by pingora's own read before reuse, which drops such a connection;
 //! - a response whose framing is in doubt ([`doubtful_framing`]) is not followed by reuse;
+//! - a poll's response that announced keep-alive ([`keeps_alive`]) but whose connection
+//!   pingora will not keep is one whose server sent more than it framed (bytes read past its
+//!   end): evidence, as bytes waiting are;
 //! - a server caught leaving bytes behind is quarantined for [`QUARANTINE`]: every request to
 //!   it gets a new connection, closed after it.
 
@@ -134,6 +137,20 @@ pub async fn look_through_tls(stream: &mut Stream) -> Pending {
     }
 }
 
+/// Whether a response (of HTTP `version`, with `headers`) to a request that did not ask to
+/// close (`request_close`) leaves its connection open by its own framing: HTTP/1.1, no
+/// `Connection: close`, and a body delimited by `Content-Length` or chunked coding. Pingora
+/// keeps such a connection unless it read bytes past the response's end.
+pub fn keeps_alive(version: http::Version, headers: &HeaderMap, request_close: bool) -> bool {
+    let close = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+    let framed =
+        headers.contains_key(http::header::CONTENT_LENGTH) || headers.contains_key(http::header::TRANSFER_ENCODING);
+    version == http::Version::HTTP_11 && !close && !request_close && framed
+}
+
 /// Whether a response's framing leaves doubt about where it ends, so its connection must not
 /// be reused: a body announced on a status that has none (1xx, 204), a transfer coding on a
 /// status without a body, and, where the raw head is at hand, more than one `Content-Length`
@@ -241,6 +258,17 @@ mod tests {
         assert!(!doubtful_framing(StatusCode::NO_CONTENT, &headers(&[("content-length", "0")]), None));
         assert!(!doubtful_framing(StatusCode::NOT_MODIFIED, &headers(&[("content-length", "30")]), None));
         assert!(doubtful_framing(StatusCode::NOT_MODIFIED, &headers(&[("transfer-encoding", "chunked")]), None));
+    }
+
+    #[test]
+    fn only_a_framed_http11_answer_without_close_keeps_its_connection() {
+        let v11 = http::Version::HTTP_11;
+        assert!(keeps_alive(v11, &headers(&[("content-length", "5")]), false));
+        assert!(keeps_alive(v11, &headers(&[("transfer-encoding", "chunked")]), false));
+        assert!(!keeps_alive(v11, &headers(&[("content-length", "5")]), true), "the request asked to close");
+        assert!(!keeps_alive(v11, &headers(&[("content-length", "5"), ("connection", "keep-alive, Close")]), false));
+        assert!(!keeps_alive(v11, &headers(&[]), false), "close-delimited");
+        assert!(!keeps_alive(http::Version::HTTP_10, &headers(&[("content-length", "5")]), false));
     }
 
     #[test]
