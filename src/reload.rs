@@ -1,7 +1,6 @@
 //! Live reload: the configuration file is watched, with the files it names for upstream TLS
-//! (and reloaded on SIGHUP), parsed and
-//! validated off to the side, and swapped in atomically; anything wrong keeps the running
-//! configuration.
+//! (and reloaded on SIGHUP), parsed and validated off to the side, and swapped in atomically;
+//! anything wrong keeps the running configuration.
 
 use crate::config::{parse_config, Config, ConfigErrors, ServerSettings};
 use crate::metrics::Metrics;

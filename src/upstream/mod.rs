@@ -105,8 +105,9 @@ impl Upstream {
         self.balancer.store(Arc::new(next));
     }
 
-    /// A poll of `server` failed for a reason of the server's (unreachable, no answer, 5xx):
-    /// logged at `warn` when it begins an outage, with the detail clients are not shown.
+    /// A poll of `server` failed for a reason of the server's (unreachable, no answer, 5xx,
+    /// TLS), or a request failed in TLS: logged at `warn` when it begins an outage, with the
+    /// detail clients are not shown.
     pub fn failing(&self, server: &Server, detail: &str) {
         if server.outage_begins() {
             log::warn!(
