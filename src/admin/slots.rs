@@ -9,6 +9,10 @@
 //! - otherwise, at the cap, the peer holding the most connections gives up its longest-idle
 //!   one.
 //!
+//! Among a peer's idle connections, one that was answered and waits for its next request gives
+//! way before one that has not sent its first: a probe's fresh connection, in the moment before
+//! its request arrives, is not closed to keep another's kept-alive one.
+//!
 //! Only when every connection that could give way is busy writing an answer (bounded by the
 //! write timeout) is the newcomer refused. Each eviction and refusal is counted in
 //! `unpoll_admin_connections_closed_total{reason}`, and `unpoll_admin_connections` shows the
@@ -40,6 +44,8 @@ struct Holder {
     peer: IpAddr,
     /// Since when it has waited for a request; `None` while it answers one.
     idle_since: Option<Instant>,
+    /// Whether it has been answered at least once.
+    served: bool,
     evict: Arc<Notify>,
 }
 
@@ -79,7 +85,7 @@ impl Slots {
         held.next += 1;
         let id = held.next;
         let evicted = Arc::new(Notify::new());
-        held.by_id.insert(id, Holder { peer, idle_since: Some(Instant::now()), evict: evicted.clone() });
+        held.by_id.insert(id, Holder { peer, idle_since: Some(Instant::now()), served: false, evict: evicted.clone() });
         self.open.set(held.by_id.len() as i64);
         Some(Slot { id, slots: self.clone(), evicted })
     }
@@ -95,8 +101,8 @@ impl Slots {
             .by_id
             .iter()
             .filter(|(_, h)| h.idle_since.is_some() && peer.is_none_or(|p| p == h.peer))
-            // The biggest holder first, then its longest idle.
-            .min_by_key(|(_, h)| (std::cmp::Reverse(counts[&h.peer]), h.idle_since))
+            // The biggest holder first, then its answered connections, then its longest idle.
+            .min_by_key(|(_, h)| (std::cmp::Reverse(counts[&h.peer]), !h.served, h.idle_since))
             .map(|(id, _)| *id);
         let Some(holder) = victim.and_then(|id| held.by_id.remove(&id)) else { return false };
         holder.evict.notify_one();
@@ -108,6 +114,7 @@ impl Slots {
     fn set_idle(&self, id: u64, idle: bool) {
         if let Some(h) = self.held().by_id.get_mut(&id) {
             h.idle_since = idle.then(Instant::now);
+            h.served |= !idle;
         }
     }
 }
@@ -178,6 +185,19 @@ mod tests {
         assert!(all_busy.is_none() && s.closed.with_label_values(&["refused"]).get() == 1);
         drop(c);
         assert_eq!(s.open.get(), 3, "a dropped slot is given back");
+    }
+
+    #[test]
+    fn a_fresh_connection_outlasts_kept_alive_ones_that_were_answered() {
+        let s = slots(4);
+        let fresh = s.take(ip(1)).unwrap();
+        let kept = s.take(ip(1)).unwrap();
+        kept.busy();
+        kept.idle();
+        // ip(1) is at its share: the answered one gives way, though the fresh one is older.
+        let _next = s.take(ip(1)).unwrap();
+        assert!(kept.evicted.notified().now_or_never_ready(), "the answered connection was told to close");
+        assert!(!fresh.evicted.notified().now_or_never_ready(), "the one yet to send its request kept its place");
     }
 
     trait NowOrNever {
