@@ -383,3 +383,31 @@ async fn insecure_skip_verify_accepts_any_certificate_and_says_so_at_every_load(
         "not said again at the reload"
     );
 }
+
+#[tokio::test]
+async fn upstreams_with_different_cas_never_share_a_connection() {
+    let (right, other) = (Ca::new("the upstream's CA"), Ca::new("another CA"));
+    let up = https_upstream(&right, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Both trust the server; one trusts another CA as well. Same server, same name, one pool
+    // for everyone: only the CA tells their connections apart.
+    let one = tls::write(dir.path(), "one.pem", &right.pem());
+    let both = tls::write(dir.path(), "both.pem", &format!("{}{}", other.pem(), right.pem()));
+    let server = up.addr.to_string();
+    let upstream = |ca: &Path| json!({"servers": [server], "reuse": "shared", "tls": {"sni": "localhost", "ca": ca}});
+    let upstreams = json!({"one": upstream(&one), "both": upstream(&both)});
+    let routes = json!([{"match": "/one/*", "upstream": "one"}, {"match": "/both/*", "upstream": "both"}]);
+    let proxy = Proxy::start(up.addr, &format!("upstreams: {upstreams}\nroutes: {routes}\n")).await;
+    for i in 0..20 {
+        let path = if i % 2 == 0 { "/one/x" } else { "/both/x" };
+        assert_eq!(http_get(proxy.addr, path).await.unwrap().status, 200, "{path}");
+    }
+    let seen = up.seen_all();
+    let mut by_conn: std::collections::HashMap<usize, std::collections::HashSet<String>> = Default::default();
+    for s in &seen {
+        by_conn.entry(s.conn).or_default().insert(s.target.split('/').nth(1).unwrap().to_string());
+    }
+    eprintln!("{} requests on {} connections", seen.len(), by_conn.len());
+    assert!(by_conn.len() < seen.len(), "connections were not reused at all");
+    assert!(by_conn.values().all(|u| u.len() == 1), "a connection carried both upstreams' requests: {by_conn:?}");
+}
