@@ -29,18 +29,13 @@ pub struct Discovery {
 #[async_trait]
 impl BackgroundService for Discovery {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            for upstream in (self.upstreams)().into_iter().filter(|u| u.discovery_due()) {
+        super::every_tick(TICK, &mut shutdown, &self.upstreams, |upstreams| async move {
+            for upstream in upstreams.into_iter().filter(|u| u.discovery_due()) {
                 let metrics = self.metrics.clone();
                 let _ = tokio::task::spawn_blocking(move || rediscover(&upstream, &metrics, config::lookup)).await;
             }
-        }
+        })
+        .await
     }
 }
 

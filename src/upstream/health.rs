@@ -34,17 +34,12 @@ impl HealthChecks {
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            for upstream in (self.upstreams)() {
+        super::every_tick(TICK, &mut shutdown, &self.upstreams, |upstreams| async move {
+            for upstream in upstreams {
                 self.due(&upstream);
             }
-        }
+        })
+        .await
     }
 }
 

@@ -24,6 +24,28 @@ use std::sync::Arc;
 /// look after every upstream: health checks and discovery.
 pub type InForce = Arc<dyn Fn() -> Vec<Arc<Upstream>> + Send + Sync>;
 
+/// Every `period` until `shutdown`, hands `each` the upstreams in force (the loop of the
+/// background services that look after every upstream).
+async fn every_tick<F, Fut>(
+    period: std::time::Duration,
+    shutdown: &mut pingora::server::ShutdownWatch,
+    upstreams: &InForce,
+    mut each: F,
+) where
+    F: FnMut(Vec<Arc<Upstream>>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        each(upstreams()).await;
+    }
+}
+
 /// A group of upstream servers (see [`balance`] for how one is chosen).
 #[derive(Debug)]
 pub struct Upstream {
