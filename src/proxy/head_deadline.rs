@@ -12,9 +12,15 @@
 //! allows. The guard is re-armed for each request on a keep-alive connection (so an idle
 //! keep-alive connection is also closed after `header_timeout`) and stands down once the head
 //! is in: request bodies and streams are not limited by it.
+//!
+//! It guards HTTP/1 only: a connection whose TLS handshake chose HTTP/2 (ALPN `h2`) carries
+//! frames, not heads, and is left unwrapped. A wrapped stream reports what the stream inside
+//! it says of its TLS (ALPN, digest), so that pingora picks the HTTP version the handshake
+//! chose.
 
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef, ALPN};
 use pingora::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
 use pingora::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, IO};
 use prometheus::IntCounter;
@@ -63,8 +69,12 @@ impl HeadDeadline {
         }
     }
 
-    /// Wraps `stream` (or re-arms it, if it is already wrapped) for the next request head.
+    /// Wraps `stream` (or re-arms it, if it is already wrapped) for the next request head; an
+    /// HTTP/2 connection (ALPN `h2`) is returned as it is.
     pub fn arm(stream: Stream, limits: &HeadLimits) -> Stream {
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            return stream;
+        }
         let mut wrapped = if stream.as_any().is::<HeadDeadline>() {
             stream.into_any().downcast::<HeadDeadline>().expect("checked above")
         } else {
@@ -201,7 +211,17 @@ impl UniqueID for HeadDeadline {
     }
 }
 
-impl Ssl for HeadDeadline {}
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for HeadDeadline {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
@@ -278,6 +298,92 @@ mod tests {
         assert_eq!(scan.feed(b"GET / HTTP/1.1\r\nX: "), None);
         assert_eq!(scan.bytes, 19);
         assert_eq!(scan.feed(b"y\r\n\r\nbody"), Some(5));
+    }
+
+    /// A stream that says its TLS handshake chose `alpn` (what pingora's TLS streams report).
+    #[derive(Debug)]
+    struct Negotiated {
+        alpn: pingora::protocols::tls::ALPN,
+    }
+
+    impl tokio::io::AsyncRead for Negotiated {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Negotiated {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl pingora::protocols::Shutdown for Negotiated {
+        async fn shutdown(&mut self) {}
+    }
+    impl pingora::protocols::UniqueID for Negotiated {
+        fn id(&self) -> pingora::protocols::UniqueIDType {
+            -1
+        }
+    }
+    impl pingora::protocols::Ssl for Negotiated {
+        fn selected_alpn_proto(&self) -> Option<pingora::protocols::tls::ALPN> {
+            Some(self.alpn.clone())
+        }
+    }
+    impl pingora::protocols::GetTimingDigest for Negotiated {
+        fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+            Vec::new()
+        }
+    }
+    impl pingora::protocols::GetProxyDigest for Negotiated {
+        fn get_proxy_digest(&self) -> Option<std::sync::Arc<super::ProxyDigest>> {
+            None
+        }
+    }
+    impl pingora::protocols::GetSocketDigest for Negotiated {
+        fn get_socket_digest(&self) -> Option<std::sync::Arc<super::SocketDigest>> {
+            None
+        }
+    }
+    impl pingora::protocols::Peek for Negotiated {}
+
+    #[test]
+    fn the_guard_reports_the_alpn_inside_and_leaves_http2_unwrapped() {
+        use pingora::protocols::tls::ALPN;
+        let limits = super::HeadLimits {
+            timeout: std::time::Duration::from_secs(1),
+            max_bytes: 1024,
+            refused: prometheus::IntCounter::new("refused", "refused").unwrap(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _in_runtime = rt.enter();
+        let h1 = super::HeadDeadline::arm(Box::new(Negotiated { alpn: ALPN::H1 }), &limits);
+        assert!(h1.as_any().is::<super::HeadDeadline>(), "an HTTP/1 connection is guarded");
+        assert_eq!(h1.selected_alpn_proto(), Some(ALPN::H1), "and still says what its handshake chose");
+        let h2 = super::HeadDeadline::arm(Box::new(Negotiated { alpn: ALPN::H2 }), &limits);
+        assert!(h2.as_any().is::<Negotiated>(), "an HTTP/2 connection carries frames, not heads");
     }
 
     #[tokio::test]
