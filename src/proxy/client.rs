@@ -31,11 +31,22 @@ pub struct Forwarding {
     pub via: String,
 }
 
-/// What a request from `peer` carries upstream. A trusted peer's `X-Forwarded-For`,
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` are kept (the peer's address appended to the
-/// first); anyone else's are replaced, so that a client cannot pass for another address or
-/// scheme. `Via` always gets unpoll's hop appended (RFC 9110 §7.6.3).
-pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> Forwarding {
+/// How a request reached unpoll: over TLS or not, in which HTTP version, and the authority of
+/// its target (HTTP/2's `:authority`, which stands for `Host`).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub tls: bool,
+    pub version: http::Version,
+    pub authority: Option<&'a str>,
+}
+
+/// What a request from `peer`, arrived as `arrival` says, carries upstream. A trusted peer's
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` are kept (the peer's address
+/// appended to the first); anyone else's are replaced, so that a client cannot pass for another
+/// address or scheme: the scheme is then `https` for a request that came over TLS, else
+/// `http`, and the host the request's own (`Host`, or its authority). `Via` always gets
+/// unpoll's hop appended, with the protocol version the request came in (RFC 9110 §7.6.3).
+pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr], arrival: Arrival) -> Forwarding {
     let trusted = trusted.iter().any(|c| c.contains(peer));
     let joined = |name: &str| {
         let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
@@ -46,11 +57,20 @@ pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> 
         Some(chain) => format!("{chain}, {peer}"),
         None => peer.to_string(),
     };
-    let forwarded_proto = kept("x-forwarded-proto").unwrap_or_else(|| "http".to_string());
-    let forwarded_host = kept("x-forwarded-host").or_else(|| joined("host"));
+    let scheme = if arrival.tls { "https" } else { "http" };
+    let forwarded_proto = kept("x-forwarded-proto").unwrap_or_else(|| scheme.to_string());
+    let forwarded_host =
+        kept("x-forwarded-host").or_else(|| joined("host")).or_else(|| arrival.authority.map(str::to_string));
+    let hop = match arrival.version {
+        http::Version::HTTP_09 => "0.9 unpoll",
+        http::Version::HTTP_10 => "1.0 unpoll",
+        http::Version::HTTP_2 => "2 unpoll",
+        http::Version::HTTP_3 => "3 unpoll",
+        _ => "1.1 unpoll",
+    };
     let via = match joined("via") {
-        Some(before) => format!("{before}, 1.1 unpoll"),
-        None => "1.1 unpoll".to_string(),
+        Some(before) => format!("{before}, {hop}"),
+        None => hop.to_string(),
     };
     Forwarding { forwarded_for, forwarded_proto, forwarded_host, via }
 }
@@ -115,15 +135,30 @@ mod tests {
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         h.insert("host", "app.example".parse().unwrap());
         h.insert("via", "1.1 cdn".parse().unwrap());
-        let from_client = forwarding(ip("203.0.113.9"), &h, &trusted);
+        let plain = Arrival { tls: false, version: http::Version::HTTP_11, authority: None };
+        let from_client = forwarding(ip("203.0.113.9"), &h, &trusted, plain);
         assert_eq!(from_client.forwarded_for, "203.0.113.9", "a client's own X-Forwarded-For is replaced");
         assert_eq!(from_client.forwarded_proto, "http");
         assert_eq!(from_client.forwarded_host.as_deref(), Some("app.example"));
         assert_eq!(from_client.via, "1.1 cdn, 1.1 unpoll");
-        let from_proxy = forwarding(ip("10.1.1.1"), &h, &trusted);
+        let from_proxy = forwarding(ip("10.1.1.1"), &h, &trusted, plain);
         assert_eq!(from_proxy.forwarded_for, "6.6.6.6, 10.1.1.1");
         assert_eq!(from_proxy.forwarded_proto, "https");
-        assert_eq!(forwarding(ip("10.1.1.1"), &http::HeaderMap::new(), &trusted).via, "1.1 unpoll");
+        assert_eq!(forwarding(ip("10.1.1.1"), &http::HeaderMap::new(), &trusted, plain).via, "1.1 unpoll");
+    }
+
+    #[test]
+    fn the_scheme_version_and_host_come_from_how_the_request_arrived() {
+        let h2 = Arrival { tls: true, version: http::Version::HTTP_2, authority: Some("app.example") };
+        let mut claims = http::HeaderMap::new();
+        claims.insert("x-forwarded-proto", "http".parse().unwrap());
+        let f = forwarding(ip("203.0.113.9"), &claims, &[], h2);
+        assert_eq!(f.forwarded_proto, "https", "over TLS, whatever an untrusted client claims");
+        assert_eq!(f.forwarded_host.as_deref(), Some("app.example"), "HTTP/2's authority stands for Host");
+        assert_eq!(f.via, "2 unpoll");
+        let old = Arrival { tls: false, version: http::Version::HTTP_10, authority: None };
+        let f = forwarding(ip("203.0.113.9"), &http::HeaderMap::new(), &[], old);
+        assert_eq!((f.forwarded_proto.as_str(), f.via.as_str(), f.forwarded_host), ("http", "1.0 unpoll", None));
     }
 
     #[test]

@@ -259,7 +259,13 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let trusted = &self.table.load().server.trusted_proxies;
-            let f = client::forwarding(peer, &upstream_request.headers, trusted);
+            let req = session.req_header();
+            let arrival = client::Arrival {
+                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+                version: req.version,
+                authority: req.uri.authority().map(|a| a.as_str()),
+            };
+            let f = client::forwarding(peer, &upstream_request.headers, trusted, arrival);
             upstream_request.insert_header("x-forwarded-for", f.forwarded_for)?;
             upstream_request.insert_header("x-forwarded-proto", f.forwarded_proto)?;
             match f.forwarded_host {
