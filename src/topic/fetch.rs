@@ -192,7 +192,7 @@ async fn connect(
         if !reused {
             return Ok((session, peer, plan));
         }
-        let (session, pending) = waiting(session, &peer, upstream.is_tls()).await;
+        let (session, pending, _) = waiting(session, &peer, upstream.is_tls()).await;
         match pool::reusable(pending) {
             Ok(true) => return Ok((session, peer, plan)),
             Ok(false) => {}
@@ -203,17 +203,18 @@ async fn connect(
 }
 
 /// What waits on `session`'s connection: asked of the kernel, and on a TLS connection whose
-/// socket holds records, read through TLS (see [`pool::look_through_tls`]). The session is
-/// given back, ready for a new request when nothing waits.
-async fn waiting(session: HttpSession, peer: &HttpPeer, tls: bool) -> (HttpSession, Pending) {
+/// socket holds records, read through TLS (see [`pool::look_through_tls`]); and whether it was
+/// read through (its session is then a new one on the same stream, ready for a new request
+/// when nothing waits, but not one to give back to the pool).
+async fn waiting(session: HttpSession, peer: &HttpPeer, tls: bool) -> (HttpSession, Pending, bool) {
     let kernel = session.stream().map_or(Pending::Closed, sys::pending);
     if !tls || kernel != Pending::Data {
-        return (session, kernel);
+        return (session, kernel, false);
     }
-    let HttpSession::H1(h1) = session else { return (session, Pending::Closed) };
+    let HttpSession::H1(h1) = session else { return (session, Pending::Closed, false) };
     let mut stream = h1.into_inner();
     let pending = pool::look_through_tls(&mut stream).await;
-    (HttpSession::H1(Http1Session::new_with_options(stream, peer)), pending)
+    (HttpSession::H1(Http1Session::new_with_options(stream, peer)), pending, true)
 }
 
 async fn fetch_inner(
@@ -299,12 +300,11 @@ async fn fetch_inner(
     };
     // Bytes already waiting after the end of the response belong to no request. (A TLS
     // connection read through to find out is not pooled again: its session was taken apart.)
-    let kernel = session.stream().map_or(Pending::Closed, sys::pending);
-    let (session, after) = waiting(session, &peer, upstream.is_tls()).await;
+    let (session, after, read_through) = waiting(session, &peer, upstream.is_tls()).await;
     if after == Pending::Data || overread || doubtful {
         let why = if doubtful { Distrust::DoubtfulFraming } else { Distrust::StrayBytes };
         upstream.distrust(addr, why, refused);
-    } else if after == Pending::Nothing && kernel == Pending::Nothing && !plan.close {
+    } else if after == Pending::Nothing && !read_through && !plan.close {
         connector.release_http_session(session, &peer, Some(IDLE_POOL_TIMEOUT)).await;
     }
     let asked_conditionally = request_validators.etag.is_some() || request_validators.last_modified.is_some();

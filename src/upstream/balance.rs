@@ -3,7 +3,7 @@
 //!
 //! Health is passive on every upstream: a server that fails `unhealthy_after` requests or polls
 //! in a row (refused, reset, timed out) is out for a while (`health.interval`, or `OUT_FOR`),
-//! then tried again. With `health` configured, active checks (`src/health.rs`) also take a
+//! then tried again. With `health` configured, active checks ([`super::health`]) also take a
 //! server out after `unhealthy_after` failed checks, and only `healthy_after` passed checks in
 //! a row bring it back. With every server out, a request still goes to one (fail open):
 //! refusing would be worse than trying.
@@ -65,7 +65,7 @@ pub struct Server {
     pub next_check: Mutex<Option<Instant>>,
     /// Whether it was last seen up, for logging each transition once.
     up: AtomicBool,
-    /// Whether its polls are failing (an outage is logged once, and its end).
+    /// Whether it is failing (polls, or requests in TLS): an outage is logged once, and its end.
     outage: AtomicBool,
     /// `unpoll_upstream_server_up{upstream,server}`.
     up_gauge: IntGauge,
@@ -122,12 +122,12 @@ impl Server {
         ServerAddr { name: self.name.clone(), addr: self.addr, weight: self.weight }
     }
 
-    /// Marks its polls failing; whether this begins an outage.
+    /// Marks it failing; whether this begins an outage.
     pub fn outage_begins(&self) -> bool {
         !self.outage.swap(true, Ordering::Relaxed)
     }
 
-    /// Marks its polls answered; whether this ends an outage.
+    /// Marks it answering; whether this ends an outage.
     pub fn outage_ends(&self) -> bool {
         self.outage.swap(false, Ordering::Relaxed)
     }

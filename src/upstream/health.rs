@@ -66,6 +66,10 @@ impl HealthChecks {
                     }
                 }
                 let passed = matches!(checked, Ok(Ok(true)));
+                if passed {
+                    // The end of an outage (a TLS one, say) that requests and polls began.
+                    upstream.answering(&server);
+                }
                 let result = if passed { "ok" } else { "failed" };
                 metrics.health_checks.with_label_values(&[&upstream.name, &server.label, result]).inc();
                 let rules = upstream.rules();

@@ -62,23 +62,21 @@ impl Upstream {
     /// The peer of `server` for a request whose connection plan (see [`super::pool`]) files it
     /// under `group_key`.
     pub fn peer(&self, server: &Server, group_key: u64) -> HttpPeer {
-        let Some(tls) = &self.tls else {
-            let mut peer = HttpPeer::new(server.addr, false, String::new());
-            peer.options.connection_timeout = Some(self.settings.connect_timeout);
-            peer.group_key = group_key;
-            return peer;
-        };
-        let mut peer = HttpPeer::new(server.addr, true, tls.name(server));
+        let sni = self.tls.as_ref().map_or_else(String::new, |tls| tls.name(server));
+        let mut peer = HttpPeer::new(server.addr, self.tls.is_some(), sni);
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
-        peer.options.verify_cert = tls.verify;
-        peer.options.verify_hostname = tls.verify;
-        peer.options.ca = tls.ca.clone();
-        peer.client_cert_key = tls.client.clone();
-        // HTTP/1.1 only: the reuse checks of `pool` are made for it.
-        peer.options.alpn = ALPN::H1;
-        let mut hasher = ahash::AHasher::default();
-        (group_key, tls.fingerprint).hash(&mut hasher);
-        peer.group_key = hasher.finish();
+        peer.group_key = group_key;
+        if let Some(tls) = &self.tls {
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            peer.options.ca = tls.ca.clone();
+            peer.client_cert_key = tls.client.clone();
+            // HTTP/1.1 only: the reuse checks of `pool` are made for it.
+            peer.options.alpn = ALPN::H1;
+            let mut hasher = ahash::AHasher::default();
+            (group_key, tls.fingerprint).hash(&mut hasher);
+            peer.group_key = hasher.finish();
+        }
         peer
     }
 
