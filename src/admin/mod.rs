@@ -17,6 +17,7 @@ use slots::{Slot, Slots};
 use socket2::{Domain, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -115,11 +116,15 @@ impl BackgroundService for AdminService {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let Some(slot) = self.slots.take(peer.ip()) else { continue };
+            let Some(slot) = self.slots.take(peer.ip(), Some(stream.as_raw_fd())) else { continue };
             let admin = self.admin.clone();
             tokio::spawn(async move {
-                let _ = serve(stream, &admin, &slot).await;
+                let mut stream = stream;
+                let _ = serve(&mut stream, &admin, &slot).await;
+                // The slot first: it names the socket's descriptor, which must not be closed
+                // (and its number reused) while the slot is held.
                 drop(slot);
+                drop(stream);
             });
         }
     }
@@ -127,13 +132,13 @@ impl BackgroundService for AdminService {
 
 /// Answers requests on one keep-alive connection, until the client closes it, is idle too
 /// long, or its slot is wanted for another.
-async fn serve(mut stream: TcpStream, admin: &Admin, slot: &Slot) -> io::Result<()> {
+async fn serve(stream: &mut TcpStream, admin: &Admin, slot: &Slot) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut wait = FIRST_REQUEST;
     loop {
         slot.idle();
         let head = tokio::select! {
-            head = tokio::time::timeout(wait, read_head(&mut stream, &mut buf)) => head,
+            head = tokio::time::timeout(wait, read_head(stream, &mut buf)) => head,
             _ = slot.evicted.notified() => return Ok(()),
         };
         let Ok(head) = head else {
