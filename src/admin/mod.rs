@@ -126,6 +126,11 @@ impl BackgroundService for AdminService {
                 drop(slot);
                 drop(stream);
             });
+            // The listener runs on one thread: let the connections accepted so far read and
+            // answer their requests before the next is accepted, so that a burst of
+            // newcomers finds answered (idle) connections to close, not ones about to be
+            // answered.
+            tokio::task::yield_now().await;
         }
     }
 }
