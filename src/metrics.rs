@@ -65,6 +65,11 @@ pub const STICKY_RESULTS: [&str; 3] = ["hit", "assigned", "reassigned"];
 pub const REUSE_REASONS: [&str; 2] = ["stray_bytes", "doubtful_framing"];
 /// `kind` of `unpoll_upstream_tls_failures_total`.
 pub const TLS_FAILURE_KINDS: [&str; 3] = ["proxy", "poll", "health"];
+/// `result` of `unpoll_tls_handshakes_total`: `ok`, or why a client's handshake failed.
+pub const HANDSHAKE_RESULTS: [&str; 8] =
+    ["ok", "timeout", "plaintext", "not_tls", "no_certificate", "rejected_by_client", "incompatible", "closed"];
+/// `version` of `unpoll_client_connections_total` and `unpoll_client_streams`.
+pub const HTTP_VERSIONS: [&str; 3] = ["1.0", "1.1", "2"];
 /// `lane` of `unpoll_diff_waits_total`.
 pub const LANES: [&str; 2] = ["small", "large"];
 /// `kind` of `unpoll_http_requests_total`, for a route (`no_route` has the route `""`).
@@ -113,6 +118,19 @@ pub struct Metrics {
     /// (`poll`) and health checks (`health`) to a TLS upstream that failed in TLS: a
     /// certificate that does not verify, a client certificate refused, a failed handshake.
     pub tls_failures: IntCounterVec,
+    /// `unpoll_tls_handshakes_total{listen,result}`: TLS handshakes of clients on each
+    /// `server.tls` listener, `ok` or why they failed (see [`HANDSHAKE_RESULTS`]).
+    pub handshakes: IntCounterVec,
+    /// `unpoll_tls_cert_expiry_seconds{listen,name}`: when each certificate in force expires
+    /// (Unix time; `name` is `default` or the `sni` entry's first name).
+    pub cert_expiry: IntGaugeVec,
+    /// `unpoll_client_connections_total{transport,version}`: client connections by transport
+    /// (`tcp`, `tls`) and the HTTP version they speak (`1.1` or `2`; HTTP/1.0 is told per
+    /// request).
+    pub client_connections: IntCounterVec,
+    /// `unpoll_client_streams{version}`: open subscriptions by the HTTP version they are
+    /// served over (`1.0`, `1.1`, `2`).
+    pub client_streams: IntGaugeVec,
     /// `unpoll_sticky_total{upstream,result}`: sticky choices: `hit` (the client's server),
     /// `assigned` (a client without one), `reassigned` (its server is gone or down).
     pub sticky: IntCounterVec,
@@ -329,6 +347,26 @@ impl Metrics {
                 "Requests, polls and health checks to TLS upstreams that failed in TLS",
                 &["upstream", "server", "kind"],
             ),
+            handshakes: counter_vec(
+                "unpoll_tls_handshakes_total",
+                "TLS handshakes of clients by listener and result",
+                &["listen", "result"],
+            ),
+            cert_expiry: gauge_vec(
+                "unpoll_tls_cert_expiry_seconds",
+                "When each certificate served to clients expires (Unix time)",
+                &["listen", "name"],
+            ),
+            client_connections: counter_vec(
+                "unpoll_client_connections_total",
+                "Client connections by transport and HTTP version",
+                &["transport", "version"],
+            ),
+            client_streams: gauge_vec(
+                "unpoll_client_streams",
+                "Open subscriptions by the HTTP version they are served over",
+                &["version"],
+            ),
             health_checks: counter_vec(
                 "unpoll_health_checks_total",
                 "Active health checks by result",
@@ -387,6 +425,24 @@ impl Metrics {
             self.admin_closed.with_label_values(&[reason]);
         }
         self.requests.with_label_values(&["", "no_route"]);
+        for version in HTTP_VERSIONS {
+            self.client_streams.with_label_values(&[version]);
+        }
+        for transport in ["tcp", "tls"] {
+            for version in &HTTP_VERSIONS[1..] {
+                self.client_connections.with_label_values(&[transport, version]);
+            }
+        }
+        // The certificates in force: those a reload replaced, or whose listener went, are gone.
+        self.cert_expiry.reset();
+        for listener in &config.server.tls {
+            for result in HANDSHAKE_RESULTS {
+                self.handshakes.with_label_values(&[&listener.listen, result]);
+            }
+            for pair in listener.pairs.all() {
+                self.cert_expiry.with_label_values(&[&listener.listen, &pair.name]).set(pair.not_after);
+            }
+        }
         for (name, upstream) in &config.upstreams {
             for server in &upstream.servers {
                 let label = server.label();

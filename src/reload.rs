@@ -59,6 +59,19 @@ pub fn restart_needed(running: &ServerSettings, new: &ServerSettings) -> Option<
     if running.upgrade_sock != new.upgrade_sock {
         changed.push("server.upgrade_sock");
     }
+    // The TLS listeners' addresses and names; their certificates and keys reload.
+    let listeners = |s: &ServerSettings| -> Vec<(String, Vec<Vec<String>>)> {
+        s.tls.iter().map(|t| (t.listen.clone(), t.sni.iter().map(|e| e.names.clone()).collect())).collect()
+    };
+    if listeners(running) != listeners(new) {
+        changed.push("server.tls (listen addresses or sni names)");
+    }
+    if running.h2c != new.h2c {
+        changed.push("server.h2c");
+    }
+    if running.h2_max_streams != new.h2_max_streams {
+        changed.push("server.h2_max_streams");
+    }
     (!changed.is_empty()).then(|| format!("{} changed", changed.join(", ")))
 }
 
@@ -83,14 +96,22 @@ impl Reloader {
     fn snapshot(&self) -> Option<(String, Vec<Option<Vec<u8>>>)> {
         let text = self.read().ok()?;
         let table = self.table.load();
-        let files = table
-            .upstreams()
-            .iter()
-            .filter_map(|u| u.settings.tls.as_ref())
-            .flat_map(|t| [&t.ca, &t.client_cert, &t.client_key])
-            .flatten()
-            .map(|path| std::fs::read(path).ok())
-            .collect();
+        let files =
+            table
+                .upstreams()
+                .iter()
+                .filter_map(|u| u.settings.tls.as_ref())
+                .flat_map(|t| [&t.ca, &t.client_cert, &t.client_key])
+                .flatten()
+                // The certificates and keys served to clients, renewed in place (certbot,
+                // cert-manager): a change reloads, and new handshakes get the new pair.
+                .chain(
+                    table.server.tls.iter().flat_map(|t| {
+                        [&t.cert, &t.key].into_iter().chain(t.sni.iter().flat_map(|e| [&e.cert, &e.key]))
+                    }),
+                )
+                .map(|path| std::fs::read(path).ok())
+                .collect();
         Some((text, files))
     }
 

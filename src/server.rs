@@ -120,7 +120,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     let Start { reload, upgrade } = start;
     if !upgrade {
         // In an upgrade the running process still holds these, and hands them over.
-        for addr in &config.server.listen {
+        for addr in config.server.listen.iter().chain(config.server.tls.iter().map(|t| &t.listen)) {
             check_free(addr)?;
         }
     }
@@ -188,9 +188,16 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     };
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
+    // HTTP/2 (over TLS, or h2c): streams per connection and header size bounded as for HTTP/1.
+    let mut h2 = pingora::protocols::http::v2::server::H2Options::default();
+    h2.max_concurrent_streams(config.server.h2_max_streams);
+    h2.max_header_list_size(config.server.max_request_header as u32);
+    http.h2_options = Some(h2);
     let limited = Limited::new(http, table.clone(), connections.clone());
     let mut proxy = Service::new("unpoll proxy".to_string(), limited);
-    for addr in &config.server.listen {
+    // TLS listeners are TCP listeners too: the handshake is unpoll's (see proxy::tls), after
+    // the connection limit.
+    for addr in config.server.listen.iter().chain(config.server.tls.iter().map(|t| &t.listen)) {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, 1460)));
     }
     server.add_service(proxy);

@@ -69,10 +69,17 @@ async fn every_metric_the_rules_and_the_dashboard_query_is_exported() {
     let up = Upstream::start().await;
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), CLUSTER_SECRET).unwrap();
+    // And a TLS listener, for the certificate families.
+    let dir = tempfile::tempdir().unwrap();
+    let issued = support::tls::Ca::new("monitoring CA").server(&["localhost"]);
+    let cert = support::tls::write(dir.path(), "cert.pem", &issued.cert_pem);
+    let key = support::tls::write(dir.path(), "key.pem", &issued.key_pem);
+    let listener = serde_json::json!([{"listen": format!("127.0.0.1:{}", free_port()), "cert": cert, "key": key}]);
     let setup = Setup::stream("/doc")
         .cluster("redis", "redis://127.0.0.1:9/0")
         .cluster("secret_file", secret.path().display().to_string())
-        .route("/*");
+        .route("/*")
+        .server("tls", listener);
     let proxy = Proxy::launch(up.addr, &setup).await;
     let exported = proxy.metrics().await;
     let series: BTreeSet<&str> =

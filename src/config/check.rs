@@ -19,6 +19,7 @@ pub fn check(w: &mut Walker, draft: &mut Draft) {
             );
         }
     }
+    listeners(w, server);
     for (name, upstream) in &mut draft.upstreams {
         tls(w, &format!("upstreams.{name}"), upstream);
         if let Some(h) = &upstream.health {
@@ -146,6 +147,26 @@ fn vary(w: &mut Walker, stream: &mut StreamSettings, given: bool, path: &str) {
                     stream.vary.insert(0, c.to_string());
                 }
             }
+        }
+    }
+}
+
+/// TLS listeners take ports of their own: none of a plain listener's, the admin's or another's.
+fn listeners(w: &mut Walker, server: &ServerSettings) {
+    for (i, tls) in server.tls.iter().enumerate() {
+        let path = format!("server.tls[{i}].listen");
+        let taken = if let Some(j) = server.listen.iter().position(|l| same_socket(l, &tls.listen)) {
+            Some(format!("server.listen[{j}]"))
+        } else if server.admin.as_ref().is_some_and(|a| same_socket(a, &tls.listen)) {
+            Some("server.admin".to_string())
+        } else {
+            server.tls[..i]
+                .iter()
+                .position(|t| same_socket(&t.listen, &tls.listen))
+                .map(|j| format!("server.tls[{j}].listen"))
+        };
+        if let Some(other) = taken {
+            w.problem(&path, format!("`{}` is also {other}; use another port", tls.listen));
         }
     }
 }

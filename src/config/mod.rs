@@ -4,6 +4,7 @@
 mod check;
 mod duration;
 pub mod host;
+mod listener_tls;
 mod model;
 mod parse;
 mod pattern;
@@ -16,6 +17,7 @@ mod yaml;
 
 pub(crate) use check::same_socket;
 pub use duration::{format_duration, parse_duration};
+pub use listener_tls::{ListenerTls, Pair, Pairs, SniCert};
 pub use model::*;
 pub use parse::{parse, parse_config, ConfigErrors, Parsed, Problem};
 pub use pattern::Pattern;

@@ -89,8 +89,15 @@ pub const REDACT_PARAMS: [&str; 6] = ["token", "key", "secret", "password", "aut
 /// `server:` — listeners and process-wide settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
-    /// `listen`: addresses of the proxy listener (HTTP/1.1).
+    /// `listen`: addresses of the proxy's plain listeners (HTTP/1.1, and HTTP/2 with `h2c`).
     pub listen: Vec<String>,
+    /// `tls`: the proxy's TLS listeners (HTTP/1.1 and HTTP/2, chosen by ALPN).
+    pub tls: Vec<super::listener_tls::ListenerTls>,
+    /// `h2c`: HTTP/2 with prior knowledge (cleartext) on the plain listeners, beside HTTP/1.1.
+    pub h2c: bool,
+    /// `h2_max_streams`: concurrent streams (requests and subscriptions) on one HTTP/2
+    /// connection.
+    pub h2_max_streams: u32,
     /// `admin`: address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin: Option<String>,
     /// `admin_max_connections`: connections the admin listener holds at once (one peer at
@@ -480,6 +487,9 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             listen: vec!["0.0.0.0:8080".into()],
+            tls: Vec::new(),
+            h2c: false,
+            h2_max_streams: 100,
             admin: None,
             admin_max_connections: 64,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),

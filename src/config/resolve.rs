@@ -21,6 +21,12 @@ pub fn resolve(w: &mut Walker, config: &mut Config, max_connections_given: bool)
     if let Some(admin) = &config.server.admin {
         usable(w, admin, "server.admin");
     }
+    let now = super::listener_tls::now();
+    for (i, listener) in config.server.tls.iter_mut().enumerate() {
+        let path = format!("server.tls[{i}]");
+        usable(w, &listener.listen, &format!("{path}.listen"));
+        super::listener_tls::load(w, &path, listener, now);
+    }
     if let Some(limit) = host::open_files_limit().filter(|_| max_connections_given) {
         let n = config.server.max_connections;
         if n as u64 > host::connection_ceiling(limit) {

@@ -105,7 +105,7 @@ const CLUSTER: [Key<ClusterSettings>; 9] = [
 ];
 
 /// `server:`.
-const SERVER: [Key<ServerSettings>; 18] = [
+const SERVER: [Key<ServerSettings>; 21] = [
     Key::new("listen", |w, v, p, s| {
         let list = w.each(v, p, |w, a, p| w.address(a, p))?;
         if list.is_empty() {
@@ -114,6 +114,9 @@ const SERVER: [Key<ServerSettings>; 18] = [
         }
         set(&mut s.listen, Some(list))
     }),
+    Key::new("tls", |w, v, p, s| set(&mut s.tls, super::listener_tls::listeners(w, v, p))),
+    Key::new("h2c", |w, v, p, s| set(&mut s.h2c, w.boolean(v, p))),
+    Key::new("h2_max_streams", |w, v, p, s| set(&mut s.h2_max_streams, w.count(v, p, 1, 10_000).map(|n| n as u32))),
     Key::new("admin", |w, v, p, s| {
         let text = w.string(v, p)?;
         set(&mut s.admin, w.address(&text, p).map(Some))
@@ -535,8 +538,10 @@ fn routes(w: &mut Walker, v: &Value, path: &str) -> Option<Vec<RouteDraft>> {
 /// The names of every key a section allows, by section: `server`, `upstreams.<name>`,
 /// `routes[i]`, `routes[i].stream` (the documentation test holds the example file to them).
 #[cfg(test)]
-pub fn keys() -> [(&'static str, Vec<&'static str>); 10] {
+pub fn keys() -> [(&'static str, Vec<&'static str>); 12] {
     [
+        ("server.tls[i]", super::listener_tls::LISTENER.iter().map(|k| k.name).collect()),
+        ("server.tls[i].sni[j]", super::listener_tls::SNI.iter().map(|k| k.name).collect()),
         ("cluster", CLUSTER.iter().map(|k| k.name).collect()),
         ("routes[i].stream.token", TOKEN.iter().map(|k| k.name).collect()),
         ("upstreams.<name>.health", HEALTH.iter().map(|k| k.name).collect()),

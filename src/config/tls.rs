@@ -117,7 +117,7 @@ pub const TLS: [Key<UpstreamTls>; 5] = [
     Key::new("insecure_skip_verify", |w, v, p, t| set(&mut t.insecure_skip_verify, w.boolean(v, p))),
 ];
 
-fn absolute(w: &mut Walker, v: &yaml_serde::Value, p: &str) -> Option<String> {
+pub(super) fn absolute(w: &mut Walker, v: &yaml_serde::Value, p: &str) -> Option<String> {
     let path = w.string(v, p)?;
     if !path.starts_with('/') {
         w.problem(p, format!("`{path}` must be an absolute path"));
@@ -189,7 +189,7 @@ pub fn load(w: &mut Walker, path: &str, tls: &mut UpstreamTls) {
 }
 
 /// The certificates of the PEM file `file`, each one that pingora's parser reads too.
-fn certificates(w: &mut Walker, at: &str, file: &str) -> Option<Vec<Vec<u8>>> {
+pub(super) fn certificates(w: &mut Walker, at: &str, file: &str) -> Option<Vec<Vec<u8>>> {
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) => {
@@ -221,7 +221,7 @@ fn parses(cert: &CertificateDer) -> bool {
 }
 
 /// The key of the PEM file `file`, in a form pingora reads back.
-fn private_key(w: &mut Walker, at: &str, file: &str) -> Option<Vec<u8>> {
+pub(super) fn private_key(w: &mut Walker, at: &str, file: &str) -> Option<Vec<u8>> {
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) => {

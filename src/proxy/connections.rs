@@ -14,10 +14,13 @@
 
 use crate::metrics::Metrics;
 use crate::proxy::head_deadline::{HeadDeadline, HeadLimits};
+use crate::proxy::negotiated::Negotiated;
+use crate::proxy::tls::TlsListeners;
 use crate::route_table::RouteTable;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::tls::ALPN;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::collections::HashMap;
@@ -46,18 +49,19 @@ impl Connections {
         self.open().len()
     }
 
-    /// Counts a new connection if there is room (or admits one already counted).
-    fn admit(&self, id: i32, max: usize) -> bool {
+    /// Counts a new connection if there is room (`Some(true)`), or admits one already counted
+    /// (`Some(false)`); `None` when full.
+    fn admit(&self, id: i32, max: usize) -> Option<bool> {
         let mut open = self.open();
         if open.contains_key(&id) {
-            return true;
+            return Some(false);
         }
         if open.len() >= max {
-            return false;
+            return None;
         }
         open.insert(id, 1);
         self.metrics.connections.set(open.len() as i64);
-        true
+        Some(true)
     }
 
     /// Another holder of a counted connection, released when the returned guard drops.
@@ -99,13 +103,46 @@ pub struct Limited<A> {
     connections: Arc<Connections>,
     /// `unpoll_requests_rejected_total{reason="header_too_large"}`.
     too_large: prometheus::IntCounter,
+    /// The `server.tls` listeners, whose connections begin with a TLS handshake.
+    tls: TlsListeners,
+    /// `server.h2c` as the process started (listeners change only with a restart).
+    h2c: bool,
 }
 
 impl<A> Limited<A> {
     pub fn new(inner: A, table: Arc<ArcSwap<RouteTable>>, connections: Arc<Connections>) -> Limited<A> {
         let metrics = connections.metrics.clone();
         let too_large = metrics.rejected.with_label_values(&["header_too_large"]);
-        Limited { inner: Arc::new(inner), table, metrics, connections, too_large }
+        let tls = TlsListeners::new(&table, metrics.clone());
+        let h2c = table.load().server.h2c;
+        Limited { inner: Arc::new(inner), table, metrics, connections, too_large, tls, h2c }
+    }
+
+    /// A new connection made ready to serve: through its TLS handshake on a TLS listener, or
+    /// told HTTP/2 with prior knowledge (`server.h2c`) from HTTP/1 on a plain one. `None` when
+    /// it is done (the handshake failed, or the client left or said nothing in time): it is
+    /// then no longer counted, and was forgotten before its descriptor closed.
+    async fn settle(&self, stream: Stream, id: i32, within: std::time::Duration) -> Option<Stream> {
+        let connections = &self.connections;
+        let release = move || connections.release(id);
+        let (stream, transport) = if self.tls.arrived_on_tls(&stream) {
+            (self.tls.accept(stream, within, &release).await?, "tls")
+        } else if self.h2c {
+            match super::negotiated::h2c(stream, within).await {
+                (stream, Some(true)) => (Box::new(Negotiated::h2c(stream)) as Stream, "tcp"),
+                (stream, Some(false)) => (stream, "tcp"),
+                (stream, None) => {
+                    release();
+                    drop(stream);
+                    return None;
+                }
+            }
+        } else {
+            (stream, "tcp")
+        };
+        let version = if stream.selected_alpn_proto() == Some(ALPN::H2) { "2" } else { "1.1" };
+        self.metrics.client_connections.with_label_values(&[transport, version]).inc();
+        Some(stream)
     }
 }
 
@@ -113,11 +150,18 @@ impl<A> Limited<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let id = stream.id();
-        if !self.connections.admit(id, self.table.load().server.max_connections) {
+        let Some(new) = self.connections.admit(id, self.table.load().server.max_connections) else {
             self.metrics.rejected.with_label_values(&["too_many_connections"]).inc();
-            let _ = stream.write_all(REFUSAL).await;
+            // A TLS client could not read a plain answer: it is just closed.
+            if !self.tls.arrived_on_tls(&stream) {
+                let _ = stream.write_all(REFUSAL).await;
+            }
             let _ = stream.shutdown().await;
             return None;
+        };
+        if new {
+            let within = self.table.load().server.header_timeout;
+            stream = self.settle(stream, id, within).await?;
         }
         let server = &self.table.load().server;
         let limits = HeadLimits {

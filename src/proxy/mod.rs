@@ -7,11 +7,13 @@ pub mod connections;
 pub mod cors;
 pub mod detach;
 pub mod head_deadline;
+pub mod negotiated;
 pub mod path;
 pub mod sticky;
 
 mod serving;
 pub mod subscribe;
+pub mod tls;
 pub mod token;
 
 use crate::config::{Sticky, CREDENTIAL_HEADERS};

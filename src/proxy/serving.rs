@@ -8,7 +8,7 @@ use super::{access, client_of, cors, detach, head_deadline, respond, respond_to,
 use crate::config::{ServerSettings, Sticky};
 use crate::route_table::StreamRoute;
 use crate::stream::delivery::Delivery;
-use crate::stream::downstream::{self, Downstream};
+use crate::stream::downstream::{self, Downstream, WriteFailed};
 use crate::stream::{sse, ws};
 use crate::topic::hub::{Limits, Refused, Subscription};
 use crate::topic::key;
@@ -35,6 +35,8 @@ impl Gateway {
         // HTTP/1.0 knows no chunked bodies: its SSE stream ends by closing.
         let http10 = req.version == http::Version::HTTP_10;
         let client = client_of(session, &server.trusted_proxies);
+        let h2 = session.downstream_session.is_http2();
+        // (A WebSocket upgrade over HTTP/2 was refused as a bad upgrade: it needs HTTP/1.1.)
         let in_band = settings.token.as_ref().filter(|t| {
             t.first_message && request.protocol == Protocol::WebSocket && !req.headers.contains_key(t.header.as_str())
         });
@@ -62,6 +64,22 @@ impl Gateway {
         let delivery = Delivery::new(sub, request.protocol, settings.queue_bytes, route.label(), &self.metrics)
             .asked_at(asked, &self.metrics, route.label())
             .tallied(access.as_ref().map(|a| a.bytes.clone()));
+        if h2 {
+            // An HTTP/2 stream stays in pingora's session, which frames it and shares the
+            // connection with the others: served here, in the request's own task.
+            let delivery = delivery.over_http("2", &self.metrics);
+            let sink = sse::H2 { session, write_timeout: server.write_timeout };
+            let result = sse::serve(sink, delivery, settings.heartbeat, extra_head, self.shutdown.clone()).await;
+            let dropped = result.err().map(WriteFailed::drop_reason);
+            if let Some(reason) = dropped {
+                self.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+            }
+            if let Some(access) = access {
+                access.end(dropped.unwrap_or("closed"));
+            }
+            return Ok(());
+        }
+        let delivery = delivery.over_http(if http10 { "1.0" } else { "1.1" }, &self.metrics);
         let Some(down) = self.detach(session, server, request.protocol).await? else { return Ok(()) };
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
@@ -73,7 +91,10 @@ impl Gateway {
         };
         tokio::spawn(async move {
             let result = match handshake {
-                None => sse::serve(down, delivery, limits.heartbeat, http10, extra_head, shutdown).await.map(|()| None),
+                None => {
+                    let sink = sse::Http1::new(down, http10);
+                    sse::serve(sink, delivery, limits.heartbeat, extra_head, shutdown).await.map(|()| None)
+                }
                 Some(handshake) => {
                     ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)
                 }
@@ -162,7 +183,8 @@ impl Gateway {
             sub.settle(request.resume.as_ref()).await;
             let delivery =
                 Delivery::new(sub, Protocol::WebSocket, route.stream.queue_bytes, route.label(), &gateway.metrics)
-                    .tallied(access.as_ref().map(|a| a.bytes.clone()));
+                    .tallied(access.as_ref().map(|a| a.bytes.clone()))
+                    .over_http("1.1", &gateway.metrics);
             let result = ws::serve_opened(down, opened, delivery, limits, gateway.shutdown.clone()).await;
             ended(result.map(ws::Ended::drop_reason).unwrap_or_else(|failed| Some(failed.drop_reason())));
         });

@@ -46,6 +46,8 @@ pub struct Delivery {
     lagged_events: IntCounter,
     lagged_bytes: IntCounter,
     gauge: IntGauge,
+    /// `unpoll_client_streams{version}`, for the HTTP version the stream is served over.
+    version: Option<IntGauge>,
     /// When the subscription was asked for, and `unpoll_subscribe_duration_seconds{route}`:
     /// observed once its first events are handed to the socket.
     asked: Option<(Instant, Histogram)>,
@@ -72,9 +74,18 @@ impl Delivery {
             lagged_events: metrics.lagged.with_label_values(&[route, "events"]),
             lagged_bytes: metrics.lagged.with_label_values(&[route, "bytes"]),
             gauge,
+            version: None,
             asked: None,
             tally: None,
         }
+    }
+
+    /// Counts the subscription in `unpoll_client_streams{version}` while it lasts.
+    pub fn over_http(mut self, version: &str, metrics: &Metrics) -> Delivery {
+        let gauge = metrics.client_streams.with_label_values(&[version]);
+        gauge.inc();
+        self.version = Some(gauge);
+        self
     }
 
     /// Counts the time from `asked` (the request) to the first events.
@@ -216,5 +227,8 @@ fn next(bytes: Bytes, end: bool, going_away: Option<&'static str>) -> Next {
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.gauge.dec();
+        if let Some(version) = &self.version {
+            version.dec();
+        }
     }
 }

@@ -9,7 +9,7 @@ pub mod tls;
 mod upstream;
 
 pub use clients::*;
-pub use proxy::{config_text, unpoll_command, Proxy};
+pub use proxy::{config_text, free_port, unpoll_command, Proxy};
 pub use redis_server::{RedisServer, CLUSTER_SECRET};
 pub use setup::Setup;
 pub use upstream::{Seen, Upstream};

@@ -15,7 +15,7 @@ pub struct Proxy {
 /// A free port below the kernel's ephemeral range (32768 and up), where the test upstreams
 /// (bound to port 0) never land, so only another proxy picking the same random port could
 /// take it first; `wait_ready` then notices and the start is retried.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let port = rand::random_range(20_000..32_000);
         if StdListener::bind(("127.0.0.1", port)).is_ok() {
