@@ -2,6 +2,7 @@
 # Builds unpoll and runs the demo: a sample legacy API, unpoll in front of it, a live page.
 # Extra arguments go to `unpoll demo` (see --help): e.g. --listen 0.0.0.0:8080
 set -euo pipefail
-cd "$(dirname "$0")/.."
-./scripts/deps.sh
-exec cargo run --locked --release -- demo "$@"
+# Run from where it was called, so that file arguments (--tls-cert) are relative to there.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+(cd "$root" && ./scripts/deps.sh)
+exec cargo run --manifest-path "$root/Cargo.toml" --locked --release -- demo "$@"

@@ -85,6 +85,15 @@ enum Command {
         /// Where the sample legacy API listens.
         #[arg(long, default_value = "127.0.0.1:3001")]
         api: String,
+        /// Also serve the page over HTTPS and HTTP/2 here (with --tls-cert and --tls-key).
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        tls_listen: Option<String>,
+        /// The PEM certificate chain for --tls-listen.
+        #[arg(long, requires = "tls_listen")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key for --tls-listen.
+        #[arg(long, requires = "tls_listen")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -126,8 +135,13 @@ fn main() -> anyhow::Result<()> {
             log::info!("open-files limit {open_files:?}; max_connections {}", config.server.max_connections);
             server.run_forever()
         }
-        Command::Demo { listen, admin, api } => {
-            let config = unpoll::demo::config(&listen, &admin, &api).context("building the demo configuration")?;
+        Command::Demo { listen, admin, api, tls_listen, tls_cert, tls_key } => {
+            let tls = match (&tls_listen, tls_cert, tls_key) {
+                (Some(at), Some(cert), Some(key)) => Some(unpoll::demo::Tls { listen: at.clone(), cert, key }),
+                _ => None,
+            };
+            let config =
+                unpoll::demo::config(&listen, &admin, &api, tls.as_ref()).context("building the demo configuration")?;
             unpoll::server::check_free(&api)?;
             let start = unpoll::server::Start::default();
             let server = unpoll::server::build(&config, start, |server| unpoll::demo::add_api(server, &api))?;
@@ -137,6 +151,9 @@ fn main() -> anyhow::Result<()> {
             println!("  per-user    curl -N -H 'Accept: text/event-stream' -H 'Authorization: Bearer alice' http://{listen}/api/me/notifications");
             println!("  metrics     http://{admin}/metrics");
             println!("  legacy API  http://{api}/api/departures (polled by unpoll)");
+            if let Some(at) = &tls_listen {
+                println!("  HTTPS       https://{at}/?orders=8  (HTTP/2: ten SSE streams on one connection)");
+            }
             server.run_forever()
         }
     }

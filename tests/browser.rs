@@ -27,7 +27,7 @@ fn free_addr() -> String {
 
 /// Headless Chromium with its DevTools endpoint on a free port; returns the process and the
 /// endpoint's `host:port`.
-fn chromium(profile: &std::path::Path) -> (Kill, String) {
+fn chromium(profile: &std::path::Path, extra: &[&str]) -> (Kill, String) {
     let binary = std::env::var("UNPOLL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let mut child = Command::new(&binary)
         .args([
@@ -42,6 +42,7 @@ fn chromium(profile: &std::path::Path) -> (Kill, String) {
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")
         .stdout(Stdio::null())
@@ -89,24 +90,30 @@ async fn new_tab(endpoint: &str, url: &str) -> String {
     tab["webSocketDebuggerUrl"].as_str().expect("the tab's DevTools URL").to_string()
 }
 
-#[tokio::test]
-async fn every_panel_of_the_demo_shows_patches_in_a_real_browser() {
-    let (listen, admin, api) = (free_addr(), free_addr(), free_addr());
+/// Starts `unpoll demo` with `more` arguments; returns it and its plain listen address.
+async fn demo(listen: &str, more: &[&str]) -> Kill {
+    let (admin, api) = (free_addr(), free_addr());
     let demo = Command::new(env!("CARGO_BIN_EXE_unpoll"))
-        .args(["demo", "--listen", &listen, "--admin", &admin, "--api", &api])
+        .args(["demo", "--listen", listen, "--admin", &admin, "--api", &api])
+        .args(more)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _demo = Kill(demo);
+    let demo = Kill(demo);
     let addr = listen.parse().unwrap();
     assert!(eventually(15 * SECOND, || async { http_get(addr, "/").await.is_some_and(|r| r.status == 200) }).await);
+    demo
+}
 
+/// Opens `url` in Chromium (with `flags`) and evaluates `expression` (JSON text) every half
+/// second until `done` holds of its value or 40 s pass; returns the last value and the script
+/// errors the page reported.
+async fn watch(url: &str, flags: &[&str], expression: &str, done: impl Fn(&Value) -> bool) -> (Value, Vec<String>) {
     let profile = tempfile::tempdir().unwrap();
-    let (_browser, endpoint) = chromium(profile.path());
-    let (mut tab, _) = tokio_tungstenite::connect_async(new_tab(&endpoint, &format!("http://{listen}/")).await)
-        .await
-        .expect("the tab's DevTools socket");
+    let (_browser, endpoint) = chromium(profile.path(), flags);
+    let (mut tab, _) =
+        tokio_tungstenite::connect_async(new_tab(&endpoint, url).await).await.expect("the tab's DevTools socket");
     let mut next_id = 0;
     let mut call = |method: &str, params: Value| {
         next_id += 1;
@@ -115,13 +122,10 @@ async fn every_panel_of_the_demo_shows_patches_in_a_real_browser() {
     let (_, enable) = call("Runtime.enable", json!({}));
     tab.send(enable).await.unwrap();
     let mut problems: Vec<String> = Vec::new();
-    let mut seen = Value::Null;
+    let mut state = Value::Null;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    let done = |seen: &Value| ["sse", "ws", "me"].iter().all(|p| seen[p]["patch"].as_u64().unwrap_or(0) >= 2);
-    while !done(&seen) && tokio::time::Instant::now() < deadline {
+    while !done(&state) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let expression = "JSON.stringify({seen: window.unpollDemo && window.unpollDemo.seen, \
-            charts: document.querySelectorAll('#bytes-chart polyline, #requests-chart polyline').length})";
         let (id, ask) = call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true}));
         tab.send(ask).await.unwrap();
         // Read until the answer, noting script errors the page reports meanwhile.
@@ -140,19 +144,52 @@ async fn every_panel_of_the_demo_shows_patches_in_a_real_browser() {
                 _ => {}
             }
             if msg["id"] == id {
-                let state: Value =
+                state =
                     serde_json::from_str(msg["result"]["result"]["value"].as_str().unwrap_or("{}")).unwrap_or_default();
-                seen = state["seen"].clone();
-                if done(&seen) {
-                    assert_eq!(state["charts"], 4, "both charts draw two lines");
-                }
                 break;
             }
         }
     }
+    (state, problems)
+}
+
+#[tokio::test]
+async fn every_panel_of_the_demo_shows_patches_in_a_real_browser() {
+    let listen = free_addr();
+    let _demo = demo(&listen, &[]).await;
+    let expression = "JSON.stringify({seen: window.unpollDemo && window.unpollDemo.seen, \
+        charts: document.querySelectorAll('#bytes-chart polyline, #requests-chart polyline').length})";
+    let done = |state: &Value| ["sse", "ws", "me"].iter().all(|p| state["seen"][p]["patch"].as_u64().unwrap_or(0) >= 2);
+    let (state, problems) = watch(&format!("http://{listen}/"), &[], expression, done).await;
     assert!(
-        done(&seen),
-        "every panel shows patches (JSON Patch over SSE, Merge Patch over WebSocket, per user): {seen}"
+        done(&state),
+        "every panel shows patches (JSON Patch over SSE, Merge Patch over WebSocket, per user): {state}"
     );
+    assert_eq!(state["charts"], 4, "both charts draw two lines");
+    assert!(problems.is_empty(), "script errors on the page: {problems:?}");
+}
+
+#[tokio::test]
+async fn the_demo_page_over_https_keeps_ten_streams_live_on_one_http2_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = support::tls::Ca::new("demo CA").server(&["localhost", "127.0.0.1"]);
+    let cert = support::tls::write(dir.path(), "cert.pem", &issued.cert_pem);
+    let key = support::tls::write(dir.path(), "key.pem", &issued.key_pem);
+    let (listen, tls) = (free_addr(), free_addr());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let _demo = demo(&listen, &["--tls-listen", &tls, "--tls-cert", &cert, "--tls-key", &key]).await;
+    // Ten SSE streams (the board, the user's notifications, eight orders) and a WebSocket:
+    // over HTTP/1.1 a browser would open at most six connections, and the rest would stall.
+    let expression = "JSON.stringify({seen: window.unpollDemo && window.unpollDemo.seen, \
+        protocol: window.unpollDemo && window.unpollDemo.protocol()})";
+    let done = |state: &Value| {
+        let seen = &state["seen"];
+        ["sse", "ws", "me"].iter().all(|p| seen[p]["patch"].as_u64().unwrap_or(0) >= 1)
+            && (1..=8).all(|i| seen["orders"][i.to_string()]["patch"].as_u64().unwrap_or(0) >= 1)
+    };
+    let flags = ["--ignore-certificate-errors"];
+    let (state, problems) = watch(&format!("https://{tls}/?orders=8"), &flags, expression, done).await;
+    assert!(done(&state), "every stream shows patches: {state}");
+    assert_eq!(state["protocol"], "h2", "the page came over HTTP/2");
     assert!(problems.is_empty(), "script errors on the page: {problems:?}");
 }

@@ -422,3 +422,36 @@ fn unusable_pairs_are_problems_at_their_key_paths() {
     assert!(!ok && err.contains("server.tls[0].sni[0].names[0]"), "{err}");
     assert!(err.contains("server.tls[0].listen") && err.contains("server.listen[0]"), "{err}");
 }
+
+#[tokio::test]
+async fn unfinished_handshakes_count_against_the_connection_limit_and_time_out() {
+    let ca = Ca::new("client-facing CA");
+    let up = Upstream::start().await;
+    up.set_json("/api/x", &json!({"ok": true}));
+    let setup = Setup::new().route("/*").server("max_connections", 4).server("header_timeout", "1s");
+    let p = TlsProxy::start(&up, &setup, &ca.server(&["localhost"]), &[]).await;
+    let open = || p.proxy.metric("unpoll_connections", &[]);
+    assert!(eventually(5 * SECOND, || async { open().await == 0.0 }).await);
+    // Four connections that never begin their handshake fill the proxy.
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(tokio::net::TcpStream::connect(p.tls).await.unwrap());
+    }
+    assert!(eventually(5 * SECOND, || async { open().await == 4.0 }).await);
+    // A fifth is closed before any handshake: a flood is bounded like any other.
+    let config = tls::client_config(&ca, &["http/1.1"]);
+    assert!(tls::connect(p.tls, "localhost", config.clone()).await.is_err(), "refused at the limit");
+    let refused = p.proxy.metric("unpoll_requests_rejected_total", &[("reason", "too_many_connections")]);
+    assert_eq!(refused.await, 1.0);
+    // The silent four are closed after header_timeout, counted; then clients get in again.
+    let timeouts = || p.proxy.metric("unpoll_tls_handshakes_total", &[("result", "timeout")]);
+    assert!(eventually(5 * SECOND, || async { timeouts().await == 4.0 }).await);
+    for mut s in silent {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(2 * SECOND, s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+    }
+    let mut c = tls::connect(p.tls, "localhost", config).await.unwrap();
+    let answer = exchange(&mut c, "GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
