@@ -65,6 +65,7 @@ server:
   admin: "127.0.0.1:$admin"
   threads: ${THREADS:-2}
   max_subscribers: 20000
+${EXTRA_SERVER:-}
 upstreams:
   bench:
     servers: ["$UPSTREAM"]

@@ -1,9 +1,10 @@
 //! The subscribers: N raw-TCP SSE or WebSocket clients on one thread, each reading every
 //! event, checking its order and recording its latency.
 //!
-//! The clients are deliberately lean (no TLS, no per-message JSON parse: the two numbers a
-//! delivery needs are found by scanning) so that the load tool's own CPU stays small next to
-//! the server's on a shared machine; the report prints it.
+//! The clients are deliberately lean (no per-message JSON parse: the two numbers a delivery
+//! needs are found by scanning) so that the load tool's own CPU stays small next to the
+//! server's on a shared machine; the report prints it. `https://` URLs are read over TLS
+//! (`--ca`), and `--h2-streams K` reads SSE over HTTP/2, K subscriptions per connection.
 
 use crate::procstat;
 use crate::wire::{find, now_us, read_head, split_url};
@@ -56,6 +57,16 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// The PEM CA file to trust for an `https://` URL (the name asked for is `--sni`).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// The name to ask for in the TLS handshake.
+    #[arg(long, default_value = "localhost")]
+    sni: String,
+    /// SSE over HTTP/2: this many subscriptions per connection (over TLS by ALPN, or with prior
+    /// knowledge on an `http://` URL).
+    #[arg(long)]
+    h2_streams: Option<usize>,
     /// The `Host` header to send (by default the URL's address), as a load balancer in front
     /// of several unpoll nodes passes the public name to each: a topic is the same on every
     /// node only with the same `Host`.
@@ -84,7 +95,7 @@ enum Phase {
 }
 
 /// Everything the subscribers share (they all run on this one thread).
-struct Shared {
+pub(crate) struct Shared {
     args: Args,
     phase: Cell<Phase>,
     started: Instant,
@@ -104,6 +115,18 @@ struct Shared {
     unstamped: Cell<u64>,
     error_events: Cell<u64>,
     gate: tokio::sync::Semaphore,
+}
+
+/// Counts how subscriber `id` ended.
+fn ended(id: usize, result: Result<(), String>, shared: &Shared) {
+    shared.alive.borrow_mut()[id] = false;
+    if shared.last.borrow()[id] == 0 {
+        // Never subscribed: a failure to connect or an answer other than a stream.
+        let reason = result.err().unwrap_or_else(|| "closed before the first event".into());
+        *shared.failures.borrow_mut().entry(reason).or_default() += 1;
+    } else {
+        shared.ended.set(shared.ended.get() + 1);
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -142,21 +165,27 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
     let base_cpu = procstat::cpu_seconds(&args.pids);
     let request = Rc::new(target.request(&args));
     let started = Instant::now();
-    for id in 0..n {
+    if let Some(k) = args.h2_streams {
+        for first in (0..n).step_by(k.max(1)) {
+            let ids: Vec<usize> = (first..(first + k).min(n)).collect();
+            let (shared, target) = (shared.clone(), target.clone());
+            tokio::task::spawn_local(async move {
+                let permit = shared.gate.acquire().await.expect("never closed");
+                let result = crate::secure::h2_group(&ids, &target, &shared, permit).await;
+                for id in ids {
+                    ended(id, result.clone(), &shared);
+                }
+            });
+        }
+    }
+    for id in (0..n).filter(|_| args.h2_streams.is_none()) {
         let shared = shared.clone();
         let target = target.clone();
         let request = request.clone();
         tokio::task::spawn_local(async move {
             let permit = shared.gate.acquire().await.expect("never closed");
             let result = subscriber(id, &target, &request, &shared, permit).await;
-            shared.alive.borrow_mut()[id] = false;
-            if shared.last.borrow()[id] == 0 {
-                // Never subscribed: a failure to connect or an answer other than a stream.
-                let reason = result.err().unwrap_or_else(|| "closed before the first event".into());
-                *shared.failures.borrow_mut().entry(reason).or_default() += 1;
-            } else {
-                shared.ended.set(shared.ended.get() + 1);
-            }
+            ended(id, result, &shared);
         });
     }
     let deadline = started + Duration::from_secs_f64(args.subscribe_timeout);
@@ -301,7 +330,7 @@ fn human(r: &serde_json::Value) -> String {
 /// The GET count from the bench upstream's /stats.
 async fn upstream_stats(args: &Args) -> Option<u64> {
     let url = args.upstream_stats.as_deref()?;
-    let (addr, path) = split_url(url).ok()?;
+    let (addr, path, _) = split_url(url).ok()?;
     let mut s = TcpStream::connect(&addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes()).await.ok()?;
     let mut body = Vec::new();
@@ -312,26 +341,39 @@ async fn upstream_stats(args: &Args) -> Option<u64> {
 }
 
 #[derive(Clone)]
-struct Target {
-    addr: String,
-    path: String,
+pub(crate) struct Target {
+    pub addr: String,
+    pub path: String,
     protocol: Protocol,
-    server: Server,
+    pub server: Server,
+    /// For an `https://` URL: the TLS configuration and the name to ask for.
+    pub tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
+    /// The `Host` (HTTP/1) or `:authority` (HTTP/2) to send.
+    pub host: String,
 }
 
 impl Target {
     fn parse(args: &Args) -> anyhow::Result<Target> {
-        let (addr, mut path) = split_url(&args.url)?;
+        let (addr, mut path, https) = split_url(&args.url)?;
         if let (Some(format), Protocol::Sse) = (&args.format, args.protocol) {
             path.push(if path.contains('?') { '&' } else { '?' });
             path.push_str("unpoll_format=");
             path.push_str(format);
         }
-        Ok(Target { addr, path, protocol: args.protocol, server: args.server })
+        let tls = match (https, &args.ca) {
+            (false, _) => None,
+            (true, Some(ca)) => {
+                let alpn: &[&[u8]] = if args.h2_streams.is_some() { &[b"h2"] } else { &[b"http/1.1"] };
+                Some((crate::secure::client_config(ca, alpn)?, args.sni.clone()))
+            }
+            (true, None) => anyhow::bail!("an https:// URL needs --ca"),
+        };
+        let host = args.host.clone().unwrap_or_else(|| addr.clone());
+        Ok(Target { addr, path, protocol: args.protocol, server: args.server, tls, host })
     }
 
     fn request(&self, args: &Args) -> Vec<u8> {
-        let host = args.host.clone().unwrap_or_else(|| self.addr.to_string());
+        let host = &self.host;
         let mut req = format!("GET {} HTTP/1.1\r\nhost: {host}\r\n", self.path);
         match self.protocol {
             Protocol::Sse => req.push_str("accept: text/event-stream\r\n"),
@@ -358,8 +400,9 @@ async fn subscriber(
     permit: tokio::sync::SemaphorePermit<'_>,
 ) -> Result<(), String> {
     let mut permit = Some(permit);
-    let mut s = connect(id, target).await.map_err(|e| format!("connect: {}", e.kind()))?;
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let tcp = connect(id, target).await.map_err(|e| format!("connect: {}", e.kind()))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut s = crate::secure::maybe_tls(tcp, target).await?;
     s.write_all(request).await.map_err(|e| format!("write: {}", e.kind()))?;
     let mut buf = Vec::with_capacity(2048);
     let head = match read_head(&mut s, &mut buf).await {
@@ -407,7 +450,7 @@ async fn subscriber(
 /// loopback server), so that N connections don't crowd one address's ephemeral ports: with most
 /// of them taken, each connect() searches longer for a free one, which slowed subscribing
 /// 18,000 clients several times over.
-async fn connect(id: usize, target: &Target) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(id: usize, target: &Target) -> std::io::Result<TcpStream> {
     let server: std::net::SocketAddr = match target.addr.parse() {
         Ok(addr) => addr,
         Err(_) => return TcpStream::connect(&target.addr).await,
@@ -422,7 +465,7 @@ async fn connect(id: usize, target: &Target) -> std::io::Result<TcpStream> {
     }
 }
 
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, String> {
+async fn read_more<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<usize, String> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
@@ -473,7 +516,7 @@ fn dechunk(raw: &mut Vec<u8>, out: &mut Vec<u8>, state: &mut Chunked) -> Result<
 }
 
 /// Handles every complete SSE event in `data` (events end with a blank line).
-fn sse_events(id: usize, data: &mut Vec<u8>, server: Server, shared: &Shared) {
+pub(crate) fn sse_events(id: usize, data: &mut Vec<u8>, server: Server, shared: &Shared) {
     let mut pos = 0;
     while let Some(i) = find(&data[pos..], b"\n\n") {
         let block = &data[pos..pos + i];
@@ -511,7 +554,7 @@ async fn ws_frames(
     frag: &mut Vec<u8>,
     server: Server,
     shared: &Shared,
-    s: &mut TcpStream,
+    s: &mut (impl tokio::io::AsyncWrite + Unpin),
 ) -> Result<bool, String> {
     let mut pos = 0;
     let mut closed = false;

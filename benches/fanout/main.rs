@@ -5,6 +5,7 @@
 mod client;
 mod procstat;
 mod requests;
+mod secure;
 mod upstream;
 mod wire;
 
@@ -19,6 +20,8 @@ enum Cmd {
     Subscribe(client::Args),
     /// Send plain GETs at a fixed rate and report their latency.
     Requests(requests::Args),
+    /// Make full TLS handshakes as fast as possible and report their rate and the server's CPU.
+    Handshakes(secure::HandshakeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +29,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Upstream(args) => upstream::run(args),
         Cmd::Subscribe(args) => client::run(args),
         Cmd::Requests(args) => requests::run(args),
+        Cmd::Handshakes(args) => secure::handshakes(args),
     }
 }

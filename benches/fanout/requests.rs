@@ -34,7 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn measure(args: Args) -> anyhow::Result<()> {
-    let (host, path) = split_url(&args.url)?;
+    let (host, path, _) = split_url(&args.url)?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?));
     let errors = Arc::new(Mutex::new(0u64));

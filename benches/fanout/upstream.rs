@@ -264,7 +264,7 @@ struct Publisher {
 
 impl Publisher {
     fn new(url: &str) -> anyhow::Result<Publisher> {
-        let (addr, path) = split_url(url)?;
+        let (addr, path, _) = split_url(url)?;
         Ok(Publisher { addr, path, conn: None })
     }
 

@@ -13,11 +13,15 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// `http://host:port/path` as (`host:port`, `/path`).
-pub fn split_url(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs: {url}"))?;
+pub fn split_url(url: &str) -> anyhow::Result<(String, String, bool)> {
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => anyhow::bail!("only http:// and https:// URLs: {url}"),
+    };
     Ok(match rest.find('/') {
-        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
-        None => (rest.to_string(), "/".to_string()),
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string(), https),
+        None => (rest.to_string(), "/".to_string(), https),
     })
 }
 

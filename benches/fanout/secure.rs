@@ -1,0 +1,196 @@
+//! TLS and HTTP/2 for the subscribers: an `https://` URL is read over TLS (trusting `--ca`),
+//! and `--h2-streams K` opens SSE subscriptions as HTTP/2 streams, K to a connection.
+
+use crate::client::{connect, sse_events, Shared, Target};
+use bytes::Bytes;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A client configuration trusting the certificates of the PEM file `ca`, offering `alpn`.
+pub fn client_config(ca: &Path, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A subscriber's connection: plain, or TLS.
+pub enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// `tcp` as it is, or through a TLS handshake for an `https://` target.
+pub async fn maybe_tls(tcp: TcpStream, target: &Target) -> Result<Conn, String> {
+    let Some((config, sni)) = &target.tls else { return Ok(Conn::Tcp(tcp)) };
+    let name = rustls::pki_types::ServerName::try_from(sni.clone()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {}", e.kind()))?;
+    Ok(Conn::Tls(Box::new(tls)))
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Subscribers `ids`, each an SSE stream of one HTTP/2 connection (over TLS by ALPN `h2`, or
+/// with prior knowledge on a plain target). `permit` is given back once every stream is open.
+pub async fn h2_group(
+    ids: &[usize],
+    target: &Target,
+    shared: &Shared,
+    permit: tokio::sync::SemaphorePermit<'_>,
+) -> Result<(), String> {
+    let tcp = connect(ids[0], target).await.map_err(|e| format!("connect: {}", e.kind()))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let conn = maybe_tls(tcp, target).await?;
+    let (send, connection) = h2::client::handshake(conn).await.map_err(|e| format!("h2: {e}"))?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    let scheme = if target.tls.is_some() { "https" } else { "http" };
+    let uri = format!("{scheme}://{}{}", target.host, target.path);
+    let mut bodies = Vec::with_capacity(ids.len());
+    for _ in ids {
+        let request =
+            http::Request::get(&uri).header("accept", "text/event-stream").body(()).map_err(|e| e.to_string())?;
+        let mut ready = send.clone().ready().await.map_err(|e| format!("h2: {e}"))?;
+        let (response, _) = ready.send_request(request, true).map_err(|e| format!("h2: {e}"))?;
+        bodies.push(response);
+    }
+    let mut streams = Vec::with_capacity(ids.len());
+    for response in bodies {
+        let response = response.await.map_err(|e| format!("h2: {e}"))?;
+        if response.status() != 200 {
+            return Err(format!("status {}", response.status().as_u16()));
+        }
+        streams.push(response.into_body());
+    }
+    drop(permit);
+    // Each stream read by a task of its own, as a browser's EventSource would.
+    let mut tasks = Vec::with_capacity(ids.len());
+    for (&id, mut body) in ids.iter().zip(streams) {
+        let server = target.server;
+        tasks.push(async move {
+            let mut data: Vec<u8> = Vec::with_capacity(2048);
+            while let Some(chunk) = body.data().await {
+                let chunk: Bytes = chunk.map_err(|e| format!("h2: {e}"))?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+                sse_events(id, &mut data, server, shared);
+            }
+            Ok::<(), String>(())
+        });
+    }
+    let results = futures_util::future::join_all(tasks).await;
+    results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct HandshakeArgs {
+    /// The TLS listener, host:port.
+    #[arg(long)]
+    addr: String,
+    /// The PEM CA file to trust.
+    #[arg(long)]
+    ca: std::path::PathBuf,
+    /// The name to ask for.
+    #[arg(long, default_value = "localhost")]
+    sni: String,
+    /// Handshakes in progress at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// The server's process ids, for its CPU.
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// A label for the report.
+    #[arg(long, default_value = "server")]
+    label: String,
+}
+
+/// Full TLS handshakes (no resumption) as fast as `concurrency` clients can make them, each on
+/// a new connection closed at once: handshakes per second and the server's CPU per handshake.
+pub fn handshakes(args: HandshakeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut config = (*client_config(&args.ca, &[b"http/1.1"])?).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from(args.sni.clone())?;
+        let done = std::rc::Rc::new(std::cell::Cell::new((0u64, 0u64)));
+        let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(args.duration);
+        let (cpu0, self0, t0) =
+            (crate::procstat::cpu_seconds(&args.pids), crate::procstat::cpu_seconds(&[]), std::time::Instant::now());
+        let local = tokio::task::LocalSet::new();
+        for _ in 0..args.concurrency {
+            let (connector, name, done, addr) = (connector.clone(), name.clone(), done.clone(), args.addr.clone());
+            local.spawn_local(async move {
+                while std::time::Instant::now() < until {
+                    let ok = match TcpStream::connect(&addr).await {
+                        Ok(tcp) => connector.connect(name.clone(), tcp).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    let (good, bad) = done.get();
+                    done.set(if ok { (good + 1, bad) } else { (good, bad + 1) });
+                }
+            });
+        }
+        local.await;
+        let window = t0.elapsed().as_secs_f64();
+        let cpu = crate::procstat::cpu_seconds(&args.pids) - cpu0;
+        let own = crate::procstat::cpu_seconds(&[]) - self0;
+        let (good, bad) = done.get();
+        println!(
+            "{}: {:.0} handshakes/s ({good} in {window:.1} s, {bad} failed); server CPU {:.0} µs per handshake \
+             ({:.2} cores); load tool {:.2} cores",
+            args.label,
+            good as f64 / window,
+            cpu * 1e6 / good.max(1) as f64,
+            cpu / window,
+            own / window
+        );
+        Ok(())
+    })
+}
