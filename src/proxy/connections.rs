@@ -6,11 +6,17 @@
 //! not yet counted is a new connection. The count is approximate by a connection or so around
 //! a descriptor that closes and is reused at once.
 //!
-//! A subscription's stream outlives pingora's handling of its request: it is served from its
-//! own task on a duplicate of the descriptor (see `stream::downstream`), which the stream holds
-//! in the count until it ends. While pingora finishes the request, the connection is briefly
-//! counted under both descriptors. Each entry counts its holders, so a descriptor is only
-//! forgotten once everyone holding it has let go.
+//! A new connection is settled here before pingora serves it: on a `server.tls` listener
+//! through its TLS handshake (see `tls`), with `server.h2c` told HTTP/2 or HTTP/1 (see
+//! `negotiated`). It is counted first, so handshakes are bounded like any connection.
+//!
+//! An HTTP/1 subscription's stream outlives pingora's handling of its request: it is served
+//! from its own task (on a duplicate of the descriptor for plain TCP, through the TLS stream
+//! otherwise: see `stream::downstream`), which holds the connection in the count until it
+//! ends. While pingora finishes the request, the connection is briefly counted under both
+//! descriptors. Each entry counts its holders, so a descriptor is only forgotten once everyone
+//! holding it has let go. An HTTP/2 connection is counted once, by pingora's handling of it,
+//! however many streams it carries (`unpoll_client_streams` counts those).
 
 use crate::metrics::Metrics;
 use crate::proxy::head_deadline::{HeadDeadline, HeadLimits};
@@ -125,8 +131,9 @@ impl<A> Limited<A> {
     async fn settle(&self, stream: Stream, id: i32, within: std::time::Duration) -> Option<Stream> {
         let connections = &self.connections;
         let release = move || connections.release(id);
-        let (stream, transport) = if self.tls.arrived_on_tls(&stream) {
-            (self.tls.accept(stream, within, &release).await?, "tls")
+        let (stream, tls) = self.tls.accept(stream, within, &release).await?;
+        let (stream, transport) = if tls {
+            (stream, "tls")
         } else if self.h2c {
             match super::negotiated::h2c(stream, within).await {
                 (stream, Some(true)) => (Box::new(Negotiated::h2c(stream)) as Stream, "tcp"),

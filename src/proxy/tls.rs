@@ -91,12 +91,18 @@ impl TlsListeners {
         })
     }
 
-    /// A new connection: through its TLS handshake if it came to a TLS listener, as it is
-    /// otherwise; `None` when the handshake failed and the connection is done. `release` is
-    /// called before a failed connection's descriptor closes (it is what the connection count
-    /// knows it by, and a new connection may get the same number as soon as it closes).
-    pub async fn accept(&self, mut stream: Stream, within: Duration, release: &(dyn Fn() + Sync)) -> Option<Stream> {
-        let Some(listener) = self.of(&stream) else { return Some(stream) };
+    /// A new connection: through its TLS handshake if it came to a TLS listener (`true` with
+    /// it), as it is otherwise; `None` when the handshake failed and the connection is done.
+    /// `release` is called before a failed connection's descriptor closes (it is what the
+    /// connection count knows it by, and a new connection may get the same number as soon as
+    /// it closes).
+    pub async fn accept(
+        &self,
+        mut stream: Stream,
+        within: Duration,
+        release: &(dyn Fn() + Sync),
+    ) -> Option<(Stream, bool)> {
+        let Some(listener) = self.of(&stream) else { return Some((stream, false)) };
         let deadline = tokio::time::Instant::now() + within;
         // A TLS client opens with a handshake record (0x16); a plain HTTP client with a
         // method's letters, and is told so in plain.
@@ -139,7 +145,7 @@ impl TlsListeners {
         // A failed connection closes with `accepting`, at the end of this function: after
         // `release`.
         self.count(listener, result.as_ref().map(|_| ()).map_err(|r| *r));
-        result.ok().map(|tls| Box::new(Negotiated::tls(tls)) as Stream)
+        result.ok().map(|tls| (Box::new(Negotiated::tls(tls)) as Stream, true))
     }
 
     fn count(&self, listener: &Listener, result: Result<(), &'static str>) {
