@@ -202,8 +202,13 @@ impl BackgroundService for Reloader {
                         settled = again;
                     }
                     self.reload("file changed").await;
-                    // The files of the configuration now in force.
-                    seen = self.snapshot().or(settled);
+                    // The text that was settled on (a save landing during the reload is still
+                    // a change, seen at the next tick), with the files of the configuration
+                    // now in force (it may name other files).
+                    seen = match (self.snapshot(), settled) {
+                        (Some((_, files)), Some((text, _))) => Some((text, files)),
+                        (fresh, settled) => fresh.or(settled),
+                    };
                 }
             }
         }
