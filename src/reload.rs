@@ -72,6 +72,9 @@ pub fn restart_needed(running: &ServerSettings, new: &ServerSettings) -> Option<
     if running.h2_max_streams != new.h2_max_streams {
         changed.push("server.h2_max_streams");
     }
+    if running.h2_idle_timeout != new.h2_idle_timeout {
+        changed.push("server.h2_idle_timeout");
+    }
     (!changed.is_empty()).then(|| format!("{} changed", changed.join(", ")))
 }
 

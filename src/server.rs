@@ -193,6 +193,11 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     h2.max_concurrent_streams(config.server.h2_max_streams);
     h2.max_header_list_size(config.server.max_request_header as u32);
     http.h2_options = Some(h2);
+    // An HTTP/2 connection with no stream open is closed after this; pingora counts a stream
+    // as open while its request task runs, which for a subscription is the whole stream.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.server.h2_idle_timeout);
+    http.server_options = Some(options);
     let limited = Limited::new(http, table.clone(), connections.clone());
     let mut proxy = Service::new("unpoll proxy".to_string(), limited);
     // TLS listeners are TCP listeners too: the handshake is unpoll's (see proxy::tls), after

@@ -208,11 +208,21 @@ impl H2Sub {
 
 /// Opens an HTTP/2 connection over `io`, driven in a task.
 async fn h2_client<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: T) -> h2::client::SendRequest<Bytes> {
+    h2_client_watched(io).await.0
+}
+
+/// The same, with a flag set once the connection has ended.
+async fn h2_client_watched<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: T,
+) -> (h2::client::SendRequest<Bytes>, Arc<std::sync::atomic::AtomicBool>) {
     let (send, connection) = h2::client::handshake(io).await.unwrap();
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ended.clone();
     tokio::spawn(async move {
         let _ = connection.await;
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
-    send
+    (send, ended)
 }
 
 /// `n` subscriptions on one HTTP/2 connection (`send`), to ten documents: each converges
@@ -318,6 +328,60 @@ async fn h2c_serves_http2_with_prior_knowledge_beside_http1_on_a_plain_listener(
     assert!(eventually(5 * SECOND, || async { connections().await == 1.0 }).await);
     drop(sse);
     many_streams_on_one_connection(&up, proxy, send, 20).await;
+}
+
+#[tokio::test]
+async fn http2_proxies_every_method_and_closes_idle_connections_but_not_those_carrying_streams() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let up = Upstream::start().await;
+    up.set_json("/doc/1", &doc(0));
+    let setup =
+        Setup::stream("/doc/{id}").every("50ms").route("/api/*").server("h2c", true).server("h2_idle_timeout", "300ms");
+    let proxy = Proxy::launch(up.addr, &setup).await;
+    let (send, idle_ended) = h2_client_watched(tokio::net::TcpStream::connect(proxy.addr).await.unwrap()).await;
+    for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let sent = format!("{{\"sent\":\"{method}\"}}");
+        let with_body = matches!(method, "POST" | "PUT" | "PATCH");
+        let request = http::Request::builder().method(method).uri("http://localhost/api/m").body(()).unwrap();
+        let (response, mut body) = send.clone().ready().await.unwrap().send_request(request, !with_body).unwrap();
+        if with_body {
+            body.send_data(Bytes::from(sent.clone()), true).unwrap();
+        }
+        let response = tokio::time::timeout(5 * SECOND, response).await.expect("answered").unwrap();
+        assert_eq!(response.status(), 200, "{method}");
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+        }
+        let seen = up.seen("/api/m");
+        let last = seen.last().unwrap();
+        assert_eq!(last.method, method);
+        assert_eq!(last.body, if with_body { sent.as_bytes() } else { b"" }, "{method}");
+        if method == "HEAD" {
+            assert!(got.is_empty(), "a HEAD answer has no body");
+        } else {
+            let echo: Value = serde_json::from_slice(&got).unwrap();
+            assert_eq!(echo["method"], method);
+        }
+    }
+    // Nothing open on it: the connection is closed after `h2_idle_timeout`.
+    assert!(eventually(5 * SECOND, || async { idle_ended.load(SeqCst) }).await, "the idle connection was closed");
+
+    // A connection carrying a subscription stays open well past it, and the stream flows on.
+    let (send, streaming_ended) = h2_client_watched(tokio::net::TcpStream::connect(proxy.addr).await.unwrap()).await;
+    let sub = H2Sub::open(&send, "localhost", "/doc/1").await;
+    assert!(eventually(5 * SECOND, || async { sub.doc.lock().unwrap().as_ref() == Some(&doc(0)) }).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    up.set_json("/doc/1", &json!({"v": 1}));
+    assert!(eventually(5 * SECOND, || async { sub.doc.lock().unwrap().as_ref() == Some(&json!({"v": 1})) }).await);
+    assert!(!streaming_ended.load(SeqCst), "a connection carrying a stream is not idle");
+    assert!(sub.ended.lock().unwrap().is_none());
+    // Once its stream is reset, it is idle, and closed.
+    sub.task.abort();
+    assert!(eventually(5 * SECOND, || async { streaming_ended.load(SeqCst) }).await, "closed once idle");
 }
 
 #[tokio::test]

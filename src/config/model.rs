@@ -98,6 +98,9 @@ pub struct ServerSettings {
     /// `h2_max_streams`: concurrent streams (requests and subscriptions) on one HTTP/2
     /// connection.
     pub h2_max_streams: u32,
+    /// `h2_idle_timeout`: an HTTP/2 connection with no stream open (no request, no
+    /// subscription) this long is closed.
+    pub h2_idle_timeout: Duration,
     /// `admin`: address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin: Option<String>,
     /// `admin_max_connections`: connections the admin listener holds at once (one peer at
@@ -490,6 +493,7 @@ impl Default for ServerSettings {
             tls: Vec::new(),
             h2c: false,
             h2_max_streams: 100,
+            h2_idle_timeout: Duration::from_secs(60),
             admin: None,
             admin_max_connections: 64,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -105,7 +105,7 @@ const CLUSTER: [Key<ClusterSettings>; 9] = [
 ];
 
 /// `server:`.
-const SERVER: [Key<ServerSettings>; 21] = [
+const SERVER: [Key<ServerSettings>; 22] = [
     Key::new("listen", |w, v, p, s| {
         let list = w.each(v, p, |w, a, p| w.address(a, p))?;
         if list.is_empty() {
@@ -117,6 +117,7 @@ const SERVER: [Key<ServerSettings>; 21] = [
     Key::new("tls", |w, v, p, s| set(&mut s.tls, super::listener_tls::listeners(w, v, p))),
     Key::new("h2c", |w, v, p, s| set(&mut s.h2c, w.boolean(v, p))),
     Key::new("h2_max_streams", |w, v, p, s| set(&mut s.h2_max_streams, w.count(v, p, 1, 10_000).map(|n| n as u32))),
+    Key::new("h2_idle_timeout", |w, v, p, s| set(&mut s.h2_idle_timeout, w.duration(v, p, ms(100)))),
     Key::new("admin", |w, v, p, s| {
         let text = w.string(v, p)?;
         set(&mut s.admin, w.address(&text, p).map(Some))

@@ -8,7 +8,8 @@ use super::{access, client_of, cors, detach, head_deadline, respond, respond_to,
 use crate::config::{ServerSettings, Sticky};
 use crate::route_table::StreamRoute;
 use crate::stream::delivery::Delivery;
-use crate::stream::downstream::{self, Downstream, WriteFailed};
+use crate::stream::downstream::{self, Downstream};
+use crate::stream::serve::{serve, Ended};
 use crate::stream::{sse, ws};
 use crate::topic::hub::{Limits, Refused, Subscription};
 use crate::topic::key;
@@ -68,9 +69,9 @@ impl Gateway {
             // An HTTP/2 stream stays in pingora's session, which frames it and shares the
             // connection with the others: served here, in the request's own task.
             let delivery = delivery.over_http("2", &self.metrics);
-            let sink = sse::H2 { session, write_timeout: server.write_timeout };
-            let result = sse::serve(sink, delivery, settings.heartbeat, extra_head, self.shutdown.clone()).await;
-            let dropped = result.err().map(WriteFailed::drop_reason);
+            let sink = sse::H2 { session, write_timeout: server.write_timeout, extra_head };
+            let result = serve(sink, delivery, settings.heartbeat, self.shutdown.clone()).await;
+            let dropped = result.map_or_else(|failed| Some(failed.drop_reason()), Ended::drop_reason);
             if let Some(reason) = dropped {
                 self.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
             }
@@ -91,15 +92,13 @@ impl Gateway {
         };
         tokio::spawn(async move {
             let result = match handshake {
-                None => {
-                    let sink = sse::Http1::new(down, http10);
-                    sse::serve(sink, delivery, limits.heartbeat, extra_head, shutdown).await.map(|()| None)
-                }
+                None => serve(sse::Http1::new(down, http10, extra_head), delivery, limits.heartbeat, shutdown).await,
                 Some(handshake) => {
-                    ws::serve(down, handshake, delivery, limits, shutdown).await.map(ws::Ended::drop_reason)
+                    let sink = ws::Ws::new(down, handshake, limits.max_message);
+                    serve(sink, delivery, limits.heartbeat, shutdown).await
                 }
             };
-            let dropped = result.unwrap_or_else(|failed| Some(failed.drop_reason()));
+            let dropped = result.map_or_else(|failed| Some(failed.drop_reason()), Ended::drop_reason);
             if let Some(reason) = dropped {
                 metrics.dropped.with_label_values(&[route.label(), reason]).inc();
             }
@@ -185,8 +184,9 @@ impl Gateway {
                 Delivery::new(sub, Protocol::WebSocket, route.stream.queue_bytes, route.label(), &gateway.metrics)
                     .tallied(access.as_ref().map(|a| a.bytes.clone()))
                     .over_http("1.1", &gateway.metrics);
-            let result = ws::serve_opened(down, opened, delivery, limits, gateway.shutdown.clone()).await;
-            ended(result.map(ws::Ended::drop_reason).unwrap_or_else(|failed| Some(failed.drop_reason())));
+            let result =
+                serve(ws::Ws::opened(down, opened), delivery, limits.heartbeat, gateway.shutdown.clone()).await;
+            ended(result.map_or_else(|failed| Some(failed.drop_reason()), Ended::drop_reason));
         });
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! of pingora's session and served from a task of its own (see `proxy::detach`), so pingora's
 //! per-request state (session buffers, the futures of its request pipeline) is freed and an
 //! open stream holds only its socket, its place in the topic's queue and a small task.
-//! Responses are written here as raw HTTP/1.1.
+//! Responses are written here as raw HTTP/1.1 (see the sinks of `sse` and `ws`).
 
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
@@ -109,6 +109,29 @@ impl Downstream {
             Ok(Err(_)) => Err(WriteFailed::Error),
             Err(_) => Err(WriteFailed::Timeout),
         }
+    }
+
+    /// Writes `parts` one after the other, as [`Downstream::write`] does: on a plain socket in
+    /// one gathered write (a chunk's size line, the shared event bytes and its end, with no
+    /// copy), else (or for what a full socket did not take) from one buffer.
+    pub async fn write_parts<const N: usize>(&mut self, parts: [&[u8]; N]) -> Result<(), WriteFailed> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut written = 0;
+        if let Socket::Tcp(tcp) = &self.stream {
+            match tcp.try_write_vectored(&parts.map(io::IoSlice::new)) {
+                Ok(n) if n == total => return Ok(()),
+                Ok(n) => written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(WriteFailed::Error),
+            }
+        }
+        let mut rest = Vec::with_capacity(total - written);
+        for part in parts {
+            let skip = written.min(part.len());
+            written -= skip;
+            rest.extend_from_slice(&part[skip..]);
+        }
+        self.write(&rest).await
     }
 
     /// Reads what the client sent into `buf`; 0 when it closed the connection.

@@ -1,26 +1,20 @@
-//! Server-Sent Events: a `text/event-stream` response held open, over whichever transport the
-//! client came by. One delivery loop ([`serve`]) writes to a [`Sink`], which frames the body
-//! for its transport:
+//! Server-Sent Events: a `text/event-stream` response held open. Two sinks for the one
+//! delivery loop (`serve`), each framing the shared event blocks for its transport:
 //! - [`Http1`]: the client's connection taken out of pingora (see `downstream`), written raw:
-//!   chunked for HTTP/1.1, delimited by closing for HTTP/1.0. Over TLS the connection is
-//!   pingora's TLS stream, written through; only a plain TCP connection is ever written on a
-//!   duplicate of its descriptor.
+//!   each write one HTTP/1.1 chunk (its size line and end around the shared bytes, gathered
+//!   in one `writev`), or for HTTP/1.0, which knows no chunks, the bytes as they are, the body
+//!   delimited by closing. Over TLS the connection is pingora's TLS stream, written through;
+//!   only a plain TCP connection is ever written on a duplicate of its descriptor.
 //! - [`H2`]: an HTTP/2 stream, through pingora's session (many share one connection; the
 //!   session stays with pingora, which frames DATA and keeps flow control).
-//!
-//! Events are encoded once per topic, as HTTP/1.1 chunks (the most common transport, written
-//! with no copy); the sinks for HTTP/1.0 and HTTP/2 take the chunk framing off (a slice of
-//! the same bytes for one event).
 
-use super::delivery::{Delivery, Next};
 use super::downstream::{Downstream, WriteFailed};
-use crate::wire::encode::{unchunk, SSE_END, SSE_KEEPALIVE, SSE_PREAMBLE};
+use super::serve::{End, Sink};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use std::future::Future;
+use std::io::Write;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// The response head of an SSE stream to an HTTP/1.1 client.
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
@@ -31,109 +25,88 @@ transfer-encoding: chunked\r\nx-accel-buffering: no\r\n";
 const HEAD_HTTP10: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
 connection: close\r\nx-accel-buffering: no\r\n";
 
-/// Where an SSE stream is written. Bodies come framed as HTTP/1.1 chunks (see `encode`).
-pub trait Sink {
-    /// The response head, with `extra_head` (more header lines, each ending in CRLF), and the
-    /// body's first bytes.
-    fn begin(&mut self, extra_head: Option<&str>, body: Bytes) -> impl Future<Output = Result<(), WriteFailed>> + Send;
-    /// More of the body.
-    fn send(&mut self, body: Bytes) -> impl Future<Output = Result<(), WriteFailed>> + Send;
-    /// Resolves when the client has left (an SSE client sends nothing that matters).
-    fn gone(&mut self) -> impl Future<Output = ()> + Send;
-    /// Ends the response.
-    fn finish(self) -> impl Future<Output = Result<(), WriteFailed>> + Send;
+/// The first bytes of every SSE stream: the client's reconnection delay (2 s).
+const PREAMBLE: &[u8] = b"retry: 2000\n\n";
+
+/// The comment sent as a heartbeat.
+const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// The last chunk of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// The size line of an HTTP/1.1 chunk of `len` bytes (RFC 9112 §7.1), made on the stack,
+/// and its length.
+fn size_line(len: usize) -> ([u8; 20], usize) {
+    let mut line = [0u8; 20];
+    let mut rest = &mut line[..];
+    write!(rest, "{len:x}\r\n").expect("a usize in hex fits in 20 bytes");
+    let n = 20 - rest.len();
+    (line, n)
 }
 
-/// Serves one SSE subscriber until the topic ends, the client leaves, or shutdown.
-pub async fn serve<S: Sink>(
-    mut sink: S,
-    mut delivery: Delivery,
-    heartbeat: Duration,
-    extra_head: Option<String>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), WriteFailed> {
-    // The head, the retry preamble and the subscriber's first events in one write.
-    let (initial, ended) = match delivery.initial() {
-        Next::Write(b) => (b, false),
-        Next::End(b, _) => (b, true),
-        Next::Closed => (Bytes::new(), true),
-    };
-    let mut first = BytesMut::with_capacity(SSE_PREAMBLE.len() + initial.len());
-    first.extend_from_slice(SSE_PREAMBLE);
-    first.extend_from_slice(&initial);
-    drop(initial);
-    sink.begin(extra_head.as_deref(), first.freeze()).await?;
-    if !ended {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        // One wait for shutdown for the whole stream, not one per event.
-        let stopping = shutdown.changed();
-        tokio::pin!(stopping);
-        loop {
-            tokio::select! {
-                _ = &mut stopping => break,
-                next = delivery.next() => match next {
-                    Next::Write(b) => sink.send(b).await?,
-                    Next::End(b, _) => {
-                        sink.send(b).await?;
-                        break;
-                    }
-                    Next::Closed => break,
-                },
-                _ = tick.tick() => sink.send(Bytes::from_static(SSE_KEEPALIVE)).await?,
-                () = sink.gone() => return Ok(()),
-            }
-        }
-    }
-    sink.finish().await
+/// The body's first bytes: the preamble and the subscriber's first events.
+fn first_body(events: &[u8]) -> Bytes {
+    let mut body = BytesMut::with_capacity(PREAMBLE.len() + events.len());
+    body.extend_from_slice(PREAMBLE);
+    body.extend_from_slice(events);
+    body.freeze()
 }
 
 /// An HTTP/1 client's connection, taken out of pingora.
 pub struct Http1 {
-    pub down: Downstream,
+    down: Downstream,
     /// HTTP/1.0: no chunks; the body ends when the connection closes.
-    pub http10: bool,
+    http10: bool,
+    /// More header lines (each ending in CRLF) for the head.
+    extra_head: Option<String>,
     input: BytesMut,
 }
 
 impl Http1 {
-    pub fn new(down: Downstream, http10: bool) -> Http1 {
-        Http1 { down, http10, input: BytesMut::new() }
+    pub fn new(down: Downstream, http10: bool, extra_head: Option<String>) -> Http1 {
+        Http1 { down, http10, extra_head, input: BytesMut::new() }
     }
 
-    fn body(&self, b: Bytes) -> Bytes {
-        if self.http10 {
-            unchunk(&b)
-        } else {
-            b
+    /// `body` as the transport wants it: one chunk, or as it is for HTTP/1.0.
+    async fn write(&mut self, body: &[u8]) -> Result<(), WriteFailed> {
+        if self.http10 || body.is_empty() {
+            return self.down.write(body).await;
         }
+        let (size, n) = size_line(body.len());
+        self.down.write_parts([&size[..n], body, b"\r\n"]).await
     }
 }
 
 impl Sink for Http1 {
-    async fn begin(&mut self, extra_head: Option<&str>, body: Bytes) -> Result<(), WriteFailed> {
+    async fn begin(&mut self, events: Bytes) -> Result<(), WriteFailed> {
         let head = if self.http10 { HEAD_HTTP10 } else { HEAD };
-        let body = self.body(body);
-        let extra = extra_head.unwrap_or_default();
-        let mut first = Vec::with_capacity(head.len() + extra.len() + 2 + body.len());
-        first.extend_from_slice(head);
-        first.extend_from_slice(extra.as_bytes());
-        first.extend_from_slice(b"\r\n");
-        first.extend_from_slice(&body);
-        self.down.write(&first).await
+        let extra = self.extra_head.take().unwrap_or_default();
+        let (size, n) = size_line(PREAMBLE.len() + events.len());
+        let (size, end): (&[u8], &[u8]) = if self.http10 { (b"", b"") } else { (&size[..n], b"\r\n") };
+        self.down.write_parts([head, extra.as_bytes(), b"\r\n", size, PREAMBLE, &events, end]).await
     }
 
-    async fn send(&mut self, body: Bytes) -> Result<(), WriteFailed> {
-        let body = self.body(body);
-        self.down.write(&body).await
+    async fn event(&mut self, events: Bytes) -> Result<(), WriteFailed> {
+        self.write(&events).await
     }
 
-    async fn gone(&mut self) {
-        let _ = self.down.read(&mut self.input).await;
+    async fn keep_alive(&mut self) -> Result<Option<End>, WriteFailed> {
+        self.write(KEEPALIVE).await.map(|()| None)
     }
 
-    async fn finish(mut self) -> Result<(), WriteFailed> {
-        if !self.http10 {
-            self.down.write(SSE_END).await?;
+    async fn heard(&mut self) -> bool {
+        matches!(self.down.read(&mut self.input).await, Ok(n) if n > 0)
+    }
+
+    async fn answer(&mut self) -> Result<Option<End>, WriteFailed> {
+        // An SSE client has nothing to say: what it sends is dropped.
+        self.input.clear();
+        Ok(None)
+    }
+
+    async fn end(mut self, why: End) -> Result<(), WriteFailed> {
+        if !self.http10 && why != End::Left {
+            self.down.write(LAST_CHUNK).await?;
         }
         self.down.close().await;
         Ok(())
@@ -144,6 +117,8 @@ impl Sink for Http1 {
 pub struct H2<'a> {
     pub session: &'a mut Session,
     pub write_timeout: Duration,
+    /// More header lines (each ending in CRLF) for the head.
+    pub extra_head: Option<String>,
 }
 
 impl H2<'_> {
@@ -158,12 +133,13 @@ impl H2<'_> {
 }
 
 impl Sink for H2<'_> {
-    async fn begin(&mut self, extra_head: Option<&str>, body: Bytes) -> Result<(), WriteFailed> {
+    async fn begin(&mut self, events: Bytes) -> Result<(), WriteFailed> {
         let mut head = ResponseHeader::build(200, Some(6)).map_err(|_| WriteFailed::Error)?;
         let _ = head.insert_header("content-type", "text/event-stream");
         let _ = head.insert_header("cache-control", "no-cache");
         let _ = head.insert_header("x-accel-buffering", "no");
-        for line in extra_head.unwrap_or_default().split("\r\n").filter(|l| !l.is_empty()) {
+        let extra = self.extra_head.take().unwrap_or_default();
+        for line in extra.split("\r\n").filter(|l| !l.is_empty()) {
             if let Some((name, value)) = line.split_once(':') {
                 let _ = head.append_header(name.trim().to_string(), value.trim());
             }
@@ -174,20 +150,43 @@ impl Sink for H2<'_> {
             Ok(Err(_)) => return Err(WriteFailed::Error),
             Err(_) => return Err(WriteFailed::Timeout),
         }
-        self.write(unchunk(&body), false).await
+        self.write(first_body(&events), false).await
     }
 
-    async fn send(&mut self, body: Bytes) -> Result<(), WriteFailed> {
-        self.write(unchunk(&body), false).await
+    async fn event(&mut self, events: Bytes) -> Result<(), WriteFailed> {
+        self.write(events, false).await
     }
 
-    async fn gone(&mut self) {
+    async fn keep_alive(&mut self) -> Result<Option<End>, WriteFailed> {
+        self.write(Bytes::from_static(KEEPALIVE), false).await.map(|()| None)
+    }
+
+    async fn heard(&mut self) -> bool {
         // Resolves when the client resets this stream (RST_STREAM) or the connection ends;
         // the other streams of the connection go on.
         let _ = self.session.downstream_session.read_body_or_idle(true).await;
+        false
     }
 
-    async fn finish(mut self) -> Result<(), WriteFailed> {
+    async fn answer(&mut self) -> Result<Option<End>, WriteFailed> {
+        Ok(Some(End::Left))
+    }
+
+    async fn end(mut self, why: End) -> Result<(), WriteFailed> {
+        if why == End::Left {
+            return Ok(());
+        }
         self.write(Bytes::new(), true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for (len, line) in [(0, "0\r\n"), (13, "d\r\n"), (300, "12c\r\n"), (usize::MAX, "ffffffffffffffff\r\n")] {
+            let (bytes, n) = super::size_line(len);
+            assert_eq!(&bytes[..n], line.as_bytes());
+        }
     }
 }

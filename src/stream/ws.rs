@@ -1,13 +1,14 @@
-//! WebSocket: the handshake answer and the frame loop, with tungstenite driven sans-io over
-//! in-memory buffers. Event frames are pre-encoded and written as they are; tungstenite
-//! handles what the client sends (pongs, pings, close) and our control frames.
+//! WebSocket: the handshake answer, the in-band credential, and the sink the delivery loop
+//! (`serve`) writes to, with tungstenite driven sans-io over in-memory buffers. Event frames
+//! are encoded once per topic and written as they are; tungstenite handles what the client
+//! sends (pongs, pings, close) and our control frames.
 
-use super::delivery::{Delivery, Next};
 use super::downstream::{Downstream, WriteFailed};
+pub use super::serve::Ended;
+use super::serve::{End, Sink};
 use bytes::{Bytes, BytesMut};
 use std::io::{self, Read, Write};
 use std::time::Duration;
-use tokio::sync::watch;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -22,28 +23,6 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Largest message (and frame) a client may send: clients only answer pings and close.
     pub max_message: usize,
-}
-
-/// Why a WebSocket stream ended (a failed write is a [`WriteFailed`] instead).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    Normal,
-    PingTimeout,
-    ProtocolError,
-    /// No (or a malformed) credential in the first message, in time (see [`authenticate`]).
-    Unauthenticated,
-}
-
-impl Ended {
-    /// The `reason` label of `unpoll_subscribers_dropped_total`, for streams the proxy ended.
-    pub fn drop_reason(self) -> Option<&'static str> {
-        match self {
-            Ended::Normal => None,
-            Ended::PingTimeout => Some("ping_timeout"),
-            Ended::ProtocolError => Some("protocol_error"),
-            Ended::Unauthenticated => Some("unauthenticated"),
-        }
-    }
 }
 
 /// Feeds raw client bytes to a server-side WebSocket reader, as a stream does, and returns how
@@ -239,137 +218,103 @@ pub async fn refuse(mut down: Downstream, mut opened: Box<Opened>, code: u16, re
     down.close().await;
 }
 
-/// Serves an opened WebSocket (see [`authenticate`]) as [`serve`] does, without a 101.
-pub async fn serve_opened(
-    mut down: Downstream,
-    mut opened: Box<Opened>,
-    delivery: Delivery,
-    limits: Limits,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Ended, WriteFailed> {
-    let ended = run(&mut down, Vec::new(), &mut opened.conn, delivery, limits.heartbeat, shutdown).await?;
-    down.close().await;
-    Ok(ended)
-}
-
-/// Serves one WebSocket subscriber: the 101 response, then events until the topic ends, the
-/// client leaves or stops answering pings (close 1008), accepts nothing for `write_timeout`
-/// (the connection is closed), or shutdown (close 1001).
-pub async fn serve(
-    mut down: Downstream,
+/// A WebSocket subscription's sink: event frames written as they come (encoded once per
+/// topic), pings every heartbeat, and tungstenite answering what the client sends.
+pub struct Ws {
+    down: Downstream,
+    conn: Conn,
+    /// The 101, until it goes out with the first events (empty when it was sent already).
     handshake: Vec<u8>,
-    delivery: Delivery,
-    limits: Limits,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Ended, WriteFailed> {
-    let mut conn = Conn::new(limits.max_message);
-    // After a failed write the connection is dropped without a close frame: a write that timed
-    // out may have sent part of a frame, and a close frame after it would be read as that
-    // frame's payload (the client sees 1006).
-    let ended = run(&mut down, handshake, &mut conn, delivery, limits.heartbeat, shutdown).await?;
-    down.close().await;
-    Ok(ended)
+    awaiting_pong: bool,
+    input: BytesMut,
 }
 
-async fn run(
-    down: &mut Downstream,
-    mut first: Vec<u8>,
-    conn: &mut Conn,
-    mut delivery: Delivery,
-    heartbeat: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<Ended, WriteFailed> {
-    // The 101 and the subscriber's first events in one write.
-    match delivery.initial() {
-        Next::Write(b) => {
-            first.extend_from_slice(&b);
-            down.write(&first).await?;
-        }
-        Next::End(b, reason) => {
-            first.extend_from_slice(&b);
-            down.write(&first).await?;
-            return end(down, conn, reason).await;
-        }
-        Next::Closed => {
-            down.write(&first).await?;
-            return finish(down, conn, CloseCode::Normal, "stream ended", Ended::Normal).await;
+impl Ws {
+    /// A stream whose 101 goes out with its first events.
+    pub fn new(down: Downstream, handshake: Vec<u8>, max_message: usize) -> Ws {
+        Ws { down, conn: Conn::new(max_message), handshake, awaiting_pong: false, input: BytesMut::new() }
+    }
+
+    /// A stream opened by [`authenticate`], its 101 sent.
+    pub fn opened(down: Downstream, opened: Box<Opened>) -> Ws {
+        Ws { down, conn: opened.conn, handshake: Vec::new(), awaiting_pong: false, input: BytesMut::new() }
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        let _ = self.conn.ctx.flush(&mut self.conn.io);
+        match self.conn.take_outbox() {
+            Some(out) => self.down.write(&out).await,
+            None => Ok(()),
         }
     }
-    drop(first);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    let mut awaiting_pong = false;
-    // One wait for shutdown for the whole stream, not one per event.
-    let stopping = shutdown.changed();
-    tokio::pin!(stopping);
-    let mut input = BytesMut::new();
-    loop {
-        tokio::select! {
-            _ = &mut stopping => {
-                return finish(down, conn, CloseCode::Away, "server shutting down", Ended::Normal).await;
-            }
-            next = delivery.next() => match next {
-                Next::Write(b) => down.write(&b).await?,
-                Next::End(b, reason) => {
-                    down.write(&b).await?;
-                    return end(down, conn, reason).await;
-                }
-                Next::Closed => {
-                    return finish(down, conn, CloseCode::Away, "topic closed", Ended::Normal).await;
-                }
-            },
-            _ = tick.tick() => {
-                if awaiting_pong {
-                    return finish(down, conn, CloseCode::Policy, "ping timeout", Ended::PingTimeout).await;
-                }
-                awaiting_pong = true;
-                let _ = conn.ctx.write(&mut conn.io, Message::Ping(Bytes::from_static(b"unpoll")));
-                let _ = conn.ctx.flush(&mut conn.io);
-                if let Some(out) = conn.take_outbox() {
-                    down.write(&out).await?;
-                }
-            }
-            read = down.read(&mut input) => {
-                match read {
-                    Ok(0) | Err(_) => return Ok(Ended::Normal), // the client closed the connection
-                    Ok(_) => {}
-                }
-                conn.io.inbox.extend_from_slice(&input.split());
-                let mut closing = false;
-                loop {
-                    match conn.ctx.read(&mut conn.io) {
-                        Ok(Message::Close(_)) => closing = true,
-                        Ok(_) => awaiting_pong = false,
-                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
-                            closing = true;
-                            break;
-                        }
-                        Err(WsError::Capacity(_)) => {
-                            return finish(down, conn, CloseCode::Size, "message too big", Ended::ProtocolError).await;
-                        }
-                        Err(_) => {
-                            return finish(down, conn, CloseCode::Protocol, "protocol error", Ended::ProtocolError).await;
-                        }
-                    }
-                }
-                let _ = conn.ctx.flush(&mut conn.io);
-                if let Some(out) = conn.take_outbox() {
-                    down.write(&out).await?;
-                }
-                if closing {
-                    return Ok(Ended::Normal);
-                }
-            }
-        }
+
+    /// Sends a close frame: the stream ends `ended`.
+    async fn close(&mut self, code: CloseCode, reason: &'static str, ended: Ended) -> Result<Option<End>, WriteFailed> {
+        say_close(&mut self.down, &mut self.conn, code, reason).await?;
+        Ok(Some(End::Ended(ended)))
     }
 }
 
-/// Closes after a terminal event: 1001 with the reason when the proxy is going away from the
-/// stream (route removed or changed), else 1000.
-async fn end(down: &mut Downstream, conn: &mut Conn, going_away: Option<&'static str>) -> Result<Ended, WriteFailed> {
-    match going_away {
-        Some(reason) => finish(down, conn, CloseCode::Away, reason, Ended::Normal).await,
-        None => finish(down, conn, CloseCode::Normal, "stream ended", Ended::Normal).await,
+impl Sink for Ws {
+    async fn begin(&mut self, events: Bytes) -> Result<(), WriteFailed> {
+        let handshake = std::mem::take(&mut self.handshake);
+        self.down.write_parts([&handshake, &events]).await
+    }
+
+    async fn event(&mut self, events: Bytes) -> Result<(), WriteFailed> {
+        self.down.write(&events).await
+    }
+
+    async fn keep_alive(&mut self) -> Result<Option<End>, WriteFailed> {
+        if self.awaiting_pong {
+            return self.close(CloseCode::Policy, "ping timeout", Ended::PingTimeout).await;
+        }
+        self.awaiting_pong = true;
+        let _ = self.conn.ctx.write(&mut self.conn.io, Message::Ping(Bytes::from_static(b"unpoll")));
+        self.flush().await.map(|()| None)
+    }
+
+    async fn heard(&mut self) -> bool {
+        matches!(self.down.read(&mut self.input).await, Ok(n) if n > 0)
+    }
+
+    async fn answer(&mut self) -> Result<Option<End>, WriteFailed> {
+        self.conn.io.inbox.extend_from_slice(&self.input.split());
+        let mut closing = false;
+        loop {
+            match self.conn.ctx.read(&mut self.conn.io) {
+                Ok(Message::Close(_)) => closing = true,
+                Ok(_) => self.awaiting_pong = false,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
+                    closing = true;
+                    break;
+                }
+                Err(WsError::Capacity(_)) => {
+                    return self.close(CloseCode::Size, "message too big", Ended::ProtocolError).await;
+                }
+                Err(_) => return self.close(CloseCode::Protocol, "protocol error", Ended::ProtocolError).await,
+            }
+        }
+        // Pongs to the client's pings, the answer to its close.
+        self.flush().await?;
+        Ok(closing.then_some(End::Left))
+    }
+
+    async fn end(mut self, why: End) -> Result<(), WriteFailed> {
+        let (code, reason) = match why {
+            End::Done(Some(reason)) => (CloseCode::Away, reason),
+            End::Done(None) => (CloseCode::Normal, "stream ended"),
+            End::Closed => (CloseCode::Away, "topic closed"),
+            End::Shutdown => (CloseCode::Away, "server shutting down"),
+            End::Left | End::Ended(_) => {
+                self.down.close().await;
+                return Ok(());
+            }
+        };
+        say_close(&mut self.down, &mut self.conn, code, reason).await?;
+        self.down.close().await;
+        Ok(())
     }
 }
 
@@ -380,9 +325,20 @@ async fn finish(
     reason: &'static str,
     ended: Ended,
 ) -> Result<Ended, WriteFailed> {
-    conn.close(code, reason);
-    if let Some(out) = conn.take_outbox() {
-        down.write(&out).await?;
-    }
+    say_close(down, conn, code, reason).await?;
     Ok(ended)
+}
+
+/// Writes a close frame.
+async fn say_close(
+    down: &mut Downstream,
+    conn: &mut Conn,
+    code: CloseCode,
+    reason: &'static str,
+) -> Result<(), WriteFailed> {
+    conn.close(code, reason);
+    match conn.take_outbox() {
+        Some(out) => down.write(&out).await,
+        None => Ok(()),
+    }
 }

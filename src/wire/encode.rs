@@ -43,48 +43,6 @@ pub fn sse_event(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Frames `data` as one HTTP/1.1 chunk (RFC 9112 §7.1). SSE responses are chunked, and an
-/// event is framed once for all its subscribers, so writing it costs no work per subscriber.
-pub fn chunk(data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(data.len() + 12);
-    out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.put_slice(data);
-    out.put_slice(b"\r\n");
-    out.freeze()
-}
-
-/// `bytes` (one or more whole chunks, as [`chunk`] makes them) without their chunk framing: the
-/// body of a close-delimited response, for HTTP/1.0 clients, which know no chunks. One chunk
-/// is a slice of the same bytes.
-pub fn unchunk(bytes: &Bytes) -> Bytes {
-    let mut parts = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let Some(line) = bytes[at..].windows(2).position(|w| w == b"\r\n") else { break };
-        let size = std::str::from_utf8(&bytes[at..at + line]).ok().and_then(|h| usize::from_str_radix(h, 16).ok());
-        let Some(size) = size else { break };
-        let start = at + line + 2;
-        if start + size + 2 > bytes.len() {
-            break;
-        }
-        parts.push(bytes.slice(start..start + size));
-        at = start + size + 2;
-    }
-    match parts.as_slice() {
-        [one] => one.clone(),
-        _ => parts.concat().into(),
-    }
-}
-
-/// The SSE comment sent as a heartbeat (`: keep-alive`), as a chunk.
-pub const SSE_KEEPALIVE: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
-
-/// The first bytes of every SSE stream: the client's reconnection delay (2 s), as a chunk.
-pub const SSE_PREAMBLE: &[u8] = b"d\r\nretry: 2000\n\n\r\n";
-
-/// The last chunk of an SSE response.
-pub const SSE_END: &[u8] = b"0\r\n\r\n";
-
 /// The JSON text of a WebSocket event message: `{"event":…,"id":…,"data":…}`.
 /// `data` must already be valid JSON.
 pub fn ws_message(id: Option<&str>, event: &str, data: &[u8]) -> Vec<u8> {
@@ -120,11 +78,12 @@ pub fn ws_text_frame(payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Both encodings of an event, as one protocol wants it on the wire: an SSE event block in
-/// an HTTP chunk, or a WebSocket text frame.
+/// Both encodings of an event, as one protocol wants it: an SSE event block, or a WebSocket
+/// text frame. No transport framing: the sink of each stream adds its own (an HTTP/1.1
+/// chunk's size line, HTTP/2 DATA frames) around these shared bytes.
 pub fn encode(protocol: Protocol, id: Option<&str>, event: &str, data: &[u8]) -> Bytes {
     match protocol {
-        Protocol::Sse => chunk(&sse_event(id, event, data)),
+        Protocol::Sse => sse_event(id, event, data),
         Protocol::WebSocket => ws_text_frame(&ws_message(id, event, data)),
     }
 }
@@ -140,25 +99,6 @@ mod tests {
         assert_eq!(&b[..], b"id: 9f2c-1\nevent: snapshot\ndata: {\"id\":1}\n\n");
         let e = sse_event(None, "error", b"{}");
         assert_eq!(&e[..], b"event: error\ndata: {}\n\n");
-    }
-
-    #[test]
-    fn sse_constants_are_chunks_of_their_text() {
-        assert_eq!(SSE_KEEPALIVE, &chunk(b": keep-alive\n\n")[..]);
-        assert_eq!(SSE_PREAMBLE, &chunk(b"retry: 2000\n\n")[..]);
-        let big = vec![b'x'; 300];
-        assert!(chunk(&big).starts_with(b"12c\r\nxxx"));
-    }
-
-    #[test]
-    fn unchunking_gives_back_the_data() {
-        let one = chunk(b"id: 1\nevent: patch\ndata: []\n\n");
-        let body = unchunk(&one);
-        assert_eq!(&body[..], b"id: 1\nevent: patch\ndata: []\n\n");
-        assert!(std::ptr::eq(body.as_ptr(), one[4..].as_ptr()), "one chunk is a slice, not a copy");
-        let mut two = one.to_vec();
-        two.extend_from_slice(SSE_KEEPALIVE);
-        assert_eq!(&unchunk(&Bytes::from(two))[..], b"id: 1\nevent: patch\ndata: []\n\n: keep-alive\n\n");
     }
 
     #[test]

@@ -351,14 +351,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc
                     "body": String::from_utf8_lossy(&seen.body),
                 });
                 let status = seen.header("x-want-status").and_then(|s| s.parse().ok()).unwrap_or(200);
-                write_response(
-                    &mut stream,
-                    status,
-                    "application/json",
-                    &[("x-upstream", "yes")],
-                    &serde_json::to_vec(&echo).unwrap(),
-                )
-                .await
+                let body = serde_json::to_vec(&echo).unwrap();
+                if seen.method == "HEAD" {
+                    // The head a GET would get, with no body.
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: yes\r\n\r\n",
+                        body.len()
+                    );
+                    stream.write_all(head.as_bytes()).await.is_ok()
+                } else {
+                    write_response(&mut stream, status, "application/json", &[("x-upstream", "yes")], &body).await
+                }
             }
         };
         if !ok {
