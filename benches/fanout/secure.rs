@@ -1,8 +1,6 @@
-//! TLS and HTTP/2 for the subscribers: an `https://` URL is read over TLS (trusting `--ca`),
-//! and `--h2-streams K` opens SSE subscriptions as HTTP/2 streams, K to a connection.
+//! TLS for the subscribers (an `https://` URL is read over TLS, trusting `--ca`), and the TLS
+//! handshake bench.
 
-use crate::client::{connect, sse_events, Shared, Target};
-use bytes::Bytes;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,9 +29,10 @@ pub enum Conn {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// `tcp` as it is, or through a TLS handshake for an `https://` target.
-pub async fn maybe_tls(tcp: TcpStream, target: &Target) -> Result<Conn, String> {
-    let Some((config, sni)) = &target.tls else { return Ok(Conn::Tcp(tcp)) };
+/// `tcp` as it is, or through a TLS handshake with `tls` (a configuration and the name to ask
+/// for), for an `https://` target.
+pub async fn maybe_tls(tcp: TcpStream, tls: Option<&(Arc<rustls::ClientConfig>, String)>) -> Result<Conn, String> {
+    let Some((config, sni)) = tls else { return Ok(Conn::Tcp(tcp)) };
     let name = rustls::pki_types::ServerName::try_from(sni.clone()).map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(config.clone())
         .connect(name, tcp)
@@ -70,59 +69,6 @@ impl AsyncWrite for Conn {
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
-}
-
-/// Subscribers `ids`, each an SSE stream of one HTTP/2 connection (over TLS by ALPN `h2`, or
-/// with prior knowledge on a plain target). `permit` is given back once every stream is open.
-pub async fn h2_group(
-    ids: &[usize],
-    target: &Target,
-    shared: &Shared,
-    permit: tokio::sync::SemaphorePermit<'_>,
-) -> Result<(), String> {
-    let tcp = connect(ids[0], target).await.map_err(|e| format!("connect: {}", e.kind()))?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let conn = maybe_tls(tcp, target).await?;
-    let (send, connection) = h2::client::handshake(conn).await.map_err(|e| format!("h2: {e}"))?;
-    tokio::task::spawn_local(async move {
-        let _ = connection.await;
-    });
-    let scheme = if target.tls.is_some() { "https" } else { "http" };
-    let uri = format!("{scheme}://{}{}", target.host, target.path);
-    let mut bodies = Vec::with_capacity(ids.len());
-    for _ in ids {
-        let request =
-            http::Request::get(&uri).header("accept", "text/event-stream").body(()).map_err(|e| e.to_string())?;
-        let mut ready = send.clone().ready().await.map_err(|e| format!("h2: {e}"))?;
-        let (response, _) = ready.send_request(request, true).map_err(|e| format!("h2: {e}"))?;
-        bodies.push(response);
-    }
-    let mut streams = Vec::with_capacity(ids.len());
-    for response in bodies {
-        let response = response.await.map_err(|e| format!("h2: {e}"))?;
-        if response.status() != 200 {
-            return Err(format!("status {}", response.status().as_u16()));
-        }
-        streams.push(response.into_body());
-    }
-    drop(permit);
-    // Each stream read by a task of its own, as a browser's EventSource would.
-    let mut tasks = Vec::with_capacity(ids.len());
-    for (&id, mut body) in ids.iter().zip(streams) {
-        let server = target.server;
-        tasks.push(async move {
-            let mut data: Vec<u8> = Vec::with_capacity(2048);
-            while let Some(chunk) = body.data().await {
-                let chunk: Bytes = chunk.map_err(|e| format!("h2: {e}"))?;
-                let _ = body.flow_control().release_capacity(chunk.len());
-                data.extend_from_slice(&chunk);
-                sse_events(id, &mut data, server, shared);
-            }
-            Ok::<(), String>(())
-        });
-    }
-    let results = futures_util::future::join_all(tasks).await;
-    results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
 }
 
 #[derive(clap::Args, Debug, Clone)]
