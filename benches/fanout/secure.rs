@@ -106,20 +106,26 @@ pub fn handshakes(args: HandshakeArgs) -> anyhow::Result<()> {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let name = rustls::pki_types::ServerName::try_from(args.sni.clone())?;
         let done = std::rc::Rc::new(std::cell::Cell::new((0u64, 0u64)));
+        // Why handshakes failed, with how many each.
+        let why = std::rc::Rc::new(std::cell::RefCell::new(std::collections::BTreeMap::<String, u64>::new()));
         let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(args.duration);
         let (cpu0, self0, t0) =
             (crate::procstat::cpu_seconds(&args.pids), crate::procstat::cpu_seconds(&[]), std::time::Instant::now());
         let local = tokio::task::LocalSet::new();
         for _ in 0..args.concurrency {
             let (connector, name, done, addr) = (connector.clone(), name.clone(), done.clone(), args.addr.clone());
+            let why = why.clone();
             local.spawn_local(async move {
                 while std::time::Instant::now() < until {
-                    let ok = match TcpStream::connect(&addr).await {
-                        Ok(tcp) => connector.connect(name.clone(), tcp).await.is_ok(),
-                        Err(_) => false,
+                    let failed = match TcpStream::connect(&addr).await {
+                        Ok(tcp) => connector.connect(name.clone(), tcp).await.err().map(|e| format!("tls: {e}")),
+                        Err(e) => Some(format!("connect: {e}")),
                     };
                     let (good, bad) = done.get();
-                    done.set(if ok { (good + 1, bad) } else { (good, bad + 1) });
+                    done.set(if failed.is_none() { (good + 1, bad) } else { (good, bad + 1) });
+                    if let Some(failed) = failed {
+                        *why.borrow_mut().entry(failed).or_default() += 1;
+                    }
                 }
             });
         }
@@ -137,6 +143,9 @@ pub fn handshakes(args: HandshakeArgs) -> anyhow::Result<()> {
             cpu / window,
             own / window
         );
+        for (failed, count) in why.borrow().iter() {
+            println!("  {count} failed: {failed}");
+        }
         Ok(())
     })
 }

@@ -1,10 +1,13 @@
 //! The connection limit: a [`ServerApp`] around pingora's proxy that counts open downstream
 //! connections and answers new ones over `server.max_connections` with a 503.
 //!
-//! Pingora hands each connection to `process_new` again after every keep-alive request, so a
-//! connection is known by its id (the file descriptor, unique among open connections): an id
-//! not yet counted is a new connection. The count is approximate by a connection or so around
-//! a descriptor that closes and is reused at once.
+//! Pingora hands each HTTP/1 connection to `process_new` again after every keep-alive request,
+//! in the wrapper it was first given (`HeadDeadline`): a stream that comes without one is a new
+//! connection. That is told by the stream's type, never by its descriptor: a descriptor closed
+//! and reused at once by a newer connection may still be counted for the old one, which lets go
+//! of it a moment later, and the newcomer must still get its TLS handshake. A connection is
+//! counted by its id (the file descriptor) with the number of its holders, so such a
+//! descriptor is counted once while both hold it, and stays counted for the newcomer.
 //!
 //! A new connection is settled here before pingora serves it: on a `server.tls` listener
 //! through its TLS handshake (see `tls`), with `server.h2c` told HTTP/2 or HTTP/1 (see
@@ -55,19 +58,17 @@ impl Connections {
         self.open().len()
     }
 
-    /// Counts a new connection if there is room (`Some(true)`), or admits one already counted
-    /// (`Some(false)`); `None` when full.
-    fn admit(&self, id: i32, max: usize) -> Option<bool> {
+    /// Counts a new connection (a holder of `id`) if there is room; `false` when full. An id
+    /// still counted is a descriptor whose old connection has closed but not yet let go: the
+    /// newcomer holds it too.
+    fn admit(&self, id: i32, max: usize) -> bool {
         let mut open = self.open();
-        if open.contains_key(&id) {
-            return Some(false);
+        if !open.contains_key(&id) && open.len() >= max {
+            return false;
         }
-        if open.len() >= max {
-            return None;
-        }
-        open.insert(id, 1);
+        *open.entry(id).or_insert(0) += 1;
         self.metrics.connections.set(open.len() as i64);
-        Some(true)
+        true
     }
 
     /// Another holder of a counted connection, released when the returned guard drops.
@@ -157,7 +158,9 @@ impl<A> Limited<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let id = stream.id();
-        let Some(new) = self.connections.admit(id, self.table.load().server.max_connections) else {
+        // A kept-alive connection comes back in the wrapper it was given below.
+        let new = !HeadDeadline::wraps(&stream);
+        if new && !self.connections.admit(id, self.table.load().server.max_connections) {
             self.metrics.rejected.with_label_values(&["too_many_connections"]).inc();
             // A TLS client could not read a plain answer: it is just closed.
             if !self.tls.arrived_on_tls(&stream) {
@@ -165,7 +168,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             }
             let _ = stream.shutdown().await;
             return None;
-        };
+        }
         if new {
             let within = self.table.load().server.header_timeout;
             stream = self.settle(stream, id, within).await?;
@@ -191,6 +194,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_descriptor_reused_before_its_old_connection_let_go_stays_counted_for_the_new_one() {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let connections = super::Connections::new(metrics);
+        assert!(connections.admit(7, 2));
+        // Connection 7 closed; a newcomer got descriptor 7 before the old one let go.
+        assert!(connections.admit(7, 2), "a new connection, not a kept-alive one");
+        assert_eq!(connections.count(), 1);
+        assert!(connections.admit(8, 2));
+        assert!(!connections.admit(9, 2), "full");
+        connections.release(7); // the old connection lets go
+        assert_eq!(connections.count(), 2, "the newcomer is still counted");
+        connections.release(7);
+        assert_eq!(connections.count(), 1);
+    }
+
     #[test]
     fn the_refusal_is_a_complete_response() {
         let text = std::str::from_utf8(super::REFUSAL).unwrap();

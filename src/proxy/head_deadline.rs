@@ -60,6 +60,12 @@ pub struct HeadDeadline {
 }
 
 impl HeadDeadline {
+    /// Whether `stream` is wrapped already: pingora hands a kept-alive HTTP/1 connection back
+    /// in the wrapper it was given, so an unwrapped stream is a new connection.
+    pub fn wraps(stream: &Stream) -> bool {
+        stream.as_any().is::<HeadDeadline>()
+    }
+
     /// The stream inside, once no more heads are read on it (a subscription's stream).
     pub fn unwrap(stream: Stream) -> Stream {
         if stream.as_any().is::<HeadDeadline>() {
