@@ -11,6 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The `cause` labels of `unpoll_refreshes_total` (see `topic::refresh::Cause`).
+pub const REFRESH_CAUSES: [&str; 2] = ["write", "hint"];
+
 /// `outcome` of `unpoll_upstream_polls_total`.
 pub const POLL_OUTCOMES: [&str; 13] = [
     "changed",
@@ -100,6 +103,12 @@ pub struct Metrics {
     /// interval (at least 10 ms) after they were due: waiting for `max_concurrent_polls`, a
     /// previous poll that took longer than the interval, or a starved runtime.
     pub polls_late: IntCounterVec,
+    /// `unpoll_refreshes_total{route,cause}`: polls made ahead of schedule for a refresh, by
+    /// `cause` (`write`: a write through unpoll; `hint`: `POST /refresh`).
+    pub refreshes: IntCounterVec,
+    /// `unpoll_refreshes_coalesced_total`: refreshes asked for that made no poll of their own
+    /// (one was pending already, or the topic was in backoff and its next poll answered it).
+    pub refreshes_coalesced: IntCounter,
     /// `unpoll_upstream_polls_in_flight{upstream}`: polls waiting for their answer.
     pub polls_in_flight: IntGaugeVec,
     /// `unpoll_upstream_poll_waits_total{upstream}`: polls that waited for a free slot
@@ -251,6 +260,11 @@ impl Metrics {
             g.set(start);
             g
         };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
         let topics = gauge("unpoll_topics", "Topics with a running poller", 0);
         let connections = gauge("unpoll_connections", "Open downstream connections", 0);
         let topic_creators = gauge("unpoll_topic_creators", "Clients with topics counted against them", 0);
@@ -306,6 +320,15 @@ impl Metrics {
                 "unpoll_upstream_polls_late_total",
                 "Polls sent over a quarter of their interval after they were due",
                 &["route"],
+            ),
+            refreshes: counter_vec(
+                "unpoll_refreshes_total",
+                "Polls made ahead of schedule for a refresh, by cause (write, hint)",
+                &["route", "cause"],
+            ),
+            refreshes_coalesced: counter(
+                "unpoll_refreshes_coalesced_total",
+                "Refreshes asked for that made no poll of their own",
             ),
             reload_ok: gauge("unpoll_config_last_reload_successful", "0 while the last reload was refused", 1),
             polls_in_flight: gauge_vec("unpoll_upstream_polls_in_flight", "Upstream polls in flight", &["upstream"]),
@@ -492,6 +515,9 @@ impl Metrics {
                 self.polls.with_label_values(&[label, outcome]);
             }
             self.polls_late.with_label_values(&[label]);
+            for cause in REFRESH_CAUSES {
+                self.refreshes.with_label_values(&[label, cause]);
+            }
             for reason in LAG_REASONS {
                 self.lagged.with_label_values(&[label, reason]);
             }

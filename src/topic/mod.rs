@@ -1,7 +1,8 @@
 //! The shared poll: which subscribers share one ([`key`], the security-critical part), the
 //! hub of live topics, each topic's document and history ([`state`]), the upstream GET
-//! ([`fetch`]), the poll loop ([`poller`]), the diff threads ([`compute`]) and what
-//! subscribers are told when a poll fails ([`sentence`]).
+//! ([`fetch`]), the poll loop ([`poller`]) and the polls asked for ahead of it ([`refresh`]),
+//! the diff threads ([`compute`]) and what subscribers are told when a poll fails
+//! ([`sentence`]).
 
 pub mod compute;
 pub mod feed;
@@ -9,5 +10,6 @@ pub mod fetch;
 pub mod hub;
 pub mod key;
 pub mod poller;
+pub mod refresh;
 pub mod sentence;
 pub mod state;

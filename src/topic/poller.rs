@@ -63,166 +63,247 @@ impl Feed for Poller {
 /// it for good, the topic is closed, `gate` stops it, or shutdown; says which. Every new
 /// version goes past `gate` before it is published.
 pub async fn run(poller: &Poller, topic: &Arc<Topic>, retire: &dyn Retire, gate: &dyn Gate) -> Stopped {
-    let route = topic.key.route.clone();
-    let metrics = &poller.metrics;
-    let mut shutdown = poller.shutdown.clone();
-    let mut failures: u32 = 0;
-    let mut first = true;
-    // When the next poll is due (none before the first).
-    let mut due: Option<Instant> = None;
-    let late = metrics.polls_late.with_label_values(&[&route]);
-    log::debug!("topic {} {} polls (epoch {})", route, crate::redact::target(&topic.key.target), topic.epoch());
+    log::debug!(
+        "topic {} {} polls (epoch {})",
+        topic.key.route,
+        crate::redact::target(&topic.key.target),
+        topic.epoch()
+    );
+    let mut schedule = Schedule::default();
+    let mut woke = Woke { due: None, refresh: false };
     loop {
-        if topic.is_closed() {
-            return Stopped::Closed;
-        }
-        if !gate.polling() {
-            return Stopped::Demoted;
-        }
-        // The route as the configuration has it now: a reload changes interval, upstream
-        // servers, limits and diff options of live topics.
-        let current = topic.route();
-        let settings = &current.stream;
-        let upstream = current.upstream();
-        let in_flight = metrics.polls_in_flight.with_label_values(&[&upstream.name]);
-        let waits = metrics.poll_waits.with_label_values(&[&upstream.name]);
-        let started = Instant::now();
-        let permit = match upstream.polls.try_acquire() {
-            Ok(p) => p,
-            Err(_) => {
-                waits.inc();
-                tokio::select! {
-                    p = upstream.polls.acquire() => p.expect("the semaphore is never closed"),
-                    _ = shutdown.changed() => return Stopped::Shutdown,
-                }
-            }
+        let polled = match poll_once(poller, topic, gate, woke).await {
+            Ok(polled) => polled,
+            Err(stopped) => return stopped,
         };
-        in_flight.inc();
-        let validators = topic.validators();
-        let sent = Instant::now();
-        let allowed = (settings.interval / 4).max(Duration::from_millis(10));
-        if due.is_some_and(|d| sent.saturating_duration_since(d) > allowed) {
-            late.inc();
-        }
-        let poll = poller.fetch.fetch(upstream, &topic.request, &validators);
-        // A panic inside the HTTP client (an answer it cannot read) is a failed poll, not a
-        // dead topic.
-        let fetched = AssertUnwindSafe(poll).catch_unwind().await.unwrap_or(Fetched::Unreadable);
-        in_flight.dec();
-        drop(permit);
-        metrics.poll_duration.with_label_values(&[&upstream.name]).observe(sent.elapsed().as_secs_f64());
-        let (polled, mut label, hint) = classify(fetched);
-        let staged = match polled {
-            Polled::Body { body, validators, json } => match topic.prepare(body, validators, json) {
-                Prepared::Diff(job) => match poller.compute.run(job.body.len(), move || job.run()).await {
-                    Ok(diffed) => {
-                        if diffed.change.as_ref().is_some_and(|d| d.cut_short) {
-                            metrics.diff_exhausted.with_label_values(&[&route]).inc();
-                        }
-                        Ok(topic.stage(diffed))
-                    }
-                    Err(BodyError::TooDeep) => {
-                        label = "too_deep";
-                        let detail = Some(format!("JSON nested deeper than {MAX_DEPTH} levels"));
-                        Err(failed(502, "upstream_body_too_deep", detail))
-                    }
-                },
-                Prepared::Settled(pending) => Ok(pending),
-            },
-            Polled::Settled(Outcome::Unchanged) => Ok(topic.unchanged()),
-            Polled::Settled(outcome) => Err(outcome),
-        };
-        let applied = match staged {
-            Ok(pending) => {
-                if pending.delta.is_some() && !gate.admit(topic, &pending).await {
-                    return Stopped::Demoted;
-                }
-                topic.settle(pending)
-            }
-            Err(outcome) => {
-                let (applied, told) = topic.apply(outcome);
-                if let Some(error) = told {
-                    gate.told(topic, &error).await;
-                }
-                applied
-            }
-        };
-        let label = match (applied, label) {
-            (Applied::Unchanged, "changed") => "unchanged",
-            (Applied::Equivalent, _) => "equivalent",
-            (_, l) => l,
-        };
-        metrics.polls.with_label_values(&[&route, label]).inc();
-        topic.polled(label);
-        let body = if applied == Applied::Failed || applied == Applied::Terminal { 0 } else { topic.body_len() };
-        topic.savings.count(topic.subscribers() as u64, 1, body as u64);
-        if applied == Applied::Terminal {
+        if polled.applied == Applied::Terminal {
             return Stopped::Terminal;
         }
+        let delay = schedule.next_delay(&polled.route.stream, polled.applied, polled.hint);
+        woke = match wait(poller, topic, retire, gate, &polled, polled.started + delay).await {
+            Ok(woke) => woke,
+            Err(stopped) => return stopped,
+        };
+    }
+}
+
+/// What the loop carries from one poll to the next.
+#[derive(Default)]
+struct Schedule {
+    /// Failed polls in a row.
+    failures: u32,
+    /// Whether the one-off phase was added.
+    phased: bool,
+}
+
+impl Schedule {
+    /// How long after the start of a poll the next one is due, by the poll's outcome: the
+    /// backoff (or `Retry-After`) after a failure, the interval (or a longer `max-age`) after a
+    /// success, the phase added once.
+    fn next_delay(
+        &mut self,
+        settings: &crate::config::StreamSettings,
+        applied: Applied,
+        hint: Option<Duration>,
+    ) -> Duration {
         let mut delay = if applied == Applied::Failed {
-            failures = failures.saturating_add(1);
-            let wait = backoff(settings.interval, failures, settings.max_backoff, rand::random());
+            self.failures = self.failures.saturating_add(1);
+            let wait = backoff(settings.interval, self.failures, settings.max_backoff, rand::random());
             hint.map_or(wait, |retry_after| wait.max(retry_after.min(MAX_RETRY_AFTER)))
         } else {
-            failures = 0;
+            self.failures = 0;
             match hint {
                 Some(max_age) if settings.respect_cache_control => settings.interval.max(max_age),
                 _ => settings.interval,
             }
         };
-        if first {
+        if !self.phased {
             delay += phase(settings.interval, rand::random());
-            first = false;
+            self.phased = true;
         }
-        let mut next_poll = started + delay;
-        let mut scheduled_for = current.clone();
-        // Wait for the next poll, watching for the last subscriber to leave.
-        loop {
-            let idle_since = topic.idle_since();
-            // A topic nobody shared, whose one subscriber left soon after it came (a client
-            // opening and closing streams, perhaps on purpose), stops sooner; a subscriber who
-            // stayed a while gets the whole linger to reconnect in. An idle topic soon stops
-            // counting against its maker either way.
-            let brief = idle_since.is_some_and(|t| t.duration_since(topic.created) < settings.linger);
-            let linger =
-                if topic.shared() || !brief { settings.linger } else { settings.linger.min(settings.linger_unshared) };
-            let idle_deadline = idle_since.map(|t| t + linger);
-            let now = Instant::now();
-            if idle_deadline.is_some_and(|d| d <= now) && retire.retire_if_idle(topic) {
-                log::debug!("topic {} {} stops: no subscribers", route, crate::redact::target(&topic.key.target));
-                return Stopped::Idle;
-            }
-            let uncount_at = idle_since.filter(|_| topic.counted()).map(|t| t + settings.linger_unshared);
-            if uncount_at.is_some_and(|d| d <= now) {
-                retire.uncount(topic);
-            }
-            // A deadline passed without retiring (a subscriber came back, or in a cluster
-            // another node still has some) is looked at again after the next poll.
-            let until =
-                [idle_deadline, uncount_at].into_iter().flatten().filter(|d| *d > now).fold(next_poll, Instant::min);
+        delay
+    }
+}
+
+/// Why the wait ended: the poll was due then (`None`: at once, the first), and whether a
+/// refresh made it due early.
+#[derive(Clone, Copy)]
+struct Woke {
+    due: Option<Instant>,
+    refresh: bool,
+}
+
+/// One poll, done.
+struct Done {
+    /// When it began (waiting for a place among the upstream's polls included).
+    started: Instant,
+    applied: Applied,
+    /// `Retry-After` after a failure, `max-age` after a success.
+    hint: Option<Duration>,
+    /// The route it was made under.
+    route: Arc<crate::route_table::StreamRoute>,
+}
+
+/// Polls once: a place among the upstream's polls, the fetch, the diff, past `gate`, and the
+/// result applied to the topic and counted.
+async fn poll_once(poller: &Poller, topic: &Arc<Topic>, gate: &dyn Gate, woke: Woke) -> Result<Done, Stopped> {
+    if topic.is_closed() {
+        return Err(Stopped::Closed);
+    }
+    if !gate.polling() {
+        return Err(Stopped::Demoted);
+    }
+    let metrics = &poller.metrics;
+    let route = &topic.key.route;
+    // The route as the configuration has it now: a reload changes interval, upstream
+    // servers, limits and diff options of live topics.
+    let current = topic.route();
+    let settings = &current.stream;
+    let upstream = current.upstream();
+    let in_flight = metrics.polls_in_flight.with_label_values(&[&upstream.name]);
+    let started = Instant::now();
+    let permit = match upstream.polls.try_acquire() {
+        Ok(p) => p,
+        Err(_) => {
+            metrics.poll_waits.with_label_values(&[&upstream.name]).inc();
+            let mut shutdown = poller.shutdown.clone();
             tokio::select! {
-                _ = sleep_until(until) => {}
-                _ = topic.wake.notified() => {}
-                _ = shutdown.changed() => return Stopped::Shutdown,
+                p = upstream.polls.acquire() => p.expect("the semaphore is never closed"),
+                _ = shutdown.changed() => return Err(Stopped::Shutdown),
             }
-            if topic.is_closed() {
-                return Stopped::Closed;
-            }
-            if !gate.polling() {
-                return Stopped::Demoted;
-            }
-            // A reload changed the route: a healthy topic moves to the new interval at once.
-            let latest = topic.route();
-            if !Arc::ptr_eq(&latest, &scheduled_for) {
-                if applied != Applied::Failed {
-                    next_poll = started + latest.stream.interval;
+        }
+    };
+    in_flight.inc();
+    let validators = topic.validators();
+    let sent = Instant::now();
+    let allowed = (settings.interval / 4).max(Duration::from_millis(10));
+    if woke.due.is_some_and(|d| sent.saturating_duration_since(d) > allowed) {
+        metrics.polls_late.with_label_values(&[route]).inc();
+    }
+    // This poll answers any refresh asked for before it is sent; one asked for later gets a
+    // poll of its own.
+    match (topic.begin_poll(), woke.refresh) {
+        (Some(cause), true) => {
+            metrics.refreshes.with_label_values(&[route, cause.name()]).inc();
+            topic.refreshed(cause);
+        }
+        (Some(_), false) => metrics.refreshes_coalesced.inc(),
+        (None, _) => {}
+    }
+    let poll = poller.fetch.fetch(upstream, &topic.request, &validators);
+    // A panic inside the HTTP client (an answer it cannot read) is a failed poll, not a
+    // dead topic.
+    let fetched = AssertUnwindSafe(poll).catch_unwind().await.unwrap_or(Fetched::Unreadable);
+    in_flight.dec();
+    drop(permit);
+    metrics.poll_duration.with_label_values(&[&upstream.name]).observe(sent.elapsed().as_secs_f64());
+    let (polled, mut label, hint) = classify(fetched);
+    let staged = match polled {
+        Polled::Body { body, validators, json } => match topic.prepare(body, validators, json) {
+            Prepared::Diff(job) => match poller.compute.run(job.body.len(), move || job.run()).await {
+                Ok(diffed) => {
+                    if diffed.change.as_ref().is_some_and(|d| d.cut_short) {
+                        metrics.diff_exhausted.with_label_values(&[route]).inc();
+                    }
+                    Ok(topic.stage(diffed))
                 }
-                scheduled_for = latest;
+                Err(BodyError::TooDeep) => {
+                    label = "too_deep";
+                    let detail = Some(format!("JSON nested deeper than {MAX_DEPTH} levels"));
+                    Err(failed(502, "upstream_body_too_deep", detail))
+                }
+            },
+            Prepared::Settled(pending) => Ok(pending),
+        },
+        Polled::Settled(Outcome::Unchanged) => Ok(topic.unchanged()),
+        Polled::Settled(outcome) => Err(outcome),
+    };
+    let applied = match staged {
+        Ok(pending) => {
+            if pending.delta.is_some() && !gate.admit(topic, &pending).await {
+                return Err(Stopped::Demoted);
             }
-            if Instant::now() >= next_poll {
-                due = Some(next_poll);
-                break;
+            topic.settle(pending)
+        }
+        Err(outcome) => {
+            let (applied, told) = topic.apply(outcome);
+            if let Some(error) = told {
+                gate.told(topic, &error).await;
             }
+            applied
+        }
+    };
+    let label = match (applied, label) {
+        (Applied::Unchanged, "changed") => "unchanged",
+        (Applied::Equivalent, _) => "equivalent",
+        (_, l) => l,
+    };
+    metrics.polls.with_label_values(&[route, label]).inc();
+    topic.polled(label);
+    let body = if applied == Applied::Failed || applied == Applied::Terminal { 0 } else { topic.body_len() };
+    topic.savings.count(topic.subscribers() as u64, 1, body as u64);
+    Ok(Done { started, applied, hint, route: current })
+}
+
+/// Waits until the next poll is due at `next_poll`, or at once for a refresh (see
+/// [`super::refresh::due`]), watching for the last subscriber to leave, a reload, the topic
+/// closing and shutdown.
+async fn wait(
+    poller: &Poller,
+    topic: &Arc<Topic>,
+    retire: &dyn Retire,
+    gate: &dyn Gate,
+    last: &Done,
+    mut next_poll: Instant,
+) -> Result<Woke, Stopped> {
+    let settings = &last.route.stream;
+    let failing = last.applied == Applied::Failed;
+    let mut scheduled_for = last.route.clone();
+    let mut shutdown = poller.shutdown.clone();
+    loop {
+        let idle_since = topic.idle_since();
+        // A topic nobody shared, whose one subscriber left soon after it came (a client
+        // opening and closing streams, perhaps on purpose), stops sooner; a subscriber who
+        // stayed a while gets the whole linger to reconnect in. An idle topic soon stops
+        // counting against its maker either way.
+        let brief = idle_since.is_some_and(|t| t.duration_since(topic.created) < settings.linger);
+        let linger =
+            if topic.shared() || !brief { settings.linger } else { settings.linger.min(settings.linger_unshared) };
+        let idle_deadline = idle_since.map(|t| t + linger);
+        let now = Instant::now();
+        if idle_deadline.is_some_and(|d| d <= now) && retire.retire_if_idle(topic) {
+            log::debug!("topic {} {} stops: no subscribers", topic.key.route, crate::redact::target(&topic.key.target));
+            return Err(Stopped::Idle);
+        }
+        let uncount_at = idle_since.filter(|_| topic.counted()).map(|t| t + settings.linger_unshared);
+        if uncount_at.is_some_and(|d| d <= now) {
+            retire.uncount(topic);
+        }
+        let due = super::refresh::due(next_poll, topic.refresh_pending(), failing, now);
+        if now >= due {
+            return Ok(Woke { due: Some(due), refresh: due < next_poll });
+        }
+        // A deadline passed without retiring (a subscriber came back, or in a cluster
+        // another node still has some) is looked at again after the next poll.
+        let until = [idle_deadline, uncount_at].into_iter().flatten().filter(|d| *d > now).fold(due, Instant::min);
+        tokio::select! {
+            _ = sleep_until(until) => {}
+            _ = topic.wake.notified() => {}
+            _ = shutdown.changed() => return Err(Stopped::Shutdown),
+        }
+        if topic.is_closed() {
+            return Err(Stopped::Closed);
+        }
+        if !gate.polling() {
+            return Err(Stopped::Demoted);
+        }
+        // A reload changed the route: a healthy topic moves to the new interval at once.
+        let latest = topic.route();
+        if !Arc::ptr_eq(&latest, &scheduled_for) {
+            if !failing {
+                next_poll = last.started + latest.stream.interval;
+            }
+            scheduled_for = latest;
         }
     }
 }

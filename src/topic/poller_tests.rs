@@ -16,6 +16,8 @@ struct Script {
     answers: Mutex<VecDeque<Fetched>>,
     last: Mutex<Option<fn() -> Fetched>>,
     calls: Mutex<Vec<Instant>>,
+    /// How long each answer takes.
+    delay: Mutex<Duration>,
 }
 
 impl Fetch for Script {
@@ -23,7 +25,11 @@ impl Fetch for Script {
         self.calls.lock().unwrap().push(Instant::now());
         let next = self.answers.lock().unwrap().pop_front();
         let answer = next.unwrap_or_else(|| (self.last.lock().unwrap().expect("a script has a last answer"))());
-        Box::pin(async move { answer })
+        let delay = *self.delay.lock().unwrap();
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            answer
+        })
     }
 }
 
@@ -173,4 +179,60 @@ async fn a_reload_moves_a_healthy_topic_to_the_new_interval_at_once() {
     topic.set_route(Arc::new(faster.route()));
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     assert_eq!(rig.polls(), vec![0, 1000, 2000, 3000], "the next poll is 1 s after the last one began, not 10 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_polls_at_once_and_the_schedule_restarts_from_it() {
+    let rig = Rig::new("{interval: 10s}", vec![], || body(1));
+    let sub = rig.subscribe();
+    let topic = sub.topic.upgrade().unwrap();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert!(topic.refresh(crate::topic::refresh::Cause::Write));
+    tokio::time::sleep(Duration::from_millis(12_500)).await;
+    let polls = rig.polls();
+    assert_eq!(polls[..2], [0, 3000], "{polls:?}");
+    assert_eq!(polls.len(), 3, "{polls:?}");
+    assert!(
+        within(polls[2], 13_000, 14_000),
+        "the next regular poll is an interval (and the phase) after the refresh: {polls:?}"
+    );
+    let status = topic.status();
+    assert_eq!(status.report.refreshed.map(|(_, cause)| cause), Some(crate::topic::refresh::Cause::Write));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_while_a_poll_is_in_flight_cost_one_more_poll_and_a_burst_costs_one() {
+    use crate::topic::refresh::Cause;
+    let rig = Rig::new("{interval: 10s}", vec![], || body(1));
+    *rig.script.delay.lock().unwrap() = Duration::from_millis(500);
+    let sub = rig.subscribe();
+    let topic = sub.topic.upgrade().unwrap();
+    // During the first poll (0 to 500 ms): five writes land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let woke: Vec<bool> = (0..5).map(|_| topic.refresh(Cause::Write)).collect();
+    assert_eq!(woke, [true, false, false, false, false], "the first asks, the others are coalesced");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(rig.polls(), vec![0, 500], "exactly one more poll, once the one in flight is answered");
+    // A burst of twenty at once, nothing in flight: one poll.
+    for _ in 0..20 {
+        topic.refresh(Cause::Hint);
+    }
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(rig.polls(), vec![0, 500, 2100]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_topic_in_backoff_is_not_refreshed_early() {
+    let rig = Rig::new("{interval: 1s, max_backoff: 8s}", vec![body(1), failing(500)], || failing(500));
+    let sub = rig.subscribe();
+    let topic = sub.topic.upgrade().unwrap();
+    // Poll 0 succeeds, poll 1 (about 1 s) fails: the next is 2 s of backoff later.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(rig.polls().len(), 2);
+    topic.refresh(crate::topic::refresh::Cause::Write);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(rig.polls().len(), 2, "the backoff holds: {:?}", rig.polls());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(rig.polls().len(), 3, "the retry answers the refresh: {:?}", rig.polls());
+    assert!(topic.status().report.refreshed.is_none(), "no poll was made for it");
 }

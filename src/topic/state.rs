@@ -93,6 +93,8 @@ pub struct Topic {
     protocols: [AtomicUsize; 2],
     /// Its last poll and this node's role, for `/status`.
     report: Mutex<Report>,
+    /// A refresh asked for and not yet begun (see `refresh`).
+    pub(crate) refresh: Mutex<super::refresh::Requested>,
 }
 
 /// A topic's own metrics, resolved once.
@@ -170,6 +172,7 @@ impl Topic {
             savings: metrics.savings,
             protocols: Default::default(),
             report: Mutex::default(),
+            refresh: Mutex::default(),
         }
     }
 

@@ -10,6 +10,8 @@ use std::time::SystemTime;
 pub struct Report {
     /// When its last poll was answered, and its outcome (as `unpoll_upstream_polls_total`).
     pub polled: Option<(SystemTime, &'static str)>,
+    /// When its last refresh poll began, and why (see `refresh`).
+    pub refreshed: Option<(SystemTime, crate::topic::refresh::Cause)>,
     /// `local` (it polls here: one process, or a cluster node while Redis is away), or in a
     /// cluster `leader` or `follower`.
     pub role: &'static str,
@@ -17,7 +19,7 @@ pub struct Report {
 
 impl Default for Report {
     fn default() -> Report {
-        Report { polled: None, role: "local" }
+        Report { polled: None, refreshed: None, role: "local" }
     }
 }
 
@@ -39,6 +41,11 @@ impl Topic {
     /// Records a poll's outcome.
     pub fn polled(&self, outcome: &'static str) {
         self.report().polled = Some((SystemTime::now(), outcome));
+    }
+
+    /// Records a refresh poll beginning.
+    pub fn refreshed(&self, cause: crate::topic::refresh::Cause) {
+        self.report().refreshed = Some((SystemTime::now(), cause));
     }
 
     /// Records this node's role for the topic.
