@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! server       admin cluster config metrics proxy redact reload route_table status systemd topic upstream
-//! admin        metrics status sys
+//! admin        metrics status sys topic
 //! status       cluster config metrics redact route_table topic wire
 //! cluster      config diff redact topic wire
 //! proxy        config metrics redact route_table stream sys topic upstream wire

@@ -107,7 +107,9 @@ pub struct Metrics {
     /// `cause` (`write`: a write through unpoll; `hint`: `POST /refresh`).
     pub refreshes: IntCounterVec,
     /// `unpoll_refreshes_coalesced_total`: refreshes asked for that made no poll of their own
-    /// (one was pending already, or the topic was in backoff and its next poll answered it).
+    /// (one was pending already, or the topic's next poll came on schedule, in backoff say,
+    /// and answered it). Every refresh asked of a topic is counted once, here or in
+    /// `refreshes`.
     pub refreshes_coalesced: IntCounter,
     /// `unpoll_upstream_polls_in_flight{upstream}`: polls waiting for their answer.
     pub polls_in_flight: IntGaugeVec,

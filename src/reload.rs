@@ -113,6 +113,8 @@ impl Reloader {
                         [&t.cert, &t.key].into_iter().chain(t.sni.iter().flat_map(|e| [&e.cert, &e.key]))
                     }),
                 )
+                // The admin token, replaced in place.
+                .chain(table.server.admin_token_file.as_ref())
                 .map(|path| std::fs::read(path).ok())
                 .collect();
         Some((text, files))

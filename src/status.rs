@@ -108,6 +108,10 @@ impl Status {
             let ago = SystemTime::now().duration_since(at).map_or(0.0, |d| d.as_secs_f64());
             json!({"at": httpdate::fmt_http_date(at), "unix": unix, "ago_seconds": ago, "outcome": outcome})
         });
+        let last_refresh = status.report.refreshed.map(|(at, cause)| {
+            let unix = at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            json!({"at": httpdate::fmt_http_date(at), "unix": unix, "cause": cause.name()})
+        });
         // A query parameter that carries a credential is not shown (see `redact`).
         let target = crate::redact::target(&topic.key.target);
         json!({
@@ -117,6 +121,7 @@ impl Status {
             "subscribers": {"total": topic.subscribers(), "sse": status.protocols[Protocol::Sse.index()], "websocket": status.protocols[Protocol::WebSocket.index()]},
             "formats": formats,
             "last_poll": last_poll,
+            "last_refresh": last_refresh,
             "version": status.version,
             "error": status.error,
             "role": status.report.role,

@@ -24,10 +24,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+mod refresh;
 pub mod slots;
 
 /// Largest request head the admin listener reads.
 const MAX_HEAD: usize = 8192;
+/// Largest request body it reads (a `/refresh`'s list of paths): larger is a 413.
+pub const MAX_BODY: usize = 64 * 1024;
 /// How long a new admin connection may take to send its first request.
 const FIRST_REQUEST: Duration = Duration::from_secs(5);
 /// How long a kept-alive admin connection may stay idle between two requests.
@@ -44,17 +47,58 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Status, content type and body for a `GET` of `path`.
-    pub fn answer(&self, path: &str) -> (u16, &'static str, Vec<u8>) {
-        match path {
-            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.render()),
-            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
-            "/readyz" if *self.draining.borrow() => (503, "text/plain", b"draining\n".to_vec()),
-            "/readyz" => (200, "text/plain", b"ready\n".to_vec()),
-            "/status" => (200, "application/json", self.status.render(*self.draining.borrow())),
-            _ => (404, "text/plain", b"not found: try /metrics, /healthz, /readyz or /status\n".to_vec()),
+    /// Status, content type and body for `request` (with its `body`).
+    pub fn answer(&self, request: &Request, body: &[u8]) -> (u16, &'static str, Vec<u8>) {
+        let (method, path) = (request.method.as_str(), request.path.as_str());
+        // `/status` and `/refresh` need the token when `server.admin_token_file` is set;
+        // probes and Prometheus do not.
+        if matches!(path, "/status" | "/refresh") && !self.authorized(request) {
+            return error(401, "unauthorized", "this endpoint needs `Authorization: Bearer <server.admin_token_file>`");
+        }
+        match (method, path) {
+            ("POST", "/refresh") => refresh::answer(&self.status.hub, body),
+            (_, "/refresh") => error(405, "method_not_allowed", "POST a JSON body {\"paths\": [...]} to /refresh"),
+            ("GET" | "HEAD", "/metrics") => (200, "text/plain; version=0.0.4", self.metrics.render()),
+            ("GET" | "HEAD", "/healthz") => (200, "text/plain", b"ok\n".to_vec()),
+            ("GET" | "HEAD", "/readyz") if *self.draining.borrow() => (503, "text/plain", b"draining\n".to_vec()),
+            ("GET" | "HEAD", "/readyz") => (200, "text/plain", b"ready\n".to_vec()),
+            ("GET" | "HEAD", "/status") => (200, "application/json", self.status.render(*self.draining.borrow())),
+            (_, "/metrics" | "/healthz" | "/readyz" | "/status") => {
+                error(405, "method_not_allowed", "this endpoint answers GET")
+            }
+            _ => {
+                (404, "text/plain", b"not found: try /metrics, /healthz, /readyz, /status or POST /refresh\n".to_vec())
+            }
         }
     }
+
+    /// Whether `request` carries the admin token, or none is configured.
+    fn authorized(&self, request: &Request) -> bool {
+        let table = self.status.table.load();
+        let Some(token) = &table.server.admin_token else { return true };
+        let given = request.authorization.as_deref().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
+        // Compared in constant time: the answer's timing says nothing of the token.
+        given.len() == token.0.len() && given.bytes().zip(token.0.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// A JSON error answer: `{"error": …, "message": …}`.
+pub(crate) fn error(status: u16, error: &str, message: &str) -> (u16, &'static str, Vec<u8>) {
+    let body = serde_json::json!({"error": error, "message": message});
+    (status, "application/json", serde_json::to_vec(&body).expect("JSON serialises"))
+}
+
+/// What the admin listener reads of a request.
+#[derive(Debug, Default)]
+pub struct Request {
+    pub method: String,
+    /// Without the query.
+    pub path: String,
+    /// The client asked to close after this answer.
+    pub close: bool,
+    pub authorization: Option<String>,
+    /// `Content-Length`.
+    pub length: usize,
 }
 
 /// Opens the admin listener on `addr`. With `upgrade`, the process being replaced still
@@ -150,26 +194,50 @@ async fn serve(stream: &mut TcpStream, admin: &Admin, slot: &Slot) -> io::Result
             slot.timed_out();
             return Ok(());
         };
-        let Some((path, close, used)) = head? else {
+        let Some((request, used)) = head? else {
             return Ok(());
         };
         slot.busy();
         wait = IDLE;
         buf.drain(..used);
-        let (status, content_type, body) = admin.answer(&path);
+        let too_large = request.length > MAX_BODY;
+        let (status, content_type, body) = if too_large {
+            error(413, "body_too_large", &format!("a request body may hold {MAX_BODY} bytes at most"))
+        } else {
+            // The body, within what is left of the request's time.
+            while buf.len() < request.length {
+                let mut chunk = [0u8; 4096];
+                let n = tokio::time::timeout(FIRST_REQUEST, stream.read(&mut chunk)).await??;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body: Vec<u8> = buf.drain(..request.length).collect();
+            admin.answer(&request, &body)
+        };
+        let close = request.close || too_large;
         let reason = match status {
             200 => "OK",
+            202 => "Accepted",
+            400 => "Bad Request",
+            401 => "Unauthorized",
             404 => "Not Found",
+            405 => "Method Not Allowed",
+            413 => "Content Too Large",
             _ => "Service Unavailable",
         };
         let head = format!(
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-unpoll-pid: {}\r\n{}\r\n",
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-unpoll-pid: {}\r\n{}{}\r\n",
             body.len(),
             std::process::id(),
+            if status == 401 { "www-authenticate: Bearer realm=\"unpoll admin\"\r\n" } else { "" },
             if close { "connection: close\r\n" } else { "" }
         );
         let mut response = head.into_bytes();
-        response.extend_from_slice(&body);
+        if request.method != "HEAD" {
+            response.extend_from_slice(&body);
+        }
         tokio::time::timeout(WRITE, stream.write_all(&response)).await??;
         if close {
             return Ok(());
@@ -177,28 +245,38 @@ async fn serve(stream: &mut TcpStream, admin: &Admin, slot: &Slot) -> io::Result
     }
 }
 
-/// Reads one request head: its path, whether the client asked to close, and its length.
-/// `None` when the client closed, sent a head too large or a request with a body.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<(String, bool, usize)>> {
+/// Reads one request head, and its length. `None` when the client closed, or sent a head
+/// too large, a chunked body or a `Content-Length` that is not a number.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<(Request, usize)>> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
             Ok(httparse::Status::Complete(used)) => {
-                let has_body = req.headers.iter().any(|h| {
-                    (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
-                        || h.name.eq_ignore_ascii_case("transfer-encoding")
-                });
-                if has_body {
+                let header =
+                    |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+                if header("transfer-encoding").is_some() {
                     return Ok(None);
                 }
-                let close = req.version == Some(0)
-                    || req
-                        .headers
-                        .iter()
-                        .any(|h| h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close"));
-                let path = req.path.unwrap_or("/").split('?').next().unwrap_or("/").to_string();
-                return Ok(Some((path, close, used)));
+                let length = match header("content-length") {
+                    None => 0,
+                    Some(v) => match std::str::from_utf8(v).ok().and_then(|v| v.trim().parse().ok()) {
+                        Some(n) => n,
+                        None => return Ok(None),
+                    },
+                };
+                let close =
+                    req.version == Some(0) || header("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
+                let request = Request {
+                    method: req.method.unwrap_or("GET").to_string(),
+                    path: req.path.unwrap_or("/").split('?').next().unwrap_or("/").to_string(),
+                    close,
+                    authorization: header("authorization")
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_string),
+                    length,
+                };
+                return Ok(Some((request, used)));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             _ => return Ok(None),

@@ -72,6 +72,9 @@ impl ClusterSettings {
 /// The shortest `cluster.secret_file` content accepted, in bytes (256 bits of hex digits).
 pub const MIN_CLUSTER_SECRET: usize = 32;
 
+/// The shortest `server.admin_token_file` token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 /// A value never shown: its `Debug` prints `<secret>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -103,6 +106,11 @@ pub struct ServerSettings {
     pub h2_idle_timeout: Duration,
     /// `admin`: address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin: Option<String>,
+    /// `admin_token_file`: a file holding the bearer token that `POST /refresh` and `/status`
+    /// on the admin listener require; without it they are open (the listener is private).
+    pub admin_token_file: Option<String>,
+    /// The token read from `admin_token_file` (in the resolve step, and again on reload).
+    pub admin_token: Option<Secret>,
     /// `admin_max_connections`: connections the admin listener holds at once (one peer at
     /// most half); when full, an idle one is closed to make room for a newcomer.
     pub admin_max_connections: usize,
@@ -305,6 +313,9 @@ pub struct RouteSettings {
     pub pattern: Pattern,
     pub upstream: String,
     pub stream: Option<StreamSettings>,
+    /// `refreshes`: the paths a successful write to this route refreshes, as patterns over
+    /// its `match` captures; `None`: the written path and its parent (see `topic::refresh`).
+    pub refreshes: Option<Vec<Pattern>>,
 }
 
 /// How a subscriber receives changes.
@@ -494,6 +505,8 @@ impl Default for ServerSettings {
             h2c: false,
             h2_max_streams: 100,
             h2_idle_timeout: Duration::from_secs(60),
+            admin_token_file: None,
+            admin_token: None,
             admin: None,
             admin_max_connections: 64,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),

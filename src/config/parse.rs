@@ -34,7 +34,9 @@ pub fn parse(text: &str) -> Result<Parsed, ConfigErrors> {
         .routes
         .into_iter()
         .map(|r| match (r.pattern, r.upstream) {
-            (Some(pattern), Some(upstream)) => RouteSettings { pattern, upstream, stream: r.stream },
+            (Some(pattern), Some(upstream)) => {
+                RouteSettings { pattern, upstream, stream: r.stream, refreshes: r.refreshes }
+            }
             _ => unreachable!("a route without its pattern or upstream was reported"),
         })
         .collect();
@@ -180,6 +182,44 @@ routes:
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "routes[0].upstream");
         assert!(errs[0].message.contains("unknown upstream `b`"));
+    }
+
+    #[test]
+    fn the_admin_token_is_read_checked_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let text = format!(
+            "server: {{admin_token_file: '{}'}}\nupstreams: {{a: {{servers: ['127.0.0.1:1']}}}}\nroutes: [{{match: /x, upstream: a}}]\n",
+            file.display()
+        );
+        let errs = parse_config(&text).unwrap_err().0;
+        assert_eq!(errs[0].path, "server.admin_token_file");
+        assert!(errs[0].message.contains("cannot read"), "{}", errs[0].message);
+        std::fs::write(&file, "short\n").unwrap();
+        let errs = parse_config(&text).unwrap_err().0;
+        assert!(errs[0].message.contains("at least 16 characters"), "{}", errs[0].message);
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        let config = parse_config(&text).unwrap();
+        assert_eq!(config.server.admin_token.as_ref().map(|t| t.0.as_str()), Some("0123456789abcdef0123"));
+        assert!(!format!("{config:?}").contains("0123456789abcdef0123"), "Debug hides the token");
+    }
+
+    #[test]
+    fn refresh_patterns_name_only_captures_of_their_route() {
+        let text = "upstreams: {a: {servers: ['127.0.0.1:1']}}\nroutes:\n\
+            - {match: '/u/{user}/posts/{id}', upstream: a, refreshes: ['/u/{user}/posts', '/u/{who}/feed', 'x']}\n";
+        let errs = parse_config(text).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["routes[0].refreshes[2]"], "{errs:?}");
+        let text = text.replace(", 'x'", "");
+        let errs = parse_config(&text).unwrap_err().0;
+        assert_eq!(errs[0].path, "routes[0].refreshes[1]");
+        assert!(errs[0]
+            .message
+            .contains("`{who}` is not a capture of `/u/{user}/posts/{id}` (its captures: {user}, {id})"));
+        let fine = text.replace("{who}", "{user}");
+        let config = parse_config(&fine).unwrap();
+        assert_eq!(config.routes[0].refreshes.as_ref().map(Vec::len), Some(2));
     }
 
     #[test]

@@ -77,6 +77,51 @@ impl Pattern {
         }
     }
 
+    /// The names of its `{name}` segments, in order.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Param(name) => Some(name.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// What a path this pattern matches has in its `{name}` segments.
+    pub fn captures<'a>(&'a self, path: &'a str) -> Vec<(&'a str, &'a str)> {
+        let parts = path.strip_prefix('/').unwrap_or(path).split('/');
+        self.segments
+            .iter()
+            .zip(parts)
+            .filter_map(|(segment, part)| match segment {
+                Segment::Param(name) => Some((name.as_str(), part)),
+                Segment::Literal(_) => None,
+            })
+            .collect()
+    }
+
+    /// The path this pattern names with its `{name}` segments filled from `captures` (a name
+    /// not among them is left as written), and whether it is a prefix (a trailing `/*`).
+    pub fn fill(&self, captures: &[(&str, &str)]) -> (String, bool) {
+        let mut path = String::new();
+        for segment in &self.segments {
+            path.push('/');
+            match segment {
+                Segment::Literal(lit) => path.push_str(lit),
+                Segment::Param(name) => match captures.iter().find(|(n, _)| n == name) {
+                    Some((_, value)) => path.push_str(value),
+                    None => {
+                        path.push('{');
+                        path.push_str(name);
+                        path.push('}');
+                    }
+                },
+            }
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        (path, self.prefix)
+    }
+
     /// The pattern as written in the configuration.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -119,6 +164,18 @@ mod tests {
         assert!(p("/api/*").matches("/api/v1/x"));
         assert!(!p("/api/*").matches("/apix"));
         assert!(p("/u/{id}/*").matches("/u/1/a/b"));
+    }
+
+    #[test]
+    fn captures_fill_other_patterns() {
+        let route = p("/users/{user}/posts/{id}");
+        let caps = route.captures("/users/ann/posts/7");
+        assert_eq!(caps, vec![("user", "ann"), ("id", "7")]);
+        assert_eq!(route.params().collect::<Vec<_>>(), ["user", "id"]);
+        assert_eq!(p("/users/{user}/posts").fill(&caps), ("/users/ann/posts".to_string(), false));
+        assert_eq!(p("/feed").fill(&caps), ("/feed".to_string(), false));
+        assert_eq!(p("/users/{user}/*").fill(&caps), ("/users/ann".to_string(), true));
+        assert_eq!(p("/*").fill(&caps), ("/".to_string(), true));
     }
 
     #[test]

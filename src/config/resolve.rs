@@ -7,7 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::host;
-use super::model::{Config, Secret, ServerAddr, ServerEntry, MIN_CLUSTER_SECRET};
+use super::model::{Config, Secret, ServerAddr, ServerEntry, MIN_ADMIN_TOKEN, MIN_CLUSTER_SECRET};
 use super::walk::Walker;
 use std::net::SocketAddr;
 use std::net::ToSocketAddrs;
@@ -20,6 +20,22 @@ pub fn resolve(w: &mut Walker, config: &mut Config, max_connections_given: bool)
     }
     if let Some(admin) = &config.server.admin {
         usable(w, admin, "server.admin");
+    }
+    if let Some(path) = &config.server.admin_token_file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let token = text.trim();
+                if token.len() < MIN_ADMIN_TOKEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    let problem = format!(
+                        "{path} must hold one token of at least {MIN_ADMIN_TOKEN} characters, without spaces \
+                         (e.g. `openssl rand -hex 32`)"
+                    );
+                    w.problem("server.admin_token_file", problem);
+                }
+                config.server.admin_token = Some(Secret(token.to_string()));
+            }
+            Err(e) => w.problem("server.admin_token_file", format!("cannot read {path}: {e}")),
+        }
     }
     let now = super::listener_tls::now();
     for (i, listener) in config.server.tls.iter_mut().enumerate() {

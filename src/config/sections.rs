@@ -25,6 +25,7 @@ pub struct RouteDraft {
     pub pattern: Option<Pattern>,
     pub upstream: Option<String>,
     pub stream: Option<StreamSettings>,
+    pub refreshes: Option<Vec<Pattern>>,
 }
 
 const fn ms(n: u64) -> Duration {
@@ -105,7 +106,7 @@ const CLUSTER: [Key<ClusterSettings>; 9] = [
 ];
 
 /// `server:`.
-const SERVER: [Key<ServerSettings>; 22] = [
+const SERVER: [Key<ServerSettings>; 23] = [
     Key::new("listen", |w, v, p, s| {
         let list = w.each(v, p, |w, a, p| w.address(a, p))?;
         if list.is_empty() {
@@ -122,6 +123,7 @@ const SERVER: [Key<ServerSettings>; 22] = [
         let text = w.string(v, p)?;
         set(&mut s.admin, w.address(&text, p).map(Some))
     }),
+    Key::new("admin_token_file", |w, v, p, s| set(&mut s.admin_token_file, w.string(v, p).map(Some))),
     Key::new("admin_max_connections", |w, v, p, s| set(&mut s.admin_max_connections, w.count(v, p, 2, 10_000))),
     Key::new("threads", |w, v, p, s| set(&mut s.threads, w.count(v, p, 1, 256))),
     // Pingora gives streams `grace_period - 1s` to close before it cancels tasks: at least a
@@ -334,7 +336,7 @@ fn hash_on(w: &mut Walker, v: &Value, p: &str) -> Option<HashOn> {
 }
 
 /// `routes[i]:`.
-const ROUTE: [Key<RouteDraft>; 3] = [
+const ROUTE: [Key<RouteDraft>; 4] = [
     Key::required("match", "give a path pattern such as `/orders/{id}`", |w, v, p, r| {
         let text = w.string(v, p)?;
         match Pattern::parse(&text) {
@@ -352,6 +354,10 @@ const ROUTE: [Key<RouteDraft>; 3] = [
         let mut s = StreamSettings::default();
         w.section(v, p, &STREAM, &mut s)?;
         set(&mut r.stream, Some(Some(s)))
+    }),
+    Key::new("refreshes", |w, v, p, r| {
+        let patterns = w.each(v, p, |w, text, p| Pattern::parse(text).map_err(|e| w.problem(p, e)).ok())?;
+        set(&mut r.refreshes, Some(Some(patterns)))
     }),
 ];
 
@@ -530,6 +536,19 @@ fn routes(w: &mut Walker, v: &Value, path: &str) -> Option<Vec<RouteDraft>> {
         .map(|(i, item)| {
             let mut r = RouteDraft::default();
             w.section(item, &format!("{path}[{i}]"), &ROUTE, &mut r);
+            // A refresh pattern may name only captures of the route's `match`.
+            if let (Some(pattern), Some(refreshes)) = (&r.pattern, &r.refreshes) {
+                for (j, refresh) in refreshes.iter().enumerate() {
+                    for name in refresh.params().filter(|n| !pattern.params().any(|m| m == *n)) {
+                        let known: Vec<String> = pattern.params().map(|m| format!("{{{m}}}")).collect();
+                        let has = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                        w.problem(
+                            &format!("{path}[{i}].refreshes[{j}]"),
+                            format!("`{{{name}}}` is not a capture of `{pattern}` (its captures: {has})"),
+                        );
+                    }
+                }
+            }
             r
         })
         .collect();

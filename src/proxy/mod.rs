@@ -21,12 +21,14 @@ use crate::metrics::Metrics;
 use crate::route_table::{Route, RouteTable, StreamRoute};
 use crate::sys;
 use crate::topic::hub::Hub;
+use crate::topic::refresh::{Cause, Paths};
 use crate::upstream::peer::is_tls_error;
 use crate::upstream::pool::{self, Distrust};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use connections::Connections;
+use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
 use pingora::proxy::{ProxyHttp, Session};
@@ -201,6 +203,18 @@ impl ProxyHttp for Gateway {
             };
             let h = self.metrics.proxy_duration.with_label_values(&[route.label(), class]);
             h.observe(started.elapsed().as_secs_f64());
+        }
+        // A write the upstream accepted refreshes the topics it may have changed.
+        if let (Some(route), true, Some(200..=299)) = (ctx.route.as_ref(), ctx.proxied, status) {
+            let method = &session.req_header().method;
+            if [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(method) {
+                let path = session.req_header().uri.path();
+                let paths = Paths::of_route_write(&route.settings.pattern, route.settings.refreshes.as_deref(), path);
+                if !paths.is_empty() {
+                    let reached = self.hub.refresh(&paths, Cause::Write);
+                    log::debug!("{method} {} refreshed {reached} topics", crate::redact::target(path));
+                }
+            }
         }
         if ctx.subscription && status.is_none() {
             return;

@@ -2,6 +2,7 @@
 
 use super::feed::{self, Feed, Retire, Stopped};
 use super::key::{PollRequest, TopicKey};
+use super::refresh::{Cause, Paths};
 use super::state::{Topic, TopicMetrics};
 use crate::config::Format;
 use crate::metrics::Metrics;
@@ -9,7 +10,7 @@ use crate::route_table::{RouteTable, StreamRoute};
 use crate::wire::encode::Protocol;
 use crate::wire::event::ErrorEvent;
 use crate::wire::event::{Msg, ResumeId};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -21,6 +22,8 @@ struct Table {
     topics: HashMap<TopicKey, Arc<Topic>>,
     /// Per client address, the topics it made that still count against it.
     creators: HashMap<IpAddr, usize>,
+    /// The topics by the path they poll (no query, no trailing `/`), for refreshes.
+    by_path: BTreeMap<String, Vec<Arc<Topic>>>,
 }
 
 /// All live topics.
@@ -155,6 +158,7 @@ impl Hub {
                     self.metrics.topic_creators.set(table.creators.len() as i64);
                 }
                 self.metrics.topics.inc();
+                table.by_path.entry(polled_path(&topic.key.target)).or_default().push(topic.clone());
                 tokio::spawn(self.clone().feed(topic.clone()));
                 topic
             });
@@ -203,6 +207,13 @@ impl Hub {
             table.topics.remove(&topic.key);
             self.metrics.topics.dec();
         }
+        let path = polled_path(&topic.key.target);
+        if let Some(list) = table.by_path.get_mut(&path) {
+            list.retain(|t| !Arc::ptr_eq(t, topic));
+            if list.is_empty() {
+                table.by_path.remove(&path);
+            }
+        }
         self.uncount_locked(table, topic);
     }
 
@@ -249,6 +260,41 @@ impl Hub {
         }
     }
 
+    /// Asks every live topic polling one of `paths` (whatever its query, route or
+    /// subscribers' credentials: each polls with its own) for a refresh; how many it reached.
+    /// One already pending, or a topic in backoff, is counted as coalesced when its poll comes.
+    pub fn refresh(&self, paths: &[Paths], cause: Cause) -> usize {
+        let reached: Vec<Arc<Topic>> = {
+            let table = self.table();
+            let mut reached: Vec<Arc<Topic>> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for spec in paths {
+                let found: Box<dyn Iterator<Item = (&String, &Vec<Arc<Topic>>)>> = match spec {
+                    Paths::Exact(path) => Box::new(table.by_path.get_key_value(path).into_iter()),
+                    Paths::Prefix(prefix) => Box::new(
+                        table
+                            .by_path
+                            .range(prefix.clone()..)
+                            .take_while(|(path, _)| path.starts_with(prefix.as_str()))
+                            .filter(|(path, _)| spec.reaches(path)),
+                    ),
+                };
+                for topic in found.flat_map(|(_, list)| list) {
+                    if seen.insert(Arc::as_ptr(topic)) {
+                        reached.push(topic.clone());
+                    }
+                }
+            }
+            reached
+        };
+        for topic in &reached {
+            if !topic.refresh(cause) {
+                self.metrics.refreshes_coalesced.inc();
+            }
+        }
+        reached.len()
+    }
+
     /// Every live topic.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
         self.table().topics.values().cloned().collect()
@@ -277,6 +323,16 @@ impl Retire for Hub {
     fn uncount(&self, topic: &Topic) {
         let mut table = self.table();
         self.uncount_locked(&mut table, topic);
+    }
+}
+
+/// The path a topic polls, as refreshes name it: its target without the query or a trailing
+/// `/`.
+fn polled_path(target: &str) -> String {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    match path.trim_end_matches('/') {
+        "" => "/".to_string(),
+        p => p.to_string(),
     }
 }
 

@@ -13,7 +13,7 @@
 //! - the regular schedule restarts from the refresh's poll (the loop measures the interval
 //!   from the start of the last poll, whatever started it).
 
-use super::state::Topic;
+use crate::config::Pattern;
 use tokio::time::Instant;
 
 /// Why a topic was refreshed.
@@ -105,6 +105,20 @@ impl Paths {
         }
     }
 
+    /// What a successful write to `path` on a route matching `pattern` refreshes: the route's
+    /// `refreshes` patterns filled from the path's captures, or by default [`Paths::of_write`].
+    pub fn of_route_write(pattern: &Pattern, refreshes: Option<&[Pattern]>, path: &str) -> Vec<Paths> {
+        let Some(refreshes) = refreshes else { return Paths::of_write(path) };
+        let captures = pattern.captures(path);
+        refreshes
+            .iter()
+            .map(|refresh| match refresh.fill(&captures) {
+                (path, true) => Paths::Prefix(path.trim_end_matches('/').to_string()),
+                (path, false) => Paths::Exact(trimmed(&path)),
+            })
+            .collect()
+    }
+
     /// What a write to `path` refreshes by default: that path, and its parent (one segment
     /// up) unless the parent is the root.
     pub fn of_write(path: &str) -> Vec<Paths> {
@@ -124,32 +138,6 @@ fn trimmed(path: &str) -> String {
     match path.trim_end_matches('/') {
         "" => "/".to_string(),
         p => p.to_string(),
-    }
-}
-
-impl Topic {
-    /// Asks for a refresh of this topic: `true` when the poll loop was woken for it, `false`
-    /// when one was pending already (coalesced).
-    pub fn refresh(&self, cause: Cause) -> bool {
-        let new = self.refresh_state().ask(cause);
-        if new {
-            self.wake.notify_one();
-        }
-        new
-    }
-
-    /// Whether a refresh is pending.
-    pub fn refresh_pending(&self) -> bool {
-        self.refresh_state().is_pending()
-    }
-
-    /// A poll begins: the refresh it answers, if one was pending.
-    pub fn begin_poll(&self) -> Option<Cause> {
-        self.refresh_state().begin()
-    }
-
-    fn refresh_state(&self) -> std::sync::MutexGuard<'_, Requested> {
-        self.refresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -200,6 +188,26 @@ mod tests {
         assert!(
             Paths::Exact("/orders".into()).reaches("/orders") && !Paths::Exact("/orders".into()).reaches("/orders/1")
         );
+    }
+
+    #[test]
+    fn a_route_says_what_its_writes_refresh() {
+        let pattern = Pattern::parse("/users/{user}/posts/{id}").unwrap();
+        let refreshes: Vec<Pattern> = ["/users/{user}/posts", "/feed", "/users/{user}/*", "/*"]
+            .iter()
+            .map(|p| Pattern::parse(p).unwrap())
+            .collect();
+        assert_eq!(
+            Paths::of_route_write(&pattern, Some(&refreshes), "/users/ann/posts/7"),
+            vec![
+                Paths::Exact("/users/ann/posts".into()),
+                Paths::Exact("/feed".into()),
+                Paths::Prefix("/users/ann".into()),
+                Paths::Prefix("".into())
+            ]
+        );
+        assert_eq!(Paths::of_route_write(&pattern, Some(&[]), "/users/ann/posts/7"), vec![], "`refreshes: []`");
+        assert_eq!(Paths::of_route_write(&pattern, None, "/users/ann/posts/7").len(), 2, "the default");
     }
 
     #[test]

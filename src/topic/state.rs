@@ -94,7 +94,7 @@ pub struct Topic {
     /// Its last poll and this node's role, for `/status`.
     report: Mutex<Report>,
     /// A refresh asked for and not yet begun (see `refresh`).
-    pub(crate) refresh: Mutex<super::refresh::Requested>,
+    refresh: Mutex<super::refresh::Requested>,
 }
 
 /// A topic's own metrics, resolved once.
@@ -226,6 +226,30 @@ impl Topic {
     pub fn set_route(&self, route: Arc<StreamRoute>) {
         self.route.store(route);
         self.wake.notify_one();
+    }
+
+    /// Asks for a refresh of this topic: `true` when the poll loop was woken for it, `false`
+    /// when one was pending already (coalesced).
+    pub fn refresh(&self, cause: super::refresh::Cause) -> bool {
+        let new = self.refresh_state().ask(cause);
+        if new {
+            self.wake.notify_one();
+        }
+        new
+    }
+
+    /// Whether a refresh is pending.
+    pub fn refresh_pending(&self) -> bool {
+        self.refresh_state().is_pending()
+    }
+
+    /// A poll begins: the refresh it answers, if one was pending.
+    pub fn begin_poll(&self) -> Option<super::refresh::Cause> {
+        self.refresh_state().begin()
+    }
+
+    fn refresh_state(&self) -> std::sync::MutexGuard<'_, super::refresh::Requested> {
+        self.refresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the topic was closed from outside.

@@ -187,8 +187,19 @@ impl RawConn {
 
 /// A GET with `Connection: close`; `None` if nothing answers.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<Response> {
+    http_send(addr, "GET", path, None).await
+}
+
+/// A request with `Connection: close` and, if given, a JSON body; `None` if nothing answers.
+pub async fn http_send(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Option<Response> {
     let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await.ok()?.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let body = body.map(|b| serde_json::to_string(b).unwrap());
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = &body {
+        req += &format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len());
+    }
+    req += "\r\n";
+    req += body.as_deref().unwrap_or_default();
     stream.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await.ok()?.ok()?;

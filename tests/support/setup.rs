@@ -50,6 +50,13 @@ impl Setup {
         self
     }
 
+    /// Sets `key` of the last route itself (beside `match`, `upstream`, `stream`).
+    pub fn on_route(mut self, key: &str, value: impl Into<Value>) -> Setup {
+        let route = self.routes.last_mut().expect("a route to set");
+        route[key] = value.into();
+        self
+    }
+
     /// Sets `key` of the last route's `stream:`.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Setup {
         let route = self.routes.last_mut().expect("a route to set");

@@ -62,6 +62,57 @@ struct State {
     raw: HashMap<String, Vec<u8>>,
     /// Served at `/me`: per `Authorization` value, that user's document (401 for anyone else).
     users: HashMap<String, serde_json::Value>,
+    /// REST collections (see [`Upstream::rest`]): per collection path, its items by id.
+    collections: HashMap<String, std::collections::BTreeMap<u64, serde_json::Value>>,
+}
+
+impl State {
+    /// The answer of a REST collection (see [`Upstream::rest`]) to a request for `path`.
+    fn rest(&mut self, seen: &Seen, path: &str) -> Option<(u16, serde_json::Value)> {
+        let (collection, id) = self.collections.keys().find_map(|c| {
+            if path == c {
+                Some((c.clone(), None))
+            } else {
+                let id = path.strip_prefix(c.as_str())?.strip_prefix('/')?.parse::<u64>().ok()?;
+                Some((c.clone(), Some(id)))
+            }
+        })?;
+        let items = self.collections.get_mut(&collection).expect("found above");
+        let sent = || serde_json::from_slice::<serde_json::Value>(&seen.body).ok().filter(|v| v.is_object());
+        let missing = (404, serde_json::json!({"error": "not found"}));
+        Some(match (seen.method.as_str(), id) {
+            ("GET", None) => (200, serde_json::Value::Array(items.values().cloned().collect())),
+            ("GET", Some(id)) => items.get(&id).map_or(missing, |item| (200, item.clone())),
+            ("POST", None) => {
+                let Some(mut item) = sent() else { return Some((400, serde_json::json!({"error": "bad body"}))) };
+                let id = items.keys().next_back().map_or(1, |last| last + 1);
+                item["id"] = id.into();
+                items.insert(id, item.clone());
+                (201, item)
+            }
+            ("PATCH", Some(id)) => match (items.get_mut(&id), sent()) {
+                (Some(item), Some(changes)) => {
+                    for (k, v) in changes.as_object().expect("an object") {
+                        item[k] = v.clone();
+                    }
+                    (200, item.clone())
+                }
+                (None, _) => missing,
+                (_, None) => (400, serde_json::json!({"error": "bad body"})),
+            },
+            ("PUT", Some(id)) => match sent() {
+                Some(mut item) if items.contains_key(&id) => {
+                    item["id"] = id.into();
+                    items.insert(id, item.clone());
+                    (200, item)
+                }
+                Some(_) => missing,
+                None => (400, serde_json::json!({"error": "bad body"})),
+            },
+            ("DELETE", Some(id)) => items.remove(&id).map_or(missing, |_| (200, serde_json::json!({}))),
+            _ => (405, serde_json::json!({"error": "method not allowed"})),
+        })
+    }
 }
 
 pub struct Upstream {
@@ -138,6 +189,21 @@ impl Upstream {
     }
 
     /// Answers `path` (with or without query) with this JSON from now on.
+    /// Serves a REST collection at `path` holding `items` (objects; each gets an `id` from 1):
+    /// `GET path` (the items), `GET path/{id}`, `POST path` (a new item, 201), `PATCH` (merges
+    /// fields), `PUT` and `DELETE path/{id}`; 404 for an id it does not hold.
+    pub fn rest(&self, path: &str, items: Vec<serde_json::Value>) {
+        let items = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut item)| {
+                item["id"] = (i as u64 + 1).into();
+                (i as u64 + 1, item)
+            })
+            .collect();
+        self.state.lock().unwrap().collections.insert(path.to_string(), items);
+    }
+
     pub fn set_json(&self, path: &str, value: &serde_json::Value) {
         self.set(path, 200, "application/json", serde_json::to_vec(value).unwrap());
     }
@@ -271,6 +337,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc
         if let Some(bytes) = raw {
             state.lock().unwrap().seen.push(seen.clone());
             if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let rest = state.lock().unwrap().rest(&seen, &path);
+        if let Some((status, body)) = rest {
+            state.lock().unwrap().seen.push(seen.clone());
+            let body = serde_json::to_vec(&body).unwrap();
+            if !write_response(&mut stream, status, "application/json", &[], &body).await {
                 return;
             }
             continue;
