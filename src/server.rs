@@ -72,6 +72,19 @@ impl BackgroundService for ClusterService {
     }
 }
 
+/// Applies the refreshes the cluster carries to the topics this node polls.
+struct RefreshListener {
+    cluster: Arc<Cluster>,
+    hub: Arc<Hub>,
+}
+
+#[async_trait]
+impl BackgroundService for RefreshListener {
+    async fn start(&self, _: ShutdownWatch) {
+        crate::cluster::relay::listen(self.cluster.clone(), self.hub.clone()).await;
+    }
+}
+
 /// How this process starts.
 #[derive(Default)]
 pub struct Start {
@@ -160,6 +173,13 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
         }
     };
     let hub = Arc::new(Hub::new(metrics.clone(), feed));
+    if let Some(cluster) = &in_cluster {
+        // Refreshes (writes, hints) go to the node polling each topic, through Redis.
+        let relay = crate::cluster::relay::ClusterRelay { cluster: cluster.clone(), hub: Arc::downgrade(&hub) };
+        hub.relay_through(crate::cluster::relay::hasher(cluster.clone()), Arc::new(relay));
+        let listener = RefreshListener { cluster: cluster.clone(), hub: hub.clone() };
+        server.add_service(background_service("cluster refreshes", listener));
+    }
     if let Some(from) = reload {
         let reloader = Reloader {
             path: from.path,

@@ -785,3 +785,58 @@ async fn a_redis_out_of_memory_is_down_once_not_a_flapping_node() {
         in_order(&c.seen).unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_write_through_one_node_refreshes_the_topic_another_polls_once_for_the_cluster() {
+    let _slot = SLOTS.acquire().await.unwrap();
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    up.rest("/posts", vec![json!({"title": "a"}), json!({"title": "b"})]);
+    let setup = Setup::stream("/posts/{id}")
+        .every("10s")
+        .cluster("redis", redis.url())
+        .cluster("secret_file", redis.secret_file())
+        .cluster("lease", "1s")
+        .cluster("timeout", "300ms");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Proxy::launch(up.addr, &setup).await);
+    }
+    // Subscribers on nodes 0 and 2; node 1 has none, and sees the writes.
+    let mut on_first = Client::open(nodes[0].addr, "/posts/1", "sse", "json-patch", &[]).await;
+    assert!(on_first.until(&json!({"title": "a", "id": 1}), 5 * SECOND).await);
+    let mut on_third = Client::open(nodes[2].addr, "/posts/1", "ws", "json-patch", &[]).await;
+    assert!(on_third.until(&json!({"title": "a", "id": 1}), 5 * SECOND).await);
+    assert!(eventually(5 * SECOND, || async { leader(&nodes).await.is_some() }).await);
+    let polls = || up.seen("/posts/1").iter().filter(|s| s.method == "GET").count();
+    let before = polls();
+
+    let answer = http_send(nodes[1].addr, "PATCH", "/posts/1", Some(&json!({"title": "a2"}))).await.unwrap();
+    assert_eq!(answer.status, 200);
+    let want = json!({"title": "a2", "id": 1});
+    assert!(on_first.until(&want, SECOND).await, "node 0's subscriber within 1 s: {:?}", on_first.doc.value);
+    assert!(on_third.until(&want, SECOND).await, "node 2's subscriber within 1 s: {:?}", on_third.doc.value);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(polls() - before, 1, "one poll for the cluster, not one per node");
+    assert_eq!(summed(&nodes, "unpoll_refreshes_total", &[("route", "/posts/{id}"), ("cause", "write")]).await, 1.0);
+
+    // A hint to node 1's admin listener, for a change made on the upstream directly.
+    let body = r#"{"title": "a3"}"#;
+    let write = format!("PATCH /posts/1 HTTP/1.1\r\nHost: up\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    assert_eq!(RawConn::send(up.addr, write.as_bytes()).await.read_to_end(5 * SECOND).await.status, 200);
+    let before = polls();
+    let hint = r#"{"paths": ["/posts/*"]}"#;
+    let request = format!(
+        "POST /refresh HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{hint}",
+        hint.len()
+    );
+    let answer = RawConn::send(nodes[1].admin, request.as_bytes()).await.read_to_end(5 * SECOND).await;
+    assert_eq!(answer.status, 202, "{:?}", String::from_utf8_lossy(&answer.body));
+    let want = json!({"title": "a3", "id": 1});
+    assert!(on_first.until(&want, SECOND).await, "{:?}", on_first.doc.value);
+    assert!(on_third.until(&want, SECOND).await, "{:?}", on_third.doc.value);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(polls() - before, 1, "one poll for the hint too");
+    assert_eq!(summed(&nodes, "unpoll_cluster_unauthenticated_total", &[("what", "refresh")]).await, 0.0);
+    on_third.close().await;
+}

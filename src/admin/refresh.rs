@@ -33,7 +33,7 @@ pub fn answer(hub: &Hub, body: &[u8]) -> (u16, &'static str, Vec<u8>) {
             Err(e) => return super::error(400, "bad_request", &format!("paths[{i}]: {e}")),
         }
     }
-    let refreshed = hub.refresh(&paths, Cause::Hint);
+    let refreshed = hub.refresh_everywhere(&paths, Cause::Hint);
     log::debug!("a refresh hint for {} paths reached {refreshed} topics", paths.len());
     let body = serde_json::json!({ "refreshed": refreshed });
     (202, "application/json", serde_json::to_vec(&body).expect("JSON serialises"))

@@ -6,10 +6,10 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 pub const ROLES: [&str; 3] = ["leader", "follower", "local"];
 
 /// `what` of `unpoll_cluster_unauthenticated_total`.
-pub const UNAUTHENTICATED: [&str; 3] = ["message", "document", "history"];
+pub const UNAUTHENTICATED: [&str; 4] = ["message", "document", "history", "refresh"];
 
 /// Redis calls, by the label of their histogram.
-pub const CALLS: [&str; 7] = ["refresh", "publish", "tell", "read", "leave", "subscribe", "ping"];
+pub const CALLS: [&str; 8] = ["refresh", "publish", "tell", "read", "leave", "subscribe", "ping", "relay"];
 
 pub struct ClusterMetrics {
     /// `unpoll_cluster_redis_up`: 1 while Redis accepts writes, 0 while this node polls alone.

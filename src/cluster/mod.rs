@@ -10,13 +10,15 @@
 //! - [`scripts`]: the Lua scripts, each one atomic step;
 //! - [`inbox`]: the subscription connection, and handing each message to its topic;
 //! - [`feed`]: a topic's life as leader, follower, or alone;
-//! - [`gate`]: what lets the leader publish (its lease), and the keeper that renews it.
+//! - [`gate`]: what lets the leader publish (its lease), and the keeper that renews it;
+//! - [`relay`]: refreshes (writes, hints) carried to the node that polls each topic.
 
 pub mod feed;
 pub mod gate;
 pub mod inbox;
 pub mod message;
 pub mod metrics;
+pub mod relay;
 pub mod scripts;
 pub mod seal;
 

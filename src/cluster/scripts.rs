@@ -165,6 +165,11 @@ return 1
     )
 });
 
+/// Sends a refresh to every node (see `relay`). Returns the number of nodes that heard it.
+///
+/// KEYS: the refresh channel. ARGV: payload.
+pub static RELAY: LazyLock<Script> = LazyLock::new(|| Script::new("return redis.call('PUBLISH', KEYS[1], ARGV[1])"));
+
 /// Reads the stored state and the history from a version on, in one step. Returns `{epoch,
 /// version, document, entries, document tag}`.
 ///

@@ -9,6 +9,7 @@
 //!   document, the patches' beside the history entry, so that what a node reads back is
 //!   checked as what it is sent.
 //! - Every **error** carries a tag over its name, status and the position it was told at.
+//! - A **refresh** names paths by their keyed hashes, and carries a tag over them.
 //!
 //! Each input is framed (a domain word, then length-prefixed fields), so that no two different
 //! inputs hash the same. Verification is constant-time (`ring::hmac::verify`).
@@ -95,6 +96,16 @@ impl Seal {
     pub fn error(&self, topic: &str, epoch: &str, version: u64, status: u16, error: &str, terminal: bool) -> Tag {
         let input = self.input(b"error").field(topic.as_bytes()).field(epoch.as_bytes()).field(&version.to_be_bytes());
         input.field(&status.to_be_bytes()).field(error.as_bytes()).field(&[u8::from(terminal)]).tag()
+    }
+
+    /// A path as a cluster's refresh messages name it (see `topic::refresh::PathHash`).
+    pub fn path(&self, path: &str) -> Tag {
+        self.input(b"path").field(path.as_bytes()).tag()
+    }
+
+    /// The tag of a refresh message's `body`.
+    pub fn refresh(&self, body: &[u8]) -> Tag {
+        self.input(b"refresh").field(body).tag()
     }
 
     /// Whether `tag` is `expected` (recomputed from what came with it), in constant time.

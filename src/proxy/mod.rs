@@ -211,7 +211,7 @@ impl ProxyHttp for Gateway {
                 let path = session.req_header().uri.path();
                 let paths = Paths::of_route_write(&route.settings.pattern, route.settings.refreshes.as_deref(), path);
                 if !paths.is_empty() {
-                    let reached = self.hub.refresh(&paths, Cause::Write);
+                    let reached = self.hub.refresh_everywhere(&paths, Cause::Write);
                     log::debug!("{method} {} refreshed {reached} topics", crate::redact::target(path));
                 }
             }

@@ -2,7 +2,7 @@
 
 use super::feed::{self, Feed, Retire, Stopped};
 use super::key::{PollRequest, TopicKey};
-use super::refresh::{Cause, Paths};
+use super::refresh::{Cause, PathHash, PathHasher, Paths, Relay};
 use super::state::{Topic, TopicMetrics};
 use crate::config::Format;
 use crate::metrics::Metrics;
@@ -24,6 +24,25 @@ struct Table {
     creators: HashMap<IpAddr, usize>,
     /// The topics by the path they poll (no query, no trailing `/`), for refreshes.
     by_path: BTreeMap<String, Vec<Arc<Topic>>>,
+    /// In a cluster, the same by the hash of that path, and by the hash of every prefix that
+    /// reaches it (see [`Paths::prefixes_of`]), for refreshes from other nodes.
+    by_hash: HashMap<PathHash, Vec<Arc<Topic>>>,
+    under_hash: HashMap<PathHash, Vec<Arc<Topic>>>,
+}
+
+/// Adds `topic` to `index` under `hash`.
+fn index(index: &mut HashMap<PathHash, Vec<Arc<Topic>>>, hash: PathHash, topic: &Arc<Topic>) {
+    index.entry(hash).or_default().push(topic.clone());
+}
+
+/// Takes `topic` out of `index` under `hash`.
+fn unindex(index: &mut HashMap<PathHash, Vec<Arc<Topic>>>, hash: PathHash, topic: &Arc<Topic>) {
+    if let Some(list) = index.get_mut(&hash) {
+        list.retain(|t| !Arc::ptr_eq(t, topic));
+        if list.is_empty() {
+            index.remove(&hash);
+        }
+    }
 }
 
 /// All live topics.
@@ -34,6 +53,8 @@ pub struct Hub {
     /// Where each new topic's events come from (its own poll loop, in one process).
     feed: Arc<dyn Feed>,
     metrics: Arc<Metrics>,
+    /// In a cluster: how paths are named between nodes, and what carries refreshes to them.
+    relay: std::sync::OnceLock<(PathHasher, Arc<dyn Relay>)>,
 }
 
 /// A subscriber's end of a topic. Dropping it counts the subscriber out.
@@ -110,7 +131,7 @@ impl Refused {
 impl Hub {
     /// A hub whose topics are fed by `feed`.
     pub fn new(metrics: Arc<Metrics>, feed: Arc<dyn Feed>) -> Hub {
-        Hub { table: Mutex::default(), total: Arc::default(), feed, metrics }
+        Hub { table: Mutex::default(), total: Arc::default(), feed, metrics, relay: Default::default() }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -158,7 +179,14 @@ impl Hub {
                     self.metrics.topic_creators.set(table.creators.len() as i64);
                 }
                 self.metrics.topics.inc();
-                table.by_path.entry(polled_path(&topic.key.target)).or_default().push(topic.clone());
+                let path = polled_path(&topic.key.target);
+                if let Some((hasher, _)) = self.relay.get() {
+                    index(&mut table.by_hash, hasher(&path), &topic);
+                    for prefix in Paths::prefixes_of(&path) {
+                        index(&mut table.under_hash, hasher(prefix), &topic);
+                    }
+                }
+                table.by_path.entry(path).or_default().push(topic.clone());
                 tokio::spawn(self.clone().feed(topic.clone()));
                 topic
             });
@@ -208,6 +236,12 @@ impl Hub {
             self.metrics.topics.dec();
         }
         let path = polled_path(&topic.key.target);
+        if let Some((hasher, _)) = self.relay.get() {
+            unindex(&mut table.by_hash, hasher(&path), topic);
+            for prefix in Paths::prefixes_of(&path) {
+                unindex(&mut table.under_hash, hasher(prefix), topic);
+            }
+        }
         if let Some(list) = table.by_path.get_mut(&path) {
             list.retain(|t| !Arc::ptr_eq(t, topic));
             if list.is_empty() {
@@ -260,11 +294,57 @@ impl Hub {
         }
     }
 
-    /// Asks every live topic polling one of `paths` (whatever its query, route or
-    /// subscribers' credentials: each polls with its own) for a refresh; how many it reached.
-    /// One already pending, or a topic in backoff, is counted as coalesced when its poll comes.
-    pub fn refresh(&self, paths: &[Paths], cause: Cause) -> usize {
+    /// Refreshes go to every node through `relay` from now on, paths named by `hasher`. Set
+    /// once, before any topic is made.
+    pub fn relay_through(&self, hasher: PathHasher, relay: Arc<dyn Relay>) {
+        let _ = self.relay.set((hasher, relay));
+    }
+
+    /// A refresh seen here (a write, a hint): in a cluster, sent to every node, so that the
+    /// one polling each topic refreshes it; else (or while Redis is away) applied here. How
+    /// many of this node's topics it reaches.
+    pub fn refresh_everywhere(&self, paths: &[Paths], cause: Cause) -> usize {
+        match self.relay.get() {
+            Some((_, relay)) if relay.relay(paths, cause) => self.reached(paths).len(),
+            _ => self.refresh(paths, cause),
+        }
+    }
+
+    /// A refresh from another node (or this one, through the cluster), paths hashed: applied
+    /// to the topics this node polls (not those it follows: their leader has it too).
+    pub fn refresh_hashed(&self, exact: &[PathHash], prefixes: &[PathHash], cause: Cause) -> usize {
         let reached: Vec<Arc<Topic>> = {
+            let table = self.table();
+            let mut seen = std::collections::HashSet::new();
+            let found = exact
+                .iter()
+                .flat_map(|h| table.by_hash.get(h))
+                .chain(prefixes.iter().flat_map(|h| table.under_hash.get(h)));
+            found.flatten().filter(|t| seen.insert(Arc::as_ptr(t))).filter(|t| t.polls_here()).cloned().collect()
+        };
+        self.ask(&reached, cause)
+    }
+
+    /// Asks every live topic polling one of `paths` (whatever its query, route or
+    /// subscribers' credentials: each polls with its own) for a refresh, on this node; how
+    /// many it reached. One already pending, or a topic in backoff, is counted as coalesced.
+    pub fn refresh(&self, paths: &[Paths], cause: Cause) -> usize {
+        let reached = self.reached(paths);
+        self.ask(&reached, cause)
+    }
+
+    fn ask(&self, reached: &[Arc<Topic>], cause: Cause) -> usize {
+        for topic in reached {
+            if !topic.refresh(cause) {
+                self.metrics.refreshes_coalesced.inc();
+            }
+        }
+        reached.len()
+    }
+
+    /// The live topics polling one of `paths`.
+    fn reached(&self, paths: &[Paths]) -> Vec<Arc<Topic>> {
+        {
             let table = self.table();
             let mut reached: Vec<Arc<Topic>> = Vec::new();
             let mut seen = std::collections::HashSet::new();
@@ -286,13 +366,7 @@ impl Hub {
                 }
             }
             reached
-        };
-        for topic in &reached {
-            if !topic.refresh(cause) {
-                self.metrics.refreshes_coalesced.inc();
-            }
         }
-        reached.len()
     }
 
     /// Every live topic.

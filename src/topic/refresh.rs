@@ -70,6 +70,22 @@ pub fn due(scheduled: Instant, pending: bool, failing: bool, now: Instant) -> In
     }
 }
 
+/// A path named without showing it, in a cluster's refresh messages: a keyed hash (see
+/// `cluster::seal`), which every node computes for the paths of its own topics.
+pub type PathHash = [u8; 32];
+
+/// Hashes a path (`cluster::seal::Seal::path`).
+pub type PathHasher = std::sync::Arc<dyn Fn(&str) -> PathHash + Send + Sync>;
+
+/// Carries refreshes to every node of a cluster, so that the node polling a topic refreshes
+/// it, once, whichever node saw the write or the hint.
+pub trait Relay: Send + Sync {
+    /// Sends a refresh to every node (this one included, which applies it as the others do,
+    /// to the topics it polls): `true`; `false` when it cannot (Redis is away, and every
+    /// node polls its own topics), and the refresh is applied here.
+    fn relay(&self, paths: &[Paths], cause: Cause) -> bool;
+}
+
 /// Which topics a refresh reaches, by the path they poll (the query aside).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Paths {
@@ -103,6 +119,17 @@ impl Paths {
                 path.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             }
         }
+    }
+
+    /// The prefixes a topic polling `path` is reached by ([`Paths::Prefix`] of each): the
+    /// root (`""`), each ancestor, and the path itself.
+    pub fn prefixes_of(path: &str) -> Vec<&str> {
+        let mut out = vec![""];
+        if path != "/" {
+            out.extend(path.match_indices('/').skip(1).map(|(at, _)| &path[..at]));
+            out.push(path);
+        }
+        out
     }
 
     /// What a successful write to `path` on a route matching `pattern` refreshes: the route's
@@ -208,6 +235,17 @@ mod tests {
         );
         assert_eq!(Paths::of_route_write(&pattern, Some(&[]), "/users/ann/posts/7"), vec![], "`refreshes: []`");
         assert_eq!(Paths::of_route_write(&pattern, None, "/users/ann/posts/7").len(), 2, "the default");
+    }
+
+    #[test]
+    fn the_prefixes_of_a_path_are_what_reaches_it() {
+        assert_eq!(Paths::prefixes_of("/a/b/c"), ["", "/a", "/a/b", "/a/b/c"]);
+        assert_eq!(Paths::prefixes_of("/"), [""]);
+        for path in ["/a/b/c", "/a", "/"] {
+            for prefix in Paths::prefixes_of(path) {
+                assert!(Paths::Prefix(prefix.to_string()).reaches(path), "{prefix} reaches {path}");
+            }
+        }
     }
 
     #[test]

@@ -48,6 +48,12 @@ impl Topic {
         self.report().refreshed = Some((SystemTime::now(), cause));
     }
 
+    /// Whether this node polls the topic (alone, or as a cluster's leader), not only follows
+    /// another node's polls.
+    pub fn polls_here(&self) -> bool {
+        self.report().role != "follower"
+    }
+
     /// Records this node's role for the topic.
     pub fn set_role(&self, role: &'static str) {
         self.report().role = role;
