@@ -5,6 +5,9 @@
 //! time (µs since the Unix epoch) the bytes left this process, so a subscriber on the same
 //! machine measures delivery latency as its receive time minus `sent_us`. Each change sets one
 //! item's `value`, so a JSON Patch of a change is small while the document stays `--size` bytes.
+//!
+//! A `PATCH` of any document path is a write: the document changes at once, stamped with the
+//! time the write arrived (see benches/refresh.sh). Its body, if any, is ignored.
 
 use crate::wire::{now_us, read_head, split_url};
 use arc_swap::ArcSwap;
@@ -191,7 +194,8 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves requests on one keep-alive connection. Requests have no bodies (GETs).
+/// Serves requests on one keep-alive connection. Requests have no bodies (GETs, and PATCHes
+/// without one).
 async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     state: &State,
@@ -205,6 +209,32 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let close = head.contains("\r\nconnection: close");
         out.clear();
+        if head.starts_with("patch ") {
+            // A write: the document changes now. A body (its length) is read and dropped.
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < len {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Ok(());
+                }
+            }
+            buf.drain(..len);
+            let (seq, count) = {
+                let doc = state.doc.load();
+                (doc.seq + 1, doc.items.matches("\"id\"").count())
+            };
+            state.doc.store(Arc::new(Doc { seq, changed_us: now_us(), items: items(seq, count) }));
+            state.changes.fetch_add(1, Ordering::Relaxed);
+            respond(&mut out, "200 OK", None, format!(r#"{{"seq":{seq}}}"#).as_bytes());
+            stream.write_all(&out).await?;
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
         match path.as_str() {
             "/stats" => {
                 let doc = state.doc.load();
