@@ -1,11 +1,16 @@
-//! A topic: one shared poll's document, its history, and the channel that fans events out.
+//! A topic: one shared poll's versioned document (its current version, error and the body
+//! and validators it came from, under one lock), its history (`history`), its subscribers
+//! (`audience`), the channel that fans events out, and what it tells `/status` (`status`).
+//! The refreshes asked of it follow the rules of `refresh`.
 
 use crate::config::Format;
 use crate::diff::{Delta, DiffOptions, Wanted};
 use crate::metrics::{Metrics, Savings};
 use crate::route_table::StreamRoute;
+use crate::topic::audience::{Audience, Left};
 use crate::topic::compute::{DiffJob, Diffed};
 use crate::topic::fetch::Validators;
+use crate::topic::history::History;
 use crate::topic::key::{PollRequest, TopicKey};
 use crate::wire::encode::Protocol;
 use crate::wire::event::{ErrorEvent, Event, Msg, ResumeId};
@@ -13,9 +18,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use serde_json::Value;
-use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
@@ -27,15 +31,12 @@ pub use replica::{Received, Stored};
 mod status;
 pub use status::{Report, TopicStatus};
 
-#[derive(Default)]
 struct State {
     /// The first half of every event id: a new one means the versions start over (a new
     /// topic, or in a cluster a switch to or from polling alone).
     epoch: String,
     current: Option<Arc<Event>>,
-    history: VecDeque<Arc<Event>>,
-    /// What the history holds, by [`Event::retained_bytes`].
-    history_bytes: usize,
+    history: History,
     error: Option<Arc<ErrorEvent>>,
     /// The last JSON document, shared so that the poller can diff against it unlocked.
     doc: Option<Arc<Value>>,
@@ -62,17 +63,13 @@ pub struct Topic {
     closed: AtomicBool,
     state: Mutex<State>,
     tx: broadcast::Sender<Msg>,
-    subscribers: AtomicUsize,
-    /// Subscriptions it has had, all together: a topic that never had a second one lingers
-    /// only `linger_unshared`.
-    joins: AtomicUsize,
+    /// Its subscribers, by format and protocol.
+    audience: Audience,
     /// The client that made it, while the topic still counts against it.
     creator: Mutex<Option<IpAddr>>,
     /// The offsets of the latest event, per format, readable without the topic (see
     /// [`Event::offsets`]).
     pub published: Arc<[AtomicU64; 3]>,
-    /// Subscribers per format (see [`Format::index`]): patches nobody reads are not computed.
-    formats: [AtomicUsize; 3],
     /// Wakes the poller when the last subscriber leaves.
     pub(crate) wake: Notify,
     /// Whether its first state is known: at once in one process; in a cluster once the
@@ -82,15 +79,9 @@ pub struct Topic {
     /// Compute the patches of every format, read here or not (a cluster's leader publishes
     /// for the readers of every node).
     all_formats: AtomicBool,
-    /// `unpoll_history_bytes{route}`, this topic's share of it, and
-    /// `unpoll_history_trimmed_total{route}`.
-    history_gauge: IntGauge,
-    trimmed: IntCounter,
     fanout_lag: Histogram,
     /// Its route's savings counters.
     pub savings: Arc<Savings>,
-    /// Subscribers per protocol (see [`Protocol::index`]), for `/status`.
-    protocols: [AtomicUsize; 2],
     /// Its last poll and this node's role, for `/status`.
     report: Mutex<Report>,
     /// A refresh asked for and not yet begun (see `refresh`).
@@ -156,21 +147,27 @@ impl Topic {
             request,
             created: Instant::now(),
             closed: AtomicBool::new(false),
-            state: Mutex::new(State { epoch: new_epoch(), ..State::default() }),
+            state: Mutex::new(State {
+                epoch: new_epoch(),
+                current: None,
+                history: History::new(metrics.history_bytes, metrics.history_trimmed),
+                error: None,
+                doc: None,
+                last_body: None,
+                validators: Validators::default(),
+                idle_since: None,
+                answered: None,
+                format_left: [None; 3],
+            }),
             tx: broadcast::channel(queue).0,
-            subscribers: AtomicUsize::new(0),
-            joins: AtomicUsize::new(0),
+            audience: Audience::default(),
             creator: Mutex::new(creator),
             published: Arc::default(),
-            formats: Default::default(),
             wake: Notify::new(),
             primed: watch::Sender::new(true),
             all_formats: AtomicBool::new(false),
-            history_gauge: metrics.history_bytes,
-            trimmed: metrics.history_trimmed,
             fanout_lag: metrics.fanout_lag,
             savings: metrics.savings,
-            protocols: Default::default(),
             report: Mutex::default(),
             refresh: Mutex::default(),
         }
@@ -269,12 +266,12 @@ impl Topic {
     }
 
     pub fn subscribers(&self) -> usize {
-        self.subscribers.load(Ordering::SeqCst)
+        self.audience.count()
     }
 
     /// Whether it ever had more than one subscription.
     pub fn shared(&self) -> bool {
-        self.joins.load(Ordering::Relaxed) > 1
+        self.audience.shared()
     }
 
     /// Whether it still counts against the client that made it.
@@ -289,10 +286,7 @@ impl Topic {
 
     /// Counts a new subscriber, reading `format`. Called under the hub's lock.
     pub(crate) fn join(&self, format: Format, protocol: Protocol) {
-        self.subscribers.fetch_add(1, Ordering::SeqCst);
-        self.joins.fetch_add(1, Ordering::Relaxed);
-        self.formats[format.index()].fetch_add(1, Ordering::Relaxed);
-        self.protocols[protocol.index()].fetch_add(1, Ordering::Relaxed);
+        self.audience.join(format, protocol);
         self.state().idle_since = None;
     }
 
@@ -300,9 +294,7 @@ impl Topic {
     /// last. The format's patches go on being computed for `linger` after its last reader
     /// left, so that one reconnecting gets only what it missed.
     pub(crate) fn leave(&self, format: Format, protocol: Protocol) {
-        self.protocols[protocol.index()].fetch_sub(1, Ordering::Relaxed);
-        let last_reader = self.formats[format.index()].fetch_sub(1, Ordering::Relaxed) == 1;
-        let last = self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1;
+        let Left { last_reader, last } = self.audience.leave(format, protocol);
         if last_reader || last {
             let mut state = self.state();
             let now = Instant::now();
@@ -347,20 +339,11 @@ impl Topic {
             match resume.filter(|r| r.epoch == state.epoch) {
                 Some(r) if r.version == current.version => {}
                 // Only what was missed, as patches: history keeps no whole documents, so a missed
-                // version without a patch in this format (a snapshot format, a patch too large
-                // or never computed) means the current snapshot instead.
-                Some(r)
-                    if r.version < current.version
-                        && state.history.front().is_some_and(|oldest| oldest.version <= r.version + 1)
-                        && state
-                            .history
-                            .iter()
-                            .filter(|e| e.version > r.version)
-                            .all(|e| e.patch(format).is_some()) =>
-                {
-                    initial.extend(state.history.iter().filter(|e| e.version > r.version).cloned().map(Msg::Event));
-                }
-                _ => initial.push(Msg::Snapshot(current.clone())),
+                // version without a patch in this format means the current snapshot instead.
+                resume => match resume.and_then(|r| state.history.missed_since(r.version, current.version, format)) {
+                    Some(missed) => initial.extend(missed.into_iter().map(Msg::Event)),
+                    None => initial.push(Msg::Snapshot(current.clone())),
+                },
             }
         }
         if let Some(err) = &state.error {
@@ -425,7 +408,7 @@ impl Topic {
         // Formats someone reads, or read within `linger`. A subscriber joining meanwhile gets
         // this event as a snapshot, which is correct.
         let all = self.all_formats.load(Ordering::Relaxed);
-        let wants = |f: Format| all || self.formats[f.index()].load(Ordering::Relaxed) > 0 || recently[f.index()];
+        let wants = |f: Format| all || self.audience.reads(f) || recently[f.index()];
         let wanted = Wanted { json_patch: wants(Format::JsonPatch), merge_patch: wants(Format::MergePatch) };
         Prepared::Diff(DiffJob { body, json, previous, options, wanted })
     }
@@ -493,9 +476,7 @@ impl Topic {
 
     /// Drops the history: it belongs to another epoch.
     fn forget(&self, state: &mut State) {
-        self.history_gauge.sub(state.history_bytes as i64);
         state.history.clear();
-        state.history_bytes = 0;
     }
 
     fn publish(&self, state: &mut State, delta: Delta, version: u64) {
@@ -522,28 +503,8 @@ impl Topic {
             let s = &self.route().stream;
             (s.history, s.max_history_bytes)
         };
-        let size = event.retained_bytes();
-        state.history.push_back(event.clone());
-        state.history_bytes += size;
-        self.history_gauge.add(size as i64);
-        while state.history.len() > count || state.history_bytes > bytes {
-            if state.history.len() <= count {
-                // Dropped for the byte budget, not the count: say so.
-                self.trimmed.inc();
-            }
-            let Some(oldest) = state.history.pop_front() else { break };
-            let size = oldest.retained_bytes();
-            state.history_bytes -= size;
-            self.history_gauge.sub(size as i64);
-        }
+        state.history.push(event.clone(), count, bytes);
         event
-    }
-}
-
-impl Drop for Topic {
-    fn drop(&mut self) {
-        let held = self.state.get_mut().map_or(0, |s| s.history_bytes);
-        self.history_gauge.sub(held as i64);
     }
 }
 

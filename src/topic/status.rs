@@ -2,7 +2,6 @@
 //! Nothing of its request: no header, and so no credential.
 
 use super::Topic;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 /// A topic's last poll and this node's part in it.
@@ -78,8 +77,8 @@ impl Topic {
         let report = *self.report();
         let state = self.state();
         TopicStatus {
-            protocols: self.protocols.each_ref().map(|n| n.load(Ordering::Relaxed)),
-            formats: self.formats.each_ref().map(|n| n.load(Ordering::Relaxed)),
+            protocols: self.audience.by_protocol(),
+            formats: self.audience.by_format(),
             report,
             version: state.current.as_ref().map(|c| format!("{}-{}", state.epoch, c.version)),
             error: state.error.as_ref().map(|e| e.error.clone()),
