@@ -237,3 +237,36 @@ async fn a_refresh_hint_pushes_a_change_made_behind_unpolls_back_and_the_admin_t
     assert!(eventually(10 * SECOND, takes).await, "the renewed token is taken");
     assert_eq!(admin(&proxy, "GET", "/status", None, Some(token)).await.status, 401, "the old one no longer");
 }
+
+#[tokio::test]
+async fn one_users_write_refreshes_every_users_topic_each_with_its_own_credentials() {
+    let up = Upstream::start().await;
+    up.set_user("Bearer ann", &json!({"user": "ann", "n": 1}));
+    up.set_user("Bearer bob", &json!({"user": "bob", "n": 1}));
+    let setup = Setup::stream("/me").every("10s");
+    let proxy = Proxy::launch(up.addr, &setup).await;
+    let open = |auth: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let mut sse = Sse::connect(proxy.addr, "/me", &[("Authorization", auth)]).await;
+            let mut doc = Doc::new("json-patch");
+            let first = sse.next_event(5 * SECOND).await.expect("a snapshot");
+            doc.apply(first.kind(), first.json());
+            Follower { sse, doc }
+        }
+    };
+    let (mut ann, mut bob) = (open("Bearer ann").await, open("Bearer bob").await);
+    assert_eq!(ann.doc.value, Some(json!({"user": "ann", "n": 1})));
+    // Both users' documents change; ann writes (her credentials only on her request).
+    up.set_user("Bearer ann", &json!({"user": "ann", "n": 2}));
+    up.set_user("Bearer bob", &json!({"user": "bob", "n": 2}));
+    let write =
+        "POST /me HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer ann\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
+    assert_eq!(RawConn::send(proxy.addr, write.as_bytes()).await.read_to_end(5 * SECOND).await.status, 200);
+    assert!(ann.until(&json!({"user": "ann", "n": 2}), SECOND).await.is_some(), "{:?}", ann.doc.value);
+    // Bob's topic is refreshed too, polled with bob's credentials: his own document, never ann's.
+    assert!(bob.until(&json!({"user": "bob", "n": 2}), SECOND).await.is_some(), "{:?}", bob.doc.value);
+    let polls = up.seen("/me");
+    let refreshed: Vec<Option<&str>> = polls.iter().rev().take(3).map(|s| s.header("authorization")).collect();
+    assert!(refreshed.contains(&Some("Bearer bob")) && refreshed.contains(&Some("Bearer ann")), "{refreshed:?}");
+}
