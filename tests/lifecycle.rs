@@ -77,6 +77,9 @@ async fn readyz_reports_draining_once_shutdown_begins() {
     up.set_delay(Duration::from_millis(3000));
     let addr = proxy.addr;
     let slow = tokio::spawn(async move { http_get(addr, "/slow").await });
+    // It is in flight (at the upstream) before the shutdown begins: else the proxy, idle,
+    // would exit at once.
+    assert!(eventually(5 * SECOND, || async { up.count("/slow") == 1 }).await);
     // One keep-alive connection to the admin listener.
     let mut admin = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
     let ask = b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n";
