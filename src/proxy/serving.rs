@@ -9,7 +9,7 @@ use crate::config::{ServerSettings, Sticky};
 use crate::route_table::StreamRoute;
 use crate::stream::delivery::Delivery;
 use crate::stream::downstream::{self, Downstream};
-use crate::stream::serve::{serve, Ended};
+use crate::stream::serve::{drop_reason, serve};
 use crate::stream::{sse, ws};
 use crate::topic::hub::{Limits, Refused, Subscription};
 use crate::topic::key;
@@ -71,7 +71,7 @@ impl Gateway {
             let delivery = delivery.over_http("2", &self.metrics);
             let sink = sse::H2 { session, write_timeout: server.write_timeout, extra_head };
             let result = serve(sink, delivery, settings.heartbeat, self.shutdown.clone()).await;
-            let dropped = result.map_or_else(|failed| Some(failed.drop_reason()), Ended::drop_reason);
+            let dropped = drop_reason(&result);
             if let Some(reason) = dropped {
                 self.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
             }
@@ -85,20 +85,15 @@ impl Gateway {
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
         let route = route.clone();
-        let limits = ws::Limits {
-            heartbeat: settings.heartbeat,
-            write_timeout: server.write_timeout,
-            max_message: server.websocket_max_message,
-        };
+        let (heartbeat, max_message) = (settings.heartbeat, server.websocket_max_message);
         tokio::spawn(async move {
             let result = match handshake {
-                None => serve(sse::Http1::new(down, http10, extra_head), delivery, limits.heartbeat, shutdown).await,
+                None => serve(sse::Http1::new(down, http10, extra_head), delivery, heartbeat, shutdown).await,
                 Some(handshake) => {
-                    let sink = ws::Ws::new(down, handshake, limits.max_message);
-                    serve(sink, delivery, limits.heartbeat, shutdown).await
+                    serve(ws::Ws::new(down, handshake, max_message), delivery, heartbeat, shutdown).await
                 }
             };
-            let dropped = result.map_or_else(|failed| Some(failed.drop_reason()), Ended::drop_reason);
+            let dropped = drop_reason(&result);
             if let Some(reason) = dropped {
                 metrics.dropped.with_label_values(&[route.label(), reason]).inc();
             }
@@ -139,11 +134,6 @@ impl Gateway {
         };
         let (route, server) = (route.clone(), server.clone());
         tokio::spawn(async move {
-            let limits = ws::Limits {
-                heartbeat: route.stream.heartbeat,
-                write_timeout: server.write_timeout,
-                max_message: server.websocket_max_message,
-            };
             // How the stream ended: `None` when closed, else why it was dropped.
             let ended = |reason: Option<&'static str>| {
                 if let Some(reason) = reason {
@@ -153,17 +143,17 @@ impl Gateway {
                     access.end(reason.unwrap_or("closed"));
                 }
             };
-            let (value, opened) = match ws::authenticate(&mut down, &handshake, limits.max_message, token.timeout).await
-            {
-                Ok(ws::Auth::Token(t, opened)) => {
-                    (http::HeaderValue::from_str(&format!("{}{t}", token.prefix)), opened)
-                }
-                Ok(ws::Auth::Refused(how)) => {
-                    ended(how.drop_reason());
-                    return down.close().await;
-                }
-                Err(failed) => return ended(Some(failed.drop_reason())),
-            };
+            let (value, opened) =
+                match ws::authenticate(&mut down, &handshake, server.websocket_max_message, token.timeout).await {
+                    Ok(ws::Auth::Token(t, opened)) => {
+                        (http::HeaderValue::from_str(&format!("{}{t}", token.prefix)), opened)
+                    }
+                    Ok(ws::Auth::Refused(how)) => {
+                        ended(how.drop_reason());
+                        return down.close().await;
+                    }
+                    Err(failed) => return ended(Some(failed.drop_reason())),
+                };
             let Ok(value) = value else {
                 ended(Some("unauthenticated"));
                 return ws::refuse(down, opened, 1008, "malformed auth message").await;
@@ -184,9 +174,8 @@ impl Gateway {
                 Delivery::new(sub, Protocol::WebSocket, route.stream.queue_bytes, route.label(), &gateway.metrics)
                     .tallied(access.as_ref().map(|a| a.bytes.clone()))
                     .over_http("1.1", &gateway.metrics);
-            let result =
-                serve(ws::Ws::opened(down, opened), delivery, limits.heartbeat, gateway.shutdown.clone()).await;
-            ended(result.map_or_else(|failed| Some(failed.drop_reason()), Ended::drop_reason));
+            let sink = ws::Ws::opened(down, opened);
+            ended(drop_reason(&serve(sink, delivery, route.stream.heartbeat, gateway.shutdown.clone()).await));
         });
         Ok(())
     }

@@ -41,6 +41,15 @@ impl Ended {
     }
 }
 
+/// The `reason` of `unpoll_subscribers_dropped_total` for how a stream ended: `None` when it
+/// closed normally.
+pub fn drop_reason(result: &Result<Ended, WriteFailed>) -> Option<&'static str> {
+    match result {
+        Ok(ended) => ended.drop_reason(),
+        Err(failed) => Some(failed.drop_reason()),
+    }
+}
+
 /// How a sink is told to end its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {

@@ -14,17 +14,6 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
-/// What bounds one WebSocket stream.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Ping period; a client that has not answered by the next ping is closed.
-    pub heartbeat: Duration,
-    /// A client that accepts no bytes this long is disconnected.
-    pub write_timeout: Duration,
-    /// Largest message (and frame) a client may send: clients only answer pings and close.
-    pub max_message: usize,
-}
-
 /// Feeds raw client bytes to a server-side WebSocket reader, as a stream does, and returns how
 /// many messages it read before the input ran out or was refused. For fuzzing: any input must
 /// end in a clean refusal, never a panic or unbounded memory.
