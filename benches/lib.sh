@@ -52,6 +52,39 @@ wait_http() { # wait_http host:port
   echo "nothing listens on $1" >&2; tail -20 "$WORK"/*.log >&2 2>/dev/null; exit 1
 }
 
+# start_origin: the origin of the plain-proxy benches; sets UPSTREAM (host:port). ORIGIN=nginx
+# (the default): nginx returning a fixed 1 KB JSON body (one worker, keep-alive without a
+# request limit), as users' origins answer; ORIGIN=bench: the bench upstream's /plain.
+start_origin() {
+  if [ "${ORIGIN:-nginx}" != nginx ]; then start_upstream --rate 0 --threads 1; return; fi
+  local port body
+  port="$(free_port)"
+  mkdir -p "$WORK/origin"
+  body="$(python3 -c 'import json; print(json.dumps({"items": [{"id": i, "name": f"item-{i:04}", "value": 0} for i in range(23)]}, separators=(",", ":")))')"
+  cat > "$WORK/origin/nginx.conf" <<CONF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $WORK/origin/nginx.pid;
+error_log $WORK/origin/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/origin/body;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location / { default_type application/json; return 200 '$body'; }
+  }
+}
+CONF
+  nginx -c "$WORK/origin/nginx.conf" -p "$WORK/origin" > "$WORK/origin/stdout" 2>&1 &
+  PIDS+=($!)
+  UPSTREAM="127.0.0.1:$port"
+  wait_http "$UPSTREAM"
+}
+
 # start_unpoll INTERVAL: unpoll with one stream route /doc and a plain route for the rest
 # (and the routes in EXTRA_ROUTES before it; EXTRA_YAML is added at the end, e.g. a
 # `cluster:`); sets UNPOLL and UNPOLL_ADMIN (host:port) and UNPOLL_PID. Each call starts one

@@ -14,37 +14,7 @@ build >&2
 (cd "$ROOT" && cargo build --release --locked --features bench-tools --bin unpoll-bare-pingora) >&2
 URL_PATH="${PATH_:-/plain}"
 
-# The origin: nginx returning a fixed 1 KB JSON body (one worker, keep-alive without a request
-# limit), or the bench upstream.
-if [ "${ORIGIN:-nginx}" = nginx ]; then
-  port="$(free_port)"
-  mkdir -p "$WORK/origin"
-  body="$(python3 -c 'import json; print(json.dumps({"items": [{"id": i, "name": f"item-{i:04}", "value": 0} for i in range(23)]}, separators=(",", ":")))')"
-  cat > "$WORK/origin/nginx.conf" <<CONF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $WORK/origin/nginx.pid;
-error_log $WORK/origin/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/origin/body;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    location / { default_type application/json; return 200 '$body'; }
-  }
-}
-CONF
-  nginx -c "$WORK/origin/nginx.conf" -p "$WORK/origin" > "$WORK/origin/stdout" 2>&1 &
-  PIDS+=($!)
-  UPSTREAM="127.0.0.1:$port"
-  wait_http "$UPSTREAM"
-else
-  start_upstream --rate 0 --threads 1
-fi
+start_origin
 echo "origin: ${ORIGIN:-nginx} at $UPSTREAM" >&2
 RESULTS="$WORK/wrk.txt"
 
