@@ -5,12 +5,19 @@ mod support;
 use std::process::{Command, Stdio};
 use support::*;
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+/// Three distinct addresses below the kernel's ephemeral range (where the demo's own outgoing
+/// connections to its API never land).
+fn free_addrs() -> (String, String, String) {
+    loop {
+        let [a, b, c] = [free_port(), free_port(), free_port()];
+        if a != b && b != c && a != c {
+            let at = |p: u16| format!("127.0.0.1:{p}");
+            return (at(a), at(b), at(c));
+        }
+    }
 }
 
-struct Kill(std::process::Child);
+struct Kill(std::process::Child, tempfile::TempDir);
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -18,18 +25,33 @@ impl Drop for Kill {
     }
 }
 
+/// Starts `unpoll demo` and waits until it serves its page; tries other ports when one was taken
+/// in the meantime (pingora keeps retrying a port in use rather than exiting).
+async fn start_demo() -> (Kill, std::net::SocketAddr) {
+    for _ in 0..3 {
+        let (listen, admin, api) = free_addrs();
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_unpoll"))
+            .args(["demo", "--listen", &listen, "--admin", &admin, "--api", &api])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let guard = Kill(child, dir);
+        let addr = listen.parse().unwrap();
+        if eventually(15 * SECOND, || async { http_get(addr, "/").await.is_some_and(|r| r.status == 200) }).await {
+            return (guard, addr);
+        }
+        let log = std::fs::read_to_string(guard.1.path().join("demo.log")).unwrap_or_default();
+        eprintln!("the demo did not serve its page on {listen}; retrying with other ports:\n{log}");
+    }
+    panic!("the demo did not start");
+}
+
 #[tokio::test]
 async fn the_demo_serves_its_page_and_live_streams() {
-    let (listen, admin, api) = (free_addr(), free_addr(), free_addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_unpoll"))
-        .args(["demo", "--listen", &listen, "--admin", &admin, "--api", &api])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Kill(child);
-    let addr = listen.parse().unwrap();
-    assert!(eventually(15 * SECOND, || async { http_get(addr, "/").await.is_some_and(|r| r.status == 200) }).await);
+    let (_guard, addr) = start_demo().await;
     let page = http_get(addr, "/").await.unwrap();
     let html = String::from_utf8(page.body).unwrap();
     assert!(
