@@ -32,10 +32,11 @@ raise_somaxconn() {
   echo "net.core.somaxconn = $(cat /proc/sys/net/core/somaxconn)" >&2
 }
 
-# start_upstream ARGS...: the bench upstream; sets UPSTREAM (host:port).
+# start_upstream ARGS...: the bench upstream; sets UPSTREAM (host:port) and ORIGIN_PIDS.
 start_upstream() {
   "$BIN/unpoll-bench" upstream "$@" > "$WORK/upstream.out" 2> "$WORK/upstream.err" &
   PIDS+=($!)
+  ORIGIN_PIDS=$!
   for _ in $(seq 100); do
     UPSTREAM="$(head -1 "$WORK/upstream.out" 2>/dev/null || true)"
     [ -n "$UPSTREAM" ] && return 0
@@ -52,7 +53,8 @@ wait_http() { # wait_http host:port
   echo "nothing listens on $1" >&2; tail -20 "$WORK"/*.log >&2 2>/dev/null; exit 1
 }
 
-# start_origin: the origin of the plain-proxy benches; sets UPSTREAM (host:port). ORIGIN=nginx
+# start_origin: the origin of the plain-proxy benches; sets UPSTREAM (host:port) and ORIGIN_PIDS
+# (its processes). ORIGIN=nginx
 # (the default): nginx returning a fixed 1 KB JSON body (one worker, keep-alive without a
 # request limit), as users' origins answer; ORIGIN=bench: the bench upstream's /plain.
 start_origin() {
@@ -80,9 +82,11 @@ http {
 }
 CONF
   nginx -c "$WORK/origin/nginx.conf" -p "$WORK/origin" > "$WORK/origin/stdout" 2>&1 &
-  PIDS+=($!)
+  local master=$!
+  PIDS+=("$master")
   UPSTREAM="127.0.0.1:$port"
   wait_http "$UPSTREAM"
+  ORIGIN_PIDS="$master $(pgrep -P "$master" | tr '\n' ' ')"
 }
 
 # start_unpoll INTERVAL: unpoll with one stream route /doc and a plain route for the rest
@@ -114,7 +118,7 @@ ${EXTRA_ROUTES:-}
     upstream: bench
 ${EXTRA_YAML:-}
 YAML
-  RUST_LOG=warn "$BIN/unpoll" run -c "$WORK/unpoll-$port.yaml" --no-watch > "$WORK/unpoll-$port.log" 2>&1 &
+  RUST_LOG=warn "${UNPOLL_BIN:-$BIN/unpoll}" run -c "$WORK/unpoll-$port.yaml" --no-watch > "$WORK/unpoll-$port.log" 2>&1 &
   UNPOLL_PID=$!
   PIDS+=("$UNPOLL_PID")
   UNPOLL="127.0.0.1:$port"
@@ -163,6 +167,10 @@ http {
       proxy_pass http://bench;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      # The forwarding headers unpoll sends, as an operator's nginx would (equal work).
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
     }
   }
 }
@@ -175,6 +183,15 @@ CONF
   local master
   master="$(cat "$WORK/nginx/nginx.pid")"
   NGINX_PIDS="$master $(pgrep -P "$master" | tr '\n' ' ')"
+}
+
+# cpu_ticks PIDS: user + system CPU the processes (and their threads) used so far, in clock ticks.
+cpu_ticks() {
+  local total=0 p
+  for p in $1; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
 }
 
 pid_args() { for p in $1; do printf -- '--pid %s ' "$p"; done; }

@@ -1,8 +1,9 @@
 //! The route table in force: compiled from a [`Config`] and read lock-free through arc-swap.
 
 use crate::config::{ClusterSettings, Config, RouteSettings, ServerSettings, StreamSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, REQUEST_KINDS, STATUS_CLASSES};
 use crate::upstream::Upstream;
+use prometheus::{Histogram, IntCounter};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,12 +13,59 @@ pub struct Route {
     pub settings: RouteSettings,
     pub upstream: Arc<Upstream>,
     pub stream: Option<Arc<StreamSettings>>,
+    /// Its request counters and durations.
+    pub counters: RouteCounters,
 }
 
 impl Route {
     /// The route's label in metrics and logs: its `match` pattern.
     pub fn label(&self) -> &str {
         self.settings.pattern.as_str()
+    }
+}
+
+/// A route's `unpoll_http_requests_total` (by kind) and `unpoll_proxy_request_duration_seconds`
+/// (by status class) series.
+#[derive(Clone)]
+pub struct RouteCounters {
+    requests: [IntCounter; 2],
+    durations: [Histogram; 6],
+}
+
+impl std::fmt::Debug for RouteCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteCounters").finish_non_exhaustive()
+    }
+}
+
+impl RouteCounters {
+    /// The series of the route `label` (its `match` pattern), resolved once for each route
+    /// table rather than looked up by label for each request.
+    pub fn new(metrics: &Metrics, label: &str) -> RouteCounters {
+        RouteCounters {
+            requests: REQUEST_KINDS.map(|kind| metrics.requests.with_label_values(&[label, kind])),
+            durations: STATUS_CLASSES.map(|class| metrics.proxy_duration.with_label_values(&[label, class])),
+        }
+    }
+
+    /// A proxied request.
+    pub fn proxied(&self) -> &IntCounter {
+        &self.requests[0]
+    }
+
+    /// A subscription.
+    pub fn subscribed(&self) -> &IntCounter {
+        &self.requests[1]
+    }
+
+    /// A proxied request's duration, by the status of its answer (`None`: none reached the
+    /// client).
+    pub fn duration(&self, status: Option<u16>) -> &Histogram {
+        let class = match status {
+            Some(s @ 100..=599) => (s / 100 - 1) as usize,
+            _ => 5,
+        };
+        &self.durations[class]
     }
 }
 
@@ -74,6 +122,7 @@ impl RouteTable {
                     settings: r.clone(),
                     upstream: upstreams[&r.upstream].clone(),
                     stream: r.stream.clone().map(Arc::new),
+                    counters: RouteCounters::new(metrics, r.pattern.as_str()),
                 })
             })
             .collect();

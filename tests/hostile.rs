@@ -274,6 +274,70 @@ async fn slow_request_heads_are_cut_off_but_streams_outlive_header_timeout() {
     assert_eq!(http_get(proxy.addr, "/api/x").await.unwrap().status, 200);
 }
 
+/// Reads one response with a `content-length` body from `stream`; its status, or `None` when the
+/// connection closed (or nothing came within 2 s).
+async fn read_sized_response(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + length {
+                return head.get(9..12).and_then(|s| s.parse().ok());
+            }
+        }
+        let n = tokio::time::timeout(2 * SECOND, stream.read(&mut chunk)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn each_request_head_on_a_kept_alive_connection_gets_its_own_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    up.set_json("/api/x", &doc(1));
+    let body = &Setup::new().route("/api/*").body();
+    let server = "  header_timeout: 600ms\n  max_request_header: 4096\n";
+    let proxy = Proxy::start_with(up.addr, server, body).await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request = b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n";
+    // Three quick requests 450 ms apart: 900 ms in all, past one deadline, within each one's.
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(450)).await;
+        }
+        conn.write_all(request).await.unwrap();
+        assert_eq!(read_sized_response(&mut conn).await, Some(200), "request {i} on the kept-alive connection");
+    }
+    // A slow head on the same connection is cut off at its own deadline.
+    let started = tokio::time::Instant::now();
+    for b in b"GET /api/x HTTP/1.1\r\nHost: h\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+        if conn.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read_sized_response(&mut conn).await, None, "the slow head was served");
+    assert!(started.elapsed() < Duration::from_secs(5), "the connection was held {:?}", started.elapsed());
+    // A second request's head over the size limit is refused as a first one's is.
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    assert_eq!(read_sized_response(&mut conn).await, Some(200));
+    let big = format!("GET /api/x HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n", "b".repeat(8000));
+    let _ = conn.write_all(big.as_bytes()).await;
+    assert_eq!(read_sized_response(&mut conn).await, Some(431), "the second head's size is limited");
+    assert_eq!(up.count("/api/x"), 4);
+}
+
 #[tokio::test]
 async fn one_client_cannot_fill_the_topic_table() {
     let up = Upstream::start().await;

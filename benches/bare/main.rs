@@ -1,12 +1,16 @@
 //! The floor for plain proxying: a pingora proxy with nothing but `upstream_peer` (one
 //! upstream, plain HTTP, pingora's defaults), built from the same pingora as unpoll, so that
 //! `benches/proxy.sh` can show what unpoll adds to pingora's own request path and what pingora
-//! itself costs against nginx.
+//! itself costs against nginx. It allocates with mimalloc, as unpoll does, so that the
+//! difference between the two is unpoll's own work (with glibc's malloc it is slower).
 //!   unpoll-bare-pingora --listen 127.0.0.1:8081 --upstream 127.0.0.1:8080 --threads 2
 
 use async_trait::async_trait;
 use clap::Parser;
 use pingora::prelude::*;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 struct Args {

@@ -3,6 +3,7 @@
 //! headers a proxied request carries. Pure: no I/O.
 
 use crate::config::Cidr;
+use http::HeaderValue;
 use std::net::{IpAddr, Ipv6Addr};
 
 /// The client's address as limits count it. `peer` is the address the connection came from;
@@ -22,13 +23,14 @@ pub fn client_address<'a>(peer: IpAddr, forwarded: impl Iterator<Item = &'a str>
     counted(client)
 }
 
-/// The forwarding headers of a proxied request, as they are sent upstream.
+/// The forwarding headers of a proxied request, as they are sent upstream. Header values, so
+/// that what is sent as it came (a single `Host`, a static scheme or hop) is not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarding {
-    pub forwarded_for: String,
-    pub forwarded_proto: String,
-    pub forwarded_host: Option<String>,
-    pub via: String,
+    pub forwarded_for: HeaderValue,
+    pub forwarded_proto: HeaderValue,
+    pub forwarded_host: Option<HeaderValue>,
+    pub via: HeaderValue,
 }
 
 /// How a request reached unpoll: over TLS or not, in which HTTP version, and the authority of
@@ -48,19 +50,16 @@ pub struct Arrival<'a> {
 /// unpoll's hop appended, with the protocol version the request came in (RFC 9110 §7.6.3).
 pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr], arrival: Arrival) -> Forwarding {
     let trusted = trusted.iter().any(|c| c.contains(peer));
-    let joined = |name: &str| {
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!values.is_empty()).then(|| values.join(", "))
-    };
-    let kept = |name: &str| if trusted { joined(name) } else { None };
+    let kept = |name: &str| if trusted { joined(headers, name) } else { None };
     let forwarded_for = match kept("x-forwarded-for") {
-        Some(chain) => format!("{chain}, {peer}"),
-        None => peer.to_string(),
+        Some(chain) => text(format!("{}, {peer}", chain.to_str().unwrap_or_default())),
+        None => text(peer.to_string()),
     };
-    let scheme = if arrival.tls { "https" } else { "http" };
-    let forwarded_proto = kept("x-forwarded-proto").unwrap_or_else(|| scheme.to_string());
-    let forwarded_host =
-        kept("x-forwarded-host").or_else(|| joined("host")).or_else(|| arrival.authority.map(str::to_string));
+    let scheme = HeaderValue::from_static(if arrival.tls { "https" } else { "http" });
+    let forwarded_proto = kept("x-forwarded-proto").unwrap_or(scheme);
+    let forwarded_host = kept("x-forwarded-host")
+        .or_else(|| joined(headers, "host"))
+        .or_else(|| arrival.authority.and_then(|a| HeaderValue::from_str(a).ok()));
     let hop = match arrival.version {
         http::Version::HTTP_09 => "0.9 unpoll",
         http::Version::HTTP_10 => "1.0 unpoll",
@@ -68,14 +67,34 @@ pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr], arr
         http::Version::HTTP_3 => "3 unpoll",
         _ => "1.1 unpoll",
     };
-    let via = match joined("via") {
-        Some(before) => format!("{before}, {hop}"),
-        None => hop.to_string(),
+    let via = match joined(headers, "via") {
+        Some(before) => text(format!("{}, {hop}", before.to_str().unwrap_or_default())),
+        None => HeaderValue::from_static(hop),
     };
     Forwarding { forwarded_for, forwarded_proto, forwarded_host, via }
 }
 
-/// One `X-Forwarded-For` entry: an address, perhaps with a port (`1.2.3.4:5`, `[::1]:5`).
+/// The values of header `name` that are text, joined with ", " (a single one as it is).
+fn joined(headers: &http::HeaderMap, name: &str) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter().filter(|v| v.to_str().is_ok());
+    let first = values.next()?;
+    let mut rest = values.peekable();
+    if rest.peek().is_none() {
+        return Some(first.clone());
+    }
+    let mut all = first.to_str().unwrap_or_default().to_string();
+    for value in rest {
+        all.push_str(", ");
+        all.push_str(value.to_str().unwrap_or_default());
+    }
+    Some(text(all))
+}
+
+/// A header value of text made of header values and addresses (always valid).
+fn text(value: String) -> HeaderValue {
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim();
     if let Ok(ip) = hop.parse() {
@@ -139,7 +158,7 @@ mod tests {
         let from_client = forwarding(ip("203.0.113.9"), &h, &trusted, plain);
         assert_eq!(from_client.forwarded_for, "203.0.113.9", "a client's own X-Forwarded-For is replaced");
         assert_eq!(from_client.forwarded_proto, "http");
-        assert_eq!(from_client.forwarded_host.as_deref(), Some("app.example"));
+        assert_eq!(from_client.forwarded_host.unwrap(), "app.example");
         assert_eq!(from_client.via, "1.1 cdn, 1.1 unpoll");
         let from_proxy = forwarding(ip("10.1.1.1"), &h, &trusted, plain);
         assert_eq!(from_proxy.forwarded_for, "6.6.6.6, 10.1.1.1");
@@ -154,11 +173,12 @@ mod tests {
         claims.insert("x-forwarded-proto", "http".parse().unwrap());
         let f = forwarding(ip("203.0.113.9"), &claims, &[], h2);
         assert_eq!(f.forwarded_proto, "https", "over TLS, whatever an untrusted client claims");
-        assert_eq!(f.forwarded_host.as_deref(), Some("app.example"), "HTTP/2's authority stands for Host");
+        assert_eq!(f.forwarded_host.unwrap(), "app.example", "HTTP/2's authority stands for Host");
         assert_eq!(f.via, "2 unpoll");
         let old = Arrival { tls: false, version: http::Version::HTTP_10, authority: None };
         let f = forwarding(ip("203.0.113.9"), &http::HeaderMap::new(), &[], old);
-        assert_eq!((f.forwarded_proto.as_str(), f.via.as_str(), f.forwarded_host), ("http", "1.0 unpoll", None));
+        assert_eq!((f.forwarded_proto.to_str().unwrap(), f.via.to_str().unwrap()), ("http", "1.0 unpoll"));
+        assert_eq!(f.forwarded_host, None);
     }
 
     #[test]

@@ -1,13 +1,12 @@
 //! The connection limit: a [`ServerApp`] around pingora's proxy that counts open downstream
 //! connections and answers new ones over `server.max_connections` with a 503.
 //!
-//! Pingora hands each HTTP/1 connection to `process_new` again after every keep-alive request,
-//! in the wrapper it was first given (`HeadDeadline`): a stream that comes without one is a new
-//! connection. That is told by the stream's type, never by its descriptor: a descriptor closed
-//! and reused at once by a newer connection may still be counted for the old one, which lets go
-//! of it a moment later, and the newcomer must still get its TLS handshake. A connection is
-//! counted by its id (the file descriptor) with the number of its holders, so such a
-//! descriptor is counted once while both hold it, and stays counted for the newcomer.
+//! Pingora hands each connection to `process_new` once and serves all of a kept-alive HTTP/1
+//! connection's requests inside it, so each call is a new connection. A connection is counted
+//! by its id (the file descriptor) with the number of its holders: a descriptor closed and
+//! reused at once by a newer connection may still be counted for the old one, which lets go of
+//! it a moment later; such a descriptor is counted once while both hold it, and stays counted
+//! for the newcomer.
 //!
 //! A new connection is settled here before pingora serves it: on a `server.tls` listener
 //! through its TLS handshake (see `tls`), with `server.h2c` told HTTP/2 or HTTP/1 (see
@@ -158,9 +157,8 @@ impl<A> Limited<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let id = stream.id();
-        // A kept-alive connection comes back in the wrapper it was given below.
-        let new = !HeadDeadline::wraps(&stream);
-        if new && !self.connections.admit(id, self.table.load().server.max_connections) {
+        let table = self.table.load_full();
+        if !self.connections.admit(id, table.server.max_connections) {
             self.metrics.rejected.with_label_values(&["too_many_connections"]).inc();
             // A TLS client could not read a plain answer: it is just closed.
             if !self.tls.arrived_on_tls(&stream) {
@@ -169,16 +167,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             let _ = stream.shutdown().await;
             return None;
         }
-        if new {
-            let within = self.table.load().server.header_timeout;
-            stream = self.settle(stream, id, within).await?;
-        }
-        let server = &self.table.load().server;
+        stream = self.settle(stream, id, table.server.header_timeout).await?;
+        let server = &table.server;
         let limits = HeadLimits {
             timeout: server.header_timeout,
             max_bytes: server.max_request_header,
             refused: self.too_large.clone(),
         };
+        // Not held while the connection is served: a subscription may outlive this table.
+        drop(table);
         let stream = HeadDeadline::arm(stream, &limits);
         let reused = self.inner.process_new(stream, shutdown).await;
         if reused.is_none() {

@@ -9,9 +9,13 @@
 //!
 //! A head ends at its first empty line, whether lines end in CRLF or in a bare LF (as the
 //! HTTP parser accepts both); empty lines before the request line are skipped, as RFC 9112
-//! allows. The guard is re-armed for each request on a keep-alive connection (so an idle
-//! keep-alive connection is also closed after `header_timeout`) and stands down once the head
-//! is in: request bodies and streams are not limited by it.
+//! allows. The guard stands down once the head is in (request bodies and streams are not
+//! limited by it) and is re-armed for each request on a keep-alive connection, so an idle
+//! keep-alive connection is also closed after `header_timeout`. Pingora serves a kept-alive
+//! connection's requests in a loop of its own, so the proxy says when a request is over
+//! ([`HeadDeadline::next_head`], from its last step, once the request's body was read); a
+//! connection whose request body was left unread is not kept alive, so that no body byte is
+//! ever taken for a head.
 //!
 //! It guards HTTP/1 only: a connection whose TLS handshake chose HTTP/2 (ALPN `h2`) carries
 //! frames, not heads, and is left unwrapped. A wrapped stream reports what the stream inside
@@ -27,6 +31,7 @@ use prometheus::IntCounter;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,8 +55,14 @@ pub struct HeadLimits {
 #[derive(Debug)]
 pub struct HeadDeadline {
     inner: Stream,
-    /// Armed while a request head is being read.
+    /// The deadline of the head being read.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether a head is being read: the deadline counts.
+    armed: bool,
+    /// The request before ended: the next read begins the next head (see [`HeadDeadline::next_head`]).
+    next: AtomicBool,
+    /// `server.header_timeout` when the connection came.
+    timeout: Duration,
     scan: Scan,
     max_bytes: usize,
     refused: Option<IntCounter>,
@@ -60,9 +71,8 @@ pub struct HeadDeadline {
 }
 
 impl HeadDeadline {
-    /// Whether `stream` is wrapped already: pingora hands a kept-alive HTTP/1 connection back
-    /// in the wrapper it was given, so an unwrapped stream is a new connection.
-    pub fn wraps(stream: &Stream) -> bool {
+    /// Whether `stream` is a guarded connection (an HTTP/1 one, not yet detached).
+    pub fn guards(stream: &Stream) -> bool {
         stream.as_any().is::<HeadDeadline>()
     }
 
@@ -75,29 +85,48 @@ impl HeadDeadline {
         }
     }
 
-    /// Wraps `stream` (or re-arms it, if it is already wrapped) for the next request head; an
-    /// HTTP/2 connection (ALPN `h2`) is returned as it is.
+    /// Wraps a new connection's `stream`, armed for its first request head; an HTTP/2
+    /// connection (ALPN `h2`) is returned as it is.
     pub fn arm(stream: Stream, limits: &HeadLimits) -> Stream {
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             return stream;
         }
-        let mut wrapped = if stream.as_any().is::<HeadDeadline>() {
-            stream.into_any().downcast::<HeadDeadline>().expect("checked above")
-        } else {
-            Box::new(HeadDeadline {
-                inner: stream,
-                deadline: None,
-                scan: Scan::default(),
-                max_bytes: 0,
-                refused: None,
-                too_large: false,
-            })
-        };
-        wrapped.deadline = Some(Box::pin(tokio::time::sleep(limits.timeout)));
-        wrapped.scan = Scan::default();
-        wrapped.max_bytes = limits.max_bytes;
-        wrapped.refused = Some(limits.refused.clone());
+        let mut wrapped = Box::new(HeadDeadline {
+            inner: stream,
+            deadline: None,
+            armed: false,
+            next: AtomicBool::new(false),
+            timeout: limits.timeout,
+            scan: Scan::default(),
+            max_bytes: limits.max_bytes,
+            refused: Some(limits.refused.clone()),
+            too_large: false,
+        });
+        wrapped.begin_head();
         wrapped
+    }
+
+    /// Says that a request on `stream` (a wrapped connection's) is over and its body read:
+    /// the next bytes read are the next request's head, which gets a deadline and a size limit
+    /// of its own. Pingora reads every request of a kept-alive HTTP/1 connection in one loop
+    /// of its own, so the end of each request is told from the proxy's last step (`logging`).
+    pub fn next_head(stream: &Stream) {
+        if let Some(wrapped) = stream.as_any().downcast_ref::<HeadDeadline>() {
+            wrapped.next.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts the deadline and the count of a head. The timer is kept between requests and
+    /// reset for the next one (no new timer for each request); after a head is in, it may
+    /// still fire once: a wake-up that finds nothing to do.
+    fn begin_head(&mut self) {
+        let at = tokio::time::Instant::now() + self.timeout;
+        match self.deadline.as_mut() {
+            Some(deadline) => deadline.as_mut().reset(at),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.armed = true;
+        self.scan = Scan::default();
     }
 
     /// Answers 431, best effort (the socket takes a small answer at once), and reads what the
@@ -158,14 +187,17 @@ impl AsyncRead for HeadDeadline {
                 "request head larger than max_request_header",
             )));
         }
-        if let Some(deadline) = this.deadline.as_mut() {
+        if !this.armed && this.next.swap(false, Ordering::Relaxed) {
+            this.begin_head();
+        }
+        if let (Some(deadline), true) = (this.deadline.as_mut(), this.armed) {
             if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")));
             }
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.deadline.is_some() && matches!(result, Poll::Ready(Ok(()))) {
+        if this.armed && matches!(result, Poll::Ready(Ok(()))) {
             let ended = this.scan.feed(&buf.filled()[before..]);
             if this.scan.bytes > this.max_bytes {
                 this.refuse(cx);
@@ -175,7 +207,7 @@ impl AsyncRead for HeadDeadline {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large")));
             }
             if ended.is_some() {
-                this.deadline = None;
+                this.armed = false;
             }
         }
         result

@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use connections::Connections;
+use head_deadline::HeadDeadline;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
@@ -66,6 +67,9 @@ pub struct Ctx {
     close: bool,
     /// What CORS adds to the answers (see [`cors`]).
     cors: cors::Cors,
+    /// The route table the request was routed by (a proxied one's), read once for the
+    /// request's steps.
+    table: Option<Arc<RouteTable>>,
     /// When the request's head was read.
     started: Option<std::time::Instant>,
     /// It was proxied (not served here): its duration is counted.
@@ -101,8 +105,9 @@ impl ProxyHttp for Gateway {
         // An owned reference, not a guard: it is held across the awaits below.
         let table = self.table.load_full();
         // One canonical path for routing, the upstream and topic keys (see `path`).
-        let path = match path::normalise(session.req_header().uri.path()) {
-            Ok(p) => p.into_owned(),
+        let normal = match path::normalise(session.req_header().uri.path()) {
+            Ok(std::borrow::Cow::Borrowed(_)) => None,
+            Ok(std::borrow::Cow::Owned(p)) => Some(p),
             Err(path::BadPath(why)) => {
                 self.metrics.rejected.with_label_values(&["bad_path"]).inc();
                 let reject = Reject { status: 400, reason: "bad_path", message: format!("{why}: refused") };
@@ -110,16 +115,17 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        if path != session.req_header().uri.path() {
+        if let Some(path) = normal {
             let target = match session.req_header().uri.query() {
                 Some(q) => format!("{path}?{q}"),
-                None => path.clone(),
+                None => path,
             };
             let uri =
                 target.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "path", e))?;
             session.req_header_mut().set_uri(uri);
         }
-        let Some(route) = table.route(&path).cloned() else {
+        let path = session.req_header().uri.path();
+        let Some(route) = table.route(path).cloned() else {
             self.metrics.requests.with_label_values(&["", "no_route"]).inc();
             let reject = Reject { status: 404, reason: "no_route", message: format!("no route matches {path}") };
             respond(session, &reject).await?;
@@ -163,7 +169,7 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 }
                 Some(Ok(request)) => {
-                    self.metrics.requests.with_label_values(&[route.label(), "subscribe"]).inc();
+                    route.counters.subscribed().inc();
                     let server = table.server.clone();
                     drop(table);
                     let cors = std::mem::take(&mut ctx.cors);
@@ -177,8 +183,9 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        self.metrics.requests.with_label_values(&[route.label(), "proxy"]).inc();
+        route.counters.proxied().inc();
         ctx.proxied = true;
+        ctx.table = Some(table);
         Ok(false)
     }
 
@@ -193,16 +200,22 @@ impl ProxyHttp for Gateway {
 
     /// Counts a proxied request's duration, by route and status class.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        // The next request head on a kept-alive connection gets a deadline and a size limit of
+        // its own (see `head_deadline`); a connection whose request body was left unread is
+        // closed instead, so that no body byte is taken for a head. (A subscription's session
+        // is detached once its stream has the connection: no guard is left on it.)
+        if session.stream().is_some_and(HeadDeadline::guards) {
+            if session.is_body_done() {
+                session.stream().into_iter().for_each(HeadDeadline::next_head);
+            } else {
+                session.set_keepalive(None);
+            }
+        }
         let status = session.response_written().map(|r| r.status.as_u16());
         let started = ctx.started.unwrap_or_else(std::time::Instant::now);
         if let (Some(route), true) = (ctx.route.as_ref(), ctx.proxied) {
-            let class = match status {
-                Some(s @ 100..=599) => ["1xx", "2xx", "3xx", "4xx", "5xx"][(s / 100 - 1) as usize],
-                // No answer reached the client (it left, or the upstream failed before one).
-                _ => "none",
-            };
-            let h = self.metrics.proxy_duration.with_label_values(&[route.label(), class]);
-            h.observe(started.elapsed().as_secs_f64());
+            // `None`: no answer reached the client (it left, or the upstream failed before one).
+            route.counters.duration(status).observe(started.elapsed().as_secs_f64());
         }
         // A write the upstream accepted refreshes the topics it may have changed.
         if let (Some(route), true, Some(200..=299)) = (ctx.route.as_ref(), ctx.proxied, status) {
@@ -219,7 +232,10 @@ impl ProxyHttp for Gateway {
         if ctx.subscription && status.is_none() {
             return;
         }
-        let table = self.table.load();
+        let table = match ctx.table.take() {
+            Some(table) => table,
+            None => self.table.load_full(),
+        };
         if !table.server.access_log {
             return;
         }
@@ -246,7 +262,8 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         // The client's address is worked out only when it is what the upstream hashes on.
         let by_address = matches!(route.upstream.settings.sticky, Some(Sticky::Hash(crate::config::HashOn::SourceIp)));
-        let client = by_address.then(|| client_of(session, &self.table.load().server.trusted_proxies)).flatten();
+        let table = ctx.table.as_ref().expect("request_filter keeps the table of every proxied request");
+        let client = by_address.then(|| client_of(session, &table.server.trusted_proxies)).flatten();
         let choice = sticky::choose(&route.upstream, &req.headers, req.uri.query(), client, ctx.avoid);
         if let Some(result) = choice.result {
             self.metrics.sticky.with_label_values(&[&route.upstream.name, result]).inc();
@@ -274,7 +291,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let trusted = &self.table.load().server.trusted_proxies;
+            let table = ctx.table.as_ref().expect("request_filter keeps the table of every proxied request");
+            let trusted = &table.server.trusted_proxies;
             let req = session.req_header();
             let arrival = client::Arrival {
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),

@@ -21,6 +21,12 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, BadPath> {
     if !path.starts_with('/') {
         return Err(BadPath("the path must start with /"));
     }
+    // Most paths are canonical already: no escapes, no backslash, no dot segment (with or
+    // without a `;` parameter). They are taken as they are, without the work below.
+    let dotted = |segment: &str| matches!(segment.split(';').next(), Some("." | ".."));
+    if !path.contains(['%', '\\']) && !path.split('/').any(dotted) {
+        return Ok(Cow::Borrowed(path));
+    }
     let decoded = decode_unreserved(path)?;
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();

@@ -29,8 +29,8 @@ use crate::config::Reuse;
 use crate::sys::Pending;
 use http::{HeaderMap, StatusCode};
 use pingora::protocols::Stream;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -66,19 +66,24 @@ fn fresh() -> Plan {
 
 /// Whose connection a request may use: a hash of the values of the headers `names`, so that
 /// requests with different credentials never share one.
+///
+/// The hash is SipHash under a key drawn at random when the process starts (the key lives only
+/// in memory, as the pool does): without the key nobody can choose credentials whose hash meets
+/// another user's, and a chance meeting of two 64-bit hashes is negligible. It is computed for
+/// every proxied request, where a cryptographic digest would cost more than it adds.
 pub fn identity<'a>(headers: &HeaderMap, names: impl IntoIterator<Item = &'a str>) -> u64 {
-    let mut hasher = Sha256::new();
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let mut hasher = KEY.get_or_init(std::hash::RandomState::new).build_hasher();
     for name in names {
-        hasher.update((name.len() as u64).to_be_bytes());
-        hasher.update(name.as_bytes());
+        hasher.write_usize(name.len());
+        hasher.write(name.as_bytes());
         for value in headers.get_all(name) {
-            hasher.update((value.len() as u64).to_be_bytes());
-            hasher.update(value.as_bytes());
+            hasher.write_usize(value.len());
+            hasher.write(value.as_bytes());
         }
-        hasher.update(u64::MAX.to_be_bytes());
+        hasher.write_u64(u64::MAX);
     }
-    let digest = hasher.finalize();
-    u64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+    hasher.finish()
 }
 
 /// Why a connection must not carry another request.
