@@ -196,6 +196,13 @@ cpu_ticks() {
 
 pid_args() { for p in $1; do printf -- '--pid %s ' "$p"; done; }
 
+# stop_now PID: SIGKILL and wait (the bare pingora proxy, which waits out pingora's graceful
+# shutdown on SIGTERM and SIGINT while wrk's kept-alive connections linger).
+stop_now() {
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 stop() { # stop PID: SIGTERM and wait
   kill "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true

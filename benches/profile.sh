@@ -81,7 +81,7 @@ for name in ${TARGETS:-unpoll bare nginx}; do
       PIDS+=("$bare_pid")
       wait_http "$bare"
       profile bare "$bare" "$bare_pid"
-      stop "$bare_pid" ;;
+      stop_now "$bare_pid" ;;
     nginx)
       start_nginx
       # The workers serve; the master only waits.

@@ -60,8 +60,8 @@ for threads in ${THREADS_LIST:-1 2}; do
     done
     order=("${order[@]:1}" "${order[0]}") # rotate, so that no one always runs first
   done
-  stop "$unpoll_pid"; stop "$bare_pid"; stop_nginx
-  [ -z "${BASELINE:-}" ] || stop "$baseline_pid"
+  stop "$unpoll_pid"; stop_now "$bare_pid"; stop_nginx
+  if [ -n "${BASELINE:-}" ]; then stop "$baseline_pid"; fi
 done
 python3 - "$RESULTS" <<'PY'
 import statistics, sys

@@ -55,7 +55,9 @@ pub struct HeadLimits {
 #[derive(Debug)]
 pub struct HeadDeadline {
     inner: Stream,
-    /// The deadline of the head being read.
+    /// When the head being read must be in.
+    due: tokio::time::Instant,
+    /// A timer that fires at `due` or before it (see [`HeadDeadline::begin_head`]).
     deadline: Option<Pin<Box<Sleep>>>,
     /// Whether a head is being read: the deadline counts.
     armed: bool,
@@ -93,6 +95,7 @@ impl HeadDeadline {
         }
         let mut wrapped = Box::new(HeadDeadline {
             inner: stream,
+            due: tokio::time::Instant::now(),
             deadline: None,
             armed: false,
             next: AtomicBool::new(false),
@@ -116,17 +119,30 @@ impl HeadDeadline {
         }
     }
 
-    /// Starts the deadline and the count of a head. The timer is kept between requests and
-    /// reset for the next one (no new timer for each request); after a head is in, it may
-    /// still fire once: a wake-up that finds nothing to do.
+    /// Starts the deadline and the count of a head. The timer is made once per connection and
+    /// not moved for each head: it may fire before the head's deadline (it was set for an
+    /// earlier head), and is then moved to it ([`HeadDeadline::expired`]), so that a busy
+    /// kept-alive connection moves its timer once per `header_timeout`, not once per request.
     fn begin_head(&mut self) {
-        let at = tokio::time::Instant::now() + self.timeout;
-        match self.deadline.as_mut() {
-            Some(deadline) => deadline.as_mut().reset(at),
-            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        self.due = tokio::time::Instant::now() + self.timeout;
+        if self.deadline.is_none() {
+            self.deadline = Some(Box::pin(tokio::time::sleep_until(self.due)));
         }
         self.armed = true;
         self.scan = Scan::default();
+    }
+
+    /// Whether the head being read is past its deadline; otherwise the timer is set to wake
+    /// the reader at the deadline.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.deadline.as_mut() else { return false };
+        while deadline.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= self.due {
+                return true;
+            }
+            deadline.as_mut().reset(self.due);
+        }
+        false
     }
 
     /// Answers 431, best effort (the socket takes a small answer at once), and reads what the
@@ -190,10 +206,8 @@ impl AsyncRead for HeadDeadline {
         if !this.armed && this.next.swap(false, Ordering::Relaxed) {
             this.begin_head();
         }
-        if let (Some(deadline), true) = (this.deadline.as_mut(), this.armed) {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")));
-            }
+        if this.armed && this.expired(cx) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")));
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
