@@ -178,9 +178,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         drop(table);
         let stream = HeadDeadline::arm(stream, &limits);
         let reused = self.inner.process_new(stream, shutdown).await;
-        if reused.is_none() {
-            self.connections.release(id);
-        }
+        // Pingora 0.9 returns nothing here; a stream it did return would come back as a new call.
+        self.connections.release(id);
         reused
     }
 

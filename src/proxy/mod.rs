@@ -198,17 +198,18 @@ impl ProxyHttp for Gateway {
         format!("{} {}, Host: {}", req.method, crate::redact::target(target), host.as_deref().unwrap_or(""))
     }
 
-    /// Counts a proxied request's duration, by route and status class.
+    /// Ends a request: re-arms the head guard for the next one, counts a proxied request's
+    /// duration, refreshes what a write changed, and writes the access log line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         // The next request head on a kept-alive connection gets a deadline and a size limit of
         // its own (see `head_deadline`); a connection whose request body was left unread is
         // closed instead, so that no body byte is taken for a head. (A subscription's session
         // is detached once its stream has the connection: no guard is left on it.)
         if session.stream().is_some_and(HeadDeadline::guards) {
-            if session.is_body_done() {
-                session.stream().into_iter().for_each(HeadDeadline::next_head);
-            } else {
+            if !session.is_body_done() {
                 session.set_keepalive(None);
+            } else if let Some(stream) = session.stream() {
+                HeadDeadline::next_head(stream);
             }
         }
         let status = session.response_written().map(|r| r.status.as_u16());
