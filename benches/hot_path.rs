@@ -7,6 +7,10 @@ use serde_json::{json, Value};
 use unpoll::config::StreamSettings;
 use unpoll::wire::encode::{encode, Protocol};
 
+/// The allocator the unpoll binary uses, so that these figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A document of about `bytes` bytes: an array of small records.
 fn document(bytes: usize) -> Value {
     let rows: Vec<Value> =
@@ -51,6 +55,42 @@ fn diff(c: &mut Criterion) {
         rows.insert(0, last);
         c.bench_function(&format!("delta {}KB move with array_id", size / 1000), |b| {
             b.iter(|| unpoll::diff::delta(Some(black_box(&a)), black_box(&moved), &by_id))
+        });
+    }
+}
+
+/// The bench upstream's document (benches/fanout/upstream.rs) of about `bytes` bytes at change
+/// `seq`: one item's value set, a time stamp.
+fn upstream_body(bytes: usize, seq: u64) -> Vec<u8> {
+    let count = bytes.saturating_sub(50) / 44;
+    let items: Vec<String> = (0..count)
+        .map(|i| {
+            let value = if i as u64 == seq % count as u64 { seq } else { 0 };
+            format!(r#"{{"id":{i},"name":"item-{i:04}","value":{value}}}"#)
+        })
+        .collect();
+    format!(r#"{{"seq":{seq},"sent_us":{},"items":[{}]}}"#, 1_700_000_000_000_000 + seq, items.join(",")).into_bytes()
+}
+
+/// A poll's CPU work on a blocking thread: parse the new body and diff it against the last
+/// document (the JSON Patch only: what benches/topics.sh's subscribers read).
+fn poll_work(c: &mut Criterion) {
+    use unpoll::topic::compute::DiffJob;
+    for size in [10_240, 1_048_576] {
+        let previous = std::sync::Arc::new(serde_json::from_slice::<Value>(&upstream_body(size, 1)).unwrap());
+        let body = bytes::Bytes::from(upstream_body(size, 2));
+        let job = || DiffJob {
+            body: body.clone(),
+            json: true,
+            previous: Some(previous.clone()),
+            options: Default::default(),
+            wanted: unpoll::diff::Wanted { json_patch: true, merge_patch: false },
+        };
+        c.bench_function(&format!("poll {}KB one item changed: parse and JSON Patch", size / 1024), |b| {
+            b.iter(|| job().run().unwrap())
+        });
+        c.bench_function(&format!("parse {}KB", size / 1024), |b| {
+            b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
         });
     }
 }
@@ -106,5 +146,5 @@ fn cluster_tags(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, diff, encoding, topic_key, cluster_tags);
+criterion_group!(benches, diff, poll_work, encoding, topic_key, cluster_tags);
 criterion_main!(benches);

@@ -90,9 +90,9 @@ CONF
 }
 
 # start_unpoll INTERVAL: unpoll with one stream route /doc and a plain route for the rest
-# (and the routes in EXTRA_ROUTES before it; EXTRA_YAML is added at the end, e.g. a
-# `cluster:`); sets UNPOLL and UNPOLL_ADMIN (host:port) and UNPOLL_PID. Each call starts one
-# more unpoll.
+# (and the routes in EXTRA_ROUTES before it, the upstreams in EXTRA_UPSTREAMS after `bench`;
+# EXTRA_YAML is added at the end, e.g. a `cluster:`); sets UNPOLL and UNPOLL_ADMIN (host:port)
+# and UNPOLL_PID. Each call starts one more unpoll.
 start_unpoll() {
   local port admin
   port="$(free_port)"; admin="$(free_port)"
@@ -106,6 +106,7 @@ ${EXTRA_SERVER:-}
 upstreams:
   bench:
     servers: ["$UPSTREAM"]
+${EXTRA_UPSTREAMS:-}
 routes:
   - match: /doc
     upstream: bench

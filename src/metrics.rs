@@ -75,6 +75,8 @@ pub const HANDSHAKE_RESULTS: [&str; 8] =
 pub const HTTP_VERSIONS: [&str; 3] = ["1.0", "1.1", "2"];
 /// `lane` of `unpoll_diff_waits_total`.
 pub const LANES: [&str; 2] = ["small", "large"];
+/// `lane` of `unpoll_diffs_total`: on the worker, or on a diff thread of either lane.
+pub const DIFF_PLACES: [&str; 3] = ["inline", "small", "large"];
 /// `kind` of `unpoll_http_requests_total`, for a route (`no_route` has the route `""`).
 pub const REQUEST_KINDS: [&str; 2] = ["proxy", "subscribe"];
 
@@ -152,6 +154,11 @@ pub struct Metrics {
     pub diff_waits: IntCounterVec,
     /// `unpoll_diffs_running`: diffs running on the diff threads.
     pub diffs_running: IntGauge,
+    /// `unpoll_diffs_total{lane}`: where parses and diffs ran (`inline`: on the worker).
+    pub diffs: IntCounterVec,
+    /// `unpoll_diff_handovers_total`: inline diffs that used up the inline budget and were
+    /// done again on a diff thread.
+    pub diff_handovers: IntCounter,
     /// `unpoll_diff_budget_exhausted_total{route}`: changes sent as a snapshot because their
     /// JSON Patch diff used up `stream.diff_budget`.
     pub diff_exhausted: IntCounterVec,
@@ -341,6 +348,11 @@ impl Metrics {
             ),
             diff_waits: counter_vec("unpoll_diff_waits_total", "Diffs that waited for a diff thread", &["lane"]),
             diffs_running: gauge("unpoll_diffs_running", "Diffs running on the diff threads", 0),
+            diffs: counter_vec("unpoll_diffs_total", "Parses and diffs of new bodies, by where they ran", &["lane"]),
+            diff_handovers: counter(
+                "unpoll_diff_handovers_total",
+                "Inline diffs that used up the inline budget and were done again on a diff thread",
+            ),
             diff_exhausted: counter_vec(
                 "unpoll_diff_budget_exhausted_total",
                 "Changes sent as a snapshot because the diff used up its budget",
@@ -445,6 +457,9 @@ impl Metrics {
         }
         for lane in LANES {
             self.diff_waits.with_label_values(&[lane]);
+        }
+        for place in DIFF_PLACES {
+            self.diffs.with_label_values(&[place]);
         }
         for reason in ADMIN_CLOSE_REASONS {
             self.admin_closed.with_label_values(&[reason]);

@@ -53,6 +53,9 @@ pub fn restart_needed(running: &ServerSettings, new: &ServerSettings) -> Option<
     if running.diff_threads != new.diff_threads {
         changed.push("server.diff_threads");
     }
+    if running.diff_inline_max != new.diff_inline_max {
+        changed.push("server.diff_inline_max");
+    }
     if running.grace_period != new.grace_period {
         changed.push("server.grace_period");
     }

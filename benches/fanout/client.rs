@@ -72,6 +72,13 @@ pub struct Args {
     /// node only with the same `Host`.
     #[arg(long)]
     host: Option<String>,
+    /// Spread the subscribers over this many topics: subscriber i adds the query parameter
+    /// `t=i % topics` (unpoll makes a topic of each query string).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// The upstream's process ids, for its CPU during the measurement.
+    #[arg(long = "upstream-pid")]
+    upstream_pids: Vec<u32>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -104,12 +111,15 @@ pub(crate) struct Shared {
     /// Each subscriber's last sequence number (0: nothing yet).
     last: RefCell<Vec<u64>>,
     alive: RefCell<Vec<bool>>,
-    newest: Cell<u64>,
+    /// The newest sequence number seen on each topic.
+    newest: RefCell<Vec<u64>>,
     failures: RefCell<BTreeMap<String, usize>>,
     ended: Cell<usize>,
     hist: RefCell<Histogram<u64>>,
     deliveries: Cell<u64>,
     bytes: Cell<u64>,
+    /// Bytes read from the server while measuring: events, their framing and heartbeats.
+    wire_bytes: Cell<u64>,
     lost: Cell<u64>,
     out_of_order: Cell<u64>,
     unstamped: Cell<u64>,
@@ -130,9 +140,14 @@ fn ended(id: usize, result: Result<(), String>, shared: &Shared) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    run_local(subscribe(args))
+}
+
+/// Runs `measure` on one thread (its clients are local tasks) and prints its report.
+pub(crate) fn run_local(measure: impl std::future::Future<Output = anyhow::Result<String>>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
-    let report = local.block_on(&rt, subscribe(args))?;
+    let report = local.block_on(&rt, measure)?;
     println!("{report}");
     Ok(())
 }
@@ -147,12 +162,13 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
         all_subscribed: Cell::new(None),
         last: RefCell::new(vec![0; n]),
         alive: RefCell::new(vec![true; n]),
-        newest: Cell::new(0),
+        newest: RefCell::new(vec![0; args.topics.max(1)]),
         failures: RefCell::new(BTreeMap::new()),
         ended: Cell::new(0),
         hist: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
         deliveries: Cell::new(0),
         bytes: Cell::new(0),
+        wire_bytes: Cell::new(0),
         lost: Cell::new(0),
         out_of_order: Cell::new(0),
         unstamped: Cell::new(0),
@@ -163,7 +179,8 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
     let base_mem = procstat::pss_kib(&args.pids);
     let base_rss = procstat::rss_kib(&args.pids);
     let base_cpu = procstat::cpu_seconds(&args.pids);
-    let request = Rc::new(target.request(&args));
+    let topics = args.topics.max(1);
+    let requests: Vec<Rc<Vec<u8>>> = (0..topics).map(|t| Rc::new(target.request(&args, t))).collect();
     let started = Instant::now();
     if let Some(k) = args.h2_streams {
         for first in (0..n).step_by(k.max(1)) {
@@ -181,7 +198,7 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
     for id in (0..n).filter(|_| args.h2_streams.is_none()) {
         let shared = shared.clone();
         let target = target.clone();
-        let request = request.clone();
+        let request = requests[id % topics].clone();
         tokio::task::spawn_local(async move {
             let permit = shared.gate.acquire().await.expect("never closed");
             let result = subscriber(id, &target, &request, &shared, permit).await;
@@ -203,6 +220,7 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
 
     let stats0 = upstream_stats(&args).await;
     let cpu0 = procstat::cpu_seconds(&args.pids);
+    let upstream_cpu0 = procstat::cpu_seconds(&args.upstream_pids);
     let self0 = procstat::cpu_seconds(&[]);
     let t0 = Instant::now();
     shared.phase.set(Phase::Measuring);
@@ -211,16 +229,17 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
     let window = t0.elapsed().as_secs_f64();
     let cpu1 = procstat::cpu_seconds(&args.pids);
     let self1 = procstat::cpu_seconds(&[]);
+    let upstream_cpu = procstat::cpu_seconds(&args.upstream_pids) - upstream_cpu0;
     let stats1 = upstream_stats(&args).await;
     let peak_mem = procstat::pss_kib(&args.pids);
 
     // Let the last event reach everyone, then count who is behind.
-    let newest = shared.newest.get();
+    let newest = shared.newest.borrow().clone();
     let drain_until = Instant::now() + Duration::from_secs_f64(args.interval * 2.0 + 1.0);
     let behind = loop {
         let behind = {
             let (last, alive) = (shared.last.borrow(), shared.alive.borrow());
-            (0..n).filter(|&i| alive[i] && last[i] > 0 && last[i] < newest).count()
+            (0..n).filter(|&i| alive[i] && last[i] > 0 && last[i] < newest[i % topics]).count()
         };
         if behind == 0 || Instant::now() >= drain_until {
             break behind;
@@ -231,10 +250,12 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
     let hist = shared.hist.borrow();
     let deliveries = shared.deliveries.get();
     let cpu = cpu1 - cpu0;
-    let gets = match (stats0, stats1) {
-        (Some(a), Some(b)) => Some(b - a),
+    let gets = match (&stats0, &stats1) {
+        (Some(a), Some(b)) => b["gets"].as_u64().zip(a["gets"].as_u64()).map(|(b, a)| b - a),
         _ => None,
     };
+    let subscribed = shared.subscribed.get();
+    let some_if = |ok: bool, v: f64| if ok { Some(v) } else { None };
     let intervals = window / args.interval;
     let per_sub_kib = |mem: Option<f64>, base: Option<f64>| match (mem, base) {
         (Some(m), Some(b)) if shared.subscribed.get() > 0 => Some((m - b) / shared.subscribed.get() as f64),
@@ -265,9 +286,22 @@ async fn subscribe(args: Args) -> anyhow::Result<String> {
         "error_events": shared.error_events.get(),
         "ended_early": shared.ended.get(),
         "behind_at_end": behind,
-        "newest_seq": newest,
+        "topics": topics,
+        "newest_seq": newest.iter().max(),
         "upstream_gets": gets,
         "upstream_gets_per_interval": gets.map(|g| g as f64 / intervals),
+        "upstream_gets_per_s": gets.map(|g| g as f64 / window),
+        "upstream_peak_gets_10ms": stats1.as_ref().and_then(|s| s["peak_gets_10ms"].as_u64()),
+        "upstream_cpu_share": some_if(!args.upstream_pids.is_empty(), upstream_cpu / window),
+        "server_cpu_us_per_poll": match gets {
+            Some(g) if g > 0 && !args.pids.is_empty() => Some(cpu * 1e6 / g as f64),
+            _ => None,
+        },
+        "wire_bytes_per_subscriber_per_min": some_if(subscribed > 0, shared.wire_bytes.get() as f64 / subscribed as f64 * 60.0 / window),
+        "server_mem_kib_per_topic": match (subscribed_mem, base_mem) {
+            (Some(m), Some(b)) => Some((m - b) / topics as f64),
+            _ => None,
+        },
         "server_cpu_s": if args.pids.is_empty() { None } else { Some(cpu) },
         "server_cpu_us_per_delivery": if args.pids.is_empty() || deliveries == 0 { None } else { Some(cpu * 1e6 / deliveries as f64) },
         "server_cpu_share": if args.pids.is_empty() { None } else { Some(cpu / window) },
@@ -294,8 +328,10 @@ fn human(r: &serde_json::Value) -> String {
         "{} {} {}: {} of {} subscribed in {} s (failed: {})\n\
          window {} s: {} deliveries ({}/s), lost {}, out of order {}, behind at end {}, ended early {}, error events {}\n\
          latency ms: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n\
-         upstream GETs per interval: {}\n\
+         upstream GETs per interval: {} ({}/s over {} topics, at most {} in 10 ms; upstream CPU {} of a core)\n\
          server CPU: {} µs per delivery ({} of a core); memory (Pss): {} KiB per subscriber after subscribing, {} at the end (RSS: {})\n\
+         server CPU per upstream poll (with its deliveries): {} µs; memory per topic (with its subscribers): {} KiB\n\
+         bytes read per subscriber per minute: {}\n\
          load tool CPU: {} of a core",
         r["server"].as_str().unwrap_or(""),
         r["protocol"].as_str().unwrap_or(""),
@@ -318,26 +354,37 @@ fn human(r: &serde_json::Value) -> String {
         f(&l["p999"], 2),
         f(&l["max"], 2),
         f(&r["upstream_gets_per_interval"], 2),
+        f(&r["upstream_gets_per_s"], 1),
+        r["topics"],
+        r["upstream_peak_gets_10ms"],
+        f(&r["upstream_cpu_share"], 3),
         f(&r["server_cpu_us_per_delivery"], 2),
         f(&r["server_cpu_share"], 3),
         f(&r["server_mem_kib_per_subscriber"], 2),
         f(&r["server_mem_kib_per_subscriber_end"], 2),
         f(&r["server_rss_kib_per_subscriber"], 2),
+        f(&r["server_cpu_us_per_poll"], 1),
+        f(&r["server_mem_kib_per_topic"], 1),
+        f(&r["wire_bytes_per_subscriber_per_min"], 0),
         f(&r["load_tool_cpu_share"], 3),
     )
 }
 
-/// The GET count from the bench upstream's /stats.
-async fn upstream_stats(args: &Args) -> Option<u64> {
-    let url = args.upstream_stats.as_deref()?;
+/// The bench upstream's /stats (reading it starts a new window for its peak).
+async fn upstream_stats(args: &Args) -> Option<serde_json::Value> {
+    read_stats(args.upstream_stats.as_deref()).await
+}
+
+/// The JSON at a bench upstream's /stats `url`.
+pub(crate) async fn read_stats(url: Option<&str>) -> Option<serde_json::Value> {
+    let url = url?;
     let (addr, path, _) = split_url(url).ok()?;
     let mut s = TcpStream::connect(&addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes()).await.ok()?;
     let mut body = Vec::new();
     s.read_to_end(&mut body).await.ok()?;
     let text = String::from_utf8_lossy(&body);
-    let json: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
-    json["gets"].as_u64()
+    serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
 }
 
 #[derive(Clone)]
@@ -353,6 +400,12 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// A plain-HTTP server at `addr` (for `connect`).
+    pub(crate) fn plain(addr: &str) -> Target {
+        let (addr, path) = (addr.to_string(), "/".to_string());
+        Target { host: addr.clone(), addr, path, protocol: Protocol::Sse, server: Server::Unpoll, tls: None }
+    }
+
     fn parse(args: &Args) -> anyhow::Result<Target> {
         let (addr, mut path, https) = split_url(&args.url)?;
         if let (Some(format), Protocol::Sse) = (&args.format, args.protocol) {
@@ -372,9 +425,17 @@ impl Target {
         Ok(Target { addr, path, protocol: args.protocol, server: args.server, tls, host })
     }
 
-    fn request(&self, args: &Args) -> Vec<u8> {
+    /// The path of a subscriber of `topic` (with `--topics`, its `t` query parameter).
+    fn path(&self, args: &Args, topic: usize) -> String {
+        match args.topics {
+            0 | 1 => self.path.clone(),
+            _ => format!("{}{}t={topic}", self.path, if self.path.contains('?') { '&' } else { '?' }),
+        }
+    }
+
+    fn request(&self, args: &Args, topic: usize) -> Vec<u8> {
         let host = &self.host;
-        let mut req = format!("GET {} HTTP/1.1\r\nhost: {host}\r\n", self.path);
+        let mut req = format!("GET {} HTTP/1.1\r\nhost: {host}\r\n", self.path(args, topic));
         match self.protocol {
             Protocol::Sse => req.push_str("accept: text/event-stream\r\n"),
             Protocol::Ws => {
@@ -440,8 +501,12 @@ async fn subscriber(
         if before == 0 && shared.last.borrow()[id] > 0 {
             permit.take();
         }
-        if read_more(&mut s, &mut buf).await? == 0 {
+        let read = read_more(&mut s, &mut buf).await?;
+        if read == 0 {
             return Ok(());
+        }
+        if shared.phase.get() == Phase::Measuring {
+            shared.wire_bytes.set(shared.wire_bytes.get() + read as u64);
         }
     }
 }
@@ -466,9 +531,10 @@ async fn h2_group(
         let _ = connection.await;
     });
     let scheme = if target.tls.is_some() { "https" } else { "http" };
-    let uri = format!("{scheme}://{}{}", target.host, target.path);
     let mut bodies = Vec::with_capacity(ids.len());
-    for _ in ids {
+    for &id in ids {
+        let path = target.path(&shared.args, id % shared.args.topics.max(1));
+        let uri = format!("{scheme}://{}{path}", target.host);
         let request =
             http::Request::get(&uri).header("accept", "text/event-stream").body(()).map_err(|e| e.to_string())?;
         let mut ready = send.clone().ready().await.map_err(|e| format!("h2: {e}"))?;
@@ -520,7 +586,8 @@ pub(crate) async fn connect(id: usize, target: &Target) -> std::io::Result<TcpSt
 
 async fn read_more<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<usize, String> {
     if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(4096);
+        // Doubling, so that a megabyte-sized event is read in a few large reads.
+        buf.reserve(buf.len().max(4096));
     }
     s.read_buf(buf).await.map_err(|e| format!("read: {}", e.kind()))
 }
@@ -711,9 +778,12 @@ fn on_event(id: usize, seq: Option<u64>, payload: &[u8], size: usize, shared: &S
     };
     let mut last = shared.last.borrow_mut();
     let prev = last[id];
-    if seq > shared.newest.get() {
-        shared.newest.set(seq);
+    let topic = id % shared.args.topics.max(1);
+    let mut newest = shared.newest.borrow_mut();
+    if seq > newest[topic] {
+        newest[topic] = seq;
     }
+    drop(newest);
     if prev == 0 {
         last[id] = seq;
         let count = shared.subscribed.get() + 1;

@@ -3,6 +3,7 @@
 //! scenarios and how to read the report are in docs/benchmarks.md.
 
 mod client;
+mod poll;
 mod procstat;
 mod requests;
 mod secure;
@@ -18,6 +19,8 @@ enum Cmd {
     Upstream(upstream::Args),
     /// Open N SSE or WebSocket subscribers and report delivery, latency, CPU and memory.
     Subscribe(client::Args),
+    /// Poll a document from N clients, once per interval each, as clients do without unpoll.
+    Poll(poll::Args),
     /// Send plain GETs at a fixed rate and report their latency.
     Requests(requests::Args),
     /// Make full TLS handshakes as fast as possible and report their rate and the server's CPU.
@@ -28,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     match Cmd::parse() {
         Cmd::Upstream(args) => upstream::run(args),
         Cmd::Subscribe(args) => client::run(args),
+        Cmd::Poll(args) => poll::run(args),
         Cmd::Requests(args) => requests::run(args),
         Cmd::Handshakes(args) => secure::handshakes(args),
     }

@@ -4,7 +4,12 @@
 //! The document is `{"seq":N,"sent_us":T,"items":[…]}`: `seq` counts changes, `sent_us` is the
 //! time (µs since the Unix epoch) the bytes left this process, so a subscriber on the same
 //! machine measures delivery latency as its receive time minus `sent_us`. Each change sets one
-//! item's `value`, so a JSON Patch of a change is small while the document stays `--size` bytes.
+//! item's `value` (or `--changed-fraction` of them), so a JSON Patch of a change is small while
+//! the document stays `--size` bytes. Every path not named below serves the document, so
+//! `/doc?t=1`, `/doc?t=2`, … are as many topics of unpoll's.
+//!
+//! `/stats` counts the document's GETs, and the most that arrived in one 10 ms slot since
+//! the last `/stats` (how evenly a proxy spreads its polls).
 //!
 //! A `PATCH` of any document path is a write: the document changes at once, stamped with the
 //! time the write arrived (see benches/refresh.sh). Its body, if any, is ignored.
@@ -53,6 +58,14 @@ pub struct Args {
     /// String fields of each row at `/shuffled`.
     #[arg(long, default_value_t = 100)]
     shuffled_fields: usize,
+    /// Share of the items each change sets (e.g. 0.01: one item in a hundred, a different
+    /// hundredth each time); 0 sets a single item.
+    #[arg(long, default_value_t = 0.0)]
+    changed_fraction: f64,
+    /// Changes at random times: each gap between two changes drawn uniformly from half to
+    /// one and a half times 1/`--rate`, so that changes fall anywhere in a poller's interval.
+    #[arg(long)]
+    random_gaps: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -78,6 +91,31 @@ struct State {
     plain: bytes::Bytes,
     /// The rows of `/shuffled`, rendered once.
     rows: Vec<String>,
+    /// Items of the document, and every how many of them a change sets (see `items`).
+    count: usize,
+    stride: usize,
+    /// The most document GETs that arrived in one 10 ms slot since `/stats` was last read:
+    /// (slot, GETs in it, the most in any slot).
+    peak: std::sync::Mutex<(u64, u32, u32)>,
+}
+
+impl State {
+    fn count_get(&self) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        let slot = now_us() / 10_000;
+        let mut peak = self.peak.lock().expect("not poisoned");
+        if peak.0 == slot {
+            peak.1 += 1;
+        } else {
+            *peak = (slot, 1, peak.2);
+        }
+        peak.2 = peak.2.max(peak.1);
+    }
+
+    /// The document after one more change.
+    fn next(&self, seq: u64) -> Doc {
+        Doc { seq, changed_us: now_us(), items: items(seq, self.count, self.stride) }
+    }
 }
 
 /// `{"rows":[…]}` with `rows` in a new random order.
@@ -96,14 +134,22 @@ fn shuffled(rows: &[String]) -> Vec<u8> {
     out
 }
 
-fn items(seq: u64, count: usize) -> String {
+/// The items at change `seq`. With `stride` 0 one item (number `seq % count`) has the value
+/// `seq`, the rest 0. With a stride k, item i holds the last change that set it: change s sets
+/// the items with i ≡ s (mod k), a k-th of them.
+fn items(seq: u64, count: usize, stride: usize) -> String {
     let changed = if count == 0 { usize::MAX } else { seq as usize % count };
-    let mut out = String::from("[");
+    let mut out = String::with_capacity(count * 48 + 2);
+    out.push('[');
     for i in 0..count {
         if i > 0 {
             out.push(',');
         }
-        let value = if i == changed { seq } else { 0 };
+        let value = match stride {
+            0 if i == changed => seq,
+            0 => 0,
+            k => seq.saturating_sub((seq + k as u64 - (i % k) as u64) % k as u64),
+        };
         out.push_str(&format!(r#"{{"id":{i},"name":"item-{i:04}","value":{value}}}"#));
     }
     out.push(']');
@@ -122,19 +168,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     // An item renders to about 44 bytes; the rest of the document to about 50.
     let count = args.size.saturating_sub(50) / 44;
+    let stride = if args.changed_fraction > 0.0 { (1.0 / args.changed_fraction).round().max(1.0) as usize } else { 0 };
     let state = Arc::new(State {
-        doc: ArcSwap::from_pointee(Doc { seq: 1, changed_us: now_us(), items: items(1, count) }),
+        doc: ArcSwap::from_pointee(Doc { seq: 1, changed_us: now_us(), items: items(1, count, stride) }),
         stamp: args.stamp,
         gets: AtomicU64::new(0),
         not_modified: AtomicU64::new(0),
         changes: AtomicU64::new(0),
-        plain: render(&Doc { seq: 0, changed_us: 0, items: items(0, count) }, 0).into(),
+        plain: render(&Doc { seq: 0, changed_us: 0, items: items(0, count, 0) }, 0).into(),
         rows: (0..args.shuffled_rows)
             .map(|i| {
                 let fields: String = (0..args.shuffled_fields).map(|k| format!(r#","f{k}":"value {i}-{k}""#)).collect();
                 format!(r#"{{"id":{i}{fields}}}"#)
             })
             .collect(),
+        count,
+        stride,
+        peak: std::sync::Mutex::new((0, 0, 0)),
     });
     let listener = TcpListener::bind(args.listen).await?;
     println!("{}", listener.local_addr()?);
@@ -153,9 +203,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 p.publish(&state.doc.load_full()).await;
             }
             loop {
-                tick.tick().await;
+                if args.random_gaps {
+                    let gap = rand::Rng::random_range(&mut rand::rng(), 0.5..1.5) / args.rate;
+                    tokio::time::sleep(Duration::from_secs_f64(gap)).await;
+                } else {
+                    tick.tick().await;
+                }
                 let seq = state.doc.load().seq + 1;
-                state.doc.store(Arc::new(Doc { seq, changed_us: now_us(), items: items(seq, count) }));
+                state.doc.store(Arc::new(state.next(seq)));
                 state.changes.fetch_add(1, Ordering::Relaxed);
                 if let Some(p) = publisher.as_mut() {
                     p.publish(&state.doc.load_full()).await;
@@ -222,11 +277,8 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 }
             }
             buf.drain(..len);
-            let (seq, count) = {
-                let doc = state.doc.load();
-                (doc.seq + 1, doc.items.matches("\"id\"").count())
-            };
-            state.doc.store(Arc::new(Doc { seq, changed_us: now_us(), items: items(seq, count) }));
+            let seq = state.doc.load().seq + 1;
+            state.doc.store(Arc::new(state.next(seq)));
             state.changes.fetch_add(1, Ordering::Relaxed);
             respond(&mut out, "200 OK", None, format!(r#"{{"seq":{seq}}}"#).as_bytes());
             stream.write_all(&out).await?;
@@ -238,19 +290,22 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         match path.as_str() {
             "/stats" => {
                 let doc = state.doc.load();
+                // The peak is of the time since the last read, so a reader brackets a window.
+                let peak = std::mem::take(&mut state.peak.lock().expect("not poisoned").2);
                 let body = format!(
-                    r#"{{"gets":{},"not_modified":{},"changes":{},"seq":{}}}"#,
+                    r#"{{"gets":{},"not_modified":{},"changes":{},"seq":{},"peak_gets_10ms":{}}}"#,
                     state.gets.load(Ordering::Relaxed),
                     state.not_modified.load(Ordering::Relaxed),
                     state.changes.load(Ordering::Relaxed),
-                    doc.seq
+                    doc.seq,
+                    peak
                 );
                 respond(&mut out, "200 OK", None, body.as_bytes());
             }
             "/plain" => respond(&mut out, "200 OK", None, &state.plain),
             "/shuffled" => respond(&mut out, "200 OK", None, &shuffled(&state.rows)),
             _ => {
-                state.gets.fetch_add(1, Ordering::Relaxed);
+                state.count_get();
                 let doc = state.doc.load();
                 match state.stamp {
                     Stamp::Serve => respond(&mut out, "200 OK", None, render(&doc, now_us()).as_bytes()),

@@ -9,7 +9,7 @@ pub fn now_us() -> u64 {
 }
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// `http://host:port/path` as (`host:port`, `/path`).

@@ -140,6 +140,9 @@ pub struct ServerSettings {
     pub max_request_header: usize,
     /// `diff_threads`: parses and diffs of new bodies running at once, off the async workers.
     pub diff_threads: usize,
+    /// `diff_inline_max`: bodies under this many bytes are parsed and diffed on the worker that
+    /// fetched them, within a small work budget (0: never).
+    pub diff_inline_max: usize,
     /// `upgrade_sock`: the Unix socket over which a new process (`run --upgrade`) takes over
     /// the listening sockets from this one on SIGQUIT.
     pub upgrade_sock: String,
@@ -511,6 +514,7 @@ impl Default for ServerSettings {
             admin_max_connections: 64,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             diff_threads: std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
+            diff_inline_max: 16 * 1024,
             grace_period: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             max_connections: super::host::default_max_connections(super::host::open_files_limit()),
