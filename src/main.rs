@@ -102,7 +102,43 @@ enum Command {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Not `Error: {e:?}` as returning the error from main would print: that repeats
+            // each cause a message already quotes, and adds a backtrace under RUST_BACKTRACE.
+            eprintln!("unpoll: {}", plainly(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What unpoll serves on, in plain words: `serving on 127.0.0.1:8080, [::1]:8080; admin on
+/// 127.0.0.1:9090` (or `; no admin listener`).
+fn serving_line(listen: &[String], admin: Option<&str>) -> String {
+    let admin = admin.map_or("no admin listener".to_string(), |a| format!("admin on {a}"));
+    format!("serving on {}; {admin}", listen.join(", "))
+}
+
+/// An error and its causes, each said once: a cause whose words the message before it already
+/// holds (as `cannot listen on …: {source}` does) is left out.
+fn plainly(e: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if said.contains(&text) {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(": ");
+        }
+        said.push_str(&text);
+    }
+    said
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command().map_err(anyhow::Error::msg)?;
     // Pingora's own lines (a dozen at every start and stop) only from warn up; at debug and
@@ -118,7 +154,13 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Check { config } => match unpoll::config::load_file(&config) {
             Ok(c) => {
-                println!("{}: ok ({} upstream(s), {} route(s))", config.display(), c.upstreams.len(), c.routes.len());
+                let count = unpoll::config::counted;
+                println!(
+                    "{}: ok ({}, {})",
+                    config.display(),
+                    count(c.upstreams.len(), "upstream"),
+                    count(c.routes.len(), "route")
+                );
                 Ok(())
             }
             Err(e) => {
@@ -131,8 +173,9 @@ fn main() -> anyhow::Result<()> {
             let reload = unpoll::server::ReloadFrom { path, watch: !no_watch };
             let start = unpoll::server::Start { reload: Some(reload), upgrade };
             let server = unpoll::server::build(&config, start, |_| {})?;
-            log::info!("serving on {:?}, admin on {:?}", config.server.listen, config.server.admin);
-            log::info!("open-files limit {open_files:?}; max_connections {}", config.server.max_connections);
+            log::info!("{}", serving_line(&config.server.listen, config.server.admin.as_deref()));
+            let limit = open_files.map_or("unknown".to_string(), |n| n.to_string());
+            log::info!("open-files limit {limit}; max_connections {}", config.server.max_connections);
             server.run_forever()
         }
         Command::Demo { listen, admin, api, tls_listen, tls_cert, tls_key } => {
@@ -162,6 +205,26 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_line_speaks_plainly() {
+        let listen = vec!["127.0.0.1:8080".to_string(), "[::1]:8080".to_string()];
+        assert_eq!(
+            serving_line(&listen, Some("127.0.0.1:9090")),
+            "serving on 127.0.0.1:8080, [::1]:8080; admin on 127.0.0.1:9090"
+        );
+        assert_eq!(serving_line(&listen[..1], None), "serving on 127.0.0.1:8080; no admin listener");
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let quoted = anyhow::Error::new(unpoll::server::BuildError::Listen { addr: "127.0.0.1:80".into(), source: io });
+        assert_eq!(plainly(&quoted), "cannot listen on 127.0.0.1:80: Address already in use");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let chained = anyhow::Error::new(io).context("reading the page");
+        assert_eq!(plainly(&chained), "reading the page: no such file");
+    }
 
     fn parse(args: &[&str]) -> Option<Command> {
         Cli::try_parse_from(args).ok()?.command().ok()

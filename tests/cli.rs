@@ -102,6 +102,8 @@ fn check_refuses_more_connections_than_the_open_files_limit_allows() {
 fn run_until_exit(args: &[&str]) -> Option<(std::process::ExitStatus, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_unpoll"))
         .args(args)
+        // As many Rust users have it set: a start-up error stays one line all the same.
+        .env("RUST_BACKTRACE", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -135,6 +137,12 @@ fn a_port_in_use_is_a_clear_error_not_a_healthy_looking_zombie() {
         assert!(!status.success(), "{err}");
         assert!(err.contains("cannot listen on") && err.contains(&taken_addr), "{err}");
         assert!(!err.contains("serving on"), "it announced serving: {err}");
+        // One line, the cause said once, no backtrace.
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        let last = lines.last().copied().unwrap_or_default();
+        assert!(last.starts_with("unpoll: cannot listen on"), "{err}");
+        assert_eq!(err.matches("cannot listen on").count(), 1, "{err}");
+        assert!(!err.contains("Caused by") && !err.contains("backtrace"), "{err}");
     }
     // The demo prints its URLs only once it holds them.
     for flag in ["--listen", "--admin", "--api"] {

@@ -13,11 +13,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` does not start with a number (e.g. `250ms`, `1s`, `2m`)"));
     }
     let n: u64 = number.parse().map_err(|_| format!("`{text}`: the number is too large"))?;
+    // `250 ms` and `1 second` mean what they say, as `250ms` and `1s` do.
+    let unit = unit.trim_start();
     let millis = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
+        "ms" | "millisecond" | "milliseconds" => Some(n),
+        "s" | "sec" | "second" | "seconds" => n.checked_mul(1_000),
+        "m" | "min" | "minute" | "minutes" => n.checked_mul(60_000),
+        "h" | "hour" | "hours" => n.checked_mul(3_600_000),
         _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
     }
     .ok_or_else(|| format!("`{text}` is too long"))?;
@@ -49,13 +51,25 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration(" 5s "), Ok(Duration::from_secs(5)));
+        // With a space, and in words.
+        assert_eq!(parse_duration("250 ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10 s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1 second"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("30 seconds"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5 minutes"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1 hour"), Ok(Duration::from_secs(3600)));
     }
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", "1", "s", "1.5s", "-1s", "1d", "10 s", "99999999999999999999s"] {
+        for bad in ["", "1", "s", "1.5s", "-1s", "1d", "1 day", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
         }
+        // The unit named as written, without the space before it.
+        assert_eq!(
+            parse_duration("2 fortnights"),
+            Err("`2 fortnights`: unknown unit `fortnights` (use ms, s, m or h)".into())
+        );
     }
 
     #[test]

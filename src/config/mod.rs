@@ -21,6 +21,7 @@ pub use listener_tls::{ListenerTls, Pair, Pairs, SniCert};
 pub use model::*;
 pub use parse::{parse, parse_config, ConfigErrors, Parsed, Problem};
 pub use pattern::Pattern;
+pub use problem::counted;
 pub use resolve::lookup;
 pub use tls::{host_of, system_roots, ClientIdentity, Scheme, TlsFiles, UpstreamTls};
 

@@ -28,10 +28,31 @@ pub struct ConfigErrors(pub Vec<Problem>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} problem(s) in the configuration:", self.0.len())?;
+        writeln!(f, "{} in the configuration:", counted(self.0.len(), "problem"))?;
         for p in &self.0 {
             writeln!(f, "  - {p}")?;
         }
         Ok(())
+    }
+}
+
+/// `1 problem`, `2 problems`: a count in words.
+pub fn counted(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_said_in_words() {
+        assert_eq!(counted(1, "problem"), "1 problem");
+        assert_eq!(counted(3, "problem"), "3 problems");
+        assert_eq!(counted(0, "route"), "0 routes");
     }
 }

@@ -89,7 +89,12 @@ impl Walker {
             match key.as_str() {
                 Some(k) if allowed.contains(&k) => {}
                 Some(k) => {
-                    self.problem(&join(path, k), format!("unknown key `{k}` (expected one of: {})", allowed.join(", ")))
+                    let hint = match closest(k, allowed) {
+                        Some(near) => format!("did you mean `{near}`? "),
+                        None => String::new(),
+                    };
+                    let expected = allowed.join(", ");
+                    self.problem(&join(path, k), format!("unknown key `{k}` ({hint}expected one of: {expected})"))
                 }
                 None => self.problem(path, format!("keys must be strings, found {}", kind(key))),
             }
@@ -229,5 +234,44 @@ pub fn show(v: &Value) -> String {
         Value::Number(n) => n.to_string(),
         Value::String(s) => format!("`{s}`"),
         other => kind(other).to_string(),
+    }
+}
+
+/// The allowed key nearest to a misspelt `key`, if one is near enough to be what was meant:
+/// at most a third of its letters (at least one) changed, added or removed.
+fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let limit = (key.chars().count() / 3).max(1);
+    allowed.iter().map(|a| (edits(key, a), *a)).filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d).map(|(_, a)| a)
+}
+
+/// Levenshtein distance: the fewest one-letter changes, additions and removals from `a` to `b`.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb)).min(above + 1).min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_key_gets_the_nearest_allowed_one() {
+        let allowed = ["listen", "admin", "admin_token_file", "threads", "diff_threads"];
+        assert_eq!(closest("admn", &allowed), Some("admin"));
+        assert_eq!(closest("thread", &allowed), Some("threads"));
+        assert_eq!(closest("diff_thread", &allowed), Some("diff_threads"));
+        assert_eq!(closest("colour", &allowed), None, "nothing near enough");
+        assert_eq!(edits("kitten", "sitting"), 3);
+        assert_eq!(edits("", "abc"), 3);
     }
 }

@@ -9,11 +9,26 @@ pub use yaml_serde::{Mapping, Value};
 
 /// Parses YAML into a generic tree. The only function that names the YAML crate.
 pub fn parse_yaml(text: &str) -> Result<Value, Problem> {
-    yaml_serde::from_str::<Value>(text).map_err(|e| Problem {
-        path: String::new(),
-        line: e.location().map(|l| l.line()),
-        message: format!("YAML syntax: {e}"),
+    yaml_serde::from_str::<Value>(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let written = line.and_then(|n| text.lines().nth(n.saturating_sub(1))).unwrap_or("");
+        Problem { path: String::new(), line, message: format!("YAML syntax: {e}{}", hint(written)) }
     })
+}
+
+/// What a YAML syntax error on `line` most likely means, when the YAML crate's words do not
+/// say it: a route pattern with a capture (`/x/{id}`) unquoted inside a flow mapping, where
+/// `{` opens a mapping.
+fn hint(line: &str) -> &'static str {
+    let unquoted_capture = line.split("match:").nth(1).is_some_and(|value| {
+        let value = value.trim_start();
+        !value.starts_with(['\'', '"']) && value.contains('{')
+    });
+    if line.trim_start().trim_start_matches("- ").starts_with('{') && unquoted_capture {
+        "; a pattern with a capture must be quoted in a flow mapping: `{match: '/x/{id}', …}` (or write the route in block style)"
+    } else {
+        ""
+    }
 }
 
 /// The line of every key and list item written in block style, by key path
@@ -138,6 +153,22 @@ fn key_of(text: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unquoted_capture_in_a_flow_mapping_gets_a_hint() {
+        let text = "upstreams: {app: {servers: ['127.0.0.1:1']}}\nroutes:\n  - {match: /x/{id}, upstream: app}\n";
+        let problem = parse_yaml(text).unwrap_err();
+        assert_eq!(problem.line, Some(3));
+        assert!(problem.message.starts_with("YAML syntax: "), "{}", problem.message);
+        assert!(
+            problem.message.contains("must be quoted in a flow mapping: `{match: '/x/{id}'"),
+            "{}",
+            problem.message
+        );
+        // A quoted one parses; other syntax errors get no such hint.
+        assert!(parse_yaml("routes:\n  - {match: '/x/{id}', upstream: app}\n").is_ok());
+        assert!(!parse_yaml("routes: [a\n").unwrap_err().message.contains("quoted"));
+    }
 
     const TEXT: &str = "\
 # a comment
