@@ -21,27 +21,36 @@ pub struct Parsed {
 /// passes, each section read through its table of keys ([`super::sections`]) and then the
 /// checks between keys ([`super::check`]). Every problem is reported, with its line.
 pub fn parse(text: &str) -> Result<Parsed, ConfigErrors> {
+    let (parsed, problems) = drafted(text)?;
+    if problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(located(problems, &parsed.lines))
+    }
+}
+
+/// The first two passes: the configuration as far as it could be read (a route without its
+/// pattern or upstream left out), and the problems found. Only a YAML syntax error stops it.
+fn drafted(text: &str) -> Result<(Parsed, Vec<Problem>), ConfigErrors> {
     let root = parse_yaml(text).map_err(|p| ConfigErrors(vec![p]))?;
     let lines = Lines::read(text);
     let mut w = Walker::default();
     let mut draft = sections::draft(&mut w, &root);
     check::check(&mut w, &mut draft);
-    if !w.problems.is_empty() {
-        return Err(located(w.problems, &lines));
-    }
     let max_connections_given = w.given("server.max_connections");
+    // A route lacking either was reported.
     let routes = draft
         .routes
         .into_iter()
-        .map(|r| match (r.pattern, r.upstream) {
+        .filter_map(|r| match (r.pattern, r.upstream) {
             (Some(pattern), Some(upstream)) => {
-                RouteSettings { pattern, upstream, stream: r.stream, refreshes: r.refreshes }
+                Some(RouteSettings { pattern, upstream, stream: r.stream, refreshes: r.refreshes })
             }
-            _ => unreachable!("a route without its pattern or upstream was reported"),
+            _ => None,
         })
         .collect();
     let config = Config { server: draft.server, upstreams: draft.upstreams, routes, cluster: draft.cluster };
-    Ok(Parsed { config, lines, max_connections_given })
+    Ok((Parsed { config, lines, max_connections_given }, w.problems))
 }
 
 impl Parsed {
@@ -60,8 +69,23 @@ impl Parsed {
 }
 
 /// Parses, checks and resolves a whole configuration file. Blocks while names resolve.
+/// Every problem is listed at once: names that do not resolve and files that cannot be read
+/// with the others, not only once those are fixed.
 pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
-    parse(text)?.resolve()
+    let (parsed, mut problems) = drafted(text)?;
+    if problems.is_empty() {
+        return parsed.resolve();
+    }
+    let Parsed { mut config, lines, max_connections_given } = parsed;
+    let mut w = Walker::default();
+    resolve::resolve(&mut w, &mut config, max_connections_given);
+    // A key already reported is not reported again for what the last pass made of it.
+    for late in w.problems {
+        if !problems.iter().any(|p| p.path == late.path) {
+            problems.push(late);
+        }
+    }
+    Err(located(problems, &lines))
 }
 
 /// The problems, each with the line of its key path.
@@ -295,6 +319,19 @@ routes:
         let bad_form =
             parse("upstreams: {a: {servers: ['no-port']}}\nroutes: [{match: /x, upstream: a}]\n").unwrap_err();
         assert_eq!(bad_form.0[0].path, "upstreams.a.servers[0]");
+    }
+
+    #[test]
+    fn names_that_do_not_resolve_are_listed_with_the_other_problems() {
+        let text = "server:\n  colour: red\nupstreams:\n  a:\n    servers:\n      - 'unresolvable.invalid:80'\n  b:\n    servers: ['no-port']\nroutes: [{match: /x, upstream: a}, {match: /y}]\n";
+        let errs = parse_config(text).unwrap_err().0;
+        let paths: Vec<(&str, Option<usize>)> = errs.iter().map(|p| (p.path.as_str(), p.line)).collect();
+        assert!(paths.contains(&("server.colour", Some(2))), "{errs:?}");
+        assert!(paths.contains(&("upstreams.a.servers[0]", Some(6))), "the name that does not resolve: {errs:?}");
+        assert!(paths.contains(&("upstreams.b.servers[0]", Some(8))), "{errs:?}");
+        assert!(errs.iter().any(|p| p.path.starts_with("routes[1]")), "{errs:?}");
+        // Each key once: the malformed entry is not reported again by the last pass.
+        assert_eq!(errs.len(), 4, "{errs:?}");
     }
 
     #[test]
