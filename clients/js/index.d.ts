@@ -1,11 +1,14 @@
 /** What a subscriber is told about its connection. */
 export type Status = "connecting" | "open" | "closed";
 
-/** An `error` event from unpoll (`retrying: false` ends the stream). */
+/** An `error` event from unpoll (`retrying: false` ends the stream), or `patch_failed` when a
+ *  patch did not apply (the client then subscribes again for a fresh snapshot; the failure is
+ *  `cause`). */
 export interface StreamError extends Error {
   status?: number;
   error?: string;
   retrying?: boolean;
+  cause?: unknown;
 }
 
 export interface ChangeEvent {

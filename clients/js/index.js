@@ -67,7 +67,15 @@ export function subscribe(url, options = {}) {
     if (kind === "snapshot") {
       doc = data;
     } else if (kind === "patch") {
-      doc = format === "merge-patch" ? applyMergePatch(doc, data) : applyJsonPatch(doc, data);
+      let next;
+      try {
+        if (doc === undefined) throw new Error("a patch came before any snapshot");
+        next = format === "merge-patch" ? applyMergePatch(doc, data) : applyJsonPatch(doc, data);
+      } catch (cause) {
+        resync(cause);
+        return undefined;
+      }
+      doc = next;
     } else if (kind === "error") {
       const err = Object.assign(new Error(data.message ?? data.error), data);
       if (data.retrying === false) return err;
@@ -81,6 +89,18 @@ export function subscribe(url, options = {}) {
     setStatus("open");
     onChange(doc, { kind, id, data });
     return undefined;
+  };
+
+  // A patch that does not apply (a missed event, a bug, a document changed by its holder): the
+  // document can no longer be trusted. Drop it, report it, and subscribe again without
+  // Last-Event-ID, which brings a fresh snapshot.
+  const resync = (cause) => {
+    doc = undefined;
+    lastId = undefined;
+    stopCurrent();
+    const message = `a patch did not apply (${cause?.message ?? cause}); subscribing again for a fresh snapshot`;
+    onError(Object.assign(new Error(message), { error: "patch_failed", cause }));
+    reconnect(true);
   };
 
   // A terminal error: unauthorized with getToken tries again with a new token; anything else stops.

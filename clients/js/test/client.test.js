@@ -35,6 +35,54 @@ test("patches apply as RFC 6902 and RFC 7396 say", () => {
   assert.deepEqual(applyMergePatch({ a: 1, b: { c: 1, d: 2 } }, { a: null, b: { c: 3 } }), { b: { c: 3, d: 2 } });
 });
 
+test("a patch copies only what it touches and shares the rest", () => {
+  const doc = { rows: [{ id: 1, v: 0 }, { id: 2, v: 0 }], meta: { n: 2 }, keep: { deep: [1, 2] } };
+  const out = applyJsonPatch(doc, [
+    { op: "replace", path: "/rows/1/v", value: 5 },
+    { op: "add", path: "/rows/1/w", value: 1 },
+  ]);
+  assert.deepEqual(out.rows[1], { id: 2, v: 5, w: 1 });
+  assert.deepEqual(doc.rows[1], { id: 2, v: 0 }, "the original is untouched");
+  assert.equal(out.keep, doc.keep, "an untouched member is the same object");
+  assert.equal(out.rows[0], doc.rows[0], "an untouched element is the same object");
+  assert.notEqual(out.rows, doc.rows);
+  assert.deepEqual(Object.keys(applyJsonPatch({ a: 1, b: 2 }, [{ op: "replace", path: "/a", value: 3 }])), ["a", "b"]);
+  const merged = applyMergePatch(doc, { meta: { n: 3 } });
+  assert.equal(merged.keep, doc.keep);
+  assert.deepEqual(doc.meta, { n: 2 });
+  assert.throws(() => applyJsonPatch(doc, [{ op: "add", path: "/missing/x", value: 1 }]));
+  assert.throws(() => applyJsonPatch(doc, [{ op: "replace", path: "/rows/length", value: 1 }]));
+});
+
+for (const transport of ["sse", "websocket"]) {
+  test(`${transport}: a patch that does not apply brings a fresh snapshot, not a stale document`, async () => {
+    up.state.doc = { v: 1, items: [{ id: 1 }], pad: "p".repeat(200) };
+    const events = [];
+    const errors = [];
+    const sub = subscribe(`${px.url}/doc`, {
+      transport,
+      ...impl,
+      onChange: (_, e) => events.push(e.kind),
+      onError: (e) => errors.push(e),
+    });
+    try {
+      await until(() => sub.doc?.v === 1, 10000, "the snapshot");
+      // The document the client holds goes wrong (as after a missed event): the next patch,
+      // which adds to /items, cannot apply.
+      delete sub.doc.items;
+      up.state.doc = { v: 2, items: [{ id: 1 }, { id: 2 }], pad: "p".repeat(200) };
+      await until(() => errors.some((e) => e.error === "patch_failed"), 10000, "the failure reported");
+      await until(() => sub.doc?.v === 2 && sub.doc.items?.length === 2, 10000, "a fresh snapshot");
+      assert.deepEqual(sub.doc, up.state.doc);
+      assert.deepEqual(events.filter((k) => k === "snapshot").length, 2, `a second snapshot: ${events}`);
+      const failed = errors.find((e) => e.error === "patch_failed");
+      assert.ok(failed.cause instanceof Error, "the failure is the cause");
+    } finally {
+      sub.close();
+    }
+  });
+}
+
 for (const transport of ["sse", "websocket"]) {
   for (const format of ["json-patch", "merge-patch"]) {
     test(`${transport} in ${format} converges on every change`, async () => {
