@@ -19,7 +19,7 @@ free_port() {
 }
 
 build() {
-  (cd "$ROOT" && ./scripts/deps.sh && cargo build --release --locked --features bench-tools --bin unpoll --bin unpoll-bench)
+  (cd "$ROOT" && ./scripts/build-deps.sh && cargo build --release --locked --features bench-tools --bin unpoll --bin unpoll-bench)
 }
 
 # A deep accept queue, so that thousands of subscribers connecting at once are not dropped

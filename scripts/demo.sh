@@ -4,5 +4,6 @@
 set -euo pipefail
 # Run from where it was called, so that file arguments (--tls-cert) are relative to there.
 root="$(cd "$(dirname "$0")/.." && pwd)"
-(cd "$root" && ./scripts/deps.sh)
+# Only what building needs (cmake): the test suite's tools are ./scripts/deps.sh's business.
+(cd "$root" && ./scripts/build-deps.sh)
 exec cargo run --manifest-path "$root/Cargo.toml" --locked --release -- demo "$@"

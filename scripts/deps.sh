@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing unpoll needs beyond Rust, from Debian's packages, when it is
-# missing: cmake (pingora builds zlib-ng with it), chromium (the demo page's browser test) and
-# systemd's systemd-analyze (the test that rates deploy/unpoll.service), redis-server (the
+# missing: cmake (./scripts/build-deps.sh: pingora builds zlib-ng with it), chromium (the demo
+# page's browser test) and systemd's systemd-analyze (the test that rates
+# deploy/unpoll.service), redis-server (the
 # cluster tests start their own, on a free port), Node.js and npm (the JavaScript client's
 # tests), prometheus and its promtool (the alert rules' tests and the scrape test), python3
 # with venv; from crates.io, cargo-deny (the licence and ban checks of ./scripts/test.sh; built
@@ -14,8 +15,8 @@ if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
   # A debug build: a minute and a half to build instead of four, and the checks take seconds.
   cargo install --debug --quiet --locked cargo-deny --version "$CARGO_DENY_VERSION"
 fi
+"$(dirname "$0")/build-deps.sh"
 missing=()
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 [ -x "${UNPOLL_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
