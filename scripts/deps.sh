@@ -4,7 +4,8 @@
 # page's browser test) and systemd's systemd-analyze (the test that rates
 # deploy/unpoll.service), redis-server (the
 # cluster tests start their own, on a free port), Node.js and npm (the JavaScript client's
-# tests), prometheus and its promtool (the alert rules' tests and the scrape test), python3
+# tests), prometheus and its promtool (the alert rules' tests and the scrape test), nginx (the
+# front-proxy recipe's test), python3
 # with venv; from crates.io, cargo-deny (the licence and ban checks of ./scripts/test.sh; built
 # once, in about 90 s); and from PyPI, kubernetes-validate (deploy/kubernetes checked offline
 # against Kubernetes' schemas), in a virtualenv under target/tools.
@@ -22,6 +23,7 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
