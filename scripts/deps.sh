@@ -7,10 +7,16 @@
 # tests), prometheus and its promtool (the alert rules' tests and the scrape test), nginx (the
 # front-proxy recipe's test), python3
 # with venv; from crates.io, cargo-deny (the licence and ban checks of ./scripts/test.sh; built
-# once, in about 90 s); and from PyPI, kubernetes-validate (deploy/kubernetes checked offline
+# once, in about 90 s) and cargo-deb (the release script's Debian package, about 40 s); and from
+# PyPI, kubernetes-validate (deploy/kubernetes checked offline
 # against Kubernetes' schemas), in a virtualenv under target/tools.
 set -euo pipefail
 CARGO_DENY_VERSION=0.20.2
+CARGO_DEB_VERSION=3.8.0 # keep in step with scripts/release.sh
+if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+  echo "installing cargo-deb $CARGO_DEB_VERSION..." >&2
+  cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION"
+fi
 if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
   echo "installing cargo-deny $CARGO_DENY_VERSION..." >&2
   # A debug build: a minute and a half to build instead of four, and the checks take seconds.

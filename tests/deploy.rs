@@ -184,6 +184,14 @@ fn the_kubernetes_manifests_validate_and_drain_streams_before_they_stop() {
     for kind in ["configmap", "deployment", "service", "poddisruptionbudget"] {
         assert!(said.contains(&format!("{kind}.yaml passed")), "{kind} was not validated: {said}");
     }
+    // The image: a kustomize `images:` entry with the version as its tag, pulled only when absent.
+    let image = &kustomization["images"][0];
+    assert_eq!(image["name"], "unpoll");
+    assert_eq!(image["newTag"].as_str(), Some(env!("CARGO_PKG_VERSION")), "the image tag is the version");
+    let deployment = kubernetes("deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "unpoll", "the tag comes from kustomization.yaml");
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
     // The ServiceMonitor is a custom resource: no schema here, so its fields are checked.
     let monitor = kubernetes("servicemonitor");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "admin");

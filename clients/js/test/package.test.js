@@ -12,7 +12,7 @@ const here = join(dirname(fileURLToPath(import.meta.url)), "..");
 test("the package carries the code, its types, the README and the licence", () => {
   const [pack] = JSON.parse(execFileSync("npm", ["pack", "--dry-run", "--json"], { cwd: here, encoding: "utf8" }));
   const files = pack.files.map((f) => f.path).sort();
-  for (const wanted of ["LICENSE", "README.md", "index.d.ts", "index.js", "package.json", "patch.js"]) {
+  for (const wanted of ["CHANGELOG.md", "LICENSE", "README.md", "index.d.ts", "index.js", "package.json", "patch.js"]) {
     assert.ok(files.includes(wanted), `${wanted} in ${files}`);
   }
   assert.ok(!files.some((f) => f.startsWith("test/") || f.startsWith("node_modules/")), `${files}`);
