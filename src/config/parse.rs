@@ -349,6 +349,22 @@ routes:
     }
 
     #[test]
+    fn every_key_of_every_table_is_in_the_configuration_reference() {
+        let reference = include_str!("../../docs/configuration.md");
+        let mut missing = Vec::new();
+        for (section, keys) in super::sections::keys() {
+            for key in keys {
+                // A row names the key at the end of its path (`server.listen`), or after
+                // its sibling (`` `.cert` ``).
+                if !reference.contains(&format!(".{key}`")) && !reference.contains(&format!("`{key}`")) {
+                    missing.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "docs/configuration.md does not list {missing:?}");
+    }
+
+    #[test]
     fn servers_weights_and_sticky_are_read_and_checked() {
         let good = "upstreams:\n  a:\n    servers: ['127.0.0.1:1', {addr: '127.0.0.1:2', weight: 3}]\n    sticky: {cookie: {name: sid, max_age: 1h, secure: true}}\n  b:\n    servers: ['127.0.0.1:3']\n    sticky: {hash: {header: X-Session}}\nroutes: [{match: /x, upstream: a}]\n";
         let c = parse_config(good).unwrap();
