@@ -72,22 +72,33 @@ fn upstream_body(bytes: usize, seq: u64) -> Vec<u8> {
     format!(r#"{{"seq":{seq},"sent_us":{},"items":[{}]}}"#, 1_700_000_000_000_000 + seq, items.join(",")).into_bytes()
 }
 
-/// A poll's CPU work on a blocking thread: parse the new body and diff it against the last
-/// document (the JSON Patch only: what benches/topics.sh's subscribers read).
+/// A poll's CPU work: check and diff the new body against the last document (the JSON Patch
+/// only: what benches/topics.sh's subscribers read), as text (what a poll does) and the parsed
+/// way (what it did before 2026-12-06, and still does for text the raw path does not take).
 fn poll_work(c: &mut Criterion) {
+    use unpoll::diff::{delta_for, DiffOptions, Wanted};
     use unpoll::topic::compute::DiffJob;
+    let wanted = Wanted { json_patch: true, merge_patch: false };
     for size in [10_240, 1_048_576] {
-        let previous = std::sync::Arc::new(serde_json::from_slice::<Value>(&upstream_body(size, 1)).unwrap());
+        let first = upstream_body(size, 1);
+        let previous = unpoll::diff::raw::compact(&bytes::Bytes::from(first.clone())).unwrap();
+        let parsed = serde_json::from_slice::<Value>(&first).unwrap();
         let body = bytes::Bytes::from(upstream_body(size, 2));
         let job = || DiffJob {
             body: body.clone(),
             json: true,
             previous: Some(previous.clone()),
             options: Default::default(),
-            wanted: unpoll::diff::Wanted { json_patch: true, merge_patch: false },
+            wanted,
         };
-        c.bench_function(&format!("poll {}KB one item changed: parse and JSON Patch", size / 1024), |b| {
+        c.bench_function(&format!("poll {}KB one item changed: diffed as text", size / 1024), |b| {
             b.iter(|| job().run().unwrap())
+        });
+        c.bench_function(&format!("poll {}KB one item changed: parsed and diffed", size / 1024), |b| {
+            b.iter(|| {
+                let doc = serde_json::from_slice::<Value>(black_box(&body)).unwrap();
+                delta_for(Some(&parsed), &doc, &DiffOptions::default(), wanted)
+            })
         });
         c.bench_function(&format!("parse {}KB", size / 1024), |b| {
             b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use unpoll::diff::{delta, json_patch as ours, merge_patch, DiffOptions};
+use unpoll::diff::{delta, delta_for, delta_text, json_patch as ours, merge_patch, raw, DiffOptions, Wanted};
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -12,6 +12,9 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         (-3i64..4).prop_map(Value::from),
         "[ab~/]{0,2}".prop_map(Value::from),
+        // Numbers that are not integers, and strings that need escapes.
+        (-8i32..8).prop_map(|q| json!(q as f64 / 4.0)),
+        prop::sample::select(vec!["\"q\"", "a\\b", "line\n", "é", "😀", "\u{1}"]).prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
@@ -98,6 +101,18 @@ fn check(a: &Value, b: &Value, options: &DiffOptions) -> Result<(), TestCaseErro
         }
     } else {
         prop_assert_eq!(a, b, "no delta means no change");
+    }
+    // Diffed as text (what a poll does), compact or pretty-printed, the delta is the parsed
+    // way's, for every set of formats someone reads.
+    let from = serde_json::to_vec(a).unwrap();
+    for body in [serde_json::to_vec(b).unwrap(), serde_json::to_vec_pretty(b).unwrap()] {
+        let to = raw::compact(&bytes::Bytes::from(body)).expect("the raw path takes serde_json's writing");
+        for (json_patch, merge_patch) in [(true, true), (true, false), (false, true), (false, false)] {
+            let wanted = Wanted { json_patch, merge_patch };
+            let text = delta_text(Some(&from), to.clone(), options, wanted).expect("readable");
+            let parsed = delta_for(Some(a), b, options, wanted);
+            prop_assert_eq!(text, parsed, "{} -> {}", a, b);
+        }
     }
     Ok(())
 }

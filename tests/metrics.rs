@@ -37,6 +37,7 @@ async fn every_metric_family_is_there_from_the_start() {
     at_zero("unpoll_diff_budget_exhausted_total", &[("route", "/doc")]);
     at_zero("unpoll_history_trimmed_total", &[("route", "/doc")]);
     assert!(!text.contains("unpoll_bytes_sent_total"), "renamed to unpoll_sent_bytes_total");
+    assert_eq!(undocumented_families(&text), Vec::<String>::new(), "every family is in docs/metrics.md");
     // A route added by a reload has its label sets from then on.
     proxy.write_config(up.addr, "", &Setup::stream("/doc").stream_route("/more").route("/*").body());
     assert!(eventually(5 * SECOND, || async { proxy.metric("unpoll_config_generation", &[]).await == 2.0 }).await);

@@ -377,8 +377,8 @@ impl Life {
                 return Next::Be(Role::Alone);
             }
             let document = read.document.clone();
-            match tokio::task::spawn_blocking(move || serde_json::from_slice(&document)).await {
-                Ok(Ok(doc)) => self.topic.adopt(&read.epoch, read.version, Arc::new(doc), read.document),
+            match tokio::task::spawn_blocking(move || crate::diff::document_text(&document)).await {
+                Ok(Some(doc)) => self.topic.adopt(&read.epoch, read.version, doc, read.document),
                 _ => log::warn!(
                     "topic {}: the stored document is not JSON; its next poll is sent whole",
                     self.topic.key.route

@@ -64,19 +64,19 @@ pub fn diff_with(from: &Value, to: &Value, options: Options<'_>) -> Result<Vec<V
     }
 }
 
-struct Differ<'o, 'a> {
-    options: Options<'a>,
-    ops: &'o mut Vec<Value>,
+pub(super) struct Differ<'o, 'a> {
+    pub(super) options: Options<'a>,
+    pub(super) ops: &'o mut Vec<Value>,
     /// Work left in the budget.
-    work: usize,
+    pub(super) work: usize,
     /// Bytes of the patch so far, counted from below (paths and fixed parts, not values).
-    bytes: usize,
-    stopped: Option<Stopped>,
+    pub(super) bytes: usize,
+    pub(super) stopped: Option<Stopped>,
 }
 
 impl Differ<'_, '_> {
     /// Spends `units` of work; false (and stopped) when the budget is gone.
-    fn charge(&mut self, units: usize) -> bool {
+    pub(super) fn charge(&mut self, units: usize) -> bool {
         if self.stopped.is_some() {
             return false;
         }
@@ -92,7 +92,7 @@ impl Differ<'_, '_> {
         }
     }
 
-    fn push(&mut self, path: &str, op: Value) {
+    pub(super) fn push(&mut self, path: &str, op: Value) {
         if !self.charge(OP_COST) {
             return;
         }
@@ -104,7 +104,7 @@ impl Differ<'_, '_> {
         self.ops.push(op);
     }
 
-    fn at(&mut self, path: &mut String, from: &Value, to: &Value) {
+    pub(super) fn at(&mut self, path: &mut String, from: &Value, to: &Value) {
         if !self.charge(1) {
             return;
         }
@@ -157,7 +157,12 @@ impl Differ<'_, '_> {
         let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
         let max_suffix = a.len().min(b.len()) - prefix;
         let suffix = a.iter().rev().zip(b.iter().rev()).take(max_suffix).take_while(|(x, y)| x == y).count();
-        let (old, new) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
+        self.middle(path, prefix, &a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
+    }
+
+    /// Turns the changed middle `old` of an array, at index `prefix`, into `new`: aligned,
+    /// then each gap diffed pairwise.
+    pub(super) fn middle(&mut self, path: &mut String, prefix: usize, old: &[Value], new: &[Value]) {
         let matches = if old.is_empty() || new.is_empty() { Vec::new() } else { self.align(old, new) };
         if self.stopped.is_some() {
             return;
@@ -411,7 +416,7 @@ fn backtrack(trace: &[Vec<isize>], n: isize, m: isize) -> Vec<(usize, usize)> {
 }
 
 /// Appends `/token` with RFC 6901 escaping (`~` → `~0`, `/` → `~1`).
-fn push_token(path: &mut String, token: &str) {
+pub(super) fn push_token(path: &mut String, token: &str) {
     path.push('/');
     for c in token.chars() {
         match c {

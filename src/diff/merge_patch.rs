@@ -41,7 +41,7 @@ fn diff_objects(a: &Map<String, Value>, b: &Map<String, Value>) -> Option<Map<St
 
 /// Whether a value survives being applied as a merge patch unchanged: no object member in it
 /// (at any depth outside arrays) may be `null`.
-fn settable(v: &Value) -> bool {
+pub(super) fn settable(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Object(m) => m.values().all(settable),

@@ -2,6 +2,7 @@
 
 pub mod json_patch;
 pub mod merge_patch;
+pub mod raw;
 
 use crate::config::{Format, StreamSettings, DEFAULT_DIFF_BUDGET, DEFAULT_PATCH_FLOOR};
 use bytes::Bytes;
@@ -136,6 +137,60 @@ pub fn delta_for(from: Option<&Value>, to: &Value, options: &DiffOptions, wanted
     let json_patch = ops.and_then(|ops| gate(Value::Array(ops)));
     let merge_patch = if wanted.merge_patch { merge_patch::diff(from, to).and_then(gate) } else { None };
     Some(Delta { snapshot, json_patch, merge_patch, cut_short })
+}
+
+/// [`delta_for`] on JSON text: `from` the compact text of the last document, `to` the compact
+/// text of the new one (see [`raw::compact`]), diffed without parsing either whole. The
+/// result is [`delta_for`]'s on the parsed documents; `Err` when the text holds something the
+/// raw path does not read as serde_json would, and the caller diffs the parsed way.
+pub fn delta_text(
+    from: Option<&[u8]>,
+    to: Bytes,
+    options: &DiffOptions,
+    wanted: Wanted,
+) -> Result<Option<Delta>, raw::Unreadable> {
+    let Some(from) = from else {
+        return Ok(Some(Delta::whole(to)));
+    };
+    if from == &to[..] {
+        return Ok(None);
+    }
+    let max_bytes = ((to.len() as f64 * options.max_patch_ratio) as usize).max(options.patch_floor);
+    // The JSON Patch walk also says whether anything changed: it runs even when nobody reads
+    // JSON Patch (where the parsed way compares the documents instead).
+    let limits = json_patch::Options { array_id: options.array_id.as_deref(), budget: options.budget, max_bytes };
+    let (ops, cut_short) = match raw::json_patch(from, &to, limits)? {
+        Ok(ops) if ops.is_empty() => return Ok(None),
+        Ok(ops) => (Some(ops), false),
+        Err(json_patch::Stopped::TooLarge) => (None, false),
+        Err(json_patch::Stopped::Budget) => {
+            // Out of work before the end: whether anything changed is not known yet.
+            let parse = |t: &[u8]| serde_json::from_slice::<Value>(t).map_err(|_| raw::Unreadable);
+            if parse(from)? == parse(&to)? {
+                return Ok(None);
+            }
+            (None, true)
+        }
+    };
+    let gate = |patch: Value| {
+        let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
+        (bytes.len() <= max_bytes).then(|| Bytes::from(bytes))
+    };
+    let json_patch = if wanted.json_patch { ops.and_then(|ops| gate(Value::Array(ops))) } else { None };
+    let merge_patch = if wanted.merge_patch { raw::merge_patch(from, &to)?.and_then(gate) } else { None };
+    Ok(Some(Delta { snapshot: to, json_patch, merge_patch, cut_short: cut_short && wanted.json_patch }))
+}
+
+/// The compact text of a JSON document: [`raw::compact`], or for text it does not take,
+/// serde_json's own serialisation of the parsed document. `None` when `body` is not JSON.
+pub fn document_text(body: &Bytes) -> Option<Bytes> {
+    match raw::compact(body) {
+        Some(text) => Some(text),
+        None => {
+            let doc: Value = serde_json::from_slice(body).ok()?;
+            Some(Bytes::from(serde_json::to_vec(&doc).expect("a Value always serialises")))
+        }
+    }
 }
 
 #[cfg(test)]

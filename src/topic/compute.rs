@@ -12,12 +12,11 @@
 //! needs more work than that is done again from the start on a diff thread, with the route's
 //! whole budget, so an expensive small document still never holds up a worker for long.
 
-use crate::diff::{delta_for, Delta, DiffOptions, Wanted};
+use crate::diff::{delta_for, delta_text, raw, Delta, DiffOptions, Wanted};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
 use serde_json::Value;
-use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// A new body to parse and diff against the topic's document.
@@ -26,17 +25,17 @@ pub struct DiffJob {
     pub body: Bytes,
     /// The upstream said the body is JSON (or said nothing).
     pub json: bool,
-    /// The document the new one is diffed against.
-    pub previous: Option<Arc<Value>>,
+    /// The compact text of the document the new one is diffed against.
+    pub previous: Option<Bytes>,
     pub options: DiffOptions,
     /// The patches someone will read.
     pub wanted: Wanted,
 }
 
-/// What a [`DiffJob`] found: the parsed document (if the body is JSON) and the change.
+/// What a [`DiffJob`] found: the document's compact text (if the body is JSON) and the change.
 pub struct Diffed {
     pub body: Bytes,
-    pub doc: Option<Arc<Value>>,
+    pub doc: Option<Bytes>,
     /// `None`: the same JSON as before.
     pub change: Option<Delta>,
 }
@@ -54,25 +53,44 @@ pub enum BodyError {
 
 impl DiffJob {
     /// Parses and diffs. Pure CPU work: run it through [`Compute::run`].
+    ///
+    /// JSON is diffed as text ([`delta_text`]): only what changed is parsed. Text the raw path
+    /// does not take is parsed whole and diffed the parsed way ([`delta_for`]).
     pub fn run(self) -> Result<Diffed, BodyError> {
+        if self.json {
+            if let Some(text) = raw::compact(&self.body) {
+                if let Ok(change) = delta_text(self.previous.as_deref(), text.clone(), &self.options, self.wanted) {
+                    return Ok(Diffed { body: self.body, doc: Some(text), change });
+                }
+            }
+        }
+        self.run_parsed()
+    }
+
+    fn run_parsed(self) -> Result<Diffed, BodyError> {
         let doc = if self.json {
             match serde_json::from_slice::<Value>(&self.body) {
-                Ok(doc) => Some(Arc::new(doc)),
+                Ok(doc) => Some(doc),
                 Err(_) if depth(&self.body) > MAX_DEPTH => return Err(BodyError::TooDeep),
                 Err(_) => None,
             }
         } else {
             None
         };
-        let change = match &doc {
-            Some(doc) => delta_for(self.previous.as_deref(), doc, &self.options, self.wanted),
-            None => {
-                // Not JSON: sent whole, as a JSON string.
-                let text = Value::String(String::from_utf8_lossy(&self.body).into_owned());
-                Some(Delta::whole(Bytes::from(serde_json::to_vec(&text).expect("a string serialises"))))
-            }
+        let Some(doc) = doc else {
+            // Not JSON: sent whole, as a JSON string.
+            let text = Value::String(String::from_utf8_lossy(&self.body).into_owned());
+            let change = Some(Delta::whole(Bytes::from(serde_json::to_vec(&text).expect("a string serialises"))));
+            return Ok(Diffed { body: self.body, doc: None, change });
         };
-        Ok(Diffed { body: self.body, doc, change })
+        let previous = self.previous.as_deref().and_then(|text| serde_json::from_slice::<Value>(text).ok());
+        let change = delta_for(previous.as_ref(), &doc, &self.options, self.wanted);
+        // The new document's text: the snapshot, or when nothing changed the previous one's.
+        let text = match &change {
+            Some(change) => change.snapshot.clone(),
+            None => self.previous.clone().expect("no change from no document"),
+        };
+        Ok(Diffed { body: self.body, doc: Some(text), change })
     }
 }
 
@@ -194,6 +212,7 @@ impl Compute {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn job(body: &str) -> DiffJob {
         DiffJob {
@@ -221,7 +240,7 @@ mod tests {
         DiffJob {
             body: Bytes::from(serde_json::to_vec(next).unwrap()),
             json: true,
-            previous: Some(Arc::new(previous.clone())),
+            previous: Some(Bytes::from(serde_json::to_vec(previous).unwrap())),
             options: DiffOptions::default(),
             wanted: Wanted { json_patch: true, merge_patch: false },
         }

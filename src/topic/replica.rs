@@ -5,8 +5,6 @@ use super::{new_epoch, whole, Applied, Pending, Topic};
 use crate::diff::Delta;
 use crate::wire::event::Msg;
 use bytes::Bytes;
-use serde_json::Value;
-use std::sync::Arc;
 
 /// What [`Topic::receive`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,9 +99,9 @@ impl Topic {
     }
 
     /// Takes over as the source of this topic's versions from a stored state: the current
-    /// document (parsed, to diff the next poll against) at `version` of `epoch`. When the topic
-    /// is at another version, that document is published whole first.
-    pub fn adopt(&self, epoch: &str, version: u64, doc: Arc<Value>, snapshot: Bytes) {
+    /// document (its compact text, to diff the next poll against) at `version` of `epoch`.
+    /// When the topic is at another version, that document is published whole first.
+    pub fn adopt(&self, epoch: &str, version: u64, doc: Bytes, snapshot: Bytes) {
         let mut state = self.state();
         let state = &mut *state;
         let here = state.current.as_ref().map(|c| c.version);
@@ -141,6 +139,7 @@ mod tests {
     use crate::route_table::{RouteTable, StreamRoute};
     use crate::topic::state::TopicMetrics;
     use crate::wire::event::ResumeId;
+    use std::sync::Arc;
 
     fn topic() -> Topic {
         let config = crate::config::parse_config(

@@ -17,7 +17,6 @@ use crate::wire::event::{ErrorEvent, Event, Msg, ResumeId};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntGauge};
-use serde_json::Value;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,8 +37,9 @@ struct State {
     current: Option<Arc<Event>>,
     history: History,
     error: Option<Arc<ErrorEvent>>,
-    /// The last JSON document, shared so that the poller can diff against it unlocked.
-    doc: Option<Arc<Value>>,
+    /// The last JSON document's compact text, shared so that the poller can diff against it
+    /// unlocked.
+    doc: Option<Bytes>,
     last_body: Option<Bytes>,
     validators: Validators,
     idle_since: Option<Instant>,
@@ -445,7 +445,7 @@ impl Topic {
     fn pending(
         &self,
         state: &State,
-        body: Option<(Bytes, Option<Arc<Value>>)>,
+        body: Option<(Bytes, Option<Bytes>)>,
         delta: Option<Delta>,
         applied: Applied,
     ) -> Pending {
@@ -510,7 +510,7 @@ impl Topic {
 
 /// A version staged for publication (see [`Topic::stage`]).
 pub struct Pending {
-    body: Option<(Bytes, Option<Arc<Value>>)>,
+    body: Option<(Bytes, Option<Bytes>)>,
     /// What is published as `version` of `epoch`, if anything.
     pub delta: Option<Delta>,
     pub version: u64,

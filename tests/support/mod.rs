@@ -57,6 +57,14 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     })
 }
 
+/// The metric families in `text` (its `# TYPE` lines) that docs/metrics.md does not name.
+pub fn undocumented_families(text: &str) -> Vec<String> {
+    let reference = include_str!("../../docs/metrics.md");
+    let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    assert!(families.len() > 10, "families in the metrics text: {families:?}");
+    families.into_iter().filter(|f| !reference.contains(&format!("`{f}`"))).map(str::to_string).collect()
+}
+
 /// Why a series is not in `text`: what the proxy reports of that name (or, if nothing, of
 /// the names most like it).
 pub fn absent(text: &str, name: &str, labels: &[(&str, &str)]) -> String {

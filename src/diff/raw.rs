@@ -1,0 +1,561 @@
+//! Diffing JSON text without parsing it whole.
+//!
+//! A poll of a 10 KB document in which one row changed used to parse the whole body into a
+//! `serde_json::Value` (a tree about ten times the size of its text, one allocation per
+//! string, map and array), compare it with the last one, and serialise it again for the
+//! snapshot. Here the body is checked and made compact in two passes over its bytes, and the
+//! diff walks the compact text of both documents: members and elements whose bytes are equal
+//! are skipped with a `memcmp`, and only what differs is parsed into values (a changed
+//! scalar, an added row). The output is the same as diffing the parsed documents (see
+//! [`super::json_patch`]): objects key by key, arrays by their common prefix and suffix, and
+//! where an array's changed middle is more than one element on each side (or the route
+//! matches rows by `array_id`), that middle is parsed and aligned as before.
+//!
+//! Text the raw path does not take (see [`compact`]) goes the parsed way, as before.
+
+use super::json_patch::{push_token, Differ, Options, Stopped};
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+/// Deeper JSON is left to the parsed path, which says whether serde_json reads it.
+const MAX_DEPTH: usize = 120;
+
+/// Whether a number is surely within `f64`'s range (serde_json refuses the others): under
+/// 300 characters, or in exponent form under 40 with an exponent of at most 250 either way.
+fn in_range(n: &[u8]) -> bool {
+    let Some(e) = n.iter().position(|c| matches!(c, b'e' | b'E')) else {
+        return n.len() < 300;
+    };
+    let exponent = std::str::from_utf8(&n[e + 1..]).ok().and_then(|x| x.parse::<i32>().ok());
+    n.len() < 40 && exponent.is_some_and(|x| x.abs() <= 250)
+}
+
+/// `body` as compact JSON text (whitespace outside strings dropped), if it is JSON the raw
+/// path reads exactly as serde_json would: valid UTF-8 and valid JSON (serde_json's own
+/// check), nested at most [`MAX_DEPTH`] deep (serde_json's parser stops at 128), with every number surely within `f64`'s range and
+/// no `\u` escape of a lone surrogate: serde_json's check skips numbers and escapes without
+/// the checks its parser makes. `None` sends the body the parsed way.
+pub fn compact(body: &Bytes) -> Option<Bytes> {
+    let text = std::str::from_utf8(body).ok()?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    let is_space = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let start = body.iter().position(|c| !is_space(c))?;
+    let end = body.len() - body.iter().rev().position(|c| !is_space(c)).unwrap_or(0);
+    let body = body.slice(start..end);
+    // Copied only if there is whitespace inside, and then in runs up to each stretch of it:
+    // a compact body (perhaps with a newline after it) is shared, not copied.
+    let mut out: Option<Vec<u8>> = None;
+    let (mut i, mut run, mut depth) = (0, 0, 0usize);
+    while i < body.len() {
+        match body[i] {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                out.get_or_insert_with(|| Vec::with_capacity(body.len())).extend_from_slice(&body[run..i]);
+                while i < body.len() && is_space(&body[i]) {
+                    i += 1;
+                }
+                run = i;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return None;
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth -= 1;
+                i += 1;
+            }
+            b'"' => {
+                let (end, escaped) = string_end_escaped(&body, i);
+                if escaped && lone_surrogate(&body[i..end]) {
+                    return None;
+                }
+                i = end;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < body.len() && matches!(body[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                    i += 1;
+                }
+                if !in_range(&body[start..i]) {
+                    return None;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Some(match out {
+        None => body,
+        Some(mut out) => {
+            out.extend_from_slice(&body[run..]);
+            Bytes::from(out)
+        }
+    })
+}
+
+/// Whether a string's `\u` escapes name UTF-16 surrogates other than in pairs (a high one
+/// followed at once by a low one), which serde_json refuses.
+fn lone_surrogate(s: &[u8]) -> bool {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = s.get(at..at + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i + 1 < s.len() {
+        if s[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(i) {
+            Some(0xD800..=0xDBFF) => match unit(i + 6) {
+                Some(0xDC00..=0xDFFF) => i += 12,
+                _ => return true,
+            },
+            Some(0xDC00..=0xDFFF) => return true,
+            _ => i += 2,
+        }
+    }
+    false
+}
+
+/// Bytes that matter when skipping JSON text: 1 in strings (`"`, `\\`), 2 between values
+/// (`"`, brackets).
+const STOPS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'"' as usize] = 3;
+    t[b'\\' as usize] = 1;
+    t[b'{' as usize] = 2;
+    t[b'}' as usize] = 2;
+    t[b'[' as usize] = 2;
+    t[b']' as usize] = 2;
+    t
+};
+
+/// The index just past the string starting (with its quote) at `start`. The text is valid
+/// JSON, so the string is closed.
+fn string_end(text: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < text.len() {
+        if STOPS[text[i] as usize] & 1 == 0 {
+            i += 1;
+        } else if text[i] == b'"' {
+            return i + 1;
+        } else {
+            i += 2;
+        }
+    }
+    text.len()
+}
+
+/// [`string_end`], and whether the string holds an escape.
+fn string_end_escaped(text: &[u8], start: usize) -> (usize, bool) {
+    let (mut i, mut escaped) = (start + 1, false);
+    while i < text.len() {
+        if STOPS[text[i] as usize] & 1 == 0 {
+            i += 1;
+        } else if text[i] == b'"' {
+            return (i + 1, escaped);
+        } else {
+            escaped = true;
+            i += 2;
+        }
+    }
+    (text.len(), escaped)
+}
+
+/// The index just past the value starting at `start` in compact JSON text.
+fn value_end(text: &[u8], start: usize) -> usize {
+    match text[start] {
+        b'"' => string_end(text, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < text.len() {
+                let c = text[i];
+                if STOPS[c as usize] & 2 == 0 {
+                    i += 1;
+                    continue;
+                }
+                match c {
+                    b'"' => {
+                        i = string_end(text, i);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    _ => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            text.len()
+        }
+        _ => start + text[start..].iter().position(|c| matches!(c, b',' | b']' | b'}')).unwrap_or(text.len() - start),
+    }
+}
+
+/// How many bytes `a` and `b` end with in common, compared eight at a time.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let (ca, cb) = (a.rchunks_exact(8), b.rchunks_exact(8));
+    let mut n = 0;
+    for (x, y) in ca.zip(cb) {
+        if x != y {
+            break;
+        }
+        n += 8;
+    }
+    n + a[..a.len() - n].iter().rev().zip(b[..b.len() - n].iter().rev()).take_while(|(x, y)| x == y).count()
+}
+
+/// The end of the item starting at `start` in a container: an element, or a member
+/// (`"key":value`).
+fn item_end(text: &[u8], start: usize, object: bool) -> usize {
+    if object {
+        value_end(text, string_end(text, start) + 1)
+    } else {
+        value_end(text, start)
+    }
+}
+
+/// Where the item after the one ending at `end` starts (or the closing bracket).
+fn next(text: &[u8], end: usize) -> usize {
+    if text[end] == b',' {
+        end + 1
+    } else {
+        end
+    }
+}
+
+/// Two containers of the same kind, by what differs between them.
+struct Changed<'t> {
+    /// Items equal in both, from the start.
+    prefix: usize,
+    /// The items between the common prefix and the common suffix.
+    old: Vec<&'t [u8]>,
+    new: Vec<&'t [u8]>,
+    /// Objects only: the members of the common prefix and suffix (the old object's).
+    same: Vec<&'t [u8]>,
+}
+
+/// Splits two containers (arrays, or objects with `object`) into their common prefix, what
+/// differs, and their common suffix, reading as little as it can: the prefix in the old text
+/// only (equal bytes at equal places), and the suffix not at all for arrays. The suffix starts
+/// where both have an item starting with the same text left to the end.
+fn changed<'t>(a: &'t [u8], b: &'t [u8], object: bool) -> Changed<'t> {
+    let (la, lb) = (a.len(), b.len());
+    let mut same = Vec::new();
+    let (mut pa, mut pb, mut prefix) = (1, 1, 0);
+    while pa == pb && pa < la - 1 && pb < lb - 1 {
+        let e = item_end(a, pa, object);
+        if e >= lb || a[pa..e] != b[pa..e] || !matches!(b[e], b',' | b']' | b'}') {
+            break;
+        }
+        prefix += 1;
+        if object {
+            same.push(&a[pa..e]);
+        }
+        (pa, pb) = (next(a, e), next(b, e));
+    }
+    let suffix = common_suffix(a, b);
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    loop {
+        let (a_end, b_end) = (pa >= la - 1, pb >= lb - 1);
+        let (ra, rb) = (la - pa, lb - pb);
+        if a_end && b_end {
+            break;
+        }
+        if !a_end && !b_end && ra == rb && ra <= suffix {
+            // The same text from here to the end: the same items.
+            while object && pa < la - 1 {
+                let e = item_end(a, pa, true);
+                same.push(&a[pa..e]);
+                pa = next(a, e);
+            }
+            break;
+        }
+        if !a_end && (b_end || ra >= rb) {
+            let e = item_end(a, pa, object);
+            old.push(&a[pa..e]);
+            pa = next(a, e);
+        }
+        if !b_end && (a_end || rb >= ra) {
+            let e = item_end(b, pb, object);
+            new.push(&b[pb..e]);
+            pb = next(b, e);
+        }
+    }
+    Changed { prefix, old, new, same }
+}
+
+/// A member's key (unescaped) and its value's text; `None` if the key does not read.
+fn member(item: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
+    let key_end = string_end(item, 0);
+    let quoted = &item[..key_end];
+    let key = if quoted.contains(&b'\\') {
+        Cow::Owned(serde_json::from_slice::<String>(quoted).ok()?)
+    } else {
+        Cow::Borrowed(std::str::from_utf8(&quoted[1..quoted.len() - 1]).ok()?)
+    };
+    Some((key, &item[key_end + 1..]))
+}
+
+/// The changed members of two objects, old and new, each key (unescaped) with its value's
+/// text. `None` when a key repeats (serde_json keeps the last value, in the first one's place:
+/// left to the parsed way) or does not read.
+#[allow(clippy::type_complexity)]
+fn members<'t>(c: &Changed<'t>) -> Option<(Vec<(Cow<'t, str>, &'t [u8])>, Vec<(Cow<'t, str>, &'t [u8])>)> {
+    let read = |items: &[&'t [u8]]| items.iter().map(|item| member(item)).collect::<Option<Vec<_>>>();
+    let (old, new) = (read(&c.old)?, read(&c.new)?);
+    let mut keys = std::collections::HashSet::new();
+    for (key, _) in &old {
+        if !keys.insert(key.as_ref()) {
+            return None;
+        }
+    }
+    let mut added = std::collections::HashSet::new();
+    for (key, _) in &new {
+        if !added.insert(key.as_ref()) {
+            return None;
+        }
+    }
+    keys.extend(added);
+    if !keys.is_empty() {
+        for item in &c.same {
+            if keys.contains(member(item)?.0.as_ref()) {
+                return None;
+            }
+        }
+    }
+    Some((old, new))
+}
+
+/// The value of `key` among `members`.
+fn find<'t>(members: &[(Cow<'_, str>, &'t [u8])], key: &str) -> Option<&'t [u8]> {
+    members.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+}
+
+/// Text the raw path met and could not read as serde_json would: the diff is done again the
+/// parsed way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreadable;
+
+fn parse(text: &[u8]) -> Result<Value, Unreadable> {
+    serde_json::from_slice(text).map_err(|_| Unreadable)
+}
+
+/// The JSON Patch from the compact text `from` to the compact text `to` (both from
+/// [`compact`]), the same as [`super::json_patch::diff_with`] of the parsed documents.
+pub fn json_patch(from: &[u8], to: &[u8], options: Options<'_>) -> Result<Result<Vec<Value>, Stopped>, Unreadable> {
+    let mut ops = Vec::new();
+    let mut differ = Differ { options, ops: &mut ops, work: options.budget, bytes: 0, stopped: None };
+    let mut raw = Raw { d: &mut differ, unreadable: false };
+    raw.at(&mut String::new(), from, to);
+    if raw.unreadable {
+        return Err(Unreadable);
+    }
+    Ok(match differ.stopped {
+        Some(why) => Err(why),
+        None => Ok(ops),
+    })
+}
+
+struct Raw<'d, 'o, 'a> {
+    d: &'d mut Differ<'o, 'a>,
+    unreadable: bool,
+}
+
+impl Raw<'_, '_, '_> {
+    fn done(&self) -> bool {
+        self.unreadable || self.d.stopped.is_some()
+    }
+
+    fn parse(&mut self, text: &[u8]) -> Option<Value> {
+        let parsed = parse(text).ok();
+        self.unreadable |= parsed.is_none();
+        parsed
+    }
+
+    /// Diffs the text of two values. Charged as [`Differ::at`] charges a value.
+    fn at(&mut self, path: &mut String, from: &[u8], to: &[u8]) {
+        if from == to || !self.d.charge(1) {
+            return;
+        }
+        match (from[0], to[0]) {
+            (b'{', b'{') => self.objects(path, from, to),
+            (b'[', b'[') => self.arrays(path, from, to),
+            (a, b) => {
+                // Scalars of another kind, or containers of different kinds, are never equal;
+                // the same kind may be (`1.0` and `1.00`, or escapes).
+                let (Some(old), Some(new)) =
+                    (if kind(a) == kind(b) { self.parse(from) } else { Some(Value::Null) }, self.parse(to))
+                else {
+                    return;
+                };
+                if kind(a) != kind(b) || old != new {
+                    let op = json!({"op": "replace", "path": path.as_str(), "value": new});
+                    self.d.push(path, op);
+                }
+            }
+        }
+    }
+
+    fn objects(&mut self, path: &mut String, from: &[u8], to: &[u8]) {
+        let changed = changed(from, to, true);
+        let Some((a, b)) = members(&changed) else {
+            return self.parsed(path, from, to);
+        };
+        let len = path.len();
+        for (key, old) in &a {
+            if self.done() {
+                return;
+            }
+            push_token(path, key);
+            match find(&b, key) {
+                None => {
+                    let op = json!({"op": "remove", "path": path.as_str()});
+                    self.d.push(path, op)
+                }
+                Some(new) => self.at(path, old, new),
+            }
+            path.truncate(len);
+        }
+        for (key, new) in &b {
+            if self.done() {
+                return;
+            }
+            if find(&a, key).is_none() {
+                let Some(value) = self.parse(new) else { return };
+                push_token(path, key);
+                let op = json!({"op": "add", "path": path.as_str(), "value": value});
+                self.d.push(path, op);
+                path.truncate(len);
+            }
+        }
+    }
+
+    fn arrays(&mut self, path: &mut String, from: &[u8], to: &[u8]) {
+        if self.d.options.array_id.is_some() {
+            return self.parsed(path, from, to);
+        }
+        let Changed { prefix, old, new, .. } = changed(from, to, false);
+        let len = path.len();
+        match (old.len(), new.len()) {
+            (1, 1) => {
+                push_token(path, &prefix.to_string());
+                self.at(path, old[0], new[0]);
+                path.truncate(len);
+            }
+            (_, 0) => {
+                push_token(path, &prefix.to_string());
+                for _ in old {
+                    let op = json!({"op": "remove", "path": path.as_str()});
+                    self.d.push(path, op);
+                }
+                path.truncate(len);
+            }
+            (0, _) => {
+                for (k, text) in new.iter().enumerate() {
+                    let Some(value) = self.parse(text) else { return };
+                    push_token(path, &(prefix + k).to_string());
+                    let op = json!({"op": "add", "path": path.as_str(), "value": value});
+                    self.d.push(path, op);
+                    path.truncate(len);
+                    if self.done() {
+                        return;
+                    }
+                }
+            }
+            _ => {
+                let (Some(old), Some(new)) = (self.parse_all(&old), self.parse_all(&new)) else { return };
+                self.d.middle(path, prefix, &old, &new);
+            }
+        }
+    }
+
+    fn parse_all(&mut self, items: &[&[u8]]) -> Option<Vec<Value>> {
+        items.iter().map(|text| self.parse(text)).collect()
+    }
+
+    /// The parsed way, for this value only.
+    fn parsed(&mut self, path: &mut String, from: &[u8], to: &[u8]) {
+        if let (Some(a), Some(b)) = (self.parse(from), self.parse(to)) {
+            // `at` charges the value again.
+            self.d.work += 1;
+            self.d.at(path, &a, &b);
+        }
+    }
+}
+
+/// What a value's first byte says it is: 0 object, 1 array, 2 string, 3 number, 4 the rest
+/// (`true`, `false`, `null`, which are equal only when their bytes are).
+fn kind(first: u8) -> u8 {
+    match first {
+        b'{' => 0,
+        b'[' => 1,
+        b'"' => 2,
+        b'-' | b'0'..=b'9' => 3,
+        _ => 4,
+    }
+}
+
+/// The merge patch from the compact text `from` to `to`, the same as
+/// [`super::merge_patch::diff`] of the parsed documents.
+pub fn merge_patch(from: &[u8], to: &[u8]) -> Result<Option<Value>, Unreadable> {
+    if from[0] != b'{' || to[0] != b'{' {
+        return Ok(None);
+    }
+    Ok(merge_objects(from, to)?.map(Value::Object))
+}
+
+fn merge_objects(from: &[u8], to: &[u8]) -> Result<Option<Map<String, Value>>, Unreadable> {
+    let changed = changed(from, to, true);
+    let Some((a, b)) = members(&changed) else {
+        return Ok(super::merge_patch::diff(&parse(from)?, &parse(to)?).map(|v| match v {
+            Value::Object(m) => m,
+            _ => unreachable!("a merge patch of objects is an object"),
+        }));
+    };
+    let mut patch = Map::new();
+    for (key, _) in &a {
+        if find(&b, key).is_none() {
+            patch.insert(key.to_string(), Value::Null);
+        }
+    }
+    for (key, new) in &b {
+        let old = find(&a, key);
+        if let Some(old) = old.filter(|old| old[0] == b'{' && new[0] == b'{') {
+            match merge_objects(old, new)? {
+                // Equal, written differently.
+                Some(inner) if inner.is_empty() => {}
+                Some(inner) => {
+                    patch.insert(key.to_string(), Value::Object(inner));
+                }
+                None => return Ok(None),
+            }
+            continue;
+        }
+        let value = parse(new)?;
+        if let Some(old) = old {
+            if kind(old[0]) == kind(new[0]) && parse(old)? == value {
+                continue;
+            }
+        }
+        if !super::merge_patch::settable(&value) {
+            return Ok(None);
+        }
+        patch.insert(key.to_string(), value);
+    }
+    Ok(Some(patch))
+}
+
+#[cfg(test)]
+#[path = "raw_tests.rs"]
+mod tests;
