@@ -6,9 +6,10 @@
 # both at once (is the small topic's latency unaffected?).
 #   benches/large.sh
 # Environment: SIZE (1048576), CHANGED (0.01), N_LARGE (1000), N_SMALL (1000), DURATION (15),
-# THREADS (2).
+# THREADS (2), SETTLE (12: seconds between the large topic's subscribers and the small one's in
+# the third phase).
 source "$(dirname "$0")/lib.sh"
-SIZE="${SIZE:-1048576}"; DURATION="${DURATION:-15}"
+SIZE="${SIZE:-1048576}"; DURATION="${DURATION:-15}"; SETTLE="${SETTLE:-12}"
 build >&2
 raise_somaxconn
 start_upstream --rate 1 --size 1024
@@ -24,11 +25,12 @@ EXTRA_ROUTES="  - match: /small
       max_subscribers: 20000"
 start_unpoll 1s
 
-# subscribers PATH N NAME [--json]: N SSE subscribers of PATH, measured for DURATION.
+# subscribers PATH N NAME [--json]: N SSE subscribers of PATH, measured for DURATION (or
+# FOR seconds).
 subscribers() {
   # shellcheck disable=SC2046
   "$BIN/unpoll-bench" subscribe --url "http://$UNPOLL/$1" --n "$2" --protocol sse --warmup 3 \
-    --duration "$DURATION" --interval 1 $(pid_args "$UNPOLL_PID") "${@:4}" > "$WORK/$3.out"
+    --duration "${FOR:-$DURATION}" --interval 1 $(pid_args "$UNPOLL_PID") "${@:4}" > "$WORK/$3.out"
 }
 report() { echo "== $1"; cat "$WORK/$1.out"; }
 
@@ -43,9 +45,11 @@ text = open(sys.argv[1]).read()
 cpu = float(re.search(r"\(([0-9.]+) of a core\)", text.split("server CPU:")[1]).group(1))
 print(f"large alone: unpoll used {cpu:.3f} of a core for one change a second: {cpu * 1000:.0f} ms of CPU per change, its deliveries included")
 PY
-subscribers doc "${N_LARGE:-1000}" large-together &
+# The small topic is measured once the large one's subscribers are in (1,000 snapshots of a
+# MiB take several seconds), within the large one's window.
+FOR=$((DURATION + SETTLE)) subscribers doc "${N_LARGE:-1000}" large-together &
 large=$!
-sleep 1
+sleep "$SETTLE"
 subscribers small "${N_SMALL:-1000}" small-together
 wait "$large"
 report large-together

@@ -162,19 +162,12 @@ impl Differ<'_, '_> {
 
     /// Turns the changed middle `old` of an array, at index `prefix`, into `new`: aligned,
     /// then each gap diffed pairwise.
-    pub(super) fn middle(&mut self, path: &mut String, prefix: usize, old: &[Value], new: &[Value]) {
+    fn middle(&mut self, path: &mut String, prefix: usize, old: &[Value], new: &[Value]) {
         let matches = if old.is_empty() || new.is_empty() { Vec::new() } else { self.align(old, new) };
         if self.stopped.is_some() {
             return;
         }
-        // Walk the alignment; `pos` is the index in the array as patched so far.
-        let mut pos = prefix;
-        let (mut i, mut j) = (0, 0);
-        for (mi, mj) in matches.into_iter().chain(std::iter::once((old.len(), new.len()))) {
-            pos = self.gap(path, pos, &old[i..mi], &new[j..mj]);
-            pos += 1; // the matched element itself
-            (i, j) = (mi + 1, mj + 1);
-        }
+        walk(prefix, matches, (old.len(), new.len()), |pos, i, j| self.gap(path, pos, &old[i], &new[j]));
     }
 
     /// The pairs of equal elements to keep: a longest common subsequence of `old` and `new`,
@@ -346,7 +339,7 @@ fn identities(items: &[Value], field: &str) -> Option<Vec<String>> {
 
 /// What the search for a longest common subsequence found.
 #[derive(Debug, PartialEq, Eq)]
-enum Search {
+pub(super) enum Search {
     /// Index pairs of a longest common subsequence, in order.
     Found(Vec<(usize, usize)>),
     /// The edit distance exceeds the limit.
@@ -358,7 +351,7 @@ enum Search {
 /// A longest common subsequence of `a` and `b`, searched up to edit distance `max_d`, each
 /// step taken from `work`. Myers' greedy algorithm; each round's frontier is kept (for round
 /// `d`, diagonals `-d-1..=d+1`) so the path can be walked back: O(D²) memory.
-fn lcs(a: &[u64], b: &[u64], max_d: usize, work: &mut usize) -> Search {
+pub(super) fn lcs(a: &[u64], b: &[u64], max_d: usize, work: &mut usize) -> Search {
     let (n, m) = (a.len() as isize, b.len() as isize);
     let max_d = max_d.min((n + m) as usize) as isize;
     let offset = max_d + 1;
@@ -413,6 +406,24 @@ fn backtrack(trace: &[Vec<isize>], n: isize, m: isize) -> Vec<(usize, usize)> {
     }
     pairs.reverse();
     pairs
+}
+
+/// Walks an alignment of an array's changed middle, which starts at index `prefix`: `gap` is
+/// given each stretch of old and new elements between two matched pairs (and after the last)
+/// with the index it starts at in the array as patched so far, and returns the index after it.
+pub(super) fn walk(
+    prefix: usize,
+    matches: Vec<(usize, usize)>,
+    (old, new): (usize, usize),
+    mut gap: impl FnMut(usize, std::ops::Range<usize>, std::ops::Range<usize>) -> usize,
+) {
+    let mut pos = prefix;
+    let (mut i, mut j) = (0, 0);
+    for (mi, mj) in matches.into_iter().chain(std::iter::once((old, new))) {
+        pos = gap(pos, i..mi, j..mj);
+        pos += 1; // the matched element itself
+        (i, j) = (mi + 1, mj + 1);
+    }
 }
 
 /// Appends `/token` with RFC 6901 escaping (`~` → `~0`, `/` → `~1`).

@@ -7,13 +7,14 @@
 //! diff walks the compact text of both documents: members and elements whose bytes are equal
 //! are skipped with a `memcmp`, and only what differs is parsed into values (a changed
 //! scalar, an added row). The output is the same as diffing the parsed documents (see
-//! [`super::json_patch`]): objects key by key, arrays by their common prefix and suffix, and
-//! where an array's changed middle is more than one element on each side (or the route
-//! matches rows by `array_id`), that middle is parsed and aligned as before.
+//! [`super::json_patch`]): objects key by key; arrays by their common prefix and suffix, then
+//! the changed middle aligned by the same search over hashes of the elements' texts, each gap
+//! diffed pairwise. Arrays of a route that matches rows by `array_id` are parsed and matched
+//! as before.
 //!
 //! Text the raw path does not take (see [`compact`]) goes the parsed way, as before.
 
-use super::json_patch::{push_token, Differ, Options, Stopped};
+use super::json_patch::{lcs, push_token, walk, Differ, Options, Search, Stopped, MAX_EDIT_DISTANCE};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -446,42 +447,60 @@ impl Raw<'_, '_, '_> {
             return self.parsed(path, from, to);
         }
         let Changed { prefix, old, new, .. } = changed(from, to, false);
-        let len = path.len();
-        match (old.len(), new.len()) {
-            (1, 1) => {
-                push_token(path, &prefix.to_string());
-                self.at(path, old[0], new[0]);
-                path.truncate(len);
-            }
-            (_, 0) => {
-                push_token(path, &prefix.to_string());
-                for _ in old {
-                    let op = json!({"op": "remove", "path": path.as_str()});
-                    self.d.push(path, op);
-                }
-                path.truncate(len);
-            }
-            (0, _) => {
-                for (k, text) in new.iter().enumerate() {
-                    let Some(value) = self.parse(text) else { return };
-                    push_token(path, &(prefix + k).to_string());
-                    let op = json!({"op": "add", "path": path.as_str(), "value": value});
-                    self.d.push(path, op);
-                    path.truncate(len);
-                    if self.done() {
-                        return;
-                    }
-                }
-            }
-            _ => {
-                let (Some(old), Some(new)) = (self.parse_all(&old), self.parse_all(&new)) else { return };
-                self.d.middle(path, prefix, &old, &new);
+        // As the parsed way does with the changed middle (see `Differ::middle`): align it,
+        // then diff each gap pairwise; here elements are hashed and compared by their text.
+        let matches = if old.is_empty() || new.is_empty() { Vec::new() } else { self.align(&old, &new) };
+        if self.done() {
+            return;
+        }
+        walk(prefix, matches, (old.len(), new.len()), |pos, i, j| self.gap(path, pos, &old[i], &new[j]));
+    }
+
+    /// A longest common subsequence of the elements' texts, as `Differ::align` searches it.
+    fn align(&mut self, old: &[&[u8]], new: &[&[u8]]) -> Vec<(usize, usize)> {
+        if !self.d.charge(old.len() + new.len()) {
+            return Vec::new();
+        }
+        let hasher = ahash::RandomState::new();
+        let hashes = |items: &[&[u8]]| items.iter().map(|t| hasher.hash_one(t)).collect::<Vec<u64>>();
+        let (ha, hb) = (hashes(old), hashes(new));
+        match lcs(&ha, &hb, MAX_EDIT_DISTANCE, &mut self.d.work) {
+            Search::Found(pairs) if pairs.iter().all(|&(i, j)| old[i] == new[j]) => pairs,
+            Search::Found(_) | Search::TooDifferent => Vec::new(),
+            Search::OutOfWork => {
+                self.d.stopped = Some(Stopped::Budget);
+                Vec::new()
             }
         }
     }
 
-    fn parse_all(&mut self, items: &[&[u8]]) -> Option<Vec<Value>> {
-        items.iter().map(|text| self.parse(text)).collect()
+    /// Turns `old` (at `pos`) into `new` as `Differ::gap` does: pairwise diffs, then removals
+    /// or additions. Returns the index just after the gap.
+    fn gap(&mut self, path: &mut String, pos: usize, old: &[&[u8]], new: &[&[u8]]) -> usize {
+        let len = path.len();
+        let common = old.len().min(new.len());
+        for k in 0..common {
+            if self.done() {
+                return pos;
+            }
+            push_token(path, &(pos + k).to_string());
+            self.at(path, old[k], new[k]);
+            path.truncate(len);
+        }
+        push_token(path, &(pos + common).to_string());
+        for _ in common..old.len() {
+            let op = json!({"op": "remove", "path": path.as_str()});
+            self.d.push(path, op);
+        }
+        path.truncate(len);
+        for (k, text) in new.iter().enumerate().skip(common) {
+            let Some(value) = self.parse(text) else { return pos };
+            push_token(path, &(pos + k).to_string());
+            let op = json!({"op": "add", "path": path.as_str(), "value": value});
+            self.d.push(path, op);
+            path.truncate(len);
+        }
+        pos + new.len()
     }
 
     /// The parsed way, for this value only.

@@ -99,6 +99,19 @@ fn only_the_change_is_read_and_the_patch_is_the_parsed_ways() {
     c["items"][5] = json!(5);
     c["items"][9] = json!(9);
     as_text(&a.to_string(), &c.to_string());
+    // Rows changed here and there, with rows inserted and removed between them: aligned by
+    // the same search as the parsed way, each changed row diffed in place.
+    let mut c = a.clone();
+    let items = c["items"].as_array_mut().unwrap();
+    for i in [3, 17, 30, 44] {
+        items[i]["name"] = json!(format!("changed {i}"));
+    }
+    items.insert(25, json!({"id": 99}));
+    items.remove(40);
+    items.push(json!(1));
+    items.push(json!(1));
+    let d = as_text(&a.to_string(), &c.to_string());
+    assert_eq!(patch(&d).matches("\"replace\"").count(), 4, "{}", patch(&d));
     // Members removed and added; kinds changed.
     as_text(r#"{"a":1,"b":{"c":[1]},"d":"x"}"#, r#"{"b":{"c":{"x":null}},"d":["x"],"e":true}"#);
     as_text(r#"[1,{"a":"x"},3]"#, r#"[1,"a",3]"#);
