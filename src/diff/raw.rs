@@ -34,9 +34,10 @@ fn in_range(n: &[u8]) -> bool {
 
 /// `body` as compact JSON text (whitespace outside strings dropped), if it is JSON the raw
 /// path reads exactly as serde_json would: valid UTF-8 and valid JSON (serde_json's own
-/// check), nested at most [`MAX_DEPTH`] deep (serde_json's parser stops at 128), with every number surely within `f64`'s range and
-/// no `\u` escape of a lone surrogate: serde_json's check skips numbers and escapes without
-/// the checks its parser makes. `None` sends the body the parsed way.
+/// check), nested at most [`MAX_DEPTH`] deep (serde_json's parser stops at 128), with every
+/// number surely within `f64`'s range and no `\u` escape of a lone surrogate (serde_json's
+/// check skips numbers and escapes without the checks its parser makes). `None` sends the
+/// body the parsed way.
 pub fn compact(body: &Bytes) -> Option<Bytes> {
     let text = std::str::from_utf8(body).ok()?;
     serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
@@ -393,17 +394,17 @@ impl Raw<'_, '_, '_> {
             (b'{', b'{') => self.objects(path, from, to),
             (b'[', b'[') => self.arrays(path, from, to),
             (a, b) => {
-                // Scalars of another kind, or containers of different kinds, are never equal;
-                // the same kind may be (`1.0` and `1.00`, or escapes).
-                let (Some(old), Some(new)) =
-                    (if kind(a) == kind(b) { self.parse(from) } else { Some(Value::Null) }, self.parse(to))
-                else {
-                    return;
-                };
-                if kind(a) != kind(b) || old != new {
-                    let op = json!({"op": "replace", "path": path.as_str(), "value": new});
-                    self.d.push(path, op);
+                let Some(new) = self.parse(to) else { return };
+                // Values of different kinds are never equal; of one kind they may be, written
+                // otherwise (`1.0` and `1.00`, escapes).
+                if kind(a) == kind(b) {
+                    match self.parse(from) {
+                        Some(old) if old != new => {}
+                        _ => return,
+                    }
                 }
+                let op = json!({"op": "replace", "path": path.as_str(), "value": new});
+                self.d.push(path, op);
             }
         }
     }
@@ -507,7 +508,7 @@ impl Raw<'_, '_, '_> {
     fn parsed(&mut self, path: &mut String, from: &[u8], to: &[u8]) {
         if let (Some(a), Some(b)) = (self.parse(from), self.parse(to)) {
             // `at` charges the value again.
-            self.d.work += 1;
+            self.d.work = self.d.work.saturating_add(1);
             self.d.at(path, &a, &b);
         }
     }
