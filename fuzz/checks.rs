@@ -31,21 +31,53 @@ pub fn diff(data: &[u8]) {
         <[Value; 2]>::try_from(pair).unwrap_or_else(|p| [p.first().cloned().unwrap_or(Value::Null), Value::Null]);
     for array_id in [None, Some("id".to_string())] {
         let options = unpoll::diff::DiffOptions { array_id, max_patch_ratio: 1.0, ..Default::default() };
-        let Some(delta) = unpoll::diff::delta(Some(&a), &b, &options) else {
-            assert_eq!(a, b, "no delta for different documents");
-            continue;
-        };
-        assert_eq!(serde_json::from_slice::<Value>(&delta.snapshot).unwrap(), b);
-        if let Some(p) = delta.json_patch {
-            let patch: json_patch::Patch = serde_json::from_slice(&p).expect("a valid RFC 6902 patch");
-            let mut doc = a.clone();
-            json_patch::patch(&mut doc, &patch).expect("the patch applies");
-            assert_eq!(doc, b);
-        }
-        if let Some(p) = delta.merge_patch {
-            let mut doc = a.clone();
-            json_patch::merge(&mut doc, &serde_json::from_slice(&p).unwrap());
-            assert_eq!(doc, b);
+        applies(&a, &b, unpoll::diff::delta(Some(&a), &b, &options));
+    }
+}
+
+/// A delta from `a` turns it into `b`, in every format, checked with an independent RFC 6902
+/// / RFC 7396 implementation; no delta means no change.
+fn applies(a: &Value, b: &Value, delta: Option<unpoll::diff::Delta>) {
+    let Some(delta) = delta else {
+        assert_eq!(a, b, "no delta for different documents");
+        return;
+    };
+    assert_eq!(&serde_json::from_slice::<Value>(&delta.snapshot).unwrap(), b);
+    if let Some(p) = delta.json_patch {
+        let patch: json_patch::Patch = serde_json::from_slice(&p).expect("a valid RFC 6902 patch");
+        let mut doc = a.clone();
+        json_patch::patch(&mut doc, &patch).expect("the patch applies");
+        assert_eq!(&doc, b);
+    }
+    if let Some(p) = delta.merge_patch {
+        let mut doc = a.clone();
+        json_patch::merge(&mut doc, &serde_json::from_slice(&p).unwrap());
+        assert_eq!(&doc, b);
+    }
+}
+
+/// Two JSON texts separated by a NUL byte, diffed as text, as a poll diffs a new body: making
+/// each compact never panics and never takes text serde_json reads otherwise, and every delta
+/// the text diff gives applies to the first document and yields the second.
+pub fn diff_text(data: &[u8]) {
+    let (x, y) = match data.iter().position(|&c| c == 0) {
+        Some(cut) => (&data[..cut], &data[cut + 1..]),
+        None => (data, data),
+    };
+    let compact = |body: &[u8]| {
+        let text = unpoll::diff::raw::compact(&bytes::Bytes::copy_from_slice(body))?;
+        let parsed: Value = serde_json::from_slice(body).expect("compact takes only what serde_json reads");
+        assert_eq!(serde_json::from_slice::<Value>(&text).unwrap(), parsed, "compact text is the same JSON");
+        Some((text, parsed))
+    };
+    let (Some((tx, a)), Some((ty, b))) = (compact(x), compact(y)) else { return };
+    for array_id in [None, Some("id".to_string())] {
+        // Every patch kept, however large, so that each is checked.
+        let options = unpoll::diff::DiffOptions { array_id, patch_floor: usize::MAX, ..Default::default() };
+        let wanted = unpoll::diff::Wanted { json_patch: true, merge_patch: true };
+        // Text the raw path cannot read is diffed the parsed way instead (not checked here).
+        if let Ok(delta) = unpoll::diff::delta_text(Some(&tx), ty.clone(), &options, wanted) {
+            applies(&a, &b, delta);
         }
     }
 }

@@ -28,6 +28,11 @@ fn diff_corpus() {
 }
 
 #[test]
+fn diff_text_corpus() {
+    run("diff_text", checks::diff_text);
+}
+
+#[test]
 fn client_request_corpus() {
     run("client_request", checks::client_request);
 }

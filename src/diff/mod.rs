@@ -49,6 +49,11 @@ impl Default for DiffOptions {
 }
 
 impl DiffOptions {
+    /// The largest patch sent instead of a snapshot of `snapshot` bytes.
+    fn max_patch_bytes(&self, snapshot: usize) -> usize {
+        ((snapshot as f64 * self.max_patch_ratio) as usize).max(self.patch_floor)
+    }
+
     /// The diff options of a stream route.
     pub fn of(settings: &StreamSettings) -> DiffOptions {
         DiffOptions {
@@ -115,7 +120,7 @@ pub fn delta_for(from: Option<&Value>, to: &Value, options: &DiffOptions, wanted
         return None;
     }
     let snapshot = serialise(to);
-    let max_bytes = ((snapshot.len() as f64 * options.max_patch_ratio) as usize).max(options.patch_floor);
+    let max_bytes = options.max_patch_bytes(snapshot.len());
     let mut cut_short = false;
     let ops = if wanted.json_patch {
         let limits = json_patch::Options { array_id: options.array_id.as_deref(), budget: options.budget, max_bytes };
@@ -130,10 +135,7 @@ pub fn delta_for(from: Option<&Value>, to: &Value, options: &DiffOptions, wanted
     } else {
         None
     };
-    let gate = |patch: Value| {
-        let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
-        (bytes.len() <= max_bytes).then(|| Bytes::from(bytes))
-    };
+    let gate = |patch| gate(patch, max_bytes);
     let json_patch = ops.and_then(|ops| gate(Value::Array(ops)));
     let merge_patch = if wanted.merge_patch { merge_patch::diff(from, to).and_then(gate) } else { None };
     Some(Delta { snapshot, json_patch, merge_patch, cut_short })
@@ -155,7 +157,7 @@ pub fn delta_text(
     if from == &to[..] {
         return Ok(None);
     }
-    let max_bytes = ((to.len() as f64 * options.max_patch_ratio) as usize).max(options.patch_floor);
+    let max_bytes = options.max_patch_bytes(to.len());
     // The JSON Patch walk also says whether anything changed: it runs even when nobody reads
     // JSON Patch (where the parsed way compares the documents instead).
     let limits = json_patch::Options { array_id: options.array_id.as_deref(), budget: options.budget, max_bytes };
@@ -172,13 +174,16 @@ pub fn delta_text(
             (None, true)
         }
     };
-    let gate = |patch: Value| {
-        let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
-        (bytes.len() <= max_bytes).then(|| Bytes::from(bytes))
-    };
+    let gate = |patch| gate(patch, max_bytes);
     let json_patch = if wanted.json_patch { ops.and_then(|ops| gate(Value::Array(ops))) } else { None };
     let merge_patch = if wanted.merge_patch { raw::merge_patch(from, &to)?.and_then(gate) } else { None };
     Ok(Some(Delta { snapshot: to, json_patch, merge_patch, cut_short: cut_short && wanted.json_patch }))
+}
+
+/// A patch serialised, or `None` (a snapshot is sent instead) when it is over `max_bytes`.
+fn gate(patch: Value, max_bytes: usize) -> Option<Bytes> {
+    let bytes = serde_json::to_vec(&patch).expect("a Value always serialises");
+    (bytes.len() <= max_bytes).then(|| Bytes::from(bytes))
 }
 
 /// The compact text of a JSON document: [`raw::compact`], or for text it does not take,

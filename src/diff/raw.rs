@@ -141,17 +141,7 @@ const STOPS: [u8; 256] = {
 /// The index just past the string starting (with its quote) at `start`. The text is valid
 /// JSON, so the string is closed.
 fn string_end(text: &[u8], start: usize) -> usize {
-    let mut i = start + 1;
-    while i < text.len() {
-        if STOPS[text[i] as usize] & 1 == 0 {
-            i += 1;
-        } else if text[i] == b'"' {
-            return i + 1;
-        } else {
-            i += 2;
-        }
-    }
-    text.len()
+    string_end_escaped(text, start).0
 }
 
 /// [`string_end`], and whether the string holds an escape.
