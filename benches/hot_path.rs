@@ -100,6 +100,9 @@ fn poll_work(c: &mut Criterion) {
                 delta_for(Some(&parsed), &doc, &DiffOptions::default(), wanted)
             })
         });
+        c.bench_function(&format!("check and compact {}KB", size / 1024), |b| {
+            b.iter(|| unpoll::diff::raw::compact(black_box(&body)).unwrap())
+        });
         c.bench_function(&format!("parse {}KB", size / 1024), |b| {
             b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
         });

@@ -3,6 +3,7 @@
 pub mod json_patch;
 pub mod merge_patch;
 pub mod raw;
+pub mod scan;
 
 use crate::config::{Format, StreamSettings, DEFAULT_DIFF_BUDGET, DEFAULT_PATCH_FLOOR};
 use bytes::Bytes;

@@ -3,10 +3,10 @@
 //! A poll of a 10 KB document in which one row changed used to parse the whole body into a
 //! `serde_json::Value` (a tree about ten times the size of its text, one allocation per
 //! string, map and array), compare it with the last one, and serialise it again for the
-//! snapshot. Here the body is checked and made compact in two passes over its bytes, and the
-//! diff walks the compact text of both documents: members and elements whose bytes are equal
-//! are skipped with a `memcmp`, and only what differs is parsed into values (a changed
-//! scalar, an added row). The output is the same as diffing the parsed documents (see
+//! snapshot. Here the body is checked and made compact in one pass over its bytes (see
+//! [`super::scan`]), and the diff walks the compact text of both documents: members and
+//! elements whose bytes are equal are skipped with a `memcmp`, and only what differs is parsed
+//! into values (a changed scalar, an added row). The output is the same as diffing the parsed documents (see
 //! [`super::json_patch`]): objects key by key; arrays by their common prefix and suffix, then
 //! the changed middle aligned by the same search over hashes of the elements' texts, each gap
 //! diffed pairwise. Arrays of a route that matches rows by `array_id` are parsed and matched
@@ -15,115 +15,10 @@
 //! Text the raw path does not take (see [`compact`]) goes the parsed way, as before.
 
 use super::json_patch::{lcs, push_token, walk, Differ, Options, Search, Stopped, MAX_EDIT_DISTANCE};
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
-/// Deeper JSON is left to the parsed path, which says whether serde_json reads it.
-const MAX_DEPTH: usize = 120;
-
-/// Whether a number is surely within `f64`'s range (serde_json refuses the others): under
-/// 300 characters, or in exponent form under 40 with an exponent of at most 250 either way.
-fn in_range(n: &[u8]) -> bool {
-    let Some(e) = n.iter().position(|c| matches!(c, b'e' | b'E')) else {
-        return n.len() < 300;
-    };
-    let exponent = std::str::from_utf8(&n[e + 1..]).ok().and_then(|x| x.parse::<i32>().ok());
-    n.len() < 40 && exponent.is_some_and(|x| x.abs() <= 250)
-}
-
-/// `body` as compact JSON text (whitespace outside strings dropped), if it is JSON the raw
-/// path reads exactly as serde_json would: valid UTF-8 and valid JSON (serde_json's own
-/// check), nested at most [`MAX_DEPTH`] deep (serde_json's parser stops at 128), with every
-/// number surely within `f64`'s range and no `\u` escape of a lone surrogate (serde_json's
-/// check skips numbers and escapes without the checks its parser makes). `None` sends the
-/// body the parsed way.
-pub fn compact(body: &Bytes) -> Option<Bytes> {
-    let text = std::str::from_utf8(body).ok()?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
-    let is_space = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
-    let start = body.iter().position(|c| !is_space(c))?;
-    let end = body.len() - body.iter().rev().position(|c| !is_space(c)).unwrap_or(0);
-    let body = body.slice(start..end);
-    // Copied only if there is whitespace inside, and then in runs up to each stretch of it:
-    // a compact body (perhaps with a newline after it) is shared, not copied.
-    let mut out: Option<Vec<u8>> = None;
-    let (mut i, mut run, mut depth) = (0, 0, 0usize);
-    while i < body.len() {
-        match body[i] {
-            b' ' | b'\t' | b'\n' | b'\r' => {
-                out.get_or_insert_with(|| Vec::with_capacity(body.len())).extend_from_slice(&body[run..i]);
-                while i < body.len() && is_space(&body[i]) {
-                    i += 1;
-                }
-                run = i;
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return None;
-                }
-                i += 1;
-            }
-            b']' | b'}' => {
-                depth -= 1;
-                i += 1;
-            }
-            b'"' => {
-                let (end, escaped) = string_end_escaped(&body, i);
-                if escaped && lone_surrogate(&body[i..end]) {
-                    return None;
-                }
-                i = end;
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                while i < body.len() && matches!(body[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
-                    i += 1;
-                }
-                if !in_range(&body[start..i]) {
-                    return None;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    Some(match out {
-        None => body,
-        Some(mut out) => {
-            out.extend_from_slice(&body[run..]);
-            Bytes::from(out)
-        }
-    })
-}
-
-/// Whether a string's `\u` escapes name UTF-16 surrogates other than in pairs (a high one
-/// followed at once by a low one), which serde_json refuses.
-fn lone_surrogate(s: &[u8]) -> bool {
-    let unit = |at: usize| -> Option<u16> {
-        let hex = s.get(at..at + 6)?;
-        if hex[0] != b'\\' || hex[1] != b'u' {
-            return None;
-        }
-        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
-    };
-    let mut i = 0;
-    while i + 1 < s.len() {
-        if s[i] != b'\\' {
-            i += 1;
-            continue;
-        }
-        match unit(i) {
-            Some(0xD800..=0xDBFF) => match unit(i + 6) {
-                Some(0xDC00..=0xDFFF) => i += 12,
-                _ => return true,
-            },
-            Some(0xDC00..=0xDFFF) => return true,
-            _ => i += 2,
-        }
-    }
-    false
-}
+pub use super::scan::compact;
 
 /// Bytes that matter when skipping JSON text: 1 in strings (`"`, `\\`), 2 between values
 /// (`"`, brackets).
