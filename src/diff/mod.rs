@@ -147,15 +147,15 @@ pub fn delta_for(from: Option<&Value>, to: &Value, options: &DiffOptions, wanted
 /// result is [`delta_for`]'s on the parsed documents; `Err` when the text holds something the
 /// raw path does not read as serde_json would, and the caller diffs the parsed way.
 pub fn delta_text(
-    from: Option<&[u8]>,
-    to: Bytes,
+    from: Option<&scan::Text>,
+    to: scan::Text,
     options: &DiffOptions,
     wanted: Wanted,
 ) -> Result<Option<Delta>, raw::Unreadable> {
     let Some(from) = from else {
-        return Ok(Some(Delta::whole(to)));
+        return Ok(Some(Delta::whole(to.into_bytes())));
     };
-    if from == &to[..] {
+    if from[..] == to[..] {
         return Ok(None);
     }
     let max_bytes = options.max_patch_bytes(to.len());
@@ -178,7 +178,7 @@ pub fn delta_text(
     let gate = |patch| gate(patch, max_bytes);
     let json_patch = if wanted.json_patch { ops.and_then(|ops| gate(Value::Array(ops))) } else { None };
     let merge_patch = if wanted.merge_patch { raw::merge_patch(from, &to)?.and_then(gate) } else { None };
-    Ok(Some(Delta { snapshot: to, json_patch, merge_patch, cut_short: cut_short && wanted.json_patch }))
+    Ok(Some(Delta { snapshot: to.into_bytes(), json_patch, merge_patch, cut_short: cut_short && wanted.json_patch }))
 }
 
 /// A patch serialised, or `None` (a snapshot is sent instead) when it is over `max_bytes`.
@@ -189,12 +189,12 @@ fn gate(patch: Value, max_bytes: usize) -> Option<Bytes> {
 
 /// The compact text of a JSON document: [`raw::compact`], or for text it does not take,
 /// serde_json's own serialisation of the parsed document. `None` when `body` is not JSON.
-pub fn document_text(body: &Bytes) -> Option<Bytes> {
+pub fn document_text(body: &Bytes) -> Option<scan::Text> {
     match raw::compact(body) {
         Some(text) => Some(text),
         None => {
             let doc: Value = serde_json::from_slice(body).ok()?;
-            Some(Bytes::from(serde_json::to_vec(&doc).expect("a Value always serialises")))
+            Some(scan::Text::unindexed(Bytes::from(serde_json::to_vec(&doc).expect("a Value always serialises"))))
         }
     }
 }

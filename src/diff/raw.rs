@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
 pub use super::scan::compact;
+use super::scan::{Index, Text};
 
 /// Bytes that matter when skipping JSON text: 1 in strings (`"`, `\\`), 2 between values
 /// (`"`, brackets).
@@ -55,11 +56,15 @@ fn string_end_escaped(text: &[u8], start: usize) -> (usize, bool) {
     (text.len(), escaped)
 }
 
-/// The index just past the value starting at `start` in compact JSON text.
-fn value_end(text: &[u8], start: usize) -> usize {
+/// The index just past the value starting at `start` in compact JSON text (a slice of the
+/// document `index` is of): looked up for a large container, read for the rest.
+fn value_end(text: &[u8], start: usize, index: Index<'_>) -> usize {
     match text[start] {
         b'"' => string_end(text, start),
         b'{' | b'[' => {
+            if let Some(end) = index.end(text, start) {
+                return end;
+            }
             let mut depth = 0usize;
             let mut i = start;
             while i < text.len() {
@@ -104,11 +109,11 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
 
 /// The end of the item starting at `start` in a container: an element, or a member
 /// (`"key":value`).
-fn item_end(text: &[u8], start: usize, object: bool) -> usize {
+fn item_end(text: &[u8], start: usize, object: bool, index: Index<'_>) -> usize {
     if object {
-        value_end(text, string_end(text, start) + 1)
+        value_end(text, string_end(text, start) + 1, index)
     } else {
-        value_end(text, start)
+        value_end(text, start, index)
     }
 }
 
@@ -136,12 +141,12 @@ struct Changed<'t> {
 /// differs, and their common suffix, reading as little as it can: the prefix in the old text
 /// only (equal bytes at equal places), and the suffix not at all for arrays. The suffix starts
 /// where both have an item starting with the same text left to the end.
-fn changed<'t>(a: &'t [u8], b: &'t [u8], object: bool) -> Changed<'t> {
+fn changed<'t>(a: &'t [u8], b: &'t [u8], object: bool, (ia, ib): (Index<'_>, Index<'_>)) -> Changed<'t> {
     let (la, lb) = (a.len(), b.len());
     let mut same = Vec::new();
     let (mut pa, mut pb, mut prefix) = (1, 1, 0);
     while pa == pb && pa < la - 1 && pb < lb - 1 {
-        let e = item_end(a, pa, object);
+        let e = item_end(a, pa, object, ia);
         if e >= lb || a[pa..e] != b[pa..e] || !matches!(b[e], b',' | b']' | b'}') {
             break;
         }
@@ -162,19 +167,19 @@ fn changed<'t>(a: &'t [u8], b: &'t [u8], object: bool) -> Changed<'t> {
         if !a_end && !b_end && ra == rb && ra <= suffix {
             // The same text from here to the end: the same items.
             while object && pa < la - 1 {
-                let e = item_end(a, pa, true);
+                let e = item_end(a, pa, true, ia);
                 same.push(&a[pa..e]);
                 pa = next(a, e);
             }
             break;
         }
         if !a_end && (b_end || ra >= rb) {
-            let e = item_end(a, pa, object);
+            let e = item_end(a, pa, object, ia);
             old.push(&a[pa..e]);
             pa = next(a, e);
         }
         if !b_end && (a_end || rb >= ra) {
-            let e = item_end(b, pb, object);
+            let e = item_end(b, pb, object, ib);
             new.push(&b[pb..e]);
             pb = next(b, e);
         }
@@ -240,10 +245,10 @@ fn parse(text: &[u8]) -> Result<Value, Unreadable> {
 
 /// The JSON Patch from the compact text `from` to the compact text `to` (both from
 /// [`compact`]), the same as [`super::json_patch::diff_with`] of the parsed documents.
-pub fn json_patch(from: &[u8], to: &[u8], options: Options<'_>) -> Result<Result<Vec<Value>, Stopped>, Unreadable> {
+pub fn json_patch(from: &Text, to: &Text, options: Options<'_>) -> Result<Result<Vec<Value>, Stopped>, Unreadable> {
     let mut ops = Vec::new();
     let mut differ = Differ { options, ops: &mut ops, work: options.budget, bytes: 0, stopped: None };
-    let mut raw = Raw { d: &mut differ, unreadable: false };
+    let mut raw = Raw { d: &mut differ, unreadable: false, index: (from.index(), to.index()) };
     raw.at(&mut String::new(), from, to);
     if raw.unreadable {
         return Err(Unreadable);
@@ -254,12 +259,14 @@ pub fn json_patch(from: &[u8], to: &[u8], options: Options<'_>) -> Result<Result
     })
 }
 
-struct Raw<'d, 'o, 'a> {
+struct Raw<'d, 'o, 'a, 't> {
     d: &'d mut Differ<'o, 'a>,
     unreadable: bool,
+    /// The old and the new document's indexes.
+    index: (Index<'t>, Index<'t>),
 }
 
-impl Raw<'_, '_, '_> {
+impl Raw<'_, '_, '_, '_> {
     fn done(&self) -> bool {
         self.unreadable || self.d.stopped.is_some()
     }
@@ -295,7 +302,7 @@ impl Raw<'_, '_, '_> {
     }
 
     fn objects(&mut self, path: &mut String, from: &[u8], to: &[u8]) {
-        let changed = changed(from, to, true);
+        let changed = changed(from, to, true, self.index);
         let Some((a, b)) = members(&changed) else {
             return self.parsed(path, from, to);
         };
@@ -332,7 +339,7 @@ impl Raw<'_, '_, '_> {
         if self.d.options.array_id.is_some() {
             return self.parsed(path, from, to);
         }
-        let Changed { prefix, old, new, .. } = changed(from, to, false);
+        let Changed { prefix, old, new, .. } = changed(from, to, false, self.index);
         // As the parsed way does with the changed middle (see `Differ::middle`): align it,
         // then diff each gap pairwise; here elements are hashed and compared by their text.
         let matches = if old.is_empty() || new.is_empty() { Vec::new() } else { self.align(&old, &new) };
@@ -413,15 +420,19 @@ fn kind(first: u8) -> u8 {
 
 /// The merge patch from the compact text `from` to `to`, the same as
 /// [`super::merge_patch::diff`] of the parsed documents.
-pub fn merge_patch(from: &[u8], to: &[u8]) -> Result<Option<Value>, Unreadable> {
+pub fn merge_patch(from: &Text, to: &Text) -> Result<Option<Value>, Unreadable> {
     if from[0] != b'{' || to[0] != b'{' {
         return Ok(None);
     }
-    Ok(merge_objects(from, to)?.map(Value::Object))
+    Ok(merge_objects(from, to, (from.index(), to.index()))?.map(Value::Object))
 }
 
-fn merge_objects(from: &[u8], to: &[u8]) -> Result<Option<Map<String, Value>>, Unreadable> {
-    let changed = changed(from, to, true);
+fn merge_objects(
+    from: &[u8],
+    to: &[u8],
+    index: (Index<'_>, Index<'_>),
+) -> Result<Option<Map<String, Value>>, Unreadable> {
+    let changed = changed(from, to, true, index);
     let Some((a, b)) = members(&changed) else {
         return Ok(super::merge_patch::diff(&parse(from)?, &parse(to)?).map(|v| match v {
             Value::Object(m) => m,
@@ -437,7 +448,7 @@ fn merge_objects(from: &[u8], to: &[u8]) -> Result<Option<Map<String, Value>>, U
     for (key, new) in &b {
         let old = find(&a, key);
         if let Some(old) = old.filter(|old| old[0] == b'{' && new[0] == b'{') {
-            match merge_objects(old, new)? {
+            match merge_objects(old, new, index)? {
                 // Equal, written differently.
                 Some(inner) if inner.is_empty() => {}
                 Some(inner) => {

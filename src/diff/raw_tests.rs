@@ -3,7 +3,7 @@ use crate::diff::{delta_for, delta_text, json_patch, Delta, DiffOptions, Wanted}
 use bytes::Bytes;
 use serde_json::json;
 
-fn text(body: &str) -> Bytes {
+fn text(body: &str) -> crate::diff::scan::Text {
     compact(&Bytes::from(body.to_string())).unwrap_or_else(|| panic!("the raw path takes {body}"))
 }
 
@@ -172,4 +172,52 @@ fn array_ids_limits_and_budgets_hold_as_the_parsed_way() {
     // The size limit stops the walk as it stops the parsed one.
     let limits = json_patch::Options { max_bytes: 10, ..json_patch::Options::default() };
     assert_eq!(json_patch(&ta, &tb, limits), Ok(Err(Stopped::TooLarge)));
+}
+
+/// Large containers are stepped over by their index (see `scan::Text`), pretty-printed or
+/// not: a change inside a large member that is not the last, in the last one, after a large
+/// array, rows added and removed, and the same bytes at other places.
+#[test]
+fn large_containers_are_stepped_over_by_their_index() {
+    let row = |i: u64, v: u64| json!({"id": i, "name": format!("row number {i} of the table"), "v": v, "tags": ["x", {"y": [i]}]});
+    let doc = |rows: &[(u64, u64)], meta: u64, tail: &str| {
+        json!({
+            "meta": {"rows": rows.iter().map(|&(i, v)| row(i, v)).collect::<Vec<_>>(), "n": meta},
+            "list": rows.iter().map(|&(i, v)| row(i + 100, v)).collect::<Vec<_>>(),
+            "tail": tail,
+        })
+    };
+    let base: Vec<(u64, u64)> = (0..10).map(|i| (i, 0)).collect();
+    let mut one = base.clone();
+    one[7].1 = 1;
+    let mut fewer = base.clone();
+    fewer.remove(3);
+    let mut more = base.clone();
+    more.insert(5, (50, 5));
+    let a = doc(&base, 1, "t");
+    for b in [
+        doc(&one, 1, "t"),
+        doc(&base, 2, "t"),
+        doc(&base, 1, "u"),
+        doc(&fewer, 1, "t"),
+        doc(&more, 1, "t"),
+        doc(&one, 2, "u"),
+    ] {
+        for (x, y) in [
+            (a.to_string(), b.to_string()),
+            (serde_json::to_string_pretty(&a).unwrap(), serde_json::to_string_pretty(&b).unwrap()),
+        ] {
+            assert!(as_text(&x, &y).is_some(), "{x} -> {y}");
+        }
+    }
+    // A change at the very end of a large array that is the last member: found by index on
+    // both sides, and the patch names the row.
+    let (x, y) = (
+        doc(&base, 1, "t").to_string(),
+        doc(&base, 1, "t")
+            .to_string()
+            .replace("\"v\":0,\"tags\":[\"x\",{\"y\":[109]}]", "\"v\":9,\"tags\":[\"x\",{\"y\":[109]}]"),
+    );
+    assert_ne!(x, y);
+    assert_eq!(patch(&as_text(&x, &y)), r#"[{"op":"replace","path":"/list/9/v","value":9}]"#);
 }

@@ -7,6 +7,70 @@
 //! takes; text it refuses goes the parsed way, which says whether serde_json reads it.
 
 use bytes::Bytes;
+use std::sync::Arc;
+
+/// Containers this long or longer are indexed: the diff finds where they end without
+/// reading them (a lookup costs about what reading 20 bytes does).
+const INDEXED: usize = 64;
+
+/// A document's compact JSON text, with where its large containers end: a diff that must
+/// step over a large array or object (the last member of an object that changed inside it,
+/// on both sides) looks its end up instead of reading it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Text {
+    bytes: Bytes,
+    /// The start and end (just past the closing bracket) of every container of at least
+    /// [`INDEXED`] bytes, by start.
+    large: Option<Arc<[(u32, u32)]>>,
+}
+
+impl Text {
+    /// Compact JSON text (serde_json's serialisation) without an index.
+    pub fn unindexed(bytes: Bytes) -> Text {
+        Text { bytes, large: None }
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    pub(super) fn index(&self) -> Index<'_> {
+        Index { base: self.bytes.as_ptr() as usize, len: self.bytes.len(), large: self.large.as_deref().unwrap_or(&[]) }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A [`Text`]'s large containers, looked up from any slice of its bytes.
+#[derive(Clone, Copy)]
+pub(super) struct Index<'t> {
+    base: usize,
+    len: usize,
+    large: &'t [(u32, u32)],
+}
+
+impl Index<'_> {
+    /// Where the container starting at `start` in `text` ends, if `text` is a slice of the
+    /// indexed document and the container is indexed.
+    pub(super) fn end(&self, text: &[u8], start: usize) -> Option<usize> {
+        let offset = (text.as_ptr() as usize).checked_sub(self.base)?;
+        let at = offset + start;
+        if at >= self.len {
+            return None;
+        }
+        let k = self.large.binary_search_by_key(&(at as u32), |e| e.0).ok()?;
+        Some(self.large[k].1 as usize - offset)
+    }
+}
 
 /// Deeper JSON is left to the parsed path (serde_json's parser stops at 128).
 pub(super) const MAX_DEPTH: usize = 120;
@@ -85,6 +149,8 @@ struct Scan<'b> {
     out: Option<Vec<u8>>,
     /// Where the text not yet copied to `out` starts.
     run: usize,
+    /// Whitespace dropped so far: the compact text's place is `i - removed`.
+    removed: usize,
 }
 
 impl Scan<'_> {
@@ -104,9 +170,11 @@ impl Scan<'_> {
     fn skip_space(&mut self) {
         let b = self.b;
         self.out.get_or_insert_with(|| Vec::with_capacity(b.len())).extend_from_slice(&b[self.run..self.i]);
+        let start = self.i;
         while self.peek().is_some_and(is_space) {
             self.i += 1;
         }
+        self.removed += self.i - start;
         self.run = self.i;
     }
 
@@ -208,22 +276,26 @@ impl Scan<'_> {
     }
 }
 
-/// `body` as compact JSON text (whitespace outside strings dropped), if it is JSON the raw
-/// path reads exactly as serde_json would: valid JSON and UTF-8, nested at most
+/// `body` as compact JSON text (whitespace outside strings dropped) with its index, if it is
+/// JSON the raw path reads exactly as serde_json would: valid JSON and UTF-8, nested at most
 /// [`MAX_DEPTH`] deep, with every number surely within `f64`'s range and no `\u` escape of a
 /// lone surrogate. A compact body (perhaps with whitespace around it) is shared, not copied.
 /// `None` sends the body the parsed way.
-pub fn compact(body: &Bytes) -> Option<Bytes> {
+pub fn compact(body: &Bytes) -> Option<Text> {
     let start = body.iter().position(|&c| !is_space(c))?;
     let end = body.len() - body.iter().rev().position(|&c| !is_space(c)).unwrap_or(0);
     let body = body.slice(start..end);
-    let mut s = Scan { b: &body, i: 0, out: None, run: 0 };
-    // Bit d of `objects` is whether the container at depth d is an object.
+    let mut s = Scan { b: &body, i: 0, out: None, run: 0, removed: 0 };
+    // Bit d of `objects` is whether the container at depth d is an object; `starts[d]` where
+    // it starts in the compact text.
     let (mut objects, mut depth) = (0u128, 0usize);
+    let (mut large, mut starts) = (Vec::<(u32, u32)>::new(), [0u32; MAX_DEPTH + 1]);
+    let indexed = body.len() <= u32::MAX as usize;
     'value: loop {
         s.space();
         match s.peek()? {
             open @ (b'{' | b'[') => {
+                let at = s.i - s.removed;
                 s.i += 1;
                 s.space();
                 let object = open == b'{';
@@ -234,6 +306,7 @@ pub fn compact(body: &Bytes) -> Option<Bytes> {
                     if depth > MAX_DEPTH {
                         return None;
                     }
+                    starts[depth] = at as u32;
                     if object {
                         objects |= 1 << depth;
                         s.key()?;
@@ -274,23 +347,30 @@ pub fn compact(body: &Bytes) -> Option<Bytes> {
                 _ => return None,
             }
             s.i += 1;
+            let (start, end) = (starts[depth] as usize, s.i - s.removed);
+            if indexed && end - start >= INDEXED {
+                large.push((start as u32, end as u32));
+            }
             depth -= 1;
         }
     }
-    Some(match s.out {
+    let bytes = match s.out {
         None => body,
         Some(mut out) => {
             out.extend_from_slice(&body[s.run..]);
             Bytes::from(out)
         }
-    })
+    };
+    // Listed as they closed (inner ones first); looked up by where they start.
+    large.sort_unstable();
+    Some(Text { bytes, large: (!large.is_empty()).then(|| Arc::from(large)) })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::compact;
+    use super::{compact, INDEXED};
     use bytes::Bytes;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     /// Texts with every part of the grammar: nesting, empty containers, escapes of each kind,
     /// a surrogate pair, non-ASCII text, numbers in each form, literals, whitespace.
@@ -368,6 +448,49 @@ mod tests {
             }
         }
         assert!(checked > 5_000, "{checked}");
+    }
+
+    /// Every container of the compact text, (start, end), by start: read with a stack.
+    fn containers(text: &[u8]) -> Vec<(u32, u32)> {
+        let (mut all, mut open, mut in_string, mut escaped) = (Vec::new(), Vec::new(), false, false);
+        for (i, &c) in text.iter().enumerate() {
+            if in_string {
+                (in_string, escaped) = (escaped || c != b'"', !escaped && c == b'\\');
+                continue;
+            }
+            match c {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    open.push(all.len());
+                    all.push((i as u32, 0));
+                }
+                b'}' | b']' => all[open.pop().unwrap()].1 = i as u32 + 1,
+                _ => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn large_containers_are_indexed_where_the_compact_text_has_them() {
+        let row =
+            |i: usize| json!({"id": i, "name": format!("row [{i}] \"{{\" of twelve"), "tags": ["a", "b", {"c": [i]}]});
+        let doc = json!({"meta": {"n": 1, "s": "}]"}, "rows": (0..12).map(row).collect::<Vec<_>>(), "empty": [[], {}], "tail": "x"});
+        for body in [serde_json::to_vec(&doc).unwrap(), serde_json::to_vec_pretty(&doc).unwrap()] {
+            let text = compact(&Bytes::from(body)).unwrap();
+            let large: Vec<_> = containers(&text).into_iter().filter(|(a, b)| (b - a) as usize >= INDEXED).collect();
+            assert!(large.len() > 12, "the document and its rows: {large:?}");
+            assert_eq!(text.large.as_deref().unwrap(), &large[..]);
+            // Looked up from a slice of the document, in the slice's own offsets.
+            let index = text.index();
+            let (start, end) = large[2];
+            let slice = &text[start as usize - 3..];
+            assert_eq!(index.end(slice, 3), Some((end - start) as usize + 3));
+            assert_eq!(index.end(slice, 4), None, "not a container's start");
+            assert_eq!(index.end(b"[1]", 0), None, "not this document's text");
+        }
+        // Small containers are not indexed, and text too small has no index at all.
+        assert_eq!(compact(&Bytes::from_static(b"{\"a\":[1,2,3]}")).unwrap().large, None);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! needs more work than that is done again from the start on a diff thread, with the route's
 //! whole budget, so an expensive small document still never holds up a worker for long.
 
-use crate::diff::{delta_for, delta_text, raw, Delta, DiffOptions, Wanted};
+use crate::diff::{delta_for, delta_text, raw, scan::Text, Delta, DiffOptions, Wanted};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
@@ -26,7 +26,7 @@ pub struct DiffJob {
     /// The upstream said the body is JSON (or said nothing).
     pub json: bool,
     /// The compact text of the document the new one is diffed against.
-    pub previous: Option<Bytes>,
+    pub previous: Option<Text>,
     pub options: DiffOptions,
     /// The patches someone will read.
     pub wanted: Wanted,
@@ -35,7 +35,7 @@ pub struct DiffJob {
 /// What a [`DiffJob`] found: the document's compact text (if the body is JSON) and the change.
 pub struct Diffed {
     pub body: Bytes,
-    pub doc: Option<Bytes>,
+    pub doc: Option<Text>,
     /// `None`: the same JSON as before.
     pub change: Option<Delta>,
 }
@@ -59,7 +59,7 @@ impl DiffJob {
     pub fn run(self) -> Result<Diffed, BodyError> {
         if self.json {
             if let Some(text) = raw::compact(&self.body) {
-                if let Ok(change) = delta_text(self.previous.as_deref(), text.clone(), &self.options, self.wanted) {
+                if let Ok(change) = delta_text(self.previous.as_ref(), text.clone(), &self.options, self.wanted) {
                     return Ok(Diffed { body: self.body, doc: Some(text), change });
                 }
             }
@@ -87,7 +87,7 @@ impl DiffJob {
         let change = delta_for(previous.as_ref(), &doc, &self.options, self.wanted);
         // The new document's text: the snapshot, or when nothing changed the previous one's.
         let text = match &change {
-            Some(change) => change.snapshot.clone(),
+            Some(change) => Text::unindexed(change.snapshot.clone()),
             None => self.previous.clone().expect("no change from no document"),
         };
         Ok(Diffed { body: self.body, doc: Some(text), change })
@@ -240,7 +240,7 @@ mod tests {
         DiffJob {
             body: Bytes::from(serde_json::to_vec(next).unwrap()),
             json: true,
-            previous: Some(Bytes::from(serde_json::to_vec(previous).unwrap())),
+            previous: Some(Text::unindexed(Bytes::from(serde_json::to_vec(previous).unwrap()))),
             options: DiffOptions::default(),
             wanted: Wanted { json_patch: true, merge_patch: false },
         }

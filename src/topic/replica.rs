@@ -101,7 +101,7 @@ impl Topic {
     /// Takes over as the source of this topic's versions from a stored state: the current
     /// document (its compact text, to diff the next poll against) at `version` of `epoch`.
     /// When the topic is at another version, that document is published whole first.
-    pub fn adopt(&self, epoch: &str, version: u64, doc: Bytes, snapshot: Bytes) {
+    pub fn adopt(&self, epoch: &str, version: u64, doc: crate::diff::scan::Text, snapshot: Bytes) {
         let mut state = self.state();
         let state = &mut *state;
         let here = state.current.as_ref().map(|c| c.version);

@@ -4,7 +4,7 @@
 //! The refreshes asked of it follow the rules of `refresh`.
 
 use crate::config::Format;
-use crate::diff::{Delta, DiffOptions, Wanted};
+use crate::diff::{scan::Text, Delta, DiffOptions, Wanted};
 use crate::metrics::{Metrics, Savings};
 use crate::route_table::StreamRoute;
 use crate::topic::audience::{Audience, Left};
@@ -39,7 +39,7 @@ struct State {
     error: Option<Arc<ErrorEvent>>,
     /// The last JSON document's compact text, shared so that the poller can diff against it
     /// unlocked.
-    doc: Option<Bytes>,
+    doc: Option<Text>,
     last_body: Option<Bytes>,
     validators: Validators,
     idle_since: Option<Instant>,
@@ -445,7 +445,7 @@ impl Topic {
     fn pending(
         &self,
         state: &State,
-        body: Option<(Bytes, Option<Bytes>)>,
+        body: Option<(Bytes, Option<Text>)>,
         delta: Option<Delta>,
         applied: Applied,
     ) -> Pending {
@@ -510,7 +510,7 @@ impl Topic {
 
 /// A version staged for publication (see [`Topic::stage`]).
 pub struct Pending {
-    body: Option<(Bytes, Option<Bytes>)>,
+    body: Option<(Bytes, Option<Text>)>,
     /// What is published as `version` of `epoch`, if anything.
     pub delta: Option<Delta>,
     pub version: u64,
