@@ -16,7 +16,7 @@ const INDEXED: usize = 64;
 /// A document's compact JSON text, with where its large containers end: a diff that must
 /// step over a large array or object (the last member of an object that changed inside it,
 /// on both sides) looks its end up instead of reading it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Text {
     bytes: Bytes,
     /// The start and end (just past the closing bracket) of every container of at least
@@ -28,10 +28,6 @@ impl Text {
     /// Compact JSON text (serde_json's serialisation) without an index.
     pub fn unindexed(bytes: Bytes) -> Text {
         Text { bytes, large: None }
-    }
-
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
     }
 
     pub fn into_bytes(self) -> Bytes {
