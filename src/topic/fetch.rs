@@ -272,22 +272,24 @@ async fn fetch_inner(
         // Nobody asked to switch protocols; the connection is dropped, not reused.
         return Ok(Fetched::Status { status, retry_after: None });
     }
-    let headers = resp.headers.clone();
-    let keeps_alive = pool::keeps_alive(resp.version, &headers, plan.close);
+    // What the head says, taken before the body is read (no copy of the header map).
+    let headers = &resp.headers;
+    let keeps_alive = pool::keeps_alive(resp.version, headers, plan.close);
     let raw_head = session.as_http1().map(|h| h.get_headers_raw_bytes());
-    let doubtful = pool::doubtful_framing(resp.status, &headers, raw_head.as_deref());
+    let doubtful = pool::doubtful_framing(resp.status, headers, raw_head.as_deref());
     let text = |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let validators = Validators { etag: text(http::header::ETAG), last_modified: text(http::header::LAST_MODIFIED) };
-    let json = text(http::header::CONTENT_TYPE).is_none_or(|ct| ct.contains("json"));
-    let max_age = max_age(&headers);
-    let retry_after = retry_after(&headers, SystemTime::now());
+    let json =
+        headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_none_or(|ct| ct.contains("json"));
+    let max_age = max_age(headers);
+    let retry_after = if (200..300).contains(&status) { None } else { retry_after(headers, SystemTime::now()) };
+    let coding = headers.get(http::header::CONTENT_ENCODING).cloned();
     let max_body = upstream.settings.max_body;
-    let mut body = BytesMut::new();
+    let mut body = Gather::new(content_length(headers), max_body);
     while let Some(chunk) = session.read_response_body().await? {
-        if body.len() + chunk.len() > max_body {
-            return Ok(Fetched::TooLarge(body.len() + chunk.len()));
+        if let Err(n) = body.push(chunk) {
+            return Ok(Fetched::TooLarge(n));
         }
-        body.extend_from_slice(&chunk);
     }
     // Bytes read past the end of a response that announced keep-alive: the server sent more
     // than it framed (pingora then closes the connection, but says nothing of it).
@@ -309,7 +311,7 @@ async fn fetch_inner(
     }
     let asked_conditionally = request_validators.etag.is_some() || request_validators.last_modified.is_some();
     Ok(match status {
-        200..=299 => match decode(body.freeze(), headers.get(http::header::CONTENT_ENCODING), max_body) {
+        200..=299 => match decode(body.finish(), coding.as_ref(), max_body) {
             Ok(body) => Fetched::Body { body, validators, json, max_age },
             Err(Decoded::TooLarge(n)) => Fetched::TooLarge(n),
             Err(Decoded::Unknown(coding)) => Fetched::BadEncoding(coding),
@@ -318,6 +320,54 @@ async fn fetch_inner(
         304 if asked_conditionally => Fetched::NotModified { max_age },
         status => Fetched::Status { status, retry_after },
     })
+}
+
+/// A body read in chunks: a body that came in one chunk is kept as it came (the HTTP client's
+/// own copy); one in several is joined once, into a buffer sized by its `Content-Length`.
+struct Gather {
+    first: Option<Bytes>,
+    joined: Option<BytesMut>,
+    len: usize,
+    /// The announced length (at most `max_body`): what the joined buffer is made for.
+    hint: usize,
+    max_body: usize,
+}
+
+impl Gather {
+    fn new(announced: Option<usize>, max_body: usize) -> Gather {
+        Gather { first: None, joined: None, len: 0, hint: announced.unwrap_or(0).min(max_body), max_body }
+    }
+
+    /// Adds a chunk, or says how long the body would be if it is longer than `max_body`.
+    fn push(&mut self, chunk: Bytes) -> Result<(), usize> {
+        self.len += chunk.len();
+        if self.len > self.max_body {
+            return Err(self.len);
+        }
+        match (&self.first, &mut self.joined) {
+            (None, _) => self.first = Some(chunk),
+            (Some(first), None) => {
+                let mut joined = BytesMut::with_capacity(self.hint.max(self.len));
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(&chunk);
+                self.joined = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&chunk),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Bytes {
+        match self.joined {
+            Some(joined) => joined.freeze(),
+            None => self.first.unwrap_or_default(),
+        }
+    }
+}
+
+/// The `Content-Length` a response announces, if one number.
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Why a body could not be decoded.
@@ -333,7 +383,8 @@ enum Decoded {
 /// leave it as it is), decoded into at most `max_body` bytes.
 fn decode(body: Bytes, coding: Option<&http::HeaderValue>, max_body: usize) -> Result<Bytes, Decoded> {
     use std::io::Read;
-    let coding = coding.and_then(|v| v.to_str().ok()).unwrap_or("identity").trim().to_ascii_lowercase();
+    let Some(coding) = coding else { return Ok(body) };
+    let coding = coding.to_str().unwrap_or("identity").trim().to_ascii_lowercase();
     let mut reader: Box<dyn Read> = match coding.as_str() {
         "" | "identity" => return Ok(body),
         "gzip" | "x-gzip" => Box::new(flate2::read::GzDecoder::new(&body[..])),
@@ -380,6 +431,37 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_in_one_chunk_is_kept_and_one_in_several_is_joined() {
+        let one = Bytes::from_static(b"{\"a\":1}");
+        let mut g = Gather::new(Some(7), 100);
+        g.push(one.clone()).unwrap();
+        let kept = g.finish();
+        assert_eq!(kept, one);
+        assert_eq!(kept.as_ptr(), one.as_ptr(), "a single chunk is not copied");
+
+        let mut g = Gather::new(Some(9), 100);
+        for part in [&b"[1,"[..], b"2,", b"3]"] {
+            g.push(Bytes::copy_from_slice(part)).unwrap();
+        }
+        assert_eq!(&g.finish()[..], b"[1,2,3]");
+        // No announced length (or a wrong one): joined all the same.
+        let mut g = Gather::new(None, 100);
+        g.push(Bytes::from_static(b"ab")).unwrap();
+        g.push(Bytes::from_static(b"cd")).unwrap();
+        assert_eq!(&g.finish()[..], b"abcd");
+        assert_eq!(Gather::new(Some(5), 100).finish(), Bytes::new());
+    }
+
+    #[test]
+    fn a_body_past_max_body_is_refused_with_its_length() {
+        let mut g = Gather::new(Some(1_000_000), 5);
+        g.push(Bytes::from_static(b"abc")).unwrap();
+        assert_eq!(g.push(Bytes::from_static(b"def")), Err(6));
+        assert_eq!(Gather::new(None, 5).push(Bytes::from_static(b"abcdef")), Err(6));
+        assert_eq!(content_length(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn bodies_are_decoded_within_max_body() {
