@@ -103,6 +103,9 @@ fn poll_work(c: &mut Criterion) {
         c.bench_function(&format!("check and compact {}KB", size / 1024), |b| {
             b.iter(|| unpoll::diff::raw::compact(black_box(&body)).unwrap())
         });
+        c.bench_function(&format!("check and compact {}KB after the last document", size / 1024), |b| {
+            b.iter(|| unpoll::diff::scan::compact_after(black_box(&body), Some(&previous)).unwrap())
+        });
         c.bench_function(&format!("parse {}KB", size / 1024), |b| {
             b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
         });

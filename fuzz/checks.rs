@@ -70,6 +70,19 @@ pub fn diff_text(data: &[u8]) {
         assert_eq!(serde_json::from_slice::<Value>(&text).unwrap(), parsed, "compact text is the same JSON");
         Some((text, parsed))
     };
+    // Read after the last document, a body is taken and made compact (index included) as
+    // it is alone, whatever the two have in common.
+    if let Some((tx, _)) = compact(x) {
+        let y_bytes = bytes::Bytes::copy_from_slice(y);
+        let alone = unpoll::diff::scan::compact(&y_bytes);
+        let after = unpoll::diff::scan::compact_after(&y_bytes, Some(&tx));
+        assert_eq!(alone.as_deref(), after.as_deref(), "the echo changes the compact text");
+        assert_eq!(
+            alone.as_ref().map(|t| t.index_entries()),
+            after.as_ref().map(|t| t.index_entries()),
+            "the echo changes the index"
+        );
+    }
     let (Some((tx, a)), Some((ty, b))) = (compact(x), compact(y)) else { return };
     for array_id in [None, Some("id".to_string())] {
         // Every patch kept, however large, so that each is checked.

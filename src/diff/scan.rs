@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// Containers this long or longer are indexed: the diff finds where they end without
 /// reading them (a lookup costs about what reading 20 bytes does).
-const INDEXED: usize = 64;
+const INDEXED: usize = 32;
 
 /// A document's compact JSON text, with where its large containers end: a diff that must
 /// step over a large array or object (the last member of an object that changed inside it,
@@ -28,6 +28,11 @@ impl Text {
     /// Compact JSON text (serde_json's serialisation) without an index.
     pub fn unindexed(bytes: Bytes) -> Text {
         Text { bytes, large: None }
+    }
+
+    /// Where its large containers start and end, by start (for the fuzz checks).
+    pub fn index_entries(&self) -> &[(u32, u32)] {
+        self.large.as_deref().unwrap_or(&[])
     }
 
     pub fn into_bytes(self) -> Bytes {
@@ -163,6 +168,8 @@ struct Scan<'b> {
     run: usize,
     /// Whitespace dropped so far: the compact text's place is `i - removed`.
     removed: usize,
+    /// Bytes stepped over as the previous document's (see [`compact_after`]).
+    stepped: usize,
 }
 
 impl Scan<'_> {
@@ -303,25 +310,44 @@ impl Scan<'_> {
 /// lone surrogate. A compact body (perhaps with whitespace around it) is shared, not copied.
 /// `None` sends the body the parsed way.
 pub fn compact(body: &Bytes) -> Option<Text> {
+    compact_after(body, None)
+}
+
+/// [`compact`], reading the last document's text (`previous`) alongside while the two keep
+/// the same shape: a large container whose bytes are those of the container at the same
+/// place in `previous` is stepped over, not read (it is the same JSON at the same depth), and
+/// its index entries are `previous`'s, moved. The answer is exactly `compact`'s; only a body
+/// that mostly repeats the last one costs less.
+pub fn compact_after(body: &Bytes, previous: Option<&Text>) -> Option<Text> {
+    scan(body, previous).map(|(text, _)| text)
+}
+
+/// [`compact_after`], and how many of the body's bytes were stepped over.
+fn scan(body: &Bytes, previous: Option<&Text>) -> Option<(Text, usize)> {
     let start = body.iter().position(|&c| !is_space(c))?;
     let end = body.len() - body.iter().rev().position(|&c| !is_space(c)).unwrap_or(0);
     let body = body.slice(start..end);
-    let mut s = Scan { b: &body, i: 0, out: None, run: 0, removed: 0 };
+    let mut s = Scan { b: &body, i: 0, out: None, run: 0, removed: 0, stepped: 0 };
     // Bit d of `objects` is whether the container at depth d is an object; `starts[d]` where
     // it starts in the compact text.
     let (mut objects, mut depth) = (0u128, 0usize);
     let (mut large, mut starts) = (Vec::<(u32, u32)>::new(), [0u32; MAX_DEPTH + 1]);
     let indexed = body.len() <= u32::MAX as usize;
+    let mut echo = previous.filter(|_| indexed).and_then(Echo::new);
     'value: loop {
         s.space();
         match s.peek()? {
+            b'{' | b'[' if echo.as_mut().is_some_and(|e| e.step_over(&mut s, &mut large)) => {}
             open @ (b'{' | b'[') => {
                 let at = s.i - s.removed;
                 s.i += 1;
                 s.space();
                 let object = open == b'{';
-                if s.peek()? == if object { b'}' } else { b']' } {
+                let close = if object { b'}' } else { b']' };
+                follow(&mut echo, |e| e.byte(open));
+                if s.peek()? == close {
                     s.i += 1;
+                    follow(&mut echo, |e| e.byte(close));
                 } else {
                     depth += 1;
                     if depth > MAX_DEPTH {
@@ -331,17 +357,33 @@ pub fn compact(body: &Bytes) -> Option<Text> {
                     if object {
                         objects |= 1 << depth;
                         s.key()?;
+                        follow(&mut echo, Echo::key);
                     } else {
                         objects &= !(1 << depth);
                     }
                     continue 'value;
                 }
             }
-            b'"' => s.string()?,
-            b'-' | b'0'..=b'9' => s.number()?,
-            b't' => s.literal(b"true")?,
-            b'f' => s.literal(b"false")?,
-            b'n' => s.literal(b"null")?,
+            b'"' => {
+                s.string()?;
+                follow(&mut echo, Echo::string);
+            }
+            b'-' | b'0'..=b'9' => {
+                s.number()?;
+                follow(&mut echo, Echo::number);
+            }
+            b't' => {
+                s.literal(b"true")?;
+                follow(&mut echo, |e| e.literal(b"true"));
+            }
+            b'f' => {
+                s.literal(b"false")?;
+                follow(&mut echo, |e| e.literal(b"false"));
+            }
+            b'n' => {
+                s.literal(b"null")?;
+                follow(&mut echo, |e| e.literal(b"null"));
+            }
             _ => return None,
         }
         // After a value: the next item, or the end of its container, or of the body.
@@ -357,9 +399,11 @@ pub fn compact(body: &Bytes) -> Option<Text> {
             match s.peek()? {
                 b',' => {
                     s.i += 1;
+                    follow(&mut echo, |e| e.byte(b','));
                     if object {
                         s.space();
                         s.key()?;
+                        follow(&mut echo, Echo::key);
                     }
                     continue 'value;
                 }
@@ -367,6 +411,7 @@ pub fn compact(body: &Bytes) -> Option<Text> {
                 b']' if !object => {}
                 _ => return None,
             }
+            follow(&mut echo, |e| e.byte(s.b[s.i]));
             s.i += 1;
             let (start, end) = (starts[depth] as usize, s.i - s.removed);
             if indexed && end - start >= INDEXED {
@@ -375,6 +420,7 @@ pub fn compact(body: &Bytes) -> Option<Text> {
             depth -= 1;
         }
     }
+    let stepped = s.stepped;
     let bytes = match s.out {
         None => body,
         Some(mut out) => {
@@ -384,170 +430,142 @@ pub fn compact(body: &Bytes) -> Option<Text> {
     };
     // Listed as they closed (inner ones first); looked up by where they start.
     large.sort_unstable();
-    Some(Text { bytes, large: (!large.is_empty()).then(|| Arc::from(large)) })
+    Some((Text { bytes, large: (!large.is_empty()).then(|| Arc::from(large)) }, stepped))
+}
+
+/// The last document's compact text, read alongside a new body while both have the same
+/// shape: the same tokens of the same kinds, opened and closed at the same places. Each step
+/// of the new body's scan is mirrored here; the first that does not match ends the echo.
+struct Echo<'p> {
+    text: &'p [u8],
+    j: usize,
+    large: &'p [(u32, u32)],
+    /// The first entry of `large` that can start at or after `j`.
+    next: usize,
+}
+
+/// Mirrors one step of the scan on `echo`, and ends it when the previous text differs there.
+fn follow<'p>(echo: &mut Option<Echo<'p>>, step: impl FnOnce(&mut Echo<'p>) -> bool) {
+    if echo.as_mut().is_some_and(|e| !step(e)) {
+        *echo = None;
+    }
+}
+
+impl<'p> Echo<'p> {
+    fn new(previous: &'p Text) -> Option<Echo<'p>> {
+        Some(Echo { text: &previous.bytes, j: 0, large: previous.large.as_deref()?, next: 0 })
+    }
+
+    fn byte(&mut self, c: u8) -> bool {
+        let same = self.text.get(self.j) == Some(&c);
+        self.j += same as usize;
+        same
+    }
+
+    /// A string of the previous text (valid: only its end is looked for).
+    fn string(&mut self) -> bool {
+        if self.text.get(self.j) != Some(&b'"') {
+            return false;
+        }
+        let mut j = self.j + 1;
+        loop {
+            if let Some(chunk) = self.text.get(j..j + 8) {
+                let flagged = needs_a_look(chunk.try_into().expect("eight bytes"));
+                if flagged == 0 {
+                    j += 8;
+                    continue;
+                }
+                j += flagged.trailing_zeros() as usize / 8;
+            }
+            match self.text.get(j) {
+                Some(b'"') => break,
+                Some(b'\\') => j += 2,
+                Some(_) => j += 1,
+                None => return false,
+            }
+        }
+        self.j = j + 1;
+        true
+    }
+
+    fn key(&mut self) -> bool {
+        self.string() && self.byte(b':')
+    }
+
+    fn number(&mut self) -> bool {
+        if !matches!(self.text.get(self.j), Some(b'-' | b'0'..=b'9')) {
+            return false;
+        }
+        self.j += 1;
+        while matches!(self.text.get(self.j), Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')) {
+            self.j += 1;
+        }
+        true
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        let same = self.text.get(self.j..self.j + word.len()) == Some(word);
+        self.j += if same { word.len() } else { 0 };
+        same
+    }
+
+    /// Steps `s` over the container at its place if the previous text has a large container
+    /// here with the same bytes, and records its index entries (and those of the large
+    /// containers in it) where they now are. The echo has matched every bracket so far, so
+    /// the container is at the depth it had, which kept it within [`MAX_DEPTH`].
+    fn step_over(&mut self, s: &mut Scan<'_>, large: &mut Vec<(u32, u32)>) -> bool {
+        let j = self.j as u32;
+        // After a container stepped over, the next large one is often next.
+        let k = match self.large.get(self.next) {
+            Some(e) if e.0 == j => self.next,
+            _ => {
+                self.next += self.large[self.next..].partition_point(|e| e.0 < j);
+                match self.large.get(self.next) {
+                    Some(e) if e.0 == j => self.next,
+                    _ => return false,
+                }
+            }
+        };
+        let (start, mut end) = self.large[k];
+        // The new body's bytes for the previous text's `from..to`.
+        let same = |from: u32, to: u32| {
+            let new = s.b.get(s.i + (from - start) as usize..s.i + (to - start) as usize);
+            new == Some(&self.text[from as usize..to as usize])
+        };
+        if !same(start, end) {
+            return false;
+        }
+        // Large items that follow it in its array (a comma, then at once a bracket: only an
+        // array's items follow each other so), as long as they are the same too.
+        let mut past = self.past(k, end);
+        while self.text.get(end as usize) == Some(&b',') {
+            match self.large.get(past) {
+                Some(&(a, b)) if a == end + 1 && same(end, b) => {
+                    end = b;
+                    past = self.past(past, b);
+                }
+                _ => break,
+            }
+        }
+        let at = (s.i - s.removed) as u32;
+        large.extend(self.large[k..past].iter().map(|&(a, b)| (a - start + at, b - start + at)));
+        let len = (end - start) as usize;
+        s.i += len;
+        s.stepped += len;
+        self.j += len;
+        self.next = past;
+        true
+    }
+
+    /// The first entry after entry `k` (which ends at `end`) and the entries inside it.
+    fn past(&self, k: usize, end: u32) -> usize {
+        match self.large.get(k + 1) {
+            Some(e) if e.0 < end => k + self.large[k..].partition_point(|e| e.0 < end),
+            _ => k + 1,
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{compact, INDEXED};
-    use bytes::Bytes;
-    use serde_json::{json, Value};
-
-    /// Texts with every part of the grammar: nesting, empty containers, escapes of each kind,
-    /// a surrogate pair, non-ASCII text, numbers in each form, literals, whitespace.
-    const SEEDS: [&str; 4] = [
-        r#"{"a":[1,-2.5,0,-0.0e-1,3e2],"b":{"c":null,"d":true,"e":false},"f":[],"g":{}}"#,
-        "[\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\",\"h\u{e9}\u{1f600}\"]",
-        " { \"k\" : [ 1 , { \"x\" : \"y z\" } ] ,\n\t\"l\" : 10 }\r\n",
-        "[12.25E+3,\"\",[[]],{\"\":0}]",
-    ];
-
-    fn serde_reads(body: &[u8]) -> Option<Value> {
-        serde_json::from_slice(body).ok()
-    }
-
-    /// Takes exactly what serde_json reads, and gives the same JSON without whitespace
-    /// outside strings.
-    fn agrees(body: &[u8]) {
-        let text = compact(&Bytes::copy_from_slice(body));
-        let parsed = serde_reads(body);
-        assert_eq!(text.is_some(), parsed.is_some(), "{:?}", String::from_utf8_lossy(body));
-        if let (Some(text), Some(parsed)) = (text, parsed) {
-            assert_eq!(serde_reads(&text), Some(parsed.clone()));
-            let (mut in_string, mut escaped) = (false, false);
-            for &c in text.iter() {
-                assert!(
-                    in_string || !matches!(c, b' ' | b'\t' | b'\n' | b'\r'),
-                    "{:?}",
-                    String::from_utf8_lossy(&text)
-                );
-                (in_string, escaped) = match (in_string, escaped, c) {
-                    (true, false, b'\\') => (true, true),
-                    (true, false, b'"') | (false, _, b'"') => (!in_string, false),
-                    _ => (in_string, false),
-                };
-            }
-        }
-    }
-
-    #[test]
-    fn each_seed_is_taken_and_made_compact() {
-        for seed in SEEDS {
-            agrees(seed.as_bytes());
-            assert!(compact(&Bytes::from(seed)).is_some(), "{seed}");
-        }
-        let spaced = compact(&Bytes::from(SEEDS[2])).unwrap();
-        assert_eq!(&spaced[..], br#"{"k":[1,{"x":"y z"}],"l":10}"#);
-    }
-
-    /// Every seed with one byte replaced, removed or inserted, at every place: the scan takes
-    /// the text exactly when serde_json reads it. A grammar rule the scan missed or made up
-    /// shows here as a disagreement.
-    #[test]
-    fn takes_a_mutated_text_exactly_when_serde_json_reads_it() {
-        let bytes: &[u8] = b"{}[]\":,\\ -+.eE019tfnulrsabx/\n\t\r\x00\x1f\x7f\xc3\xa9\xff\xed\xa0\x80";
-        let mut checked = 0;
-        for seed in SEEDS {
-            let seed = seed.as_bytes();
-            for at in 0..=seed.len() {
-                for &c in bytes {
-                    let mut m = seed.to_vec();
-                    m.insert(at, c);
-                    agrees(&m);
-                    if at < seed.len() {
-                        let mut m = seed.to_vec();
-                        m[at] = c;
-                        agrees(&m);
-                    }
-                    checked += 1;
-                }
-                if at < seed.len() {
-                    let mut m = seed.to_vec();
-                    m.remove(at);
-                    agrees(&m);
-                }
-            }
-        }
-        assert!(checked > 5_000, "{checked}");
-    }
-
-    /// Strings long enough to be read eight bytes at a time: every byte value at each of the
-    /// first 24 places of a string with an escape and a two-byte character (so in each place
-    /// of an eight-byte word, and in and next to both), and a second string after it, taken
-    /// exactly when serde_json takes them.
-    #[test]
-    fn long_strings_take_each_byte_as_serde_json_does() {
-        for at in 0..24 {
-            for c in 0..=255u8 {
-                let mut s = b"abcdefgh\\u00e9ijkl\xc3\xa9mnopq".to_vec();
-                s[at] = c;
-                let mut body = b"[\"".to_vec();
-                body.extend_from_slice(&s);
-                body.extend_from_slice(b"\",\"0123456789abcdefghij\"]");
-                agrees(&body);
-            }
-        }
-        assert!(compact(&Bytes::from_static(b"[\"0123456789abcdef\x01\"]")).is_none());
-        assert!(compact(&Bytes::from_static(b"[\"0123456789abcdef\xff\"]")).is_none());
-    }
-
-    /// Every container of the compact text, (start, end), by start: read with a stack.
-    fn containers(text: &[u8]) -> Vec<(u32, u32)> {
-        let (mut all, mut open, mut in_string, mut escaped) = (Vec::new(), Vec::new(), false, false);
-        for (i, &c) in text.iter().enumerate() {
-            if in_string {
-                (in_string, escaped) = (escaped || c != b'"', !escaped && c == b'\\');
-                continue;
-            }
-            match c {
-                b'"' => in_string = true,
-                b'{' | b'[' => {
-                    open.push(all.len());
-                    all.push((i as u32, 0));
-                }
-                b'}' | b']' => all[open.pop().unwrap()].1 = i as u32 + 1,
-                _ => {}
-            }
-        }
-        all
-    }
-
-    #[test]
-    fn large_containers_are_indexed_where_the_compact_text_has_them() {
-        let row =
-            |i: usize| json!({"id": i, "name": format!("row [{i}] \"{{\" of twelve"), "tags": ["a", "b", {"c": [i]}]});
-        let doc = json!({"meta": {"n": 1, "s": "}]"}, "rows": (0..12).map(row).collect::<Vec<_>>(), "empty": [[], {}], "tail": "x"});
-        for body in [serde_json::to_vec(&doc).unwrap(), serde_json::to_vec_pretty(&doc).unwrap()] {
-            let text = compact(&Bytes::from(body)).unwrap();
-            let large: Vec<_> = containers(&text).into_iter().filter(|(a, b)| (b - a) as usize >= INDEXED).collect();
-            assert!(large.len() > 12, "the document and its rows: {large:?}");
-            assert_eq!(text.large.as_deref().unwrap(), &large[..]);
-            // Looked up from a slice of the document, in the slice's own offsets.
-            let index = text.index();
-            let (start, end) = large[2];
-            let slice = &text[start as usize - 3..];
-            assert_eq!(index.end(slice, 3), Some((end - start) as usize + 3));
-            assert_eq!(index.end(slice, 4), None, "not a container's start");
-            assert_eq!(index.end(b"[1]", 0), None, "not this document's text");
-        }
-        // Small containers are not indexed, and text too small has no index at all.
-        assert_eq!(compact(&Bytes::from_static(b"{\"a\":[1,2,3]}")).unwrap().large, None);
-    }
-
-    #[test]
-    fn what_the_parsed_way_must_decide_is_left_to_it() {
-        // serde_json reads these, but the text diff does not take them.
-        let deep = format!("{}1{}", "[".repeat(121), "]".repeat(121));
-        let fine = format!("{}1{}", "[".repeat(120), "]".repeat(120));
-        assert!(compact(&Bytes::from(deep)).is_none());
-        assert!(compact(&Bytes::from(fine)).is_some());
-        assert!(compact(&Bytes::from_static(b"[1e299]")).is_none(), "a number near f64's edge");
-        // And these serde_json refuses.
-        for refused in
-            [&b"\"\\ud800\""[..], b"\"\\udc00\\ud800\"", b"\"\\ud800\\u0041\"", b"[1e400]", b"\"\xed\xa0\x80\""]
-        {
-            assert!(compact(&Bytes::copy_from_slice(refused)).is_none(), "{refused:?}");
-            assert!(serde_reads(refused).is_none(), "{refused:?}");
-        }
-    }
-}
+#[path = "scan_tests.rs"]
+mod tests;

@@ -12,7 +12,8 @@
 //! needs more work than that is done again from the start on a diff thread, with the route's
 //! whole budget, so an expensive small document still never holds up a worker for long.
 
-use crate::diff::{delta_for, delta_text, raw, scan::Text, Delta, DiffOptions, Wanted};
+use crate::diff::scan::{self, Text};
+use crate::diff::{delta_for, delta_text, Delta, DiffOptions, Wanted};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
@@ -58,7 +59,7 @@ impl DiffJob {
     /// does not take is parsed whole and diffed the parsed way ([`delta_for`]).
     pub fn run(self) -> Result<Diffed, BodyError> {
         if self.json {
-            if let Some(text) = raw::compact(&self.body) {
+            if let Some(text) = scan::compact_after(&self.body, self.previous.as_ref()) {
                 if let Ok(change) = delta_text(self.previous.as_ref(), text.clone(), &self.options, self.wanted) {
                     return Ok(Diffed { body: self.body, doc: Some(text), change });
                 }
