@@ -331,7 +331,12 @@ fn scan(body: &Bytes, previous: Option<&Text>) -> Option<(Text, usize)> {
     // Bit d of `objects` is whether the container at depth d is an object; `starts[d]` where
     // it starts in the compact text.
     let (mut objects, mut depth) = (0u128, 0usize);
-    let (mut large, mut starts) = (Vec::<(u32, u32)>::new(), [0u32; MAX_DEPTH + 1]);
+    // `marks[d]`: how many entries `large` had when the container at depth d opened. Entries
+    // are put in by start (a container's before those inside it), so they need no sorting.
+    let (mut large, mut starts, mut marks) = (Vec::<(u32, u32)>::new(), [0u32; MAX_DEPTH + 1], [0u32; MAX_DEPTH + 1]);
+    if let Some(previous) = previous {
+        large.reserve(previous.large.as_deref().map_or(0, <[_]>::len));
+    }
     let indexed = body.len() <= u32::MAX as usize;
     let mut echo = previous.filter(|_| indexed).and_then(Echo::new);
     'value: loop {
@@ -354,6 +359,7 @@ fn scan(body: &Bytes, previous: Option<&Text>) -> Option<(Text, usize)> {
                         return None;
                     }
                     starts[depth] = at as u32;
+                    marks[depth] = large.len() as u32;
                     if object {
                         objects |= 1 << depth;
                         s.key()?;
@@ -415,7 +421,7 @@ fn scan(body: &Bytes, previous: Option<&Text>) -> Option<(Text, usize)> {
             s.i += 1;
             let (start, end) = (starts[depth] as usize, s.i - s.removed);
             if indexed && end - start >= INDEXED {
-                large.push((start as u32, end as u32));
+                large.insert(marks[depth] as usize, (start as u32, end as u32));
             }
             depth -= 1;
         }
@@ -428,8 +434,6 @@ fn scan(body: &Bytes, previous: Option<&Text>) -> Option<(Text, usize)> {
             Bytes::from(out)
         }
     };
-    // Listed as they closed (inner ones first); looked up by where they start.
-    large.sort_unstable();
     Some((Text { bytes, large: (!large.is_empty()).then(|| Arc::from(large)) }, stepped))
 }
 
