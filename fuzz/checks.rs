@@ -73,6 +73,7 @@ pub fn diff_text(data: &[u8]) {
     // Read after the last document, a body is taken and made compact (index included) as
     // it is alone, whatever the two have in common.
     if let Some((tx, _)) = compact(x) {
+        assert_eq!(tx.index_entries(), &large_containers(&tx)[..], "the index is where the containers are");
         let y_bytes = bytes::Bytes::copy_from_slice(y);
         let alone = unpoll::diff::scan::compact(&y_bytes);
         let after = unpoll::diff::scan::compact_after(&y_bytes, Some(&tx));
@@ -93,6 +94,29 @@ pub fn diff_text(data: &[u8]) {
             applies(&a, &b, delta);
         }
     }
+}
+
+/// Where every container of compact JSON `text` of `INDEXED` bytes or more starts and ends, by
+/// start: read with a stack, apart from the scan that indexes them.
+fn large_containers(text: &[u8]) -> Vec<(u32, u32)> {
+    let (mut all, mut open, mut in_string, mut escaped) = (Vec::new(), Vec::new(), false, false);
+    for (i, &c) in text.iter().enumerate() {
+        if in_string {
+            (in_string, escaped) = (escaped || c != b'"', !escaped && c == b'\\');
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                open.push(all.len());
+                all.push((i as u32, 0));
+            }
+            b'}' | b']' => all[open.pop().expect("balanced")].1 = i as u32 + 1,
+            _ => {}
+        }
+    }
+    all.retain(|&(a, b)| (b - a) as usize >= unpoll::diff::scan::INDEXED);
+    all
 }
 
 /// A raw HTTP/1.1 request head: normalising its path, deciding whether it is a subscription,

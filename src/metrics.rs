@@ -89,6 +89,8 @@ pub struct Metrics {
     pub topics: IntGauge,
     /// `unpoll_topic_creators`: client addresses with topics that count against them.
     pub topic_creators: IntGauge,
+    /// `unpoll_poll_idle_connections`: upstream connections waiting for their next poll.
+    pub poll_idle: IntGauge,
     /// `unpoll_connections`: open downstream connections on the proxy listener.
     pub connections: IntGauge,
     /// `unpoll_admin_connections`: open connections on the admin listener (at most
@@ -277,6 +279,7 @@ impl Metrics {
         let topics = gauge("unpoll_topics", "Topics with a running poller", 0);
         let connections = gauge("unpoll_connections", "Open downstream connections", 0);
         let topic_creators = gauge("unpoll_topic_creators", "Clients with topics counted against them", 0);
+        let poll_idle = gauge("unpoll_poll_idle_connections", "Upstream connections waiting for their next poll", 0);
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
                 .expect("valid metric");
@@ -315,6 +318,7 @@ impl Metrics {
                 &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             ),
             topic_creators,
+            poll_idle,
             subscribers: gauge_vec("unpoll_subscribers", "Open subscriptions", &["route", "protocol"]),
             topics,
             connections,

@@ -56,6 +56,9 @@ pub fn restart_needed(running: &ServerSettings, new: &ServerSettings) -> Option<
     if running.diff_inline_max != new.diff_inline_max {
         changed.push("server.diff_inline_max");
     }
+    if running.poll_idle_connections != new.poll_idle_connections {
+        changed.push("server.poll_idle_connections");
+    }
     if running.grace_period != new.grace_period {
         changed.push("server.grace_period");
     }

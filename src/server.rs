@@ -156,7 +156,7 @@ pub fn build(config: &Config, start: Start, extra: impl FnOnce(&mut Server)) -> 
     metrics.prepare(config);
     crate::redact::install(config);
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::new(config, &metrics, None)));
-    let poller = Poller::new(metrics.clone(), rx.clone(), config.server.diff_threads, config.server.diff_inline_max);
+    let poller = Poller::new(metrics.clone(), rx.clone(), &config.server);
     let mut in_cluster = None;
     let feed: Arc<dyn crate::topic::feed::Feed> = match &config.cluster {
         None => Arc::new(poller),

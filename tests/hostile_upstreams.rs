@@ -155,6 +155,49 @@ async fn pooled_connections_never_carry_two_users_credentials() {
     }
 }
 
+/// Polls keep their connections between polls (`server.poll_idle_connections`), one list
+/// per server and credentials: two users' topics poll on connections of their own, each user
+/// on one or two connections, and the gauge counts those waiting. With none kept, every poll
+/// makes a new connection.
+#[tokio::test]
+async fn polls_reuse_their_own_kept_connections_and_none_when_none_are_kept() {
+    for kept in [None, Some(0)] {
+        let up = Upstream::start().await;
+        let setup = match kept {
+            Some(n) => whoami().server("poll_idle_connections", n),
+            None => whoami(),
+        };
+        let proxy = Proxy::launch(up.addr, &setup).await;
+        let mut streams = Vec::new();
+        for user in ["Bearer alice", "Bearer bob"] {
+            streams.push(Sse::connect(proxy.addr, "/whoami", &[("Authorization", user)]).await);
+        }
+        let until = tokio::time::Instant::now() + 10 * SECOND;
+        while up.count("/whoami") < 24 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let idle = proxy.metric("unpoll_poll_idle_connections", &[]).await;
+        drop(streams);
+        let polls = up.seen("/whoami");
+        assert!(polls.len() >= 24, "{} polls", polls.len());
+        let mut per_conn: std::collections::HashMap<usize, std::collections::HashSet<String>> = Default::default();
+        for seen in &polls {
+            per_conn.entry(seen.conn).or_default().insert(seen.header("authorization").unwrap_or("").to_string());
+        }
+        assert!(per_conn.values().all(|users| users.len() == 1), "a connection carried two users' polls");
+        match kept {
+            None => {
+                assert!(per_conn.len() <= 4, "{} polls on {} connections", polls.len(), per_conn.len());
+                assert!((1.0..=2.0).contains(&idle), "connections waiting between polls: {idle}");
+            }
+            Some(_) => {
+                assert_eq!(per_conn.len(), polls.len(), "a connection was kept with none to keep");
+                assert_eq!(idle, 0.0);
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_server_that_leaves_bytes_behind_loses_connection_reuse() {
     let up = Upstream::start().await;

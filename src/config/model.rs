@@ -143,6 +143,8 @@ pub struct ServerSettings {
     /// `diff_inline_max`: bodies under this many bytes are parsed and diffed on the worker that
     /// fetched them, within a small work budget (0: never).
     pub diff_inline_max: usize,
+    /// `poll_idle_connections`: upstream connections kept open between polls, in all.
+    pub poll_idle_connections: usize,
     /// `upgrade_sock`: the Unix socket over which a new process (`run --upgrade`) takes over
     /// the listening sockets from this one on SIGQUIT.
     pub upgrade_sock: String,
@@ -515,6 +517,7 @@ impl Default for ServerSettings {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             diff_threads: std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             diff_inline_max: 16 * 1024,
+            poll_idle_connections: 128,
             grace_period: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             max_connections: super::host::default_max_connections(super::host::open_files_limit()),

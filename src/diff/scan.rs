@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// Containers this long or longer are indexed: the diff finds where they end without
 /// reading them (a lookup costs about what reading 20 bytes does).
-const INDEXED: usize = 32;
+pub const INDEXED: usize = 32;
 
 /// A document's compact JSON text, with where its large containers end: a diff that must
 /// step over a large array or object (the last member of an object that changed inside it,

@@ -1,6 +1,7 @@
-//! One upstream GET through pingora's pooled HTTP connector, with the reuse checks of
-//! [`crate::upstream::pool`].
+//! One upstream GET through pingora's HTTP connector, on a connection kept from an earlier
+//! poll where one waits ([`super::idle`]), with the reuse checks of [`crate::upstream::pool`].
 
+use super::idle::Idle;
 use super::key::PollRequest;
 use crate::sys::{self, Pending};
 use crate::upstream::balance::Server;
@@ -13,9 +14,9 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as Http1Session;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
-use prometheus::IntCounterVec;
+use prometheus::{IntCounterVec, IntGauge};
 use std::time::{Duration, SystemTime};
 
 /// The validators of the last body, sent back as `If-None-Match` / `If-Modified-Since`.
@@ -51,7 +52,6 @@ pub enum Fetched {
     BadEncoding(String),
 }
 
-const IDLE_POOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pooled connections found closed (or with bytes waiting) before a new one is made.
 const MAX_STALE: usize = 4;
 /// Informational answers (`100`, `103 Early Hints`) skipped before a poll gives up.
@@ -69,16 +69,19 @@ pub trait Fetch: Send + Sync {
     ) -> BoxFuture<'a, Fetched>;
 }
 
-/// Polls through pingora's pooled HTTP connector ([`fetch`]).
+/// Polls through pingora's HTTP connector, keeping connections between polls in [`Idle`]
+/// ([`fetch`]).
 pub struct HttpFetch {
     connector: Connector,
+    idle: Idle,
     /// `unpoll_upstream_reuse_refused_total`.
     refused: IntCounterVec,
 }
 
 impl HttpFetch {
-    pub fn new(refused: IntCounterVec) -> HttpFetch {
-        HttpFetch { connector: crate::upstream::peer::connector(), refused }
+    /// `idle_limit` connections at most wait for their next poll (`idle_gauge` counts them).
+    pub fn new(refused: IntCounterVec, idle_limit: usize, idle_gauge: IntGauge) -> HttpFetch {
+        HttpFetch { connector: crate::upstream::peer::connector(), idle: Idle::new(idle_limit, idle_gauge), refused }
     }
 }
 
@@ -89,7 +92,7 @@ impl Fetch for HttpFetch {
         request: &'a PollRequest,
         validators: &'a Validators,
     ) -> BoxFuture<'a, Fetched> {
-        Box::pin(fetch(&self.connector, upstream, request, validators, &self.refused))
+        Box::pin(fetch(self, upstream, request, validators))
     }
 }
 
@@ -97,20 +100,14 @@ impl Fetch for HttpFetch {
 /// A server that cannot be reached is tried no more for this poll: the poll goes once to
 /// another, so a pinned topic moves on without an error event. Connections that cannot be
 /// trusted with another request are counted in `refused` (see [`crate::upstream::pool`]).
-pub async fn fetch(
-    connector: &Connector,
-    upstream: &Upstream,
-    request: &PollRequest,
-    validators: &Validators,
-    refused: &IntCounterVec,
-) -> Fetched {
+pub async fn fetch(http: &HttpFetch, upstream: &Upstream, request: &PollRequest, validators: &Validators) -> Fetched {
     // A pinned topic polls its server while it is in rotation, and another meanwhile.
     let first = match &request.pin {
         Some(super::key::Pin::Server(id)) => upstream.balancer().by_id(id).cloned().unwrap_or_else(|| upstream.pick()),
         Some(super::key::Pin::Hash(attribute)) => upstream.balancer().by_hash(attribute, None).clone(),
         None => upstream.pick(),
     };
-    let fetched = fetch_from(connector, upstream, &first, request, validators, refused).await;
+    let fetched = fetch_from(http, upstream, &first, request, validators).await;
     if !matches!(fetched, Fetched::Unreachable(_) | Fetched::Tls(_)) || upstream.balancer().servers().len() < 2 {
         return fetched;
     }
@@ -124,32 +121,28 @@ pub async fn fetch(
     if next.addr == first.addr {
         return fetched;
     }
-    fetch_from(connector, upstream, &next, request, validators, refused).await
+    fetch_from(http, upstream, &next, request, validators).await
 }
 
 /// One poll of `server`, with its health and outage logging.
 async fn fetch_from(
-    connector: &Connector,
+    http: &HttpFetch,
     upstream: &Upstream,
     server: &Server,
     request: &PollRequest,
     validators: &Validators,
-    refused: &IntCounterVec,
 ) -> Fetched {
     let timeout = upstream.settings.timeout;
     server.polled.inc();
-    let fetched =
-        match tokio::time::timeout(timeout, fetch_inner(connector, upstream, server, request, validators, refused))
-            .await
-        {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) if crate::upstream::peer::is_tls_error(&e) => {
-                upstream.tls_failed(server, &e, "poll");
-                Fetched::Tls(e.to_string())
-            }
-            Ok(Err(e)) => Fetched::Unreachable(e.to_string()),
-            Err(_) => Fetched::TimedOut,
-        };
+    let fetched = match tokio::time::timeout(timeout, fetch_inner(http, upstream, server, request, validators)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) if crate::upstream::peer::is_tls_error(&e) => {
+            upstream.tls_failed(server, &e, "poll");
+            Fetched::Tls(e.to_string())
+        }
+        Ok(Err(e)) => Fetched::Unreachable(e.to_string()),
+        Err(_) => Fetched::TimedOut,
+    };
     // Its health, and the details for the log, once per outage of the server; clients are
     // told in plain words.
     match &fetched {
@@ -176,27 +169,27 @@ async fn fetch_from(
 }
 
 /// A session to `server` for a request on behalf of `identity`, and how it was planned. A
-/// pooled connection is used only if nothing waits on it; one with bytes waiting quarantines
-/// the server, and the request then gets a new connection.
+/// connection kept from an earlier poll is used only if nothing waits on it; one with bytes
+/// waiting quarantines the server, and the request then gets a new connection.
 async fn connect(
-    connector: &Connector,
+    http: &HttpFetch,
     upstream: &Upstream,
     server: &Server,
     identity: u64,
-    refused: &IntCounterVec,
 ) -> pingora::Result<(HttpSession, HttpPeer, Plan)> {
     for _ in 0..MAX_STALE {
         let plan = upstream.plan(server.addr, identity);
         let peer = upstream.peer(server, plan.group_key);
-        let (session, reused) = connector.get_http_session(&peer).await?;
-        if !reused {
+        let Some(stream) = http.idle.take(peer.reuse_hash()) else {
+            let (session, _) = http.connector.get_http_session(&peer).await?;
             return Ok((session, peer, plan));
-        }
+        };
+        let session = HttpSession::H1(Http1Session::new_with_options(stream, &peer));
         let (session, pending, _) = waiting(session, &peer, upstream.is_tls()).await;
         match pool::reusable(pending) {
             Ok(true) => return Ok((session, peer, plan)),
             Ok(false) => {}
-            Err(why) => upstream.distrust(server.addr, why, refused),
+            Err(why) => upstream.distrust(server.addr, why, &http.refused),
         }
     }
     Error::e_explain(ErrorType::ConnectError, "every pooled connection was stale")
@@ -218,16 +211,15 @@ async fn waiting(session: HttpSession, peer: &HttpPeer, tls: bool) -> (HttpSessi
 }
 
 async fn fetch_inner(
-    connector: &Connector,
+    http: &HttpFetch,
     upstream: &Upstream,
     server: &Server,
     request: &PollRequest,
     request_validators: &Validators,
-    refused: &IntCounterVec,
 ) -> pingora::Result<Fetched> {
     let validators = request_validators;
     let addr = server.addr;
-    let (mut session, peer, plan) = connect(connector, upstream, server, request.identity, refused).await?;
+    let (mut session, peer, plan) = connect(http, upstream, server, request.identity).await?;
     let mut req = RequestHeader::build("GET", request.target.as_bytes(), None)?;
     for (name, value) in &request.headers {
         req.append_header(name.clone(), value.clone())?;
@@ -305,9 +297,14 @@ async fn fetch_inner(
     let (session, after, read_through) = waiting(session, &peer, upstream.is_tls()).await;
     if after == Pending::Data || overread || doubtful {
         let why = if doubtful { Distrust::DoubtfulFraming } else { Distrust::StrayBytes };
-        upstream.distrust(addr, why, refused);
+        upstream.distrust(addr, why, &http.refused);
     } else if after == Pending::Nothing && !read_through && !plan.close {
-        connector.release_http_session(session, &peer, Some(IDLE_POOL_TIMEOUT)).await;
+        if let HttpSession::H1(mut h1) = session {
+            h1.respect_keepalive();
+            if let Some(stream) = h1.reuse().await {
+                http.idle.put(peer.reuse_hash(), stream, upstream.is_tls()).await;
+            }
+        }
     }
     let asked_conditionally = request_validators.etag.is_some() || request_validators.last_modified.is_some();
     Ok(match status {

@@ -11,6 +11,7 @@ pub mod feed;
 pub mod fetch;
 pub mod history;
 pub mod hub;
+pub mod idle;
 pub mod key;
 pub mod poller;
 pub mod refresh;

@@ -20,6 +20,7 @@ use super::compute::{BodyError, Compute, MAX_DEPTH};
 use super::feed::{Always, Feed, Gate, Retire, Stopped};
 use super::fetch::{Fetch, Fetched, HttpFetch, Validators};
 use super::state::{Applied, Outcome, Prepared, Topic};
+use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -43,17 +44,14 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Polls over HTTP and diffs on at most `diff_threads` threads at once, bodies under
-    /// `diff_inline_max` bytes inline when their diff is cheap.
-    pub fn new(
-        metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
-        diff_threads: usize,
-        diff_inline_max: usize,
-    ) -> Poller {
+    /// Polls over HTTP, keeping at most `server.poll_idle_connections` connections between
+    /// polls, and diffs on at most `server.diff_threads` threads at once, bodies under
+    /// `server.diff_inline_max` bytes inline when their diff is cheap.
+    pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>, server: &ServerSettings) -> Poller {
+        let idle = (server.poll_idle_connections, metrics.poll_idle.clone());
         Poller {
-            fetch: Arc::new(HttpFetch::new(metrics.reuse_refused.clone())),
-            compute: Compute::new(diff_threads, diff_inline_max, &metrics),
+            fetch: Arc::new(HttpFetch::new(metrics.reuse_refused.clone(), idle.0, idle.1)),
+            compute: Compute::new(server.diff_threads, server.diff_inline_max, &metrics),
             metrics,
             shutdown,
         }
