@@ -18,7 +18,7 @@
 //!   socket is (proxied requests), bytes waiting refuse reuse without counting against the
 //!   server ([`reusable_by_socket`]). Bytes already decrypted and held by the TLS layer are
 //!   found by a read before the connection is kept (pingora's own for proxied requests,
-//!   [`crate::topic::idle`]'s for polls), which drops such a connection;
+//!   unpoll's own for polls, in `topic::idle`), which drops such a connection;
 //! - a response whose framing is in doubt ([`doubtful_framing`]) is not followed by reuse;
 //! - a poll's response that announced keep-alive ([`keeps_alive`]) but whose connection
 //!   pingora will not keep is one whose server sent more than it framed (bytes read past its
