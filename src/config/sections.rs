@@ -149,7 +149,8 @@ const SERVER: [Key<ServerSettings>; 25] = [
     Key::new("diff_threads", |w, v, p, s| set(&mut s.diff_threads, w.count(v, p, 1, 256))),
     // Past 256 KiB a body belongs to the large lane whatever this says.
     Key::new("diff_inline_max", |w, v, p, s| set(&mut s.diff_inline_max, w.count(v, p, 0, 256 * 1024))),
-    Key::new("poll_idle_connections", |w, v, p, s| set(&mut s.poll_idle_connections, w.count(v, p, 0, 100_000))),
+    // A full list looks through every key for its oldest connection: a bound keeps that short.
+    Key::new("poll_idle_connections", |w, v, p, s| set(&mut s.poll_idle_connections, w.count(v, p, 0, 10_000))),
     Key::new("access_log", |w, v, p, s| set(&mut s.access_log, w.boolean(v, p))),
     Key::new("redact_params", |w, v, p, s| {
         let list = w.each(v, p, |w, part, p| {
