@@ -3,6 +3,9 @@
 
 use serde_json::Value;
 
+#[path = "containers.rs"]
+mod containers;
+
 /// Configuration text: parsing (which does no I/O: names are not resolved) never panics, a
 /// refusal lists at least one problem, every key path starts at a top-level key (an empty
 /// path is the whole document), and a problem's line is one of the text's.
@@ -96,25 +99,9 @@ pub fn diff_text(data: &[u8]) {
     }
 }
 
-/// Where every container of compact JSON `text` of `INDEXED` bytes or more starts and ends, by
-/// start: read with a stack, apart from the scan that indexes them.
+/// Where every container of compact JSON `text` of `INDEXED` bytes or more starts and ends.
 fn large_containers(text: &[u8]) -> Vec<(u32, u32)> {
-    let (mut all, mut open, mut in_string, mut escaped) = (Vec::new(), Vec::new(), false, false);
-    for (i, &c) in text.iter().enumerate() {
-        if in_string {
-            (in_string, escaped) = (escaped || c != b'"', !escaped && c == b'\\');
-            continue;
-        }
-        match c {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                open.push(all.len());
-                all.push((i as u32, 0));
-            }
-            b'}' | b']' => all[open.pop().expect("balanced")].1 = i as u32 + 1,
-            _ => {}
-        }
-    }
+    let mut all = containers::containers(text);
     all.retain(|&(a, b)| (b - a) as usize >= unpoll::diff::scan::INDEXED);
     all
 }

@@ -98,26 +98,9 @@ fn long_strings_take_each_byte_as_serde_json_does() {
     assert!(compact(&Bytes::from_static(b"[\"0123456789abcdef\xff\"]")).is_none());
 }
 
-/// Every container of the compact text, (start, end), by start: read with a stack.
-fn containers(text: &[u8]) -> Vec<(u32, u32)> {
-    let (mut all, mut open, mut in_string, mut escaped) = (Vec::new(), Vec::new(), false, false);
-    for (i, &c) in text.iter().enumerate() {
-        if in_string {
-            (in_string, escaped) = (escaped || c != b'"', !escaped && c == b'\\');
-            continue;
-        }
-        match c {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                open.push(all.len());
-                all.push((i as u32, 0));
-            }
-            b'}' | b']' => all[open.pop().unwrap()].1 = i as u32 + 1,
-            _ => {}
-        }
-    }
-    all
-}
+#[path = "../../fuzz/containers.rs"]
+mod containers;
+use containers::containers;
 
 #[test]
 fn large_containers_are_indexed_where_the_compact_text_has_them() {

@@ -48,9 +48,10 @@ impl Poller {
     /// polls, and diffs on at most `server.diff_threads` threads at once, bodies under
     /// `server.diff_inline_max` bytes inline when their diff is cheap.
     pub fn new(metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>, server: &ServerSettings) -> Poller {
-        let idle = (server.poll_idle_connections, metrics.poll_idle.clone());
+        let fetch =
+            HttpFetch::new(metrics.reuse_refused.clone(), server.poll_idle_connections, metrics.poll_idle.clone());
         Poller {
-            fetch: Arc::new(HttpFetch::new(metrics.reuse_refused.clone(), idle.0, idle.1)),
+            fetch: Arc::new(fetch),
             compute: Compute::new(server.diff_threads, server.diff_inline_max, &metrics),
             metrics,
             shutdown,
