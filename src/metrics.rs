@@ -11,74 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The `cause` labels of `unpoll_refreshes_total` (see `topic::refresh::Cause`).
-pub const REFRESH_CAUSES: [&str; 2] = ["write", "hint"];
-
-/// `outcome` of `unpoll_upstream_polls_total`.
-pub const POLL_OUTCOMES: [&str; 13] = [
-    "changed",
-    "unchanged",
-    "equivalent",
-    "not_modified",
-    "error_status",
-    "terminal_status",
-    "unreachable",
-    "tls",
-    "timeout",
-    "too_large",
-    "unreadable",
-    "too_deep",
-    "bad_encoding",
-];
-/// `reason` of `unpoll_admin_connections_closed_total`.
-pub const ADMIN_CLOSE_REASONS: [&str; 3] = ["evicted", "refused", "timeout"];
-/// `reason` of `unpoll_requests_rejected_total`.
-pub const REJECT_REASONS: [&str; 12] = [
-    "unknown_format",
-    "bad_token",
-    "bad_last_event_id",
-    "bad_upgrade",
-    "origin_not_allowed",
-    "bad_path",
-    "header_too_large",
-    "too_many_connections",
-    "too_many_subscribers",
-    "too_many_topics",
-    "topic_full",
-    "too_many_topics_for_client",
-];
-/// `reason` of `unpoll_subscribers_dropped_total`.
-pub const DROP_REASONS: [&str; 5] =
-    ["ping_timeout", "write_timeout", "write_error", "protocol_error", "unauthenticated"];
-/// `status` of `unpoll_proxy_request_duration_seconds` (`none`: no answer reached the client).
-pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-/// `result` of `unpoll_config_reloads_total`.
-pub const RELOAD_RESULTS: [&str; 3] = ["applied", "invalid", "rejected"];
-/// `protocol` of the per-subscriber families.
-pub const PROTOCOLS: [&str; 2] = ["sse", "websocket"];
-/// `kind` of `unpoll_events_sent_total`.
-pub const EVENT_KINDS: [&str; 3] = ["snapshot", "patch", "error"];
-/// `reason` of `unpoll_subscriber_lagged_total`.
-pub const LAG_REASONS: [&str; 2] = ["events", "bytes"];
-/// `kind` of `unpoll_upstream_requests_total`.
-pub const SERVER_REQUEST_KINDS: [&str; 2] = ["proxy", "poll"];
-/// `result` of `unpoll_sticky_total`.
-pub const STICKY_RESULTS: [&str; 3] = ["hit", "assigned", "reassigned"];
-/// `reason` of `unpoll_upstream_reuse_refused_total`.
-pub const REUSE_REASONS: [&str; 2] = ["stray_bytes", "doubtful_framing"];
-/// `kind` of `unpoll_upstream_tls_failures_total`.
-pub const TLS_FAILURE_KINDS: [&str; 3] = ["proxy", "poll", "health"];
-/// `result` of `unpoll_tls_handshakes_total`: `ok`, or why a client's handshake failed.
-pub const HANDSHAKE_RESULTS: [&str; 8] =
-    ["ok", "timeout", "plaintext", "not_tls", "no_certificate", "rejected_by_client", "incompatible", "closed"];
-/// `version` of `unpoll_client_connections_total` and `unpoll_client_streams`.
-pub const HTTP_VERSIONS: [&str; 3] = ["1.0", "1.1", "2"];
-/// `lane` of `unpoll_diff_waits_total`.
-pub const LANES: [&str; 2] = ["small", "large"];
-/// `lane` of `unpoll_diffs_total`: on the worker, or on a diff thread of either lane.
-pub const DIFF_PLACES: [&str; 3] = ["inline", "small", "large"];
-/// `kind` of `unpoll_http_requests_total`, for a route (`no_route` has the route `""`).
-pub const REQUEST_KINDS: [&str; 2] = ["proxy", "subscribe"];
+#[path = "labels.rs"]
+mod labels;
+pub use labels::*;
 
 /// The proxy's metrics, registered in their own registry and served on the admin listener.
 pub struct Metrics {
@@ -177,6 +112,12 @@ pub struct Metrics {
     /// events (reason `events`) or `queue_bytes` bytes (`bytes`) behind and were
     /// resynchronised with a snapshot.
     pub lagged: IntCounterVec,
+    /// `unpoll_direct_writes_total{route}`: events the topic wrote to a sleeping subscriber's
+    /// socket itself (see `topic::direct`).
+    pub direct_writes: IntCounterVec,
+    /// `unpoll_direct_handbacks_total{route,reason}`: times the topic woke a sleeping
+    /// subscriber's task to write in its place (`HANDBACK_REASONS`).
+    pub handbacks: IntCounterVec,
     /// `unpoll_subscribers_dropped_total{route,reason}`: reason is `ping_timeout`,
     /// `write_timeout`, `write_error`, `protocol_error`, `unauthenticated`.
     pub dropped: IntCounterVec,
@@ -425,6 +366,16 @@ impl Metrics {
                 "Subscribers resynchronised after falling behind",
                 &["route", "reason"],
             ),
+            direct_writes: counter_vec(
+                "unpoll_direct_writes_total",
+                "Events written by the topic straight to a waiting subscriber's socket",
+                &["route"],
+            ),
+            handbacks: counter_vec(
+                "unpoll_direct_handbacks_total",
+                "Times the topic woke a waiting subscriber's task to write in its place",
+                &["route", "reason"],
+            ),
             dropped: counter_vec(
                 "unpoll_subscribers_dropped_total",
                 "Subscribers disconnected by the proxy",
@@ -541,6 +492,10 @@ impl Metrics {
             }
             for reason in LAG_REASONS {
                 self.lagged.with_label_values(&[label, reason]);
+            }
+            self.direct_writes.with_label_values(&[label]);
+            for reason in HANDBACK_REASONS {
+                self.handbacks.with_label_values(&[label, reason]);
             }
             for reason in DROP_REASONS {
                 self.dropped.with_label_values(&[label, reason]);

@@ -8,16 +8,18 @@
 //! without replaying every step.
 
 use crate::config::Format;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, HANDBACK_REASONS};
+use crate::topic::direct::{Counters, Lane};
 use crate::topic::hub::Subscription;
 use crate::wire::encode::Protocol;
 use crate::wire::event::Kind;
-use crate::wire::event::Msg;
+use crate::wire::event::{Event, Msg};
 use bytes::{Bytes, BytesMut};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
 
 /// The next thing a stream handler must do.
@@ -29,6 +31,9 @@ pub enum Next {
     End(Bytes, Option<&'static str>),
     /// The topic is gone.
     Closed,
+    /// Write these bytes as they are: the rest of an event the topic wrote only part of, in
+    /// the transport's framing already.
+    Raw(Bytes),
 }
 
 /// One subscriber's queue with its counters resolved once.
@@ -45,6 +50,8 @@ pub struct Delivery {
     bytes: IntCounter,
     lagged_events: IntCounter,
     lagged_bytes: IntCounter,
+    direct: IntCounter,
+    handbacks: [IntCounter; 5],
     gauge: IntGauge,
     /// `unpoll_client_streams{version}`, for the HTTP version the stream is served over.
     version: Option<IntGauge>,
@@ -53,6 +60,14 @@ pub struct Delivery {
     asked: Option<(Instant, Histogram)>,
     /// This subscriber's own count of event bytes, for the access log.
     tally: Option<Arc<AtomicU64>>,
+    /// Its way in for the topic, on a plain TCP socket (see `topic::direct`).
+    lane: Option<Arc<Lane>>,
+    /// Whether the lane was parked by this task and not yet taken back.
+    parked: bool,
+    /// The last event (or snapshot) the subscriber was sent by this task, for its epoch,
+    /// and the version it has in that epoch (the topic may have written later ones).
+    last: Option<Arc<Event>>,
+    has_version: u64,
 }
 
 impl Delivery {
@@ -73,10 +88,16 @@ impl Delivery {
             bytes: metrics.bytes.with_label_values(&[route, p]),
             lagged_events: metrics.lagged.with_label_values(&[route, "events"]),
             lagged_bytes: metrics.lagged.with_label_values(&[route, "bytes"]),
+            direct: metrics.direct_writes.with_label_values(&[route]),
+            handbacks: HANDBACK_REASONS.map(|r| metrics.handbacks.with_label_values(&[route, r])),
             gauge,
             version: None,
             asked: None,
             tally: None,
+            lane: None,
+            parked: false,
+            last: None,
+            has_version: 0,
         }
     }
 
@@ -98,6 +119,43 @@ impl Delivery {
     pub fn tallied(mut self, tally: Option<Arc<AtomicU64>>) -> Delivery {
         self.tally = tally;
         self
+    }
+
+    /// Lets the topic write events to `socket` while this subscriber has nothing else to do;
+    /// `chunked`: each event is one HTTP/1.1 chunk.
+    pub fn lane(&mut self, socket: Arc<TcpStream>, chunked: bool) {
+        let Some(topic) = self.sub.topic.upgrade() else { return };
+        let counters = Counters {
+            events: self.events.clone(),
+            bytes: self.bytes.clone(),
+            tally: self.tally.clone(),
+            direct: self.direct.clone(),
+            handbacks: self.handbacks.clone(),
+        };
+        let lane = Lane::new(socket, self.protocol, self.format, chunked, counters).queue(topic.queue());
+        let lane = Arc::new(lane);
+        topic.lanes.join(&lane);
+        self.lane = Some(lane);
+    }
+
+    /// Takes the lane back from the topic, with where the subscriber now is; the rest of an
+    /// event the socket took only part of, which must be written first.
+    pub fn unpark(&mut self) -> Option<Bytes> {
+        if !std::mem::take(&mut self.parked) {
+            return None;
+        }
+        let back = self.lane.as_ref()?.unpark();
+        self.has_version = back.version;
+        self.delivered = back.delivered;
+        back.rest
+    }
+
+    /// Whether the subscriber has `msg` already (the topic wrote it while the lane was parked).
+    fn has(&self, msg: &Msg) -> bool {
+        match (msg, &self.last) {
+            (Msg::Event(e), Some(last)) => e.version <= self.has_version && e.epoch() == last.epoch(),
+            _ => false,
+        }
     }
 
     fn count(&self, bytes: usize) {
@@ -122,21 +180,39 @@ impl Delivery {
     /// Waits for the next message and encodes it, resynchronising a subscriber that is past
     /// its queue limits, or that needs the whole document of a version already superseded.
     pub async fn next(&mut self) -> Next {
-        let newest = self.published[self.format.index()].load(Ordering::Acquire);
-        if newest.saturating_sub(self.delivered) > self.queue_bytes {
-            self.lagged_bytes.inc();
-            return self.resync();
-        }
-        match self.sub.rx.recv().await {
-            Ok(msg) => match self.encode_all(std::slice::from_ref(&msg)) {
-                Some(next) => next,
-                None => self.resync(),
-            },
-            Err(RecvError::Lagged(_)) => {
-                self.lagged_events.inc();
-                self.resync()
+        loop {
+            if let Some(lane) = self.lane.clone() {
+                if !self.parked {
+                    let rx = &self.sub.rx;
+                    self.parked = lane.park(|| rx.is_empty(), self.last.clone(), self.has_version, self.delivered);
+                }
+                if self.parked {
+                    lane.wake.notified().await;
+                    if let Some(rest) = self.unpark() {
+                        return Next::Raw(rest);
+                    }
+                    // Park again unless the ring holds something (what the topic wrote is
+                    // skipped there).
+                    continue;
+                }
             }
-            Err(RecvError::Closed) => Next::Closed,
+            let newest = self.published[self.format.index()].load(Ordering::Acquire);
+            if newest.saturating_sub(self.delivered) > self.queue_bytes {
+                self.lagged_bytes.inc();
+                return self.resync();
+            }
+            return match self.sub.rx.recv().await {
+                Ok(msg) if self.has(&msg) => continue,
+                Ok(msg) => match self.encode_all(std::slice::from_ref(&msg)) {
+                    Some(next) => next,
+                    None => self.resync(),
+                },
+                Err(RecvError::Lagged(_)) => {
+                    self.lagged_events.inc();
+                    self.resync()
+                }
+                Err(RecvError::Closed) => Next::Closed,
+            };
         }
     }
 
@@ -162,6 +238,12 @@ impl Delivery {
     /// Messages (one, or a subscriber's start or resynchronisation) in one buffer; `None`
     /// when one of them needs a whole document that was released.
     fn encode_all(&mut self, msgs: &[Msg]) -> Option<Next> {
+        for msg in msgs {
+            if let Msg::Event(e) | Msg::Snapshot(e) = msg {
+                self.last = Some(e.clone());
+                self.has_version = e.version;
+            }
+        }
         // The usual case, one event: no buffer at all.
         if let [msg] = msgs {
             let (bytes, kind, end, going_away, offset) = self.frame(msg)?;
@@ -226,6 +308,13 @@ fn next(bytes: Bytes, end: bool, going_away: Option<&'static str>) -> Next {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            // Nothing more is written to the socket from the topic.
+            lane.unpark();
+            if let Some(topic) = self.sub.topic.upgrade() {
+                topic.lanes.leave(&lane);
+            }
+        }
         self.gauge.dec();
         if let Some(version) = &self.version {
             version.dec();

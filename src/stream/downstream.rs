@@ -8,13 +8,16 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// What a stream is written to.
 pub enum Socket {
-    /// The client's TCP socket itself.
-    Tcp(tokio::net::TcpStream),
+    /// The client's TCP socket itself, shared with the topic, which writes events to it
+    /// directly while the subscriber is parked (see `topic::direct`).
+    Tcp(Arc<TcpStream>),
     /// Pingora's stream, for connections that are not plain TCP.
     Pingora(Stream),
 }
@@ -31,10 +34,10 @@ pub fn lean(stream: Stream) -> (Socket, i32) {
     let plain = stream.as_any().downcast_ref::<L4Stream>();
     if let Some(std) = plain.and_then(crate::sys::duplicate_tcp) {
         if std.set_nonblocking(true).is_ok() {
-            if let Ok(tcp) = tokio::net::TcpStream::from_std(std) {
+            if let Ok(tcp) = TcpStream::from_std(std) {
                 let id = tcp.as_raw_fd();
                 drop(stream);
-                return (Socket::Tcp(tcp), id);
+                return (Socket::Tcp(Arc::new(tcp)), id);
             }
         }
     }
@@ -97,7 +100,7 @@ impl Downstream {
         }
         let write = async {
             match &mut self.stream {
-                Socket::Tcp(tcp) => tcp.write_all(bytes).await,
+                Socket::Tcp(tcp) => write_all(tcp, bytes).await,
                 Socket::Pingora(stream) => {
                     stream.write_all(bytes).await?;
                     stream.flush().await
@@ -145,16 +148,45 @@ impl Downstream {
             buf.reserve(256);
         }
         match &mut self.stream {
-            Socket::Tcp(tcp) => tcp.read_buf(buf).await,
+            Socket::Tcp(tcp) => loop {
+                tcp.readable().await?;
+                match tcp.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    read => return read,
+                }
+            },
             Socket::Pingora(stream) => stream.read_buf(buf).await,
+        }
+    }
+
+    /// The client's plain TCP socket, when the stream has one, for the topic to write events
+    /// to directly.
+    pub fn shared_socket(&self) -> Option<Arc<TcpStream>> {
+        match &self.stream {
+            Socket::Tcp(tcp) => Some(tcp.clone()),
+            Socket::Pingora(_) => None,
         }
     }
 
     /// Ends the connection (FIN after what was written).
     pub async fn close(mut self) {
         let _ = match &mut self.stream {
-            Socket::Tcp(tcp) => AsyncWriteExt::shutdown(tcp).await,
+            Socket::Tcp(tcp) => socket2::SockRef::from(&**tcp).shutdown(std::net::Shutdown::Write),
             Socket::Pingora(stream) => AsyncWriteExt::shutdown(stream).await,
         };
     }
+}
+
+/// Writes all of `bytes` to a socket shared with the topic (by reference, as the topic writes).
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -16,7 +16,9 @@ use super::delivery::{Delivery, Next};
 use super::downstream::WriteFailed;
 use bytes::Bytes;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Why a stream ended (a failed write is a [`WriteFailed`] instead).
@@ -81,6 +83,14 @@ pub trait Sink: Send {
     fn begin(&mut self, events: Bytes) -> impl Future<Output = Result<(), WriteFailed>> + Send;
     /// More events.
     fn event(&mut self, events: Bytes) -> impl Future<Output = Result<(), WriteFailed>> + Send;
+    /// Bytes already framed for the transport (the rest of an event the topic wrote in part).
+    fn raw(&mut self, bytes: Bytes) -> impl Future<Output = Result<(), WriteFailed>> + Send;
+    /// The client's plain TCP socket, for the topic to write events to directly, and whether
+    /// each event is an HTTP/1.1 chunk there; `None` where events need the sink (TLS, HTTP/2,
+    /// HTTP/1.0).
+    fn lane(&self) -> Option<(Arc<TcpStream>, bool)> {
+        None
+    }
     /// Every heartbeat: a comment, a ping; an end when the client stopped answering.
     fn keep_alive(&mut self) -> impl Future<Output = Result<Option<End>, WriteFailed>> + Send;
     /// Waits until the client sent something (`true`) or left (`false`). Cancel-safe: it only
@@ -103,7 +113,7 @@ pub async fn serve<S: Sink>(
 ) -> Result<Ended, WriteFailed> {
     // The head and the subscriber's first events in one write.
     let why = match delivery.initial() {
-        Next::Write(b) => {
+        Next::Write(b) | Next::Raw(b) => {
             sink.begin(b).await?;
             live(&mut sink, &mut delivery, heartbeat, &mut shutdown).await?
         }
@@ -126,34 +136,53 @@ async fn live<S: Sink>(
     heartbeat: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<End, WriteFailed> {
+    if let Some((socket, chunked)) = sink.lane() {
+        delivery.lane(socket, chunked);
+    }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     // One wait for shutdown for the whole stream, not one per event.
     let stopping = shutdown.changed();
     tokio::pin!(stopping);
     loop {
-        tokio::select! {
-            _ = &mut stopping => return Ok(End::Shutdown),
-            next = delivery.next() => match next {
-                Next::Write(b) => sink.event(b).await?,
-                Next::End(b, going_away) => {
-                    sink.event(b).await?;
-                    return Ok(End::Done(going_away));
-                }
-                Next::Closed => return Ok(End::Closed),
-            },
-            _ = tick.tick() => {
+        let step = tokio::select! {
+            _ = &mut stopping => Step::Stop,
+            next = delivery.next() => Step::Next(next),
+            _ = tick.tick() => Step::Tick,
+            heard = sink.heard() => Step::Heard(heard),
+        };
+        // Whatever the task writes now, the topic must not write beside it: the lane is taken
+        // back first, with the rest of an event the topic wrote in part.
+        if let Some(rest) = delivery.unpark() {
+            sink.raw(rest).await?;
+        }
+        match step {
+            Step::Stop => return Ok(End::Shutdown),
+            Step::Next(Next::Write(b)) => sink.event(b).await?,
+            Step::Next(Next::Raw(b)) => sink.raw(b).await?,
+            Step::Next(Next::End(b, going_away)) => {
+                sink.event(b).await?;
+                return Ok(End::Done(going_away));
+            }
+            Step::Next(Next::Closed) => return Ok(End::Closed),
+            Step::Tick => {
                 if let Some(end) = sink.keep_alive().await? {
                     return Ok(end);
                 }
             }
-            heard = sink.heard() => {
-                if !heard {
-                    return Ok(End::Left);
-                }
+            Step::Heard(false) => return Ok(End::Left),
+            Step::Heard(true) => {
                 if let Some(end) = sink.answer().await? {
                     return Ok(end);
                 }
             }
         }
     }
+}
+
+/// What woke the delivery loop.
+enum Step {
+    Stop,
+    Next(Next),
+    Tick,
+    Heard(bool),
 }

@@ -10,11 +10,13 @@
 
 use super::downstream::{Downstream, WriteFailed};
 use super::serve::{End, Sink};
+use crate::wire::encode::size_line;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// The response head of an SSE stream to an HTTP/1.1 client.
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
@@ -33,16 +35,6 @@ const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 /// The last chunk of a chunked body.
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-/// The size line of an HTTP/1.1 chunk of `len` bytes (RFC 9112 §7.1), made on the stack,
-/// and its length.
-fn size_line(len: usize) -> ([u8; 20], usize) {
-    let mut line = [0u8; 20];
-    let mut rest = &mut line[..];
-    write!(rest, "{len:x}\r\n").expect("a usize in hex fits in 20 bytes");
-    let n = 20 - rest.len();
-    (line, n)
-}
 
 /// The body's first bytes: the preamble and the subscriber's first events.
 fn first_body(events: &[u8]) -> Bytes {
@@ -88,6 +80,15 @@ impl Sink for Http1 {
 
     async fn event(&mut self, events: Bytes) -> Result<(), WriteFailed> {
         self.write(&events).await
+    }
+
+    async fn raw(&mut self, bytes: Bytes) -> Result<(), WriteFailed> {
+        self.down.write(&bytes).await
+    }
+
+    fn lane(&self) -> Option<(Arc<TcpStream>, bool)> {
+        // HTTP/1.0 bodies are not chunked; they keep to the task.
+        (!self.http10).then(|| self.down.shared_socket().map(|s| (s, true))).flatten()
     }
 
     async fn keep_alive(&mut self) -> Result<Option<End>, WriteFailed> {
@@ -157,6 +158,10 @@ impl Sink for H2<'_> {
         self.write(events, false).await
     }
 
+    async fn raw(&mut self, bytes: Bytes) -> Result<(), WriteFailed> {
+        self.write(bytes, false).await
+    }
+
     async fn keep_alive(&mut self) -> Result<Option<End>, WriteFailed> {
         self.write(Bytes::from_static(KEEPALIVE), false).await.map(|()| None)
     }
@@ -177,16 +182,5 @@ impl Sink for H2<'_> {
             return Ok(());
         }
         self.write(Bytes::new(), true).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn chunk_size_lines_are_hex() {
-        for (len, line) in [(0, "0\r\n"), (13, "d\r\n"), (300, "12c\r\n"), (usize::MAX, "ffffffffffffffff\r\n")] {
-            let (bytes, n) = super::size_line(len);
-            assert_eq!(&bytes[..n], line.as_bytes());
-        }
     }
 }

@@ -254,6 +254,14 @@ impl Sink for Ws {
         self.down.write(&events).await
     }
 
+    async fn raw(&mut self, bytes: Bytes) -> Result<(), WriteFailed> {
+        self.down.write(&bytes).await
+    }
+
+    fn lane(&self) -> Option<(std::sync::Arc<tokio::net::TcpStream>, bool)> {
+        self.down.shared_socket().map(|s| (s, false))
+    }
+
     async fn keep_alive(&mut self) -> Result<Option<End>, WriteFailed> {
         if self.awaiting_pong {
             return self.close(CloseCode::Policy, "ping timeout", Ended::PingTimeout).await;

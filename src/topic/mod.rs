@@ -7,6 +7,7 @@
 
 pub mod audience;
 pub mod compute;
+pub mod direct;
 pub mod feed;
 pub mod fetch;
 pub mod history;

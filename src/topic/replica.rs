@@ -93,7 +93,7 @@ impl Topic {
             }
             let event = self.record(state, delta, stored.version);
             if i == last {
-                let _ = self.tx.send(Msg::Snapshot(event));
+                self.send(Msg::Snapshot(event));
             }
         }
     }

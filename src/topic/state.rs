@@ -9,6 +9,7 @@ use crate::metrics::{Metrics, Savings};
 use crate::route_table::StreamRoute;
 use crate::topic::audience::{Audience, Left};
 use crate::topic::compute::{DiffJob, Diffed};
+use crate::topic::direct::Lanes;
 use crate::topic::fetch::Validators;
 use crate::topic::history::History;
 use crate::topic::key::{PollRequest, TopicKey};
@@ -63,6 +64,10 @@ pub struct Topic {
     closed: AtomicBool,
     state: Mutex<State>,
     tx: broadcast::Sender<Msg>,
+    /// Its ring's length, in events.
+    queue: usize,
+    /// Its subscribers on plain TCP sockets, written to directly while they sleep.
+    pub lanes: Lanes,
     /// Its subscribers, by format and protocol.
     audience: Audience,
     /// The client that made it, while the topic still counts against it.
@@ -160,6 +165,8 @@ impl Topic {
                 format_left: [None; 3],
             }),
             tx: broadcast::channel(queue).0,
+            queue,
+            lanes: Lanes::default(),
             audience: Audience::default(),
             creator: Mutex::new(creator),
             published: Arc::default(),
@@ -171,6 +178,18 @@ impl Topic {
             report: Mutex::default(),
             refresh: Mutex::default(),
         }
+    }
+
+    /// Sends a message on the ring and offers it to the parked lanes. Always under the state
+    /// lock, so the lanes see messages in the ring's order.
+    fn send(&self, msg: Msg) {
+        let _ = self.tx.send(msg.clone());
+        self.lanes.send(&msg, self.queue);
+    }
+
+    /// The ring's length, in events.
+    pub fn queue(&self) -> usize {
+        self.queue
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -259,7 +278,7 @@ impl Topic {
         let error = Arc::new(error);
         let mut state = self.state();
         state.error = Some(error.clone());
-        let _ = self.tx.send(Msg::Error(error));
+        self.send(Msg::Error(error));
         self.closed.store(true, Ordering::Release);
         drop(state);
         self.wake.notify_one();
@@ -369,7 +388,7 @@ impl Topic {
                 }
                 let e = Arc::new(ErrorEvent::new(status, error, &message, false));
                 state.error = Some(e.clone());
-                let _ = self.tx.send(Msg::Error(e.clone()));
+                self.send(Msg::Error(e.clone()));
                 (Applied::Failed, Some(e))
             }
             Outcome::Terminal { status, error } => {
@@ -385,7 +404,7 @@ impl Topic {
     pub fn tell(&self, error: Arc<ErrorEvent>) {
         let mut state = self.state();
         state.error = Some(error.clone());
-        let _ = self.tx.send(Msg::Error(error));
+        self.send(Msg::Error(error));
     }
 
     /// The first step with a new body: the same bytes as last time are settled at once (as
@@ -481,7 +500,7 @@ impl Topic {
 
     fn publish(&self, state: &mut State, delta: Delta, version: u64) {
         let event = self.record(state, delta, version);
-        let _ = self.tx.send(Msg::Event(event));
+        self.send(Msg::Event(event));
     }
 
     /// Makes `version` current and keeps it in the history, without sending it.

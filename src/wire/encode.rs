@@ -1,6 +1,7 @@
 //! Pure wire encodings: SSE event blocks and WebSocket text frames. No I/O.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use std::io::Write;
 
 /// The client protocol of a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,6 +21,26 @@ impl Protocol {
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// The size line of an HTTP/1.1 chunk of `len` bytes (RFC 9112 §7.1), made on the stack,
+/// and its length.
+pub fn size_line(len: usize) -> ([u8; 20], usize) {
+    let mut line = [0u8; 20];
+    let mut rest = &mut line[..];
+    write!(rest, "{len:x}\r\n").expect("a usize in hex fits in 20 bytes");
+    let n = 20 - rest.len();
+    (line, n)
+}
+
+/// `data` as one HTTP/1.1 chunk: its size line, the bytes, and the chunk's end.
+pub fn http_chunk(data: &[u8]) -> Bytes {
+    let (size, n) = size_line(data.len());
+    let mut out = BytesMut::with_capacity(n + data.len() + 2);
+    out.put_slice(&size[..n]);
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+    out.freeze()
 }
 
 /// One SSE event block: `id:`/`event:`/`data:` lines and a blank line. `data` is compact
@@ -99,6 +120,15 @@ mod tests {
         assert_eq!(&b[..], b"id: 9f2c-1\nevent: snapshot\ndata: {\"id\":1}\n\n");
         let e = sse_event(None, "error", b"{}");
         assert_eq!(&e[..], b"event: error\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for (len, line) in [(0, "0\r\n"), (13, "d\r\n"), (300, "12c\r\n"), (usize::MAX, "ffffffffffffffff\r\n")] {
+            let (bytes, n) = size_line(len);
+            assert_eq!(&bytes[..n], line.as_bytes());
+        }
+        assert_eq!(&http_chunk(b"event: x\n\n")[..], b"a\r\nevent: x\n\n\r\n");
     }
 
     #[test]

@@ -117,6 +117,11 @@ impl Event {
         }
     }
 
+    /// The first half of its id: versions of one epoch follow each other.
+    pub fn epoch(&self) -> &str {
+        self.id.rsplit_once('-').map_or("", |(epoch, _)| epoch)
+    }
+
     /// Notes that it is being handed to a subscriber's socket now.
     pub fn note_written(&self) {
         let after = self.born.elapsed().as_nanos().clamp(1, u64::MAX as u128) as u64;
