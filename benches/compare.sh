@@ -7,7 +7,9 @@
 # bench upstream. Latency is receive time minus the time the document left the upstream (the
 # GET answer for unpoll, the POST for nchan). Environment: N (10000), PROTOCOL (sse), ROUNDS (2),
 # RATE (1), SIZE (1024), DURATION (10), WARMUP (2), THREADS (2: proxy threads / nginx workers),
-# FORMAT (unpoll's format; FORMAT=snapshot sends the whole document, as nchan does).
+# FORMAT (unpoll's format; FORMAT=snapshot sends the whole document, as nchan does),
+# BASELINE (another unpoll binary, e.g. the previous commit's, measured in the same rotation
+# as "unpoll-baseline").
 source "$(dirname "$0")/lib.sh"
 N="${N:-10000}"; RATE="${RATE:-1}"; SIZE="${SIZE:-1024}"; PROTOCOL="${PROTOCOL:-sse}"
 INTERVAL_MS="$(python3 -c "print(round(1000/float('$RATE')))")"
@@ -21,10 +23,11 @@ RESULTS="$WORK/results.jsonl"
 common=(--n "$N" --protocol "$PROTOCOL" --duration "${DURATION:-10}" --warmup "${WARMUP:-2}" --interval "$INTERVAL" --json)
 
 run_unpoll() {
-  UPSTREAM="$POLLED" start_unpoll "${INTERVAL_MS}ms"
+  UPSTREAM="$POLLED" UNPOLL_BIN="${1:-$BIN/unpoll}" start_unpoll "${INTERVAL_MS}ms"
   # shellcheck disable=SC2046
   "$BIN/unpoll-bench" subscribe --url "http://$UNPOLL/doc" --server unpoll "${common[@]}" \
-    --upstream-stats "http://$POLLED/stats" $(pid_args "$UNPOLL_PID") ${FORMAT:+--format "$FORMAT"} | tee -a "$RESULTS"
+    --upstream-stats "http://$POLLED/stats" $(pid_args "$UNPOLL_PID") ${FORMAT:+--format "$FORMAT"} \
+    | sed "s/\"server\":\"unpoll\"/\"server\":\"${2:-unpoll}\"/" | tee -a "$RESULTS"
   stop "$UNPOLL_PID"
 }
 
@@ -41,6 +44,10 @@ run_nchan() {
 }
 
 for round in $(seq "${ROUNDS:-2}"); do
-  if [ $((round % 2)) -eq 1 ]; then run_unpoll; run_nchan; else run_nchan; run_unpoll; fi
+  if [ -n "${BASELINE:-}" ]; then
+    # Each binary goes first in one round of two.
+    if [ $((round % 2)) -eq 1 ]; then run_unpoll; run_nchan; run_unpoll "$BASELINE" unpoll-baseline
+    else run_unpoll "$BASELINE" unpoll-baseline; run_nchan; run_unpoll; fi
+  elif [ $((round % 2)) -eq 1 ]; then run_unpoll; run_nchan; else run_nchan; run_unpoll; fi
 done
 python3 "$ROOT/benches/table.py" "$RESULTS"

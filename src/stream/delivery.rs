@@ -46,12 +46,11 @@ pub struct Delivery {
     published: Arc<[AtomicU64; 3]>,
     /// The offset (in this format) of the last event sent.
     delivered: u64,
-    events: [IntCounter; 3],
-    bytes: IntCounter,
+    /// Its events and bytes, and what the topic writes for it: shared by the topic's
+    /// subscribers over the same protocol.
+    counters: Arc<Counters>,
     lagged_events: IntCounter,
     lagged_bytes: IntCounter,
-    direct: IntCounter,
-    handbacks: [IntCounter; 5],
     gauge: IntGauge,
     /// `unpoll_client_streams{version}`, for the HTTP version the stream is served over.
     version: Option<IntGauge>,
@@ -60,8 +59,8 @@ pub struct Delivery {
     asked: Option<(Instant, Histogram)>,
     /// This subscriber's own count of event bytes, for the access log.
     tally: Option<Arc<AtomicU64>>,
-    /// Its way in for the topic, on a plain TCP socket (see `topic::direct`).
-    lane: Option<Arc<Lane>>,
+    /// Its way in for the topic, on a plain TCP socket (see `topic::direct`), and its shard.
+    lane: Option<(Arc<Lane>, usize)>,
     /// Whether the lane was parked by this task and not yet taken back.
     parked: bool,
     /// The last event (or snapshot) the subscriber was sent by this task, for its epoch,
@@ -75,7 +74,22 @@ impl Delivery {
         let p = protocol.name();
         let gauge = metrics.subscribers.with_label_values(&[route, p]);
         gauge.inc();
-        let published = sub.topic.upgrade().map_or_else(Arc::default, |topic| topic.published.clone());
+        let topic = sub.topic.upgrade();
+        let published = topic.as_ref().map_or_else(Arc::default, |topic| topic.published.clone());
+        let make = || {
+            Arc::new(Counters {
+                events: [Kind::Snapshot, Kind::Patch, Kind::Error]
+                    .map(|k| metrics.events.with_label_values(&[route, p, k.name()])),
+                bytes: metrics.bytes.with_label_values(&[route, p]),
+                direct: metrics.direct_writes.with_label_values(&[route]),
+                handbacks: HANDBACK_REASONS.map(|r| metrics.handbacks.with_label_values(&[route, r])),
+            })
+        };
+        let counters = match &topic {
+            Some(topic) => topic.counters[protocol.index()].get_or_init(make).clone(),
+            None => make(),
+        };
+        drop(topic);
         Delivery {
             format: sub.format,
             sub,
@@ -83,13 +97,9 @@ impl Delivery {
             queue_bytes: queue_bytes as u64,
             published,
             delivered: 0,
-            events: [Kind::Snapshot, Kind::Patch, Kind::Error]
-                .map(|k| metrics.events.with_label_values(&[route, p, k.name()])),
-            bytes: metrics.bytes.with_label_values(&[route, p]),
+            counters,
             lagged_events: metrics.lagged.with_label_values(&[route, "events"]),
             lagged_bytes: metrics.lagged.with_label_values(&[route, "bytes"]),
-            direct: metrics.direct_writes.with_label_values(&[route]),
-            handbacks: HANDBACK_REASONS.map(|r| metrics.handbacks.with_label_values(&[route, r])),
             gauge,
             version: None,
             asked: None,
@@ -125,17 +135,12 @@ impl Delivery {
     /// `chunked`: each event is one HTTP/1.1 chunk.
     pub fn lane(&mut self, socket: Arc<TcpStream>, chunked: bool) {
         let Some(topic) = self.sub.topic.upgrade() else { return };
-        let counters = Counters {
-            events: self.events.clone(),
-            bytes: self.bytes.clone(),
-            tally: self.tally.clone(),
-            direct: self.direct.clone(),
-            handbacks: self.handbacks.clone(),
-        };
-        let lane = Lane::new(socket, self.protocol, self.format, chunked, counters).queue(topic.queue());
+        let lane = Lane::new(socket, self.protocol, self.format, chunked, self.counters.clone())
+            .queue(topic.queue())
+            .tallied(self.tally.clone());
         let lane = Arc::new(lane);
-        topic.lanes.join(&lane);
-        self.lane = Some(lane);
+        let shard = topic.lanes.join(&lane);
+        self.lane = Some((lane, shard));
     }
 
     /// Takes the lane back from the topic, with where the subscriber now is; the rest of an
@@ -144,7 +149,7 @@ impl Delivery {
         if !std::mem::take(&mut self.parked) {
             return None;
         }
-        let back = self.lane.as_ref()?.unpark();
+        let back = self.lane.as_ref()?.0.unpark();
         self.has_version = back.version;
         self.delivered = back.delivered;
         back.rest
@@ -159,7 +164,7 @@ impl Delivery {
     }
 
     fn count(&self, bytes: usize) {
-        self.bytes.inc_by(bytes as u64);
+        self.counters.bytes.inc_by(bytes as u64);
         if let Some(tally) = &self.tally {
             tally.fetch_add(bytes as u64, Ordering::Relaxed);
         }
@@ -181,7 +186,7 @@ impl Delivery {
     /// its queue limits, or that needs the whole document of a version already superseded.
     pub async fn next(&mut self) -> Next {
         loop {
-            if let Some(lane) = self.lane.clone() {
+            if let Some(lane) = self.lane.as_ref().map(|(lane, _)| lane.clone()) {
                 if !self.parked {
                     let rx = &self.sub.rx;
                     self.parked = lane.park(|| rx.is_empty(), self.last.clone(), self.has_version, self.delivered);
@@ -247,7 +252,7 @@ impl Delivery {
         // The usual case, one event: no buffer at all.
         if let [msg] = msgs {
             let (bytes, kind, end, going_away, offset) = self.frame(msg)?;
-            self.events[kind as usize].inc();
+            self.counters.events[kind as usize].inc();
             self.delivered = offset.unwrap_or(self.delivered);
             self.count(bytes.len());
             return Some(next(bytes, end, going_away));
@@ -258,7 +263,7 @@ impl Delivery {
         }
         let (mut end, mut going_away) = (false, None);
         for (_, kind, terminal, away, offset) in &frames {
-            self.events[*kind as usize].inc();
+            self.counters.events[*kind as usize].inc();
             self.delivered = offset.unwrap_or(self.delivered);
             end |= terminal;
             going_away = going_away.or(*away);
@@ -308,11 +313,11 @@ fn next(bytes: Bytes, end: bool, going_away: Option<&'static str>) -> Next {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let Some(lane) = self.lane.take() {
+        if let Some((lane, shard)) = self.lane.take() {
             // Nothing more is written to the socket from the topic.
             lane.unpark();
             if let Some(topic) = self.sub.topic.upgrade() {
-                topic.lanes.leave(&lane);
+                topic.lanes.leave(&lane, shard);
             }
         }
         self.gauge.dec();

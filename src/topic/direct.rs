@@ -25,20 +25,19 @@ use crate::wire::encode::{http_chunk, Protocol};
 use crate::wire::event::{Event, Kind, Msg};
 use bytes::Bytes;
 use prometheus::IntCounter;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// What a delivery is counted in (the subscriber's own counters, resolved once).
+/// What deliveries are counted in: the same for every subscriber of a topic over one
+/// protocol, resolved once and shared.
 pub struct Counters {
     /// `unpoll_events_sent_total`, per kind (snapshot, patch, error).
     pub events: [IntCounter; 3],
     pub bytes: IntCounter,
-    /// The subscriber's own count of bytes, for the access log.
-    pub tally: Option<Arc<AtomicU64>>,
     /// `unpoll_direct_writes_total`.
     pub direct: IntCounter,
     /// `unpoll_direct_handbacks_total`, per [`Handed`].
@@ -68,8 +67,10 @@ pub struct Lane {
     /// SSE over HTTP/1.1: each event is one chunk.
     chunked: bool,
     /// Events written before the task must take the lane back (half the ring).
-    budget: u64,
-    counters: Counters,
+    budget: u32,
+    counters: Arc<Counters>,
+    /// The subscriber's own count of bytes, for the access log.
+    tally: Option<Arc<AtomicU64>>,
     state: Mutex<LaneState>,
     /// Wakes the subscriber's task when the topic hands the lane back.
     pub wake: Notify,
@@ -87,7 +88,7 @@ struct LaneState {
     /// Events written here since the lane was parked.
     written: u64,
     /// The rest of an event the socket took only part of: the task writes it first.
-    rest: Option<Bytes>,
+    rest: Option<Box<Bytes>>,
 }
 
 /// What the task learns when it takes its lane back.
@@ -99,7 +100,13 @@ pub struct Handback {
 }
 
 impl Lane {
-    pub fn new(socket: Arc<TcpStream>, protocol: Protocol, format: Format, chunked: bool, counters: Counters) -> Lane {
+    pub fn new(
+        socket: Arc<TcpStream>,
+        protocol: Protocol,
+        format: Format,
+        chunked: bool,
+        counters: Arc<Counters>,
+    ) -> Lane {
         Lane {
             socket,
             protocol,
@@ -107,6 +114,7 @@ impl Lane {
             chunked,
             budget: 1,
             counters,
+            tally: None,
             state: Mutex::new(LaneState {
                 parked: false,
                 last: None,
@@ -121,7 +129,13 @@ impl Lane {
 
     /// Takes the lane back after `queue / 2` events written (`queue`: the topic's ring).
     pub fn queue(mut self, queue: usize) -> Lane {
-        self.budget = (queue as u64 / 2).max(1);
+        self.budget = (queue / 2).clamp(1, u32::MAX as usize) as u32;
+        self
+    }
+
+    /// Counts what the topic writes into `tally` too (the subscriber's access log line).
+    pub fn tallied(mut self, tally: Option<Arc<AtomicU64>>) -> Lane {
+        self.tally = tally;
         self
     }
 
@@ -144,7 +158,7 @@ impl Lane {
     pub fn unpark(&self) -> Handback {
         let mut state = self.lock();
         state.parked = false;
-        Handback { version: state.version, delivered: state.delivered, rest: state.rest.take() }
+        Handback { version: state.version, delivered: state.delivered, rest: state.rest.take().map(|b| *b) }
     }
 
     /// Writes `frame` (the event's bytes for this lane) if the lane is parked and the
@@ -159,7 +173,9 @@ impl Lane {
             // The task sent it before it parked.
             return;
         }
-        let Some((bytes, kind)) = frame.filter(|_| same_epoch) else {
+        // Only the very next version: anything else is the task's to sort out from its ring.
+        let next = same_epoch && event.version == state.version + 1;
+        let Some((bytes, kind)) = frame.filter(|_| next) else {
             return self.hand_back(state, Handed::Message);
         };
         let written = match self.socket.try_write(bytes) {
@@ -174,17 +190,17 @@ impl Lane {
         self.counters.direct.inc();
         self.counters.events[*kind as usize].inc();
         self.counters.bytes.inc_by(bytes.len() as u64);
-        if let Some(tally) = &self.counters.tally {
+        if let Some(tally) = &self.tally {
             tally.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
         state.version = event.version;
         state.delivered = event.offsets[self.format.index()];
         state.written += 1;
         if written < bytes.len() {
-            state.rest = Some(bytes.slice(written..));
+            state.rest = Some(Box::new(bytes.slice(written..)));
             return self.hand_back(state, Handed::Full);
         }
-        if state.written >= self.budget {
+        if state.written >= u64::from(self.budget) {
             self.hand_back(state, Handed::Budget);
         }
     }
@@ -206,14 +222,43 @@ pub struct Lanes {
     next: AtomicUsize,
 }
 
+/// A shard's lanes and the messages not yet offered to them. While a fan-out works through
+/// the lanes it holds the list itself (no copy of it is made, whatever the number of lanes):
+/// lanes that join or leave meanwhile are noted aside and applied when it gives the list back.
 #[derive(Default)]
 struct Shard {
-    /// Copied on change while a fan-out holds it.
-    lanes: Arc<Vec<Arc<Lane>>>,
+    lanes: Vec<Arc<Lane>>,
+    /// Whether a fan-out holds `lanes`.
+    taken: bool,
+    joined: Vec<Arc<Lane>>,
+    left: HashSet<usize>,
+    /// Lanes in the shard, wherever they are listed.
+    members: usize,
+    /// Messages were dropped from the queue while a fan-out held the list: its lanes are
+    /// handed back when it gives the list back.
+    dropped: bool,
     /// Messages not yet offered to this shard's lanes, in order.
     queue: VecDeque<Msg>,
     /// Whether a task is working through the queue.
     running: bool,
+}
+
+impl Shard {
+    /// The list back from a fan-out, with the lanes that joined and left meanwhile.
+    fn give_back(&mut self, mut lanes: Vec<Arc<Lane>>) {
+        if !self.left.is_empty() {
+            let left = std::mem::take(&mut self.left);
+            lanes.retain(|l| !left.contains(&(Arc::as_ptr(l) as usize)));
+        }
+        if std::mem::take(&mut self.dropped) {
+            for lane in &lanes {
+                lane.hand_back(lane.lock(), Handed::Backlog);
+            }
+        }
+        lanes.append(&mut self.joined);
+        self.lanes = lanes;
+        self.taken = false;
+    }
 }
 
 impl Default for Lanes {
@@ -229,40 +274,54 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 impl Lanes {
-    /// Adds a lane; it is written once parked.
-    pub fn join(&self, lane: &Arc<Lane>) {
+    /// Adds a lane, written once parked; returns its shard, for [`Lanes::leave`].
+    pub fn join(&self, lane: &Arc<Lane>) -> usize {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        Arc::make_mut(&mut lock(&self.shards[i]).lanes).push(lane.clone());
+        let mut shard = lock(&self.shards[i]);
+        shard.members += 1;
+        if shard.taken {
+            shard.joined.push(lane.clone());
+        } else {
+            shard.lanes.push(lane.clone());
+        }
+        i
     }
 
-    /// Removes a lane.
-    pub fn leave(&self, lane: &Arc<Lane>) {
-        for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            if let Some(i) = shard.lanes.iter().position(|l| Arc::ptr_eq(l, lane)) {
-                Arc::make_mut(&mut shard.lanes).swap_remove(i);
-                return;
-            }
+    /// Removes a lane from shard `i` (taken back by its task: nothing more is written to it).
+    pub fn leave(&self, lane: &Arc<Lane>, i: usize) {
+        let Some(shard) = self.shards.get(i) else { return };
+        let mut shard = lock(shard);
+        if let Some(i) = shard.joined.iter().position(|l| Arc::ptr_eq(l, lane)) {
+            shard.joined.swap_remove(i);
+        } else if shard.taken {
+            shard.left.insert(Arc::as_ptr(lane) as usize);
+        } else if let Some(i) = shard.lanes.iter().position(|l| Arc::ptr_eq(l, lane)) {
+            shard.lanes.swap_remove(i);
+        } else {
+            return;
         }
+        shard.members -= 1;
     }
 
     /// Offers a message just sent on the topic's ring to every parked lane. Called in the
     /// order messages are sent (under the topic's lock); each shard works through its queue
     /// on a task of its own (here when there is no runtime), so the topic's lock is never
-    /// held for a fan-out.
-    /// `limit` bounds each shard's queue (the ring's length): past it every lane is handed
-    /// back, and each subscriber reads its own place in the ring, as it would without lanes.
+    /// held for a fan-out. `limit` bounds each shard's queue (the ring's length): past it
+    /// every lane is handed back, and each subscriber reads its own place in the ring, as it
+    /// would without lanes.
     pub fn send(&self, msg: &Msg, limit: usize) {
         for shard in self.shards.iter() {
             let mut guard = lock(shard);
-            if guard.lanes.is_empty() {
+            if guard.members == 0 {
                 continue;
             }
             if guard.queue.len() >= limit {
                 guard.queue.clear();
-                for lane in guard.lanes.iter() {
+                let Shard { lanes, joined, .. } = &*guard;
+                for lane in lanes.iter().chain(joined) {
                     lane.hand_back(lane.lock(), Handed::Backlog);
                 }
+                guard.dropped = guard.taken;
             }
             guard.queue.push_back(msg.clone());
             if guard.running {
@@ -279,6 +338,18 @@ impl Lanes {
     }
 }
 
+impl Drop for Lanes {
+    /// The topic is gone: every parked subscriber's task wakes and finds its ring closed.
+    fn drop(&mut self) {
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for lane in shard.lanes.iter().chain(&shard.joined) {
+                lane.hand_back(lane.lock(), Handed::Message);
+            }
+        }
+    }
+}
+
 /// Offers a shard's queued messages to its lanes, in order, until the queue is empty.
 fn drain(shard: &Mutex<Shard>) {
     loop {
@@ -288,27 +359,34 @@ fn drain(shard: &Mutex<Shard>) {
                 guard.running = false;
                 return;
             };
-            (msg, guard.lanes.clone())
+            guard.taken = true;
+            (msg, std::mem::take(&mut guard.lanes))
         };
-        let Msg::Event(event) = &msg else {
-            // Not an event: every subscriber reads it from its own place in the ring.
-            for lane in lanes.iter() {
-                lane.hand_back(lane.lock(), Handed::Message);
-            }
-            continue;
-        };
-        // The event's bytes for each protocol and format, framed once for every lane.
-        let mut frames: [Option<Option<(Bytes, Kind)>>; 12] = Default::default();
-        for lane in lanes.iter() {
-            let slot = (lane.protocol.index() * 2 + usize::from(lane.chunked)) * 3 + lane.format.index();
-            let frame = frames[slot].get_or_insert_with(|| {
-                let (bytes, kind) = event.frame(lane.protocol, lane.format)?;
-                Some((if lane.chunked { http_chunk(&bytes) } else { bytes }, kind))
-            });
-            lane.offer(event, frame.as_ref());
-        }
-        event.note_written();
+        offer_all(&msg, &lanes);
+        lock(shard).give_back(lanes);
     }
+}
+
+/// Offers one message to every lane of a shard.
+fn offer_all(msg: &Msg, lanes: &[Arc<Lane>]) {
+    let Msg::Event(event) = msg else {
+        // Not an event: every subscriber reads it from its own place in the ring.
+        for lane in lanes {
+            lane.hand_back(lane.lock(), Handed::Message);
+        }
+        return;
+    };
+    // The event's bytes for each protocol and format, framed once for every lane.
+    let mut frames: [Option<Option<(Bytes, Kind)>>; 12] = Default::default();
+    for lane in lanes {
+        let slot = (lane.protocol.index() * 2 + usize::from(lane.chunked)) * 3 + lane.format.index();
+        let frame = frames[slot].get_or_insert_with(|| {
+            let (bytes, kind) = event.frame(lane.protocol, lane.format)?;
+            Some((if lane.chunked { http_chunk(&bytes) } else { bytes }, kind))
+        });
+        lane.offer(event, frame.as_ref());
+    }
+    event.note_written();
 }
 
 #[cfg(test)]
@@ -325,15 +403,9 @@ mod tests {
         (Arc::new(server), client)
     }
 
-    fn counters() -> Counters {
+    fn counters() -> Arc<Counters> {
         let c = || IntCounter::new("c", "c").unwrap();
-        Counters {
-            events: [c(), c(), c()],
-            bytes: c(),
-            tally: None,
-            direct: c(),
-            handbacks: std::array::from_fn(|_| c()),
-        }
+        Arc::new(Counters { events: [c(), c(), c()], bytes: c(), direct: c(), handbacks: std::array::from_fn(|_| c()) })
     }
 
     fn event(epoch: &str, version: u64) -> Arc<Event> {
@@ -408,5 +480,46 @@ mod tests {
         assert!(!rest.is_empty() && rest.len() < big.len());
         assert_eq!(back.version, 2, "the event counts as the subscriber's: its task writes the rest");
         assert_eq!(lane.counters.handbacks[Handed::Full as usize].get(), 1);
+    }
+
+    #[tokio::test]
+    async fn lanes_that_join_or_leave_during_a_fan_out_are_applied_after_it() {
+        let lanes = Lanes { shards: vec![Arc::default()].into(), next: AtomicUsize::new(0) };
+        let mut ends = Vec::new();
+        let mut made = Vec::new();
+        for _ in 0..3 {
+            let (socket, client) = pair().await;
+            ends.push(client);
+            made.push(Arc::new(Lane::new(socket, Protocol::Sse, Format::JsonPatch, true, counters()).queue(64)));
+        }
+        assert_eq!(lanes.join(&made[0]), 0);
+        lanes.join(&made[1]);
+        // A fan-out holds the list: a lane joins, another leaves.
+        let held = {
+            let mut shard = lock(&lanes.shards[0]);
+            shard.taken = true;
+            std::mem::take(&mut shard.lanes)
+        };
+        lanes.join(&made[2]);
+        lanes.leave(&made[0], 0);
+        {
+            let mut shard = lock(&lanes.shards[0]);
+            shard.give_back(held);
+            let listed: Vec<_> = shard.lanes.iter().map(|l| Arc::as_ptr(l) as usize).collect();
+            let expected: Vec<_> = [&made[1], &made[2]].iter().map(|l| Arc::as_ptr(l) as usize).collect();
+            assert_eq!(listed, expected);
+            assert_eq!(shard.members, 2);
+        }
+        // The two listed get a message sent on the topic; the one that left does not.
+        for lane in &made {
+            assert!(lane.park(|| true, Some(event("e", 1)), 1, 0));
+        }
+        let two = event("e", 2);
+        lanes.send(&Msg::Event(two.clone()), 64);
+        for client in &mut ends[1..] {
+            assert_eq!(read_some(client).await, frame(&two).unwrap().0.to_vec());
+        }
+        assert_eq!(made[0].counters.direct.get(), 0);
+        assert!(!lock(&lanes.shards[0]).running, "the fan-out ended with its queue");
     }
 }

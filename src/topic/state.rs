@@ -9,7 +9,7 @@ use crate::metrics::{Metrics, Savings};
 use crate::route_table::StreamRoute;
 use crate::topic::audience::{Audience, Left};
 use crate::topic::compute::{DiffJob, Diffed};
-use crate::topic::direct::Lanes;
+use crate::topic::direct::{Counters, Lanes};
 use crate::topic::fetch::Validators;
 use crate::topic::history::History;
 use crate::topic::key::{PollRequest, TopicKey};
@@ -20,7 +20,7 @@ use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
@@ -68,6 +68,8 @@ pub struct Topic {
     queue: usize,
     /// Its subscribers on plain TCP sockets, written to directly while they sleep.
     pub lanes: Lanes,
+    /// What its subscribers' deliveries are counted in, per protocol (shared by them all).
+    pub counters: [OnceLock<Arc<Counters>>; 2],
     /// Its subscribers, by format and protocol.
     audience: Audience,
     /// The client that made it, while the topic still counts against it.
@@ -167,6 +169,7 @@ impl Topic {
             tx: broadcast::channel(queue).0,
             queue,
             lanes: Lanes::default(),
+            counters: Default::default(),
             audience: Audience::default(),
             creator: Mutex::new(creator),
             published: Arc::default(),
