@@ -127,3 +127,30 @@ async fn a_socket_that_fills_mid_event_gets_the_rest_and_then_every_later_event(
     assert_eq!(client.value.as_ref().map(|d| d["log"].as_array().unwrap().len()), Some(40));
     assert_eq!(proxy.metric("unpoll_subscriber_lagged_total", &[]).await, 0.0);
 }
+
+#[tokio::test]
+async fn many_subscribers_of_one_topic_each_get_every_version_once() {
+    let up = Upstream::start().await;
+    up.set_json("/doc", &version(0, 100));
+    let proxy = Proxy::launch(up.addr, &setup()).await;
+    // More subscribers than a shard writes under the topic's lock: tasks of their own write
+    // the shards.
+    let mut subscribers = Vec::new();
+    for _ in 0..40 {
+        let mut sse = Sse::connect(proxy.addr, "/doc", &[]).await;
+        let first = sse.next_event(5 * SECOND).await.unwrap();
+        let last = version_of(first.id.as_deref().unwrap());
+        subscribers.push((sse, last));
+    }
+    for i in 1..=5 {
+        up.set_json("/doc", &version(i, 100));
+        for (sse, last) in &mut subscribers {
+            let ev = sse.next_event(5 * SECOND).await.expect("every subscriber gets every version");
+            let v = version_of(ev.id.as_deref().unwrap());
+            assert_eq!(v, *last + 1, "each version once, in order");
+            *last = v;
+        }
+    }
+    let direct = proxy.metric("unpoll_direct_writes_total", &[]).await;
+    assert!(direct >= 180.0, "{direct} of 200 events written by the topic");
+}

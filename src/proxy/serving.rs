@@ -8,12 +8,13 @@ use super::{access, client_of, cors, detach, head_deadline, respond, respond_to,
 use crate::config::{ServerSettings, Sticky};
 use crate::route_table::StreamRoute;
 use crate::stream::delivery::Delivery;
-use crate::stream::downstream::{self, Downstream};
-use crate::stream::serve::{drop_reason, serve};
+use crate::stream::downstream::{self, Downstream, WriteFailed};
+use crate::stream::serve::{drop_reason, serve, Ended};
 use crate::stream::{sse, ws};
 use crate::topic::hub::{Limits, Refused, Subscription};
 use crate::topic::key;
 use crate::wire::encode::Protocol;
+use futures_util::FutureExt;
 use http::HeaderMap;
 use pingora::proxy::Session;
 use std::net::IpAddr;
@@ -86,13 +87,7 @@ impl Gateway {
         let metrics = self.metrics.clone();
         let route = route.clone();
         let (heartbeat, max_message) = (settings.heartbeat, server.websocket_max_message);
-        tokio::spawn(async move {
-            let result = match handshake {
-                None => serve(sse::Http1::new(down, http10, extra_head), delivery, heartbeat, shutdown).await,
-                Some(handshake) => {
-                    serve(ws::Ws::new(down, handshake, max_message), delivery, heartbeat, shutdown).await
-                }
-            };
+        let done = move |result: Result<Ended, WriteFailed>| {
             let dropped = drop_reason(&result);
             if let Some(reason) = dropped {
                 metrics.dropped.with_label_values(&[route.label(), reason]).inc();
@@ -100,7 +95,17 @@ impl Gateway {
             if let Some(access) = access {
                 access.end(dropped.unwrap_or("closed"));
             }
-        });
+        };
+        // Each protocol's task holds only its own future, and each future once (a block
+        // awaiting it would keep a second place for it).
+        match handshake {
+            None => drop(tokio::spawn(
+                serve(sse::Http1::new(down, http10, extra_head), delivery, heartbeat, shutdown).map(done),
+            )),
+            Some(handshake) => drop(tokio::spawn(
+                serve(ws::Ws::new(down, handshake, max_message), delivery, heartbeat, shutdown).map(done),
+            )),
+        }
         Ok(())
     }
 

@@ -91,6 +91,15 @@ struct LaneState {
     rest: Option<Box<Bytes>>,
 }
 
+/// An event's bytes for one kind of lane.
+struct Frame {
+    /// As written: the event, in one HTTP/1.1 chunk for a chunked lane.
+    bytes: Bytes,
+    kind: Kind,
+    /// The event's own length, without the chunk's framing.
+    data: usize,
+}
+
 /// What the task learns when it takes its lane back.
 pub struct Handback {
     /// The version of the last event the subscriber has (in the epoch it parked in).
@@ -161,9 +170,10 @@ impl Lane {
         Handback { version: state.version, delivered: state.delivered, rest: state.rest.take().map(|b| *b) }
     }
 
-    /// Writes `frame` (the event's bytes for this lane) if the lane is parked and the
-    /// subscriber has the event before it; hands the lane back when it cannot.
-    fn offer(&self, event: &Arc<Event>, frame: Option<&(Bytes, Kind)>) {
+    /// Writes `frame` (the event's bytes for this lane, framed for its transport) if the lane
+    /// is parked and the subscriber has the event before it; hands the lane back when it
+    /// cannot.
+    fn offer(&self, event: &Arc<Event>, frame: Option<&Frame>) {
         let mut state = self.lock();
         if !state.parked {
             return;
@@ -175,7 +185,7 @@ impl Lane {
         }
         // Only the very next version: anything else is the task's to sort out from its ring.
         let next = same_epoch && event.version == state.version + 1;
-        let Some((bytes, kind)) = frame.filter(|_| next) else {
+        let Some(Frame { bytes, kind, data }) = frame.filter(|_| next) else {
             return self.hand_back(state, Handed::Message);
         };
         let written = match self.socket.try_write(bytes) {
@@ -189,9 +199,10 @@ impl Lane {
         }
         self.counters.direct.inc();
         self.counters.events[*kind as usize].inc();
-        self.counters.bytes.inc_by(bytes.len() as u64);
+        // The event's bytes, as the task counts them (not the transport's framing).
+        self.counters.bytes.inc_by(*data as u64);
         if let Some(tally) = &self.tally {
-            tally.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            tally.fetch_add(*data as u64, Ordering::Relaxed);
         }
         state.version = event.version;
         state.delivered = event.offsets[self.format.index()];
@@ -261,6 +272,10 @@ impl Shard {
     }
 }
 
+/// Lanes a shard writes from the sender's own task, under the topic's lock, when no fan-out
+/// of it is under way.
+const INLINE: usize = 8;
+
 impl Default for Lanes {
     fn default() -> Lanes {
         static SHARDS: OnceLock<usize> = OnceLock::new();
@@ -323,6 +338,11 @@ impl Lanes {
                 }
                 guard.dropped = guard.taken;
             }
+            if !guard.running && guard.lanes.len() <= INLINE {
+                // A few lanes and nothing queued: written here, a task would cost more.
+                offer_all(msg, &guard.lanes);
+                continue;
+            }
             guard.queue.push_back(msg.clone());
             if guard.running {
                 continue;
@@ -377,12 +397,13 @@ fn offer_all(msg: &Msg, lanes: &[Arc<Lane>]) {
         return;
     };
     // The event's bytes for each protocol and format, framed once for every lane.
-    let mut frames: [Option<Option<(Bytes, Kind)>>; 12] = Default::default();
+    let mut frames: [Option<Option<Frame>>; 12] = Default::default();
     for lane in lanes {
         let slot = (lane.protocol.index() * 2 + usize::from(lane.chunked)) * 3 + lane.format.index();
         let frame = frames[slot].get_or_insert_with(|| {
             let (bytes, kind) = event.frame(lane.protocol, lane.format)?;
-            Some((if lane.chunked { http_chunk(&bytes) } else { bytes }, kind))
+            let data = bytes.len();
+            Some(Frame { bytes: if lane.chunked { http_chunk(&bytes) } else { bytes }, kind, data })
         });
         lane.offer(event, frame.as_ref());
     }
@@ -415,8 +436,8 @@ mod tests {
         Arc::new(Event::new(epoch, version, delta, [0; 3]))
     }
 
-    fn frame(e: &Event) -> Option<(Bytes, Kind)> {
-        e.frame(Protocol::Sse, Format::JsonPatch).map(|(b, k)| (http_chunk(&b), k))
+    fn frame(e: &Event) -> Option<Frame> {
+        e.frame(Protocol::Sse, Format::JsonPatch).map(|(b, kind)| Frame { data: b.len(), bytes: http_chunk(&b), kind })
     }
 
     async fn read_some(client: &mut TcpStream) -> Vec<u8> {
@@ -438,8 +459,11 @@ mod tests {
         let two = event("e", 2);
         lane.offer(&two, frame(&two).as_ref());
         let got = read_some(&mut client).await;
-        assert_eq!(got, frame(&two).unwrap().0.to_vec(), "one chunk, the event that follows");
+        assert_eq!(got, frame(&two).unwrap().bytes.to_vec(), "one chunk, the event that follows");
         assert_eq!(lane.counters.direct.get(), 1);
+        let counted = frame(&two).unwrap().data;
+        assert!(counted < frame(&two).unwrap().bytes.len());
+        assert_eq!(lane.counters.bytes.get(), counted as u64, "the event's bytes, not its chunk framing");
         // Another epoch's event is the task's to send.
         let other = event("f", 3);
         lane.offer(&other, frame(&other).as_ref());
@@ -474,7 +498,7 @@ mod tests {
         assert!(lane.park(|| true, Some(event("e", 1)), 1, 0));
         let big = Bytes::from(vec![b'x'; 8 << 20]);
         let e = event("e", 2);
-        lane.offer(&e, Some(&(big.clone(), Kind::Snapshot)));
+        lane.offer(&e, Some(&Frame { bytes: big.clone(), kind: Kind::Snapshot, data: big.len() }));
         let back = lane.unpark();
         let rest = back.rest.expect("the socket took only part of 8 MiB");
         assert!(!rest.is_empty() && rest.len() < big.len());
@@ -517,9 +541,29 @@ mod tests {
         let two = event("e", 2);
         lanes.send(&Msg::Event(two.clone()), 64);
         for client in &mut ends[1..] {
-            assert_eq!(read_some(client).await, frame(&two).unwrap().0.to_vec());
+            assert_eq!(read_some(client).await, frame(&two).unwrap().bytes.to_vec());
         }
         assert_eq!(made[0].counters.direct.get(), 0);
         assert!(!lock(&lanes.shards[0]).running, "the fan-out ended with its queue");
+    }
+
+    #[tokio::test]
+    async fn a_shard_of_many_lanes_is_written_by_a_task_of_its_own() {
+        let lanes = Lanes { shards: vec![Arc::default()].into(), next: AtomicUsize::new(0) };
+        let mut ends = Vec::new();
+        for _ in 0..INLINE + 4 {
+            let (socket, client) = pair().await;
+            ends.push(client);
+            let lane = Arc::new(Lane::new(socket, Protocol::Sse, Format::JsonPatch, true, counters()).queue(64));
+            assert!(lane.park(|| true, Some(event("e", 1)), 1, 0));
+            lanes.join(&lane);
+        }
+        let two = event("e", 2);
+        lanes.send(&Msg::Event(two.clone()), 64);
+        assert!(lock(&lanes.shards[0]).running, "too many lanes to write under the topic's lock");
+        for client in &mut ends {
+            assert_eq!(read_some(client).await, frame(&two).unwrap().bytes.to_vec());
+        }
+        assert!(!lock(&lanes.shards[0]).running);
     }
 }
