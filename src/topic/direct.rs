@@ -172,30 +172,35 @@ impl Lane {
 
     /// Writes `frame` (the event's bytes for this lane, framed for its transport) if the lane
     /// is parked and the subscriber has the event before it; hands the lane back when it
-    /// cannot.
-    fn offer(&self, event: &Arc<Event>, frame: Option<&Frame>) {
+    /// cannot. Whether any of it was written.
+    fn offer(&self, event: &Arc<Event>, frame: Option<&Frame>) -> bool {
         let mut state = self.lock();
         if !state.parked {
-            return;
+            return false;
         }
         let same_epoch = state.last.as_ref().is_some_and(|l| l.epoch() == event.epoch());
         if same_epoch && event.version <= state.version {
             // The task sent it before it parked.
-            return;
+            return false;
         }
         // Only the very next version: anything else is the task's to sort out from its ring.
         let next = same_epoch && event.version == state.version + 1;
         let Some(Frame { bytes, kind, data }) = frame.filter(|_| next) else {
-            return self.hand_back(state, Handed::Message);
+            self.hand_back(state, Handed::Message);
+            return false;
         };
         let written = match self.socket.try_write(bytes) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             // The task finds the broken connection itself.
-            Err(_) => return self.hand_back(state, Handed::Error),
+            Err(_) => {
+                self.hand_back(state, Handed::Error);
+                return false;
+            }
         };
         if written == 0 {
-            return self.hand_back(state, Handed::Full);
+            self.hand_back(state, Handed::Full);
+            return false;
         }
         self.counters.direct.inc();
         self.counters.events[*kind as usize].inc();
@@ -209,11 +214,11 @@ impl Lane {
         state.written += 1;
         if written < bytes.len() {
             state.rest = Some(Box::new(bytes.slice(written..)));
-            return self.hand_back(state, Handed::Full);
-        }
-        if state.written >= u64::from(self.budget) {
+            self.hand_back(state, Handed::Full);
+        } else if state.written >= u64::from(self.budget) {
             self.hand_back(state, Handed::Budget);
         }
+        true
     }
 
     /// Wakes the task to write in the topic's place, if the lane is parked.
@@ -398,6 +403,7 @@ fn offer_all(msg: &Msg, lanes: &[Arc<Lane>]) {
     };
     // The event's bytes for each protocol and format, framed once for every lane.
     let mut frames: [Option<Option<Frame>>; 12] = Default::default();
+    let mut wrote = false;
     for lane in lanes {
         let slot = (lane.protocol.index() * 2 + usize::from(lane.chunked)) * 3 + lane.format.index();
         let frame = frames[slot].get_or_insert_with(|| {
@@ -405,9 +411,11 @@ fn offer_all(msg: &Msg, lanes: &[Arc<Lane>]) {
             let data = bytes.len();
             Some(Frame { bytes: if lane.chunked { http_chunk(&bytes) } else { bytes }, kind, data })
         });
-        lane.offer(event, frame.as_ref());
+        wrote |= lane.offer(event, frame.as_ref());
     }
-    event.note_written();
+    if wrote {
+        event.note_written();
+    }
 }
 
 #[cfg(test)]
