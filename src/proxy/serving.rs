@@ -179,8 +179,20 @@ impl Gateway {
                 Delivery::new(sub, Protocol::WebSocket, route.stream.queue_bytes, route.label(), &gateway.metrics)
                     .tallied(access.as_ref().map(|a| a.bytes.clone()))
                     .over_http("1.1", &gateway.metrics);
-            let sink = ws::Ws::opened(down, opened);
-            ended(drop_reason(&serve(sink, delivery, route.stream.heartbeat, gateway.shutdown.clone()).await));
+            // The stream gets a task of its own, holding only its future: this one's captures
+            // (the request's path, headers, the gateway) are let go.
+            let (metrics, heartbeat, shutdown) =
+                (gateway.metrics.clone(), route.stream.heartbeat, gateway.shutdown.clone());
+            let stream = serve(ws::Ws::opened(down, opened), delivery, heartbeat, shutdown);
+            tokio::spawn(stream.map(move |result| {
+                let reason = drop_reason(&result);
+                if let Some(reason) = reason {
+                    metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+                }
+                if let Some(access) = &access {
+                    access.end(reason.unwrap_or("closed"));
+                }
+            }));
         });
         Ok(())
     }

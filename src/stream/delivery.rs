@@ -186,7 +186,7 @@ impl Delivery {
     /// its queue limits, or that needs the whole document of a version already superseded.
     pub async fn next(&mut self) -> Next {
         loop {
-            if let Some(lane) = self.lane.as_ref().map(|(lane, _)| lane.clone()) {
+            if let Some((lane, _)) = &self.lane {
                 if !self.parked {
                     let rx = &self.sub.rx;
                     self.parked = lane.park(|| rx.is_empty(), self.last.clone(), self.has_version, self.delivered);

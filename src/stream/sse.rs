@@ -88,7 +88,7 @@ impl Sink for Http1 {
 
     fn lane(&self) -> Option<(Arc<TcpStream>, bool)> {
         // HTTP/1.0 bodies are not chunked; they keep to the task.
-        (!self.http10).then(|| self.down.shared_socket().map(|s| (s, true))).flatten()
+        self.down.shared_socket().filter(|_| !self.http10).map(|s| (s, true))
     }
 
     async fn keep_alive(&mut self) -> Result<Option<End>, WriteFailed> {

@@ -173,12 +173,13 @@ impl Lane {
     /// Writes `frame` (the event's bytes for this lane, framed for its transport) if the lane
     /// is parked and the subscriber has the event before it; hands the lane back when it
     /// cannot. Whether any of it was written.
-    fn offer(&self, event: &Arc<Event>, frame: Option<&Frame>) -> bool {
+    /// `epoch` is the event's, found once for all lanes.
+    fn offer(&self, event: &Arc<Event>, epoch: &str, frame: Option<&Frame>) -> bool {
         let mut state = self.lock();
         if !state.parked {
             return false;
         }
-        let same_epoch = state.last.as_ref().is_some_and(|l| l.epoch() == event.epoch());
+        let same_epoch = state.last.as_ref().is_some_and(|l| l.epoch() == epoch);
         if same_epoch && event.version <= state.version {
             // The task sent it before it parked.
             return false;
@@ -404,6 +405,7 @@ fn offer_all(msg: &Msg, lanes: &[Arc<Lane>]) {
     // The event's bytes for each protocol and format, framed once for every lane.
     let mut frames: [Option<Option<Frame>>; 12] = Default::default();
     let mut wrote = false;
+    let epoch = event.epoch();
     for lane in lanes {
         let slot = (lane.protocol.index() * 2 + usize::from(lane.chunked)) * 3 + lane.format.index();
         let frame = frames[slot].get_or_insert_with(|| {
@@ -411,7 +413,7 @@ fn offer_all(msg: &Msg, lanes: &[Arc<Lane>]) {
             let data = bytes.len();
             Some(Frame { bytes: if lane.chunked { http_chunk(&bytes) } else { bytes }, kind, data })
         });
-        wrote |= lane.offer(event, frame.as_ref());
+        wrote |= lane.offer(event, epoch, frame.as_ref());
     }
     if wrote {
         event.note_written();
@@ -463,9 +465,9 @@ mod tests {
         assert!(lane.park(|| true, Some(event("e", 1)), 1, 0));
         // An event already had is not written again, and the lane stays parked.
         let one = event("e", 1);
-        lane.offer(&one, frame(&one).as_ref());
+        lane.offer(&one, one.epoch(), frame(&one).as_ref());
         let two = event("e", 2);
-        lane.offer(&two, frame(&two).as_ref());
+        lane.offer(&two, two.epoch(), frame(&two).as_ref());
         let got = read_some(&mut client).await;
         assert_eq!(got, frame(&two).unwrap().bytes.to_vec(), "one chunk, the event that follows");
         assert_eq!(lane.counters.direct.get(), 1);
@@ -474,13 +476,13 @@ mod tests {
         assert_eq!(lane.counters.bytes.get(), counted as u64, "the event's bytes, not its chunk framing");
         // Another epoch's event is the task's to send.
         let other = event("f", 3);
-        lane.offer(&other, frame(&other).as_ref());
+        lane.offer(&other, other.epoch(), frame(&other).as_ref());
         assert_eq!(lane.counters.handbacks[Handed::Message as usize].get(), 1);
         let back = lane.unpark();
         assert_eq!((back.version, back.delivered, back.rest), (2, two.offsets[Format::JsonPatch.index()], None));
         // Unparked: nothing is written.
         let three = event("e", 3);
-        lane.offer(&three, frame(&three).as_ref());
+        lane.offer(&three, three.epoch(), frame(&three).as_ref());
         assert_eq!(lane.counters.direct.get(), 1);
     }
 
@@ -491,7 +493,7 @@ mod tests {
         assert!(lane.park(|| true, Some(event("e", 1)), 1, 0));
         for v in 2..=5 {
             let e = event("e", v);
-            lane.offer(&e, frame(&e).as_ref());
+            lane.offer(&e, e.epoch(), frame(&e).as_ref());
         }
         assert_eq!(lane.counters.direct.get(), 2, "2 written, then the task's turn");
         assert_eq!(lane.counters.handbacks[Handed::Budget as usize].get(), 1);
@@ -506,7 +508,7 @@ mod tests {
         assert!(lane.park(|| true, Some(event("e", 1)), 1, 0));
         let big = Bytes::from(vec![b'x'; 8 << 20]);
         let e = event("e", 2);
-        lane.offer(&e, Some(&Frame { bytes: big.clone(), kind: Kind::Snapshot, data: big.len() }));
+        lane.offer(&e, e.epoch(), Some(&Frame { bytes: big.clone(), kind: Kind::Snapshot, data: big.len() }));
         let back = lane.unpark();
         let rest = back.rest.expect("the socket took only part of 8 MiB");
         assert!(!rest.is_empty() && rest.len() < big.len());
