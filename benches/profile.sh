@@ -6,7 +6,8 @@
 #   TARGETS="unpoll bare" benches/profile.sh
 # Environment: TARGETS ("unpoll bare nginx"), THREADS (1), CONNECTIONS (50), DURATION (10: the
 # perf phase; the strace phase runs 5 s), TOP (25 symbols), ORIGIN (as in proxy.sh), PATH_,
-# KEEP (a directory to keep perf.data and the reports in).
+# KEEP (a directory to keep perf.data and the reports in), CALLGRAPH=fp or dwarf (record call chains: perf
+# report -g on the kept perf.data shows who called what).
 # Needs perf and strace (Debian: linux-perf, strace), and perf_event_paranoid <= 1 or root.
 source "$(dirname "$0")/lib.sh"
 command -v wrk >/dev/null && command -v nginx >/dev/null || "$ROOT/benches/deps.sh"
@@ -32,7 +33,7 @@ profile() { # profile NAME HOSTPORT PIDS (the processes serving requests)
   local name="$1" target="$2" pids="$3" requests seconds="${DURATION:-10}"
   echo "== $name" >&2
   load "$target" 2 >/dev/null # warm: connections to the origin pooled
-  perf record -q -e cpu-clock -F 4999 -o "$OUT/$name.perf.data" -p "$(echo "$pids" | tr ' ' ,)" -- sleep "$seconds" 2>/dev/null &
+  perf record -q ${CALLGRAPH:+--call-graph $CALLGRAPH} -e cpu-clock -F 4999 -o "$OUT/$name.perf.data" -p "$(echo "$pids" | tr ' ' ,)" -- sleep "$seconds" 2>/dev/null &
   local perf_pid=$!
   requests="$(load "$target" "$seconds")"
   wait "$perf_pid" || true

@@ -9,4 +9,6 @@ cargo fmt --check
 cargo clippy --all-targets --all-features --locked -- -D warnings
 cargo deny --log-level error check licenses bans
 cargo test --all-features --locked
+# The pingora-http that unpoll patches in (vendor/pingora-http/UNPOLL.md): its own tests.
+cargo test --manifest-path vendor/pingora-http/Cargo.toml --locked --target-dir target/vendor
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && UNPOLL_BIN="$PWD/../../target/debug/unpoll" npm test)

@@ -124,6 +124,36 @@ async fn several_servers_are_used_round_robin() {
 }
 
 #[tokio::test]
+async fn forwarding_headers_reach_the_upstream_in_the_case_proxies_write_them() {
+    // A server that keeps the head it was sent, byte for byte (the test upstream parses it,
+    // which loses the names' case).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the head ends");
+            head.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await.unwrap();
+        tx.send(String::from_utf8(head).unwrap()).unwrap();
+    });
+    let proxy = Proxy::start(addr, &Setup::new().route("/*").body()).await;
+    let resp = http_get(proxy.addr, "/cased").await.unwrap();
+    assert_eq!(resp.status, 200);
+    let head = tokio::time::timeout(5 * SECOND, rx).await.unwrap().unwrap();
+    for line in ["X-Forwarded-For: 127.0.0.1", "X-Forwarded-Proto: http", "Via: 1.1 unpoll"] {
+        assert!(head.contains(&format!("\r\n{line}\r\n")), "{line:?} in {head:?}");
+    }
+    assert!(head.contains("\r\nX-Forwarded-Host: "), "{head:?}");
+}
+
+#[tokio::test]
 async fn proxied_requests_carry_forwarding_headers_a_client_cannot_forge() {
     let up = Upstream::start().await;
     let body = &Setup::new().route("/*").body();

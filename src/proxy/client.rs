@@ -3,8 +3,23 @@
 //! headers a proxied request carries. Pure: no I/O.
 
 use crate::config::Cidr;
+use http::header::{self, HeaderName};
 use http::HeaderValue;
+use pingora::http::StaticHeaderName;
 use std::net::{IpAddr, Ipv6Addr};
+
+/// The names of the headers a proxied request gets, parsed once and sent in the case proxies
+/// write them in (pingora-http as patched in `vendor/`: no name is parsed or copied per request).
+pub const X_FORWARDED_FOR: StaticHeaderName =
+    StaticHeaderName::new(HeaderName::from_static("x-forwarded-for"), "X-Forwarded-For");
+pub const X_FORWARDED_PROTO: StaticHeaderName =
+    StaticHeaderName::new(HeaderName::from_static("x-forwarded-proto"), "X-Forwarded-Proto");
+pub const X_FORWARDED_HOST: StaticHeaderName =
+    StaticHeaderName::new(HeaderName::from_static("x-forwarded-host"), "X-Forwarded-Host");
+pub const VIA: StaticHeaderName = StaticHeaderName::new(header::VIA, "Via");
+pub const CONNECTION: StaticHeaderName = StaticHeaderName::new(header::CONNECTION, "Connection");
+/// How many headers a proxied request may get: the four above and `Connection`.
+pub const ADDED_HEADERS: usize = 5;
 
 /// The client's address as limits count it. `peer` is the address the connection came from;
 /// `forwarded` the values of its `X-Forwarded-For` headers, in order. Only a trusted peer's
@@ -53,7 +68,7 @@ pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr], arr
     let kept = |name: &str| if trusted { joined(headers, name) } else { None };
     let forwarded_for = match kept("x-forwarded-for") {
         Some(chain) => text(format!("{}, {peer}", chain.to_str().unwrap_or_default())),
-        None => text(peer.to_string()),
+        None => address(peer),
     };
     let scheme = HeaderValue::from_static(if arrival.tls { "https" } else { "http" });
     let forwarded_proto = kept("x-forwarded-proto").unwrap_or(scheme);
@@ -88,6 +103,31 @@ fn joined(headers: &http::HeaderMap, name: &str) -> Option<HeaderValue> {
         all.push_str(value.to_str().unwrap_or_default());
     }
     Some(text(all))
+}
+
+/// An address as a header value. An IPv4 address, which every proxied request from it
+/// carries, is written digit by digit, without the formatting machinery.
+fn address(peer: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = peer else { return text(peer.to_string()) };
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// A header value of text made of header values and addresses (always valid).
@@ -127,6 +167,18 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_are_written_as_the_standard_library_writes_them() {
+        let mut octets = [0u8, 9, 10, 99, 100, 109, 110, 199, 200, 255].into_iter().cycle();
+        for _ in 0..2_000 {
+            let v4 = std::net::Ipv4Addr::from(std::array::from_fn::<u8, 4, _>(|_| octets.next().unwrap()));
+            octets.next();
+            assert_eq!(address(IpAddr::V4(v4)).to_str().unwrap(), v4.to_string());
+        }
+        let v6 = ip("2001:db8::7");
+        assert_eq!(address(v6).to_str().unwrap(), "2001:db8::7");
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub struct HeadLimits {
 pub struct HeadDeadline {
     inner: Stream,
     /// When the head being read must be in.
-    due: tokio::time::Instant,
+    /// Set by the first read that does not bring the whole head: a head read whole at once
+    /// needs no deadline, and asks neither the clock nor the timer.
+    due: Option<tokio::time::Instant>,
     /// A timer that fires at `due` or before it (see [`HeadDeadline::begin_head`]).
     deadline: Option<Pin<Box<Sleep>>>,
     /// Whether a head is being read: the deadline counts.
@@ -95,7 +97,7 @@ impl HeadDeadline {
         }
         let mut wrapped = Box::new(HeadDeadline {
             inner: stream,
-            due: tokio::time::Instant::now(),
+            due: None,
             deadline: None,
             armed: false,
             next: AtomicBool::new(false),
@@ -119,28 +121,29 @@ impl HeadDeadline {
         }
     }
 
-    /// Starts the deadline and the count of a head. The timer is made once per connection and
+    /// Starts a head: its count, and its deadline once a read leaves it unfinished
+    /// ([`HeadDeadline::expired`]). The timer is made once per connection and
     /// not moved for each head: it may fire before the head's deadline (it was set for an
     /// earlier head), and is then moved to it ([`HeadDeadline::expired`]), so that a busy
     /// kept-alive connection moves its timer once per `header_timeout`, not once per request.
     fn begin_head(&mut self) {
-        self.due = tokio::time::Instant::now() + self.timeout;
-        if self.deadline.is_none() {
-            self.deadline = Some(Box::pin(tokio::time::sleep_until(self.due)));
-        }
+        self.due = None;
         self.armed = true;
         self.scan = Scan::default();
     }
 
     /// Whether the head being read is past its deadline; otherwise the timer is set to wake
-    /// the reader at the deadline.
+    /// the reader at the deadline. The deadline is `header_timeout` after the first read that
+    /// left the head unfinished (the head's first read, or the same instant: reads are tried
+    /// before the deadline is asked).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = self.deadline.as_mut() else { return false };
+        let due = *self.due.get_or_insert_with(|| tokio::time::Instant::now() + self.timeout);
+        let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         while deadline.as_mut().poll(cx).is_ready() {
-            if tokio::time::Instant::now() >= self.due {
+            if tokio::time::Instant::now() >= due {
                 return true;
             }
-            deadline.as_mut().reset(self.due);
+            deadline.as_mut().reset(due);
         }
         false
     }
@@ -165,32 +168,46 @@ impl HeadDeadline {
     }
 }
 
-/// How far a head has been read: whether the request line has begun, the length of the
-/// current line (not counting CR), and the head's bytes so far.
+/// How far a head has been read: whether the request line has begun, whether the current line
+/// holds anything besides CR, and the head's bytes so far.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Scan {
     started: bool,
-    line: usize,
+    line: bool,
     bytes: usize,
 }
 
 impl Scan {
     /// Continues over `bytes`. Returns how many of them belong to the head when it ends in
     /// them, else `None`.
+    ///
+    /// It goes from line end to line end (`memchr`), and asks whether a line holds anything
+    /// besides carriage returns: a line with nothing else is empty.
     fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
-        for (i, &b) in bytes.iter().enumerate() {
-            self.bytes += 1;
-            match b {
-                b'\n' if self.started && self.line == 0 => return Some(i + 1),
-                b'\n' => self.line = 0,
-                b'\r' => {}
-                _ => {
-                    self.started = true;
-                    self.line += 1;
-                }
+        let mut at = 0;
+        loop {
+            let rest = &bytes[at..];
+            let (line, ends) = match memchr::memchr(b'\n', rest) {
+                Some(k) => (&rest[..k], true),
+                None => (rest, false),
+            };
+            // Usually the line's first byte answers.
+            if line.iter().any(|&b| b != b'\r') {
+                self.started = true;
+                self.line = true;
+            }
+            if !ends {
+                self.bytes += bytes.len() - at;
+                return None;
+            }
+            let empty = self.started && !self.line;
+            self.line = false;
+            self.bytes += line.len() + 1;
+            at += line.len() + 1;
+            if empty {
+                return Some(at);
             }
         }
-        None
     }
 }
 
@@ -206,23 +223,33 @@ impl AsyncRead for HeadDeadline {
         if !this.armed && this.next.swap(false, Ordering::Relaxed) {
             this.begin_head();
         }
-        if this.armed && this.expired(cx) {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")));
-        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.armed && matches!(result, Poll::Ready(Ok(()))) {
-            let ended = this.scan.feed(&buf.filled()[before..]);
-            if this.scan.bytes > this.max_bytes {
-                this.refuse(cx);
-                this.too_large = true;
+        if !this.armed {
+            return result;
+        }
+        match result {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let ended = this.scan.feed(&buf.filled()[before..]);
+                if this.scan.bytes > this.max_bytes {
+                    this.refuse(cx);
+                    this.too_large = true;
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large")));
+                }
+                if ended.is_some() {
+                    // The head is in (on a busy connection, usually in its first read): its
+                    // deadline never needed the clock or the timer.
+                    this.armed = false;
+                    return result;
+                }
             }
-            if this.too_large {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large")));
-            }
-            if ended.is_some() {
-                this.armed = false;
-            }
+            // The end of the stream, or an error: nothing more will come to wait for.
+            Poll::Ready(_) => return result,
+            Poll::Pending => {}
+        }
+        // The head is not all in: the deadline counts, and the timer wakes this reader at it.
+        if this.expired(cx) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")));
         }
         result
     }
@@ -334,6 +361,49 @@ mod tests {
         assert_eq!(feed_all(&[b"GET / HTTP/1.1\nHost: h\n\n"]), Some((0, 24)), "bare LF line ends");
         assert_eq!(feed_all(&[b"GET / HTTP/1.1\r\nHost: h\n\r\n"]), Some((0, 26)), "mixed");
         assert_eq!(feed_all(&[b"\r\n\nGET / HTTP/1.1\r\n\r\n"]), Some((0, 21)), "leading empty lines are skipped");
+    }
+
+    /// The scan as it was first written, a byte at a time: the reference for the one by lines.
+    fn feed_bytewise(scan: &mut Scan, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            scan.bytes += 1;
+            match b {
+                b'\n' if scan.started && !scan.line => return Some(i + 1),
+                b'\n' => scan.line = false,
+                b'\r' => {}
+                _ => {
+                    scan.started = true;
+                    scan.line = true;
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn scanning_by_lines_agrees_with_scanning_bytes() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n) as usize
+        };
+        for _ in 0..20_000 {
+            let input: Vec<u8> = (0..next(40)).map(|_| [b'\r', b'\n', b'a', b' '][next(4)]).collect();
+            let (mut lines, mut bytes) = (Scan::default(), Scan::default());
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let (part, after) = rest.split_at(1 + next(rest.len() as u64));
+                let (a, b) = (lines.feed(part), feed_bytewise(&mut bytes, part));
+                assert_eq!(a, b, "{input:?} at {part:?}");
+                assert_eq!((lines.bytes, lines.line, lines.started), (bytes.bytes, bytes.line, bytes.started));
+                if a.is_some() {
+                    break;
+                }
+                rest = after;
+            }
+        }
     }
 
     #[test]

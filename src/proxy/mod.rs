@@ -95,6 +95,12 @@ const STALE: ErrorType = ErrorType::Custom("stale pooled upstream connection");
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// No downstream modules. Pingora's default is its response compression module, disabled,
+    /// whose context every request builds and every response head and body chunk passes
+    /// through; unpoll compresses nothing (a proxied response goes out as the upstream sent
+    /// it), so it does without.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx { started: Some(std::time::Instant::now()), ..Ctx::default() }
     }
@@ -301,18 +307,20 @@ impl ProxyHttp for Gateway {
                 authority: req.uri.authority().map(|a| a.as_str()),
             };
             let f = client::forwarding(peer, &upstream_request.headers, trusted, arrival);
-            upstream_request.insert_header("x-forwarded-for", f.forwarded_for)?;
-            upstream_request.insert_header("x-forwarded-proto", f.forwarded_proto)?;
+            // Room for them all at once (a client's head is parsed into maps just its size).
+            upstream_request.reserve_headers(client::ADDED_HEADERS)?;
+            upstream_request.insert_header(client::X_FORWARDED_FOR, f.forwarded_for)?;
+            upstream_request.insert_header(client::X_FORWARDED_PROTO, f.forwarded_proto)?;
             match f.forwarded_host {
-                Some(host) => upstream_request.insert_header("x-forwarded-host", host)?,
+                Some(host) => upstream_request.insert_header(client::X_FORWARDED_HOST, host)?,
                 None => {
                     upstream_request.remove_header("x-forwarded-host");
                 }
             }
-            upstream_request.insert_header(http::header::VIA, f.via)?;
+            upstream_request.insert_header(client::VIA, f.via)?;
         }
         if ctx.close {
-            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+            upstream_request.insert_header(client::CONNECTION, "close")?;
         }
         let route = ctx.route.as_ref().expect("routed");
         // A TLS upstream is asked for its own name (the client's is in X-Forwarded-Host).

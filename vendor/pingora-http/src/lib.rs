@@ -43,7 +43,7 @@ use authority::{raw_target_authority, RawTargetAuthority};
 
 mod case_header_name;
 use case_header_name::CaseHeaderName;
-pub use case_header_name::IntoCaseHeaderName;
+pub use case_header_name::{IntoCaseHeaderName, StaticHeaderName};
 
 pub mod prelude {
     pub use crate::RequestHeader;
@@ -228,6 +228,16 @@ impl RequestHeader {
             &mut self.base.headers,
             name,
             header_value,
+        )
+    }
+
+    /// Make room for `additional` more headers, so that inserting them does not grow the
+    /// header maps on the way (a proxy that adds its own headers to every request).
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        reserve_headers(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            additional,
         )
     }
 
@@ -585,6 +595,16 @@ impl ResponseHeader {
         )
     }
 
+    /// Make room for `additional` more headers, so that inserting them does not grow the
+    /// header maps on the way (a proxy that adds its own headers to every request).
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        reserve_headers(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            additional,
+        )
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -852,11 +872,7 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    let (header_name, case_header_name) = name.into_parsed_case_header_name()?;
     // store the original case in the map
     if let Some(name_map) = name_map {
         // Use the non-panicking `try_append`: the infallible `append` calls
@@ -881,17 +897,30 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    let (header_name, case_header_name) = name.into_parsed_case_header_name()?;
     if let Some(name_map) = name_map {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
     }
     value_map.insert(header_name, value);
     Ok(())
+}
+
+#[inline]
+fn reserve_headers<T>(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap<T>,
+    additional: usize,
+) -> Result<()> {
+    if let Some(name_map) = name_map {
+        name_map
+            .try_reserve(additional)
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    value_map.try_reserve(additional).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )
 }
 
 // the &N here is to avoid clone(). None Copy type like String can impl AsHeaderName
@@ -1099,6 +1128,35 @@ mod tests {
                 _ => panic!("too many headers"),
             }
         });
+    }
+
+    #[test]
+    fn test_reserve_headers_keeps_names_and_order() {
+        const X_A: StaticHeaderName = StaticHeaderName::new(HeaderName::from_static("x-a"), "X-A");
+        let mut wires = vec![];
+        for reserve in [0, 8] {
+            let mut req = RequestHeader::build("GET", b"/", Some(1)).unwrap();
+            req.append_header("FoO", "1").unwrap();
+            req.reserve_headers(reserve).unwrap();
+            req.insert_header(X_A, "2").unwrap();
+            req.insert_header(StaticHeaderName::new(http::header::VIA, "Via"), "3")
+                .unwrap();
+            req.append_header("x-A", "4").unwrap();
+            assert_eq!(req.headers.get_all("x-a").iter().count(), 2);
+            let mut wire = vec![];
+            req.header_to_h1_wire(&mut wire);
+            wires.push(wire);
+
+            let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
+            resp.reserve_headers(reserve).unwrap();
+            resp.insert_header(X_A, "5").unwrap();
+            let mut wire = vec![];
+            resp.header_to_h1_wire(&mut wire);
+            assert_eq!(wire, b"X-A: 5\r\n");
+        }
+        // (the values of one name are written together, as the map keeps them)
+        assert_eq!(wires[0], b"FoO: 1\r\nX-A: 2\r\nx-A: 4\r\nVia: 3\r\n");
+        assert_eq!(wires[0], wires[1]);
     }
 
     #[test]
