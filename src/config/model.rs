@@ -453,6 +453,8 @@ pub const DEFAULT_VARY: [&str; 2] = ["authorization", "cookie"];
 pub const RESERVED_QUERY_PREFIX: &str = "unpoll_";
 /// Headers that carry credentials: never sent upstream by a `share: public` poll.
 pub const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
+/// [`CREDENTIAL_HEADERS`] as header names, for lookups on every request without parsing.
+pub const CREDENTIAL_HEADER_NAMES: [http::HeaderName; 2] = [http::header::AUTHORIZATION, http::header::COOKIE];
 
 impl Default for StreamSettings {
     fn default() -> Self {

@@ -10,14 +10,15 @@ use std::net::{IpAddr, Ipv6Addr};
 
 /// The names of the headers a proxied request gets, parsed once and sent in the case proxies
 /// write them in (pingora-http as patched in `vendor/`: no name is parsed or copied per request).
-pub const X_FORWARDED_FOR: StaticHeaderName =
-    StaticHeaderName::new(HeaderName::from_static("x-forwarded-for"), "X-Forwarded-For");
-pub const X_FORWARDED_PROTO: StaticHeaderName =
-    StaticHeaderName::new(HeaderName::from_static("x-forwarded-proto"), "X-Forwarded-Proto");
-pub const X_FORWARDED_HOST: StaticHeaderName =
-    StaticHeaderName::new(HeaderName::from_static("x-forwarded-host"), "X-Forwarded-Host");
+pub const X_FORWARDED_FOR: StaticHeaderName = StaticHeaderName::new(FORWARDED_FOR, "X-Forwarded-For");
+pub const X_FORWARDED_PROTO: StaticHeaderName = StaticHeaderName::new(FORWARDED_PROTO, "X-Forwarded-Proto");
+pub const X_FORWARDED_HOST: StaticHeaderName = StaticHeaderName::new(FORWARDED_HOST, "X-Forwarded-Host");
 pub const VIA: StaticHeaderName = StaticHeaderName::new(header::VIA, "Via");
 pub const CONNECTION: StaticHeaderName = StaticHeaderName::new(header::CONNECTION, "Connection");
+/// The forwarding headers' names, to look them up without parsing a name for each lookup.
+pub const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// How many headers a proxied request may get: the four above and `Connection`.
 pub const ADDED_HEADERS: usize = 5;
 
@@ -65,15 +66,15 @@ pub struct Arrival<'a> {
 /// unpoll's hop appended, with the protocol version the request came in (RFC 9110 §7.6.3).
 pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr], arrival: Arrival) -> Forwarding {
     let trusted = trusted.iter().any(|c| c.contains(peer));
-    let kept = |name: &str| if trusted { joined(headers, name) } else { None };
-    let forwarded_for = match kept("x-forwarded-for") {
+    let kept = |name: &HeaderName| if trusted { joined(headers, name) } else { None };
+    let forwarded_for = match kept(&FORWARDED_FOR) {
         Some(chain) => text(format!("{}, {peer}", chain.to_str().unwrap_or_default())),
         None => address(peer),
     };
     let scheme = HeaderValue::from_static(if arrival.tls { "https" } else { "http" });
-    let forwarded_proto = kept("x-forwarded-proto").unwrap_or(scheme);
-    let forwarded_host = kept("x-forwarded-host")
-        .or_else(|| joined(headers, "host"))
+    let forwarded_proto = kept(&FORWARDED_PROTO).unwrap_or(scheme);
+    let forwarded_host = kept(&FORWARDED_HOST)
+        .or_else(|| joined(headers, &header::HOST))
         .or_else(|| arrival.authority.and_then(|a| HeaderValue::from_str(a).ok()));
     let hop = match arrival.version {
         http::Version::HTTP_09 => "0.9 unpoll",
@@ -82,7 +83,7 @@ pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr], arr
         http::Version::HTTP_3 => "3 unpoll",
         _ => "1.1 unpoll",
     };
-    let via = match joined(headers, "via") {
+    let via = match joined(headers, &header::VIA) {
         Some(before) => text(format!("{}, {hop}", before.to_str().unwrap_or_default())),
         None => HeaderValue::from_static(hop),
     };
@@ -90,7 +91,7 @@ pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr], arr
 }
 
 /// The values of header `name` that are text, joined with ", " (a single one as it is).
-fn joined(headers: &http::HeaderMap, name: &str) -> Option<HeaderValue> {
+fn joined(headers: &http::HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     let mut values = headers.get_all(name).iter().filter(|v| v.to_str().is_ok());
     let first = values.next()?;
     let mut rest = values.peekable();

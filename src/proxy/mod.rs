@@ -16,7 +16,7 @@ pub mod subscribe;
 pub mod tls;
 pub mod token;
 
-use crate::config::{Sticky, CREDENTIAL_HEADERS};
+use crate::config::{Sticky, CREDENTIAL_HEADER_NAMES};
 use crate::metrics::Metrics;
 use crate::route_table::{Route, RouteTable, StreamRoute};
 use crate::sys;
@@ -83,7 +83,7 @@ pub struct Ctx {
 /// peer's, or what a trusted proxy in front forwarded.
 fn client_of(session: &Session, trusted: &[crate::config::Cidr]) -> Option<std::net::IpAddr> {
     let peer = session.client_addr()?.as_inet()?.ip();
-    let forwarded = session.req_header().headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let forwarded = session.req_header().headers.get_all(client::FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
     Some(client::client_address(peer, forwarded, trusted))
 }
 
@@ -281,7 +281,7 @@ impl ProxyHttp for Gateway {
         let server = choice.server.addr;
         ctx.chosen = Some(choice.server);
         // Requests with different credentials never share an upstream connection.
-        let identity = pool::identity(&session.req_header().headers, CREDENTIAL_HEADERS);
+        let identity = pool::identity(&session.req_header().headers, &CREDENTIAL_HEADER_NAMES);
         let plan = route.upstream.plan(server, identity);
         let peer = route.upstream.peer(ctx.chosen.as_ref().expect("chosen above"), plan.group_key);
         ctx.server = Some(server);
@@ -314,7 +314,7 @@ impl ProxyHttp for Gateway {
             match f.forwarded_host {
                 Some(host) => upstream_request.insert_header(client::X_FORWARDED_HOST, host)?,
                 None => {
-                    upstream_request.remove_header("x-forwarded-host");
+                    upstream_request.remove_header(&client::FORWARDED_HOST);
                 }
             }
             upstream_request.insert_header(client::VIA, f.via)?;

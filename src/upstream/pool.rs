@@ -72,7 +72,7 @@ fn fresh() -> Plan {
 /// in memory, as the pool does): without the key nobody can choose credentials whose hash meets
 /// another user's, and a chance meeting of two 64-bit hashes is negligible. It is computed for
 /// every proxied request, where a cryptographic digest would cost more than it adds.
-pub fn identity<'a>(headers: &HeaderMap, names: impl IntoIterator<Item = &'a str>) -> u64 {
+pub fn identity<N: http::header::AsHeaderName>(headers: &HeaderMap, names: impl IntoIterator<Item = N>) -> u64 {
     static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
     let mut hasher = KEY.get_or_init(std::hash::RandomState::new).build_hasher();
     // Each header's values are told apart by the header's place in `names` (a list fixed for
@@ -230,6 +230,10 @@ mod tests {
         let moved = identity(&headers(&[("cookie", "Bearer alice")]), names);
         assert!(alice != bob && alice != nobody && alice != moved);
         assert_eq!(alice, identity(&headers(&[("authorization", "Bearer alice"), ("x-other", "1")]), names));
+        // The proxy looks the credential headers up by name, parsed once: the same list.
+        use crate::config::{CREDENTIAL_HEADERS, CREDENTIAL_HEADER_NAMES};
+        assert_eq!(CREDENTIAL_HEADER_NAMES.each_ref().map(|n| n.as_str()), CREDENTIAL_HEADERS);
+        assert_eq!(identity(&headers(&[("authorization", "Bearer alice")]), &CREDENTIAL_HEADER_NAMES), alice);
         assert_eq!(plan(Reuse::PerCredential, false, alice), Plan { group_key: alice, close: false });
         assert_eq!(plan(Reuse::Shared, false, alice), plan(Reuse::Shared, false, bob));
         for (reuse, quarantined) in [(Reuse::Off, false), (Reuse::PerCredential, true), (Reuse::Shared, true)] {
