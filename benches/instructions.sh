@@ -9,12 +9,16 @@
 # Environment: TARGETS ("unpoll bare"), BASELINE (another unpoll binary, counted as "baseline"),
 # DURATION (10 s of counted load, after 3 s of warm-up), CONNECTIONS (10), TOP (30 functions per
 # target), KEEP (a directory to keep the callgrind files in).
-# Needs valgrind (Debian: valgrind). Under callgrind a server runs about 50 times slower; only
+# Needs valgrind (installed from Debian if missing). Under callgrind a server runs about 50 times slower; only
 # the counts per request matter. `memcpy` counts one instruction per byte for large copies (its
 # `rep movsb`), so its count is the bytes copied.
 source "$(dirname "$0")/lib.sh"
 command -v wrk >/dev/null && command -v nginx >/dev/null || "$ROOT/benches/deps.sh"
-command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
+if ! command -v valgrind >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind >/dev/null
+fi
 build >&2
 (cd "$ROOT" && cargo build --release --locked --features bench-tools --bin unpoll-bare-pingora) >&2
 OUT="${KEEP:-$WORK/callgrind}"
