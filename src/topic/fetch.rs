@@ -57,6 +57,23 @@ const MAX_STALE: usize = 4;
 /// Informational answers (`100`, `103 Early Hints`) skipped before a poll gives up.
 const MAX_INFORMATIONAL: usize = 8;
 
+/// The names of the headers a poll adds, parsed once and sent in their usual case (see
+/// `vendor/pingora-http/UNPOLL.md`): no name is parsed or copied per poll.
+mod names {
+    use http::header;
+    use pingora::http::StaticHeaderName;
+    pub const HOST: StaticHeaderName = StaticHeaderName::new(header::HOST, "Host");
+    pub const ACCEPT: StaticHeaderName = StaticHeaderName::new(header::ACCEPT, "Accept");
+    pub const ACCEPT_ENCODING: StaticHeaderName = StaticHeaderName::new(header::ACCEPT_ENCODING, "Accept-Encoding");
+    pub const USER_AGENT: StaticHeaderName = StaticHeaderName::new(header::USER_AGENT, "User-Agent");
+    pub const IF_NONE_MATCH: StaticHeaderName = StaticHeaderName::new(header::IF_NONE_MATCH, "If-None-Match");
+    pub const IF_MODIFIED_SINCE: StaticHeaderName =
+        StaticHeaderName::new(header::IF_MODIFIED_SINCE, "If-Modified-Since");
+    pub const CONNECTION: StaticHeaderName = StaticHeaderName::new(header::CONNECTION, "Connection");
+    /// How many of them a poll may add beyond the subscriber's own headers.
+    pub const ADDED: usize = 7;
+}
+
 /// How a poll loop fetches: over HTTP ([`HttpFetch`]), or from a script in the poll loop's
 /// own tests.
 pub trait Fetch: Send + Sync {
@@ -220,28 +237,29 @@ async fn fetch_inner(
     let validators = request_validators;
     let addr = server.addr;
     let (mut session, peer, plan) = connect(http, upstream, server, request.identity).await?;
-    let mut req = RequestHeader::build("GET", request.target.as_bytes(), None)?;
+    let size = Some(request.headers.len() + names::ADDED);
+    let mut req = RequestHeader::build("GET", request.target.as_bytes(), size)?;
     for (name, value) in &request.headers {
         req.append_header(name.clone(), value.clone())?;
     }
     // A TLS upstream is asked for its own name; a plain one gets the subscriber's `Host`.
     if let Some(host) = upstream.host(server) {
-        req.insert_header(http::header::HOST, host)?;
+        req.insert_header(names::HOST, host)?;
     } else if req.headers.get(http::header::HOST).is_none() {
-        req.insert_header(http::header::HOST, addr.to_string())?;
+        req.insert_header(names::HOST, addr.to_string())?;
     }
-    req.insert_header(http::header::ACCEPT, "application/json")?;
+    req.insert_header(names::ACCEPT, "application/json")?;
     // Diffs work on the JSON itself, so ask for it uncompressed (and decode it if it comes anyway).
-    req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-    req.insert_header(http::header::USER_AGENT, concat!("unpoll/", env!("CARGO_PKG_VERSION")))?;
+    req.insert_header(names::ACCEPT_ENCODING, "identity")?;
+    req.insert_header(names::USER_AGENT, concat!("unpoll/", env!("CARGO_PKG_VERSION")))?;
     if let Some(etag) = &validators.etag {
-        req.insert_header(http::header::IF_NONE_MATCH, etag)?;
+        req.insert_header(names::IF_NONE_MATCH, etag)?;
     }
     if let Some(date) = &validators.last_modified {
-        req.insert_header(http::header::IF_MODIFIED_SINCE, date)?;
+        req.insert_header(names::IF_MODIFIED_SINCE, date)?;
     }
     if plan.close {
-        req.insert_header(http::header::CONNECTION, "close")?;
+        req.insert_header(names::CONNECTION, "close")?;
     }
     session.write_request_header(Box::new(req)).await?;
     session.finish_request_body().await?;
