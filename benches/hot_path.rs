@@ -94,6 +94,24 @@ fn poll_work(c: &mut Criterion) {
         c.bench_function(&format!("poll {}KB one item changed: diffed as text", size / 1024), |b| {
             b.iter(|| job().run().unwrap())
         });
+        // The item that changes moves through the document, as in benches/topics.sh: in its
+        // middle, the diff walks half the items before it finds the change.
+        let middle = (size.saturating_sub(50) / 44 / 2) as u64;
+        let before = unpoll::diff::raw::compact(&bytes::Bytes::from(upstream_body(size, middle))).unwrap();
+        let after = bytes::Bytes::from(upstream_body(size, middle + 1));
+        c.bench_function(&format!("poll {}KB one item changed in the middle", size / 1024), |b| {
+            b.iter(|| {
+                DiffJob {
+                    body: after.clone(),
+                    json: true,
+                    previous: Some(before.clone()),
+                    options: Default::default(),
+                    wanted,
+                }
+                .run()
+                .unwrap()
+            })
+        });
         c.bench_function(&format!("poll {}KB one item changed: parsed and diffed", size / 1024), |b| {
             b.iter(|| {
                 let doc = serde_json::from_slice::<Value>(black_box(&body)).unwrap();

@@ -57,12 +57,13 @@ fn string_end_escaped(text: &[u8], start: usize) -> (usize, bool) {
 }
 
 /// The index just past the value starting at `start` in compact JSON text (a slice of the
-/// document `index` is of): looked up for a large container, read for the rest.
-fn value_end(text: &[u8], start: usize, index: Index<'_>) -> usize {
+/// document `index` is of): looked up for a large container, read for the rest. Values looked
+/// up in order pass the same `hint` (see [`Index::end_near`]); others pass `usize::MAX`.
+fn value_end_near(text: &[u8], start: usize, index: Index<'_>, hint: &mut usize) -> usize {
     match text[start] {
         b'"' => string_end(text, start),
         b'{' | b'[' => {
-            if let Some(end) = index.end(text, start) {
+            if let Some(end) = index.end_near(text, start, hint) {
                 return end;
             }
             let mut depth = 0usize;
@@ -110,10 +111,16 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
 /// The end of the item starting at `start` in a container: an element, or a member
 /// (`"key":value`).
 fn item_end(text: &[u8], start: usize, object: bool, index: Index<'_>) -> usize {
+    let mut hint = usize::MAX;
+    item_end_near(text, start, object, index, &mut hint)
+}
+
+/// [`item_end`] for the items of a container taken in order (see [`value_end_near`]).
+fn item_end_near(text: &[u8], start: usize, object: bool, index: Index<'_>, hint: &mut usize) -> usize {
     if object {
-        value_end(text, string_end(text, start) + 1, index)
+        value_end_near(text, string_end(text, start) + 1, index, hint)
     } else {
-        value_end(text, start, index)
+        value_end_near(text, start, index, hint)
     }
 }
 
@@ -145,8 +152,9 @@ fn changed<'t>(a: &'t [u8], b: &'t [u8], object: bool, (ia, ib): (Index<'_>, Ind
     let (la, lb) = (a.len(), b.len());
     let mut same = Vec::new();
     let (mut pa, mut pb, mut prefix) = (1, 1, 0);
+    let mut hint = usize::MAX;
     while pa == pb && pa < la - 1 && pb < lb - 1 {
-        let e = item_end(a, pa, object, ia);
+        let e = item_end_near(a, pa, object, ia, &mut hint);
         if e >= lb || a[pa..e] != b[pa..e] || !matches!(b[e], b',' | b']' | b'}') {
             break;
         }

@@ -62,13 +62,22 @@ pub(super) struct Index<'t> {
 impl Index<'_> {
     /// Where the container starting at `start` in `text` ends, if `text` is a slice of the
     /// indexed document and the container is indexed.
-    pub(super) fn end(&self, text: &[u8], start: usize) -> Option<usize> {
+    ///
+    /// It tries the entry at `hint` before searching, and leaves `hint` just after the entry
+    /// found (`usize::MAX` for no hint). The items of a container are looked up in order, and
+    /// when none of them holds a large container of its own, each one's entry follows the one
+    /// before.
+    pub(super) fn end_near(&self, text: &[u8], start: usize, hint: &mut usize) -> Option<usize> {
         let offset = (text.as_ptr() as usize).checked_sub(self.base)?;
         let at = offset + start;
         if at >= self.len {
             return None;
         }
-        let k = self.large.binary_search_by_key(&(at as u32), |e| e.0).ok()?;
+        let k = match self.large.get(*hint) {
+            Some(&(from, _)) if from as usize == at => *hint,
+            _ => self.large.binary_search_by_key(&(at as u32), |e| e.0).ok()?,
+        };
+        *hint = k + 1;
         Some(self.large[k].1 as usize - offset)
     }
 }

@@ -116,9 +116,20 @@ fn large_containers_are_indexed_where_the_compact_text_has_them() {
         let index = text.index();
         let (start, end) = large[2];
         let slice = &text[start as usize - 3..];
-        assert_eq!(index.end(slice, 3), Some((end - start) as usize + 3));
-        assert_eq!(index.end(slice, 4), None, "not a container's start");
-        assert_eq!(index.end(b"[1]", 0), None, "not this document's text");
+        let end_of = |text: &[u8], at: usize| index.end_near(text, at, &mut { usize::MAX });
+        assert_eq!(end_of(slice, 3), Some((end - start) as usize + 3));
+        assert_eq!(end_of(slice, 4), None, "not a container's start");
+        assert_eq!(end_of(b"[1]", 0), None, "not this document's text");
+        // With a hint: the entry it names is used, a wrong one only costs a search, and either
+        // leaves the hint just past the entry found.
+        for hint in [2, 0, 7, usize::MAX] {
+            let mut h = hint;
+            assert_eq!(index.end_near(slice, 3, &mut h), Some((end - start) as usize + 3), "hint {hint}");
+            assert_eq!(h, 3, "hint {hint}");
+        }
+        let mut h = 2;
+        assert_eq!(index.end_near(slice, 4, &mut h), None);
+        assert_eq!(h, 2, "a failed lookup leaves the hint");
     }
     // Small containers are not indexed, and text too small has no index at all.
     assert_eq!(compact(&Bytes::from_static(b"{\"a\":[1,2,3]}")).unwrap().large, None);
