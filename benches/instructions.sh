@@ -60,6 +60,7 @@ polls_load() { # polls_load PID
 count() { # count NAME LOAD COMMAND...: runs COMMAND (a server on $PORT) under callgrind
   local name="$1" load="$2" pid requests total
   shift 2
+  rm -f "$OUT/$name".*.out*
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$name.%p.out" "$@" > "$OUT/$name.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
@@ -69,7 +70,8 @@ count() { # count NAME LOAD COMMAND...: runs COMMAND (a server on $PORT) under c
   stop_now "$pid"
   local file
   file="$(ls "$OUT/$name".*.out.1)"
-  callgrind_annotate "$file" 2>/dev/null > "$OUT/$name.txt"
+  # Functions only (no source), so that two targets' files can be compared line by line.
+  callgrind_annotate --auto=no --threshold=100 "$file" 2>/dev/null > "$OUT/$name.txt"
   total="$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' "$OUT/$name.txt")"
   echo "$name $requests $total" >> "$OUT/totals.txt"
   printf '%s: %s served, %.0f instructions each\n' "$name" "$requests" "$((total / requests))"
