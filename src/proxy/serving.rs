@@ -6,6 +6,7 @@
 use super::subscribe::{Reject, SubscribeRequest};
 use super::{access, client_of, cors, detach, head_deadline, respond, respond_to, sticky, Gateway};
 use crate::config::{ServerSettings, Sticky};
+use crate::metrics::Metrics;
 use crate::route_table::StreamRoute;
 use crate::stream::delivery::Delivery;
 use crate::stream::downstream::{self, Downstream, WriteFailed};
@@ -72,13 +73,7 @@ impl Gateway {
             let delivery = delivery.over_http("2", &self.metrics);
             let sink = sse::H2 { session, write_timeout: server.write_timeout, extra_head };
             let result = serve(sink, delivery, settings.heartbeat, self.shutdown.clone()).await;
-            let dropped = drop_reason(&result);
-            if let Some(reason) = dropped {
-                self.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
-            }
-            if let Some(access) = access {
-                access.end(dropped.unwrap_or("closed"));
-            }
+            ended(&self.metrics, route, access.as_ref(), drop_reason(&result));
             return Ok(());
         }
         let delivery = delivery.over_http(if http10 { "1.0" } else { "1.1" }, &self.metrics);
@@ -88,13 +83,7 @@ impl Gateway {
         let route = route.clone();
         let (heartbeat, max_message) = (settings.heartbeat, server.websocket_max_message);
         let done = move |result: Result<Ended, WriteFailed>| {
-            let dropped = drop_reason(&result);
-            if let Some(reason) = dropped {
-                metrics.dropped.with_label_values(&[route.label(), reason]).inc();
-            }
-            if let Some(access) = access {
-                access.end(dropped.unwrap_or("closed"));
-            }
+            ended(&metrics, &route, access.as_ref(), drop_reason(&result));
         };
         // Each protocol's task holds only its own future, and each future once (a block
         // awaiting it would keep a second place for it).
@@ -139,28 +128,20 @@ impl Gateway {
         };
         let (route, server) = (route.clone(), server.clone());
         tokio::spawn(async move {
-            // How the stream ended: `None` when closed, else why it was dropped.
-            let ended = |reason: Option<&'static str>| {
-                if let Some(reason) = reason {
-                    gateway.metrics.dropped.with_label_values(&[route.label(), reason]).inc();
-                }
-                if let Some(access) = &access {
-                    access.end(reason.unwrap_or("closed"));
-                }
-            };
+            let failed = |reason: Option<&'static str>| ended(&gateway.metrics, &route, access.as_ref(), reason);
             let (value, opened) =
                 match ws::authenticate(&mut down, &handshake, server.websocket_max_message, token.timeout).await {
                     Ok(ws::Auth::Token(t, opened)) => {
                         (http::HeaderValue::from_str(&format!("{}{t}", token.prefix)), opened)
                     }
                     Ok(ws::Auth::Refused(how)) => {
-                        ended(how.drop_reason());
+                        failed(how.drop_reason());
                         return down.close().await;
                     }
-                    Err(failed) => return ended(Some(failed.drop_reason())),
+                    Err(error) => return failed(Some(error.drop_reason())),
                 };
             let Ok(value) = value else {
-                ended(Some("unauthenticated"));
+                failed(Some("unauthenticated"));
                 return ws::refuse(down, opened, 1008, "malformed auth message").await;
             };
             headers.insert(http::HeaderName::from_bytes(token.header.as_bytes()).expect("checked"), value);
@@ -184,15 +165,7 @@ impl Gateway {
             let (metrics, heartbeat, shutdown) =
                 (gateway.metrics.clone(), route.stream.heartbeat, gateway.shutdown.clone());
             let stream = serve(ws::Ws::opened(down, opened), delivery, heartbeat, shutdown);
-            tokio::spawn(stream.map(move |result| {
-                let reason = drop_reason(&result);
-                if let Some(reason) = reason {
-                    metrics.dropped.with_label_values(&[route.label(), reason]).inc();
-                }
-                if let Some(access) = &access {
-                    access.end(reason.unwrap_or("closed"));
-                }
-            }));
+            tokio::spawn(stream.map(move |result| ended(&metrics, &route, access.as_ref(), drop_reason(&result))));
         });
         Ok(())
     }
@@ -296,6 +269,17 @@ impl Gateway {
 }
 
 /// A subscription's access log line, when `server.access_log` is on.
+/// How a stream ended, counted and logged: `reason` is `None` when it was closed, else why it
+/// was dropped (`unpoll_subscribers_dropped_total`).
+fn ended(metrics: &Metrics, route: &StreamRoute, access: Option<&access::Streamed>, reason: Option<&'static str>) {
+    if let Some(reason) = reason {
+        metrics.dropped.with_label_values(&[route.label(), reason]).inc();
+    }
+    if let Some(access) = access {
+        access.end(reason.unwrap_or("closed"));
+    }
+}
+
 fn streamed(
     server: &ServerSettings,
     session: &Session,
