@@ -134,11 +134,11 @@ fn shuffled(rows: &[String]) -> Vec<u8> {
     out
 }
 
-/// The items at change `seq`. With `stride` 0 one item (number `seq % count`) has the value
+/// The items at change `seq`. With `stride` 0 one item (see [`changed_item`]) has the value
 /// `seq`, the rest 0. With a stride k, item i holds the last change that set it: change s sets
 /// the items with i ≡ s (mod k), a k-th of them.
 fn items(seq: u64, count: usize, stride: usize) -> String {
-    let changed = if count == 0 { usize::MAX } else { seq as usize % count };
+    let changed = changed_item(seq, count);
     let mut out = String::with_capacity(count * 48 + 2);
     out.push('[');
     for i in 0..count {
@@ -154,6 +154,29 @@ fn items(seq: u64, count: usize, stride: usize) -> String {
     }
     out.push(']');
     out
+}
+
+/// The item change `seq` sets when one item changes: item `seq × step mod count`, with `step`
+/// the first number from 0.618 × `count` on that shares no factor with `count`. Successive
+/// changes hop across the whole document (the golden ratio's hops spread evenly), so a run of
+/// any length diffs changes at every depth of it; with `seq mod count` every run (each starts
+/// at 1) measured changes in the rows near the document's start, which cost the diff less than
+/// one in the middle. `usize::MAX` (no item) when there are none.
+fn changed_item(seq: u64, count: usize) -> usize {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    if count == 0 {
+        return usize::MAX;
+    }
+    let count = count as u64;
+    let step =
+        ((count as f64 * 0.618) as u64..).find(|s| gcd(*s, count) == 1).expect("count + 1 shares no factor with count");
+    (seq % count * step % count) as usize
 }
 
 fn render(doc: &Doc, sent_us: u64) -> String {
@@ -400,5 +423,35 @@ impl Publisher {
             have += n;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_change_at_a_time_visits_every_item_in_a_round() {
+        for count in [1, 22, 226, 7919, 7919 * 2] {
+            let mut seen = vec![false; count];
+            for seq in 0..count as u64 {
+                seen[changed_item(seq, count)] = true;
+            }
+            assert!(seen.iter().all(|s| *s), "{count} items");
+        }
+        // Neighbouring changes land far apart, not on neighbouring rows.
+        let (a, b) = (changed_item(1, 226), changed_item(2, 226));
+        assert!(a.abs_diff(b) > 10, "{a} {b}");
+        assert_eq!(changed_item(5, 0), usize::MAX);
+    }
+
+    #[test]
+    fn the_changed_item_holds_the_change_and_the_rest_zero() {
+        let doc = items(3, 22, 0);
+        let changed = changed_item(3, 22);
+        let parsed: Vec<serde_json::Value> = serde_json::from_str(&doc).unwrap();
+        for (i, item) in parsed.iter().enumerate() {
+            assert_eq!(item["value"], if i == changed { 3 } else { 0 }, "item {i}");
+        }
     }
 }

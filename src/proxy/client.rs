@@ -7,6 +7,7 @@ use http::header::{self, HeaderName};
 use http::HeaderValue;
 use pingora::http::StaticHeaderName;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::OnceLock;
 
 /// The names of the headers a proxied request gets, parsed once and sent in the case proxies
 /// write them in (pingora-http as patched in `vendor/`: no name is parsed or copied per request).
@@ -49,13 +50,18 @@ pub struct Forwarding {
     pub via: HeaderValue,
 }
 
-/// How a request reached unpoll: over TLS or not, in which HTTP version, and the authority of
-/// its target (HTTP/2's `:authority`, which stands for `Host`).
+/// How a request reached unpoll: over TLS or not, in which HTTP version, the authority of its
+/// target (HTTP/2's `:authority`, which stands for `Host`), and where its connection keeps the
+/// peer's address once written as a header value.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival<'a> {
     pub tls: bool,
     pub version: http::Version,
     pub authority: Option<&'a str>,
+    /// The connection's own `X-Forwarded-For` value, written by its first request that sends
+    /// one and shared by the rest (an HTTP/1 connection's guard keeps it, see
+    /// `HeadDeadline::address`); `None` writes it for this request alone.
+    pub address: Option<&'a OnceLock<HeaderValue>>,
 }
 
 /// What a request from `peer`, arrived as `arrival` says, carries upstream. A trusted peer's
@@ -69,7 +75,10 @@ pub fn forwarding(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr], arr
     let kept = |name: &HeaderName| if trusted { joined(headers, name) } else { None };
     let forwarded_for = match kept(&FORWARDED_FOR) {
         Some(chain) => text(format!("{}, {peer}", chain.to_str().unwrap_or_default())),
-        None => address(peer),
+        None => match arrival.address {
+            Some(kept) => kept.get_or_init(|| address(peer)).clone(),
+            None => address(peer),
+        },
     };
     let scheme = HeaderValue::from_static(if arrival.tls { "https" } else { "http" });
     let forwarded_proto = kept(&FORWARDED_PROTO).unwrap_or(scheme);
@@ -208,7 +217,7 @@ mod tests {
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         h.insert("host", "app.example".parse().unwrap());
         h.insert("via", "1.1 cdn".parse().unwrap());
-        let plain = Arrival { tls: false, version: http::Version::HTTP_11, authority: None };
+        let plain = Arrival { tls: false, version: http::Version::HTTP_11, authority: None, address: None };
         let from_client = forwarding(ip("203.0.113.9"), &h, &trusted, plain);
         assert_eq!(from_client.forwarded_for, "203.0.113.9", "a client's own X-Forwarded-For is replaced");
         assert_eq!(from_client.forwarded_proto, "http");
@@ -222,17 +231,34 @@ mod tests {
 
     #[test]
     fn the_scheme_version_and_host_come_from_how_the_request_arrived() {
-        let h2 = Arrival { tls: true, version: http::Version::HTTP_2, authority: Some("app.example") };
+        let h2 = Arrival { tls: true, version: http::Version::HTTP_2, authority: Some("app.example"), address: None };
         let mut claims = http::HeaderMap::new();
         claims.insert("x-forwarded-proto", "http".parse().unwrap());
         let f = forwarding(ip("203.0.113.9"), &claims, &[], h2);
         assert_eq!(f.forwarded_proto, "https", "over TLS, whatever an untrusted client claims");
         assert_eq!(f.forwarded_host.unwrap(), "app.example", "HTTP/2's authority stands for Host");
         assert_eq!(f.via, "2 unpoll");
-        let old = Arrival { tls: false, version: http::Version::HTTP_10, authority: None };
+        let old = Arrival { tls: false, version: http::Version::HTTP_10, authority: None, address: None };
         let f = forwarding(ip("203.0.113.9"), &http::HeaderMap::new(), &[], old);
         assert_eq!((f.forwarded_proto.to_str().unwrap(), f.via.to_str().unwrap()), ("http", "1.0 unpoll"));
         assert_eq!(f.forwarded_host, None);
+    }
+
+    #[test]
+    fn a_connection_writes_its_address_once_and_shares_it() {
+        let kept = OnceLock::new();
+        let arrival = Arrival { tls: false, version: http::Version::HTTP_11, authority: None, address: Some(&kept) };
+        let first = forwarding(ip("203.0.113.9"), &http::HeaderMap::new(), &[], arrival).forwarded_for;
+        assert_eq!(first, "203.0.113.9");
+        assert_eq!(kept.get().map(|v| v.as_bytes().as_ptr()), Some(first.as_bytes().as_ptr()), "kept as written");
+        let second = forwarding(ip("203.0.113.9"), &http::HeaderMap::new(), &[], arrival).forwarded_for;
+        assert_eq!(second.as_bytes().as_ptr(), first.as_bytes().as_ptr(), "the second request shares the bytes");
+        // A trusted proxy's chain is the request's own, never the kept value.
+        let trusted = [Cidr::parse("203.0.113.0/24").unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        assert_eq!(forwarding(ip("203.0.113.9"), &h, &trusted, arrival).forwarded_for, "6.6.6.6, 203.0.113.9");
+        assert_eq!(kept.get().unwrap(), "203.0.113.9");
     }
 
     #[test]

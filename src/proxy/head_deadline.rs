@@ -23,6 +23,7 @@
 //! chose.
 
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef, ALPN};
 use pingora::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
@@ -32,7 +33,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -72,6 +73,8 @@ pub struct HeadDeadline {
     refused: Option<IntCounter>,
     /// The head passed `max_bytes`: it was answered 431 and every read fails.
     too_large: bool,
+    /// The client's address as its requests' `X-Forwarded-For` (see [`HeadDeadline::address`]).
+    address: OnceLock<HeaderValue>,
 }
 
 impl HeadDeadline {
@@ -106,9 +109,17 @@ impl HeadDeadline {
             max_bytes: limits.max_bytes,
             refused: Some(limits.refused.clone()),
             too_large: false,
+            address: OnceLock::new(),
         });
         wrapped.begin_head();
         wrapped
+    }
+
+    /// Where a guarded connection keeps its client's address as a header value, written once
+    /// for all its requests: the guard is the one part of a connection that unpoll owns and
+    /// that lives as long as it (`None` for an HTTP/2 connection, which is not guarded).
+    pub fn address(stream: &Stream) -> Option<&OnceLock<HeaderValue>> {
+        stream.as_any().downcast_ref::<HeadDeadline>().map(|wrapped| &wrapped.address)
     }
 
     /// Says that a request on `stream` (a wrapped connection's) is over and its body read:

@@ -305,6 +305,7 @@ impl ProxyHttp for Gateway {
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
                 version: req.version,
                 authority: req.uri.authority().map(|a| a.as_str()),
+                address: session.stream().and_then(HeadDeadline::address),
             };
             let f = client::forwarding(peer, &upstream_request.headers, trusted, arrival);
             // Room for them all at once (a client's head is parsed into maps just its size).
