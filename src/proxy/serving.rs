@@ -268,7 +268,6 @@ impl Gateway {
     }
 }
 
-/// A subscription's access log line, when `server.access_log` is on.
 /// How a stream ended, counted and logged: `reason` is `None` when it was closed, else why it
 /// was dropped (`unpoll_subscribers_dropped_total`).
 fn ended(metrics: &Metrics, route: &StreamRoute, access: Option<&access::Streamed>, reason: Option<&'static str>) {
@@ -280,6 +279,7 @@ fn ended(metrics: &Metrics, route: &StreamRoute, access: Option<&access::Streame
     }
 }
 
+/// A subscription's access log line, when `server.access_log` is on.
 fn streamed(
     server: &ServerSettings,
     session: &Session,
